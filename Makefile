@@ -1,0 +1,18 @@
+# The README's commands, as targets.
+.PHONY: setup run test lint bench
+
+setup:
+	python3 -m venv .venv
+	.venv/bin/pip install torch==2.13.0 -e ".[dev]"
+
+run:
+	.venv/bin/gradest gaussian
+
+test:
+	.venv/bin/python -m pytest
+
+lint:
+	.venv/bin/ruff check .
+
+bench:
+	.venv/bin/python benchmarks/bench_engine.py

@@ -1,0 +1,68 @@
+"""gradest: gradients of expectations, ∇θ E_{p(x;θ)}[f(x)].
+
+Two views of every estimator, on the same random numbers::
+
+    import torch, gradest
+    from torch.distributions import Normal
+
+    params = {"loc": torch.tensor(1.0, dtype=torch.float64),
+              "scale": torch.tensor(1.0, dtype=torch.float64)}
+    f = gradest.named_cost("cos", k=2.0)
+    gen = gradest.make_generator(0)
+
+    est = gradest.get_estimator("pathwise")
+    per_sample = est.per_sample(f, Normal, params, 10_000, gen)   # [N, *shape] per parameter
+    print(gradest.summarize(per_sample, gradest.exact_grad(f, Normal, params)))
+
+    loss = est.surrogate(f, Normal, params, 64, gen)                # train with loss.backward()
+"""
+
+from gradest.costs import Cost, load_cost, named_cost
+from gradest.diagnostics import EstimatorSummary, ParamStats, param_stats, summarize
+from gradest.errors import GradestError
+from gradest.estimators import (
+    Constant,
+    Estimator,
+    LeaveOneOut,
+    MovingAverage,
+    NoBaseline,
+    Pathwise,
+    PerSampleGradients,
+    ScoreFunction,
+    available,
+    get_estimator,
+    register,
+)
+from gradest.exact import ExactGradient, exact_grad
+from gradest.families import FAMILIES, get_family
+from gradest.rng import make_generator
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FAMILIES",
+    "Constant",
+    "Cost",
+    "Estimator",
+    "EstimatorSummary",
+    "ExactGradient",
+    "GradestError",
+    "LeaveOneOut",
+    "MovingAverage",
+    "NoBaseline",
+    "ParamStats",
+    "Pathwise",
+    "PerSampleGradients",
+    "ScoreFunction",
+    "__version__",
+    "available",
+    "exact_grad",
+    "get_estimator",
+    "get_family",
+    "load_cost",
+    "make_generator",
+    "named_cost",
+    "param_stats",
+    "register",
+    "summarize",
+]

@@ -1,0 +1,3 @@
+from gradest.cli import run
+
+run()

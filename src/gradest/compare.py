@@ -1,0 +1,65 @@
+"""Side-by-side comparison of estimators on one problem E_{p(x;θ)}[f(x)], with the exact gradient.
+
+Each estimator draws from its own generator seeded with the same seed, so the comparison uses
+common random numbers where the estimators consume randomness alike.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, NamedTuple
+
+import torch
+
+from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
+from gradest.errors import GradestError
+from gradest.estimators import Estimator, get_estimator
+from gradest.estimators.base import Builder
+from gradest.exact import ExactGradient, exact_grad
+from gradest.rng import make_generator
+
+
+class Comparison(NamedTuple):
+    config: dict[str, Any]
+    exact: ExactGradient | None
+    exact_note: str | None  # why there is no exact gradient, if there is none
+    summaries: list[EstimatorSummary]
+
+    def to_dict(self) -> dict[str, Any]:
+        exact = None
+        if self.exact is not None:
+            exact = {k: to_json_value(v) for k, v in self.exact.grads.items()}
+        return {
+            "config": self.config,
+            "exact": exact,
+            "exact_method": None if self.exact is None else self.exact.method,
+            "exact_note": self.exact_note,
+            "estimators": {s.estimator: s.to_dict() for s in self.summaries},
+        }
+
+
+def compare(
+    f: Callable[[torch.Tensor], torch.Tensor],
+    dist_builder: Builder,
+    params: Mapping[str, torch.Tensor],
+    estimators: Sequence[str | Estimator],
+    num_samples: int,
+    seed: int,
+    config: Mapping[str, Any] | None = None,
+    on_estimator: Callable[[str], None] | None = None,
+) -> Comparison:
+    """Run every estimator once with ``num_samples`` samples and summarise against the exact gradient."""
+    if not estimators:
+        raise GradestError("give at least one estimator")
+    resolved = [get_estimator(e) for e in estimators]
+    try:
+        exact, note = exact_grad(f, dist_builder, params), None
+    except GradestError as err:
+        exact, note = None, str(err)
+    summaries = []
+    for est in resolved:
+        if on_estimator is not None:
+            on_estimator(est.name)
+        per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed))
+        summaries.append(summarize(per_sample, exact))
+    return Comparison(dict(config or {}), exact, note, summaries)

@@ -1,0 +1,130 @@
+r"""Costs f(x) by name, with closed-form expectations under the Normal where they exist.
+
+Each named cost acts coordinate-wise and sums over all coordinates of a sample,
+f(x) = Σ_d c(x_d), so its expectation under a diagonal Normal is Σ_d E[c(x_d)] with
+x_d ~ N(μ_d, σ_d²):
+
+=========  ============  ===============================================
+name       c(x)          E[c(x)], x ~ N(μ, σ²)
+=========  ============  ===============================================
+square     (x − k)²      (μ − k)² + σ²
+exp        exp(−k x²)    (1 + 2kσ²)^(−1/2) · exp(−kμ² / (1 + 2kσ²))
+cos        cos(k x)      cos(kμ) · exp(−k²σ²/2)
+linear     k x           k μ
+=========  ============  ===============================================
+
+Custom costs load from ``path/to/file.py:function`` or ``package.module:function``.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import inspect
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+
+import torch
+
+from gradest.errors import GradestError
+
+Elementwise = Callable[[torch.Tensor, float], torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Cost:
+    """A batched cost f(x) = Σ_d c(x_d; k): samples ``[N, ...]`` -> ``[N]``.
+
+    normal_mean: E[c(x; k)] for x ~ N(loc, scale²), elementwise in (loc, scale), or None.
+    """
+
+    name: str
+    k: float
+    elementwise: Elementwise
+    normal_mean: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not x.is_floating_point():
+            x = x.to(torch.get_default_dtype())
+        return self.elementwise(x, self.k).reshape(x.shape[0], -1).sum(1)
+
+    def expectation_normal(self, loc: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+        """E[f(x)] for x ~ N(loc, diag(scale²)), differentiable in loc and scale."""
+        if self.normal_mean is None:
+            raise GradestError(f"cost {self.name!r} has no closed-form expectation")
+        return self.normal_mean(loc, scale, self.k).sum()
+
+
+def _square_mean(loc, scale, k):
+    return (loc - k) ** 2 + scale**2
+
+
+def _exp_mean(loc, scale, k):
+    a = 1.0 + 2.0 * k * scale**2
+    return torch.exp(-k * loc**2 / a) / torch.sqrt(a)
+
+
+def _cos_mean(loc, scale, k):
+    return torch.cos(k * loc) * torch.exp(-0.5 * (k * scale) ** 2)
+
+
+def _linear_mean(loc, scale, k):
+    return k * loc + 0.0 * scale
+
+
+_NAMED: dict[str, tuple[Elementwise, Callable, str]] = {
+    "square": (lambda x, k: (x - k) ** 2, _square_mean, "(x − k)²"),
+    "exp": (lambda x, k: torch.exp(-k * x**2), _exp_mean, "exp(−k x²)"),
+    "cos": (lambda x, k: torch.cos(k * x), _cos_mean, "cos(k x)"),
+    "linear": (lambda x, k: k * x, _linear_mean, "k x"),
+}
+
+#: name -> formula, for help texts
+NAMED_COSTS: dict[str, str] = {name: formula for name, (_, _, formula) in _NAMED.items()}
+
+
+def named_cost(name: str, k: float = 1.0) -> Cost:
+    """The registered cost ``name`` with constant ``k``."""
+    if name not in _NAMED:
+        raise GradestError(
+            f"unknown cost {name!r}; choose one of {', '.join(_NAMED)} "
+            "or load your own with FILE.py:FUNCTION or package.module:FUNCTION"
+        )
+    elementwise, mean, _ = _NAMED[name]
+    return Cost(name, float(k), elementwise, mean)
+
+
+def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
+    """A named cost, or a function from ``FILE.py:FUNCTION`` / ``package.module:FUNCTION``.
+
+    A loaded function with a parameter named ``k`` receives ``k`` when one is given.
+    """
+    if ":" not in spec:
+        return named_cost(spec, 1.0 if k is None else k)
+    target, _, func_name = spec.rpartition(":")
+    if target.endswith(".py"):
+        path = Path(target)
+        if not path.is_file():
+            raise GradestError(f"cost file not found: {path}")
+        module_name = f"_gradest_cost_{abs(hash(path.resolve()))}"
+        module_spec = importlib.util.spec_from_file_location(module_name, path)
+        module = importlib.util.module_from_spec(module_spec)
+        sys.modules[module_name] = module
+        try:
+            module_spec.loader.exec_module(module)
+        except Exception as err:  # a user's file can fail in any way; report it in one line
+            raise GradestError(f"could not load {path}: {type(err).__name__}: {err}") from None
+    else:
+        try:
+            module = importlib.import_module(target)
+        except ImportError as err:
+            raise GradestError(f"could not import module {target!r}: {err}") from None
+    func = getattr(module, func_name, None)
+    if not callable(func):
+        raise GradestError(f"{target} has no function {func_name!r}")
+    if k is not None and "k" in inspect.signature(func).parameters:
+        func = partial(func, k=k)
+    return func

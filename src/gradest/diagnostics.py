@@ -1,0 +1,94 @@
+r"""Diagnostics of an estimator, pure functions of its single-sample estimates ĝ_1..ĝ_N.
+
+    mean      ḡ = (1/N) Σ ĝ_n                      the estimate of ∇θ L
+    variance  s² = Σ (ĝ_n − ḡ)² / (N − 1)          of ONE single-sample estimate
+    stderr    s / √N                               of the mean ḡ
+    snr       |ḡ| / s                              signal-to-noise ratio of one sample
+    z         (ḡ − ∇θ L) / stderr                  bias in standard errors (≈ N(0, 1) if unbiased)
+
+All are elementwise over a parameter's coordinates. For the leave-one-out baseline the ĝ_n are
+weakly dependent (correlation O(1/N)); the formulas above are then accurate to O(1/N).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from typing import Any, NamedTuple
+
+import torch
+
+from gradest.estimators.base import PerSampleGradients
+from gradest.exact import ExactGradient
+
+
+class ParamStats(NamedTuple):
+    mean: torch.Tensor
+    variance: torch.Tensor
+    stderr: torch.Tensor
+    snr: torch.Tensor
+    z: torch.Tensor | None  # None without an exact gradient
+
+    def to_dict(self) -> dict[str, Any]:
+        return {k: to_json_value(v) for k, v in self._asdict().items()}
+
+
+class EstimatorSummary(NamedTuple):
+    estimator: str
+    num_samples: int
+    seconds_per_sample: float
+    params: dict[str, ParamStats]
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: s.to_dict() for k, s in self.params.items()}
+        out["seconds_per_sample"] = self.seconds_per_sample
+        out["num_samples"] = self.num_samples
+        return out
+
+
+def to_json_value(value: torch.Tensor | float | None) -> Any:
+    """Tensor -> float or nested lists; NaN and ±inf -> None (JSON has no such numbers)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().tolist()
+    if isinstance(value, list):
+        return [to_json_value(v) for v in value]
+    return float(value) if math.isfinite(value) else None
+
+
+def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
+    """(mean − exact) / stderr; a zero-variance estimate that is exact up to rounding gives 0."""
+    diff = mean - exact.to(mean)
+    tiny = 64 * torch.finfo(mean.dtype).eps * (1.0 + exact.to(mean).abs())
+    exact_hit = (stderr == 0) & (diff.abs() <= tiny)
+    return torch.where(exact_hit, torch.zeros_like(diff), diff / stderr)
+
+
+def param_stats(samples: torch.Tensor, exact: torch.Tensor | None = None) -> ParamStats:
+    """Statistics of one parameter's single-sample estimates ``[N, *shape]``."""
+    n = samples.shape[0]
+    mean = samples.mean(0)
+    variance = samples.var(0, correction=1) if n > 1 else torch.full_like(mean, math.nan)
+    stderr = (variance / n).sqrt()
+    snr = mean.abs() / variance.sqrt()
+    z = None if exact is None else z_score(mean, stderr, exact)
+    return ParamStats(mean, variance, stderr, snr, z)
+
+
+def summarize(
+    estimate: PerSampleGradients,
+    exact: ExactGradient | Mapping[str, torch.Tensor] | None = None,
+) -> EstimatorSummary:
+    """One record per estimator: statistics per parameter, and seconds per sample."""
+    truth = exact.grads if isinstance(exact, ExactGradient) else exact
+    params = {
+        name: param_stats(g, None if truth is None else truth[name])
+        for name, g in estimate.grads.items()
+    }
+    return EstimatorSummary(
+        estimator=estimate.estimator,
+        num_samples=estimate.num_samples,
+        seconds_per_sample=estimate.seconds / estimate.num_samples,
+        params=params,
+    )

@@ -1,0 +1,82 @@
+r"""Baselines b for the score-function estimator: ĝ_n = (f(x_n) − b_n) ∇θ log p(x_n; θ).
+
+Any b_n independent of x_n keeps the estimator unbiased, since E[∇θ log p(x; θ)] = 0; a good b_n
+close to E[f] lowers its variance. A baseline is a callable ``values [N] -> b [N]`` on the
+detached costs of the current batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from gradest.errors import GradestError
+
+
+class NoBaseline:
+    """b = 0: plain REINFORCE."""
+
+    min_samples = 1
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.zeros_like(values)
+
+    def __repr__(self) -> str:
+        return "NoBaseline()"
+
+
+@dataclass(frozen=True)
+class Constant:
+    """b = c, a number fixed before sampling (e.g. E[f] or the variance-optimal constant)."""
+
+    value: float
+    min_samples = 1
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        return torch.full_like(values, float(self.value))
+
+
+class LeaveOneOut:
+    """b_n = (Σ_m f(x_m) − f(x_n)) / (N − 1): the mean of the other samples (RLOO).
+
+    Unbiased, because b_n does not depend on x_n. Needs N ≥ 2. Kool et al. (2019).
+    The single-sample estimates are then weakly dependent (through b), with correlation O(1/N).
+    """
+
+    min_samples = 2
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        n = values.shape[0]
+        return (values.sum() - values) / (n - 1)
+
+    def __repr__(self) -> str:
+        return "LeaveOneOut()"
+
+
+@dataclass
+class MovingAverage:
+    """b = bias-corrected exponential moving average of the mean cost of *earlier* calls.
+
+    For training loops: the current batch is used only after b is read, so each estimate stays
+    unbiased. State lives in this object (the caller owns it); the first call uses b = 0.
+    """
+
+    decay: float = 0.9
+    _raw: float = field(default=0.0, repr=False)
+    _count: int = field(default=0, repr=False)
+    min_samples = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 <= self.decay < 1.0:
+            raise GradestError(f"decay must lie in [0, 1), got {self.decay}")
+
+    @property
+    def value(self) -> float:
+        return 0.0 if self._count == 0 else self._raw / (1.0 - self.decay**self._count)
+
+    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+        b = torch.full_like(values, self.value)
+        self._raw = self.decay * self._raw + (1.0 - self.decay) * float(values.mean())
+        self._count += 1
+        return b

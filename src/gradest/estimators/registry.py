@@ -1,0 +1,98 @@
+"""Estimators by name: ``get_estimator("score-loo")``, ``get_estimator("score-const=2.5")``.
+
+A registry entry is a factory ``(argument or None) -> Estimator`` so that each call returns a fresh
+value (stateful baselines are never shared). Adding an estimator = one module + one ``register``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import NamedTuple
+
+from gradest.errors import GradestError
+from gradest.estimators.base import Estimator
+from gradest.estimators.baselines import Constant, LeaveOneOut, MovingAverage
+from gradest.estimators.pathwise import Pathwise
+from gradest.estimators.score import ScoreFunction
+
+
+class Entry(NamedTuple):
+    factory: Callable[[str | None], Estimator]
+    summary: str
+    argument: str | None  # name of the "=VALUE" argument, None if the estimator takes none
+    required: bool  # whether the argument must be given
+
+
+_REGISTRY: dict[str, Entry] = {}
+
+
+def register(name: str, summary: str, argument: str | None = None, required: bool = False):
+    """Decorator adding a factory ``(arg: str | None) -> Estimator`` under ``name``."""
+
+    def wrap(factory: Callable[[str | None], Estimator]) -> Callable[[str | None], Estimator]:
+        if name in _REGISTRY:
+            raise ValueError(f"estimator {name!r} is already registered")
+        _REGISTRY[name] = Entry(factory, summary, argument, required)
+        return factory
+
+    return wrap
+
+
+def available() -> dict[str, str]:
+    """Name -> one-line summary of every registered estimator."""
+    return {
+        (f"{n}={e.argument.upper()}" if e.argument else n): e.summary for n, e in _REGISTRY.items()
+    }
+
+
+def get_estimator(spec: str | Estimator) -> Estimator:
+    """An estimator from ``NAME`` or ``NAME=ARG``; an Estimator passes through unchanged."""
+    if isinstance(spec, Estimator):
+        return spec
+    name, _, arg = str(spec).partition("=")
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise GradestError(
+            f"unknown estimator {name!r}; choose one of: {', '.join(available())}"
+        )
+    if entry.argument is None and arg:
+        raise GradestError(f"estimator {name!r} takes no argument, got {spec!r}")
+    if entry.required and not arg:
+        raise GradestError(f"estimator {name!r} needs a value: {name}={entry.argument.upper()}")
+    estimator = entry.factory(arg or None)
+    estimator.name = str(spec)
+    return estimator
+
+
+def _number(text: str, what: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise GradestError(f"{what} must be a number, got {text!r}") from None
+
+
+@register("pathwise", "reparameterization: ∇θ f(g(ε; θ)); explicit or implicit (Gamma, Beta, …)")
+def _pathwise(_: str | None) -> Estimator:
+    return Pathwise()
+
+
+@register("score", "score function (REINFORCE): f(x) ∇θ log p(x; θ), no baseline")
+def _score(_: str | None) -> Estimator:
+    return ScoreFunction()
+
+
+@register("score-const", "score function with a constant baseline b", argument="b", required=True)
+def _score_const(arg: str | None) -> Estimator:
+    return ScoreFunction(Constant(_number(arg, "the baseline b")))
+
+
+@register("score-loo", "score function with the leave-one-out baseline (RLOO, unbiased, N ≥ 2)")
+def _score_loo(_: str | None) -> Estimator:
+    return ScoreFunction(LeaveOneOut())
+
+
+@register(
+    "score-ema", "score function with a moving-average baseline (training loops)", argument="decay"
+)
+def _score_ema(arg: str | None) -> Estimator:
+    return ScoreFunction(MovingAverage(_number(arg, "the decay") if arg else 0.9))

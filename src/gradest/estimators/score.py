@@ -1,0 +1,45 @@
+r"""Score-function estimator (REINFORCE, likelihood ratio).
+
+    ∇θ E_{p(x;θ)}[f(x)] = E_{p(x;θ)}[(f(x) − b) ∇θ log p(x; θ)]
+
+One sample's estimate is (f(x_n) − b_n) ∇θ log p(x_n; θ). Only f's values are used, never its
+derivative, so f may be discrete, non-differentiable or a black box; the family may be discrete.
+The baseline b_n (see :mod:`gradest.estimators.baselines`) must not depend on x_n.
+
+Requires: log p(x; θ) differentiable in θ. Variance grows with the spread of f and with the
+dimension of x, which is why baselines matter.
+
+References: Williams (1992); Glynn (1990); Mohamed et al., JMLR 21 (2020) §4.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch.distributions import Distribution
+
+from gradest.estimators.base import Cost, Estimator, evaluate, joint_log_prob
+from gradest.estimators.baselines import NoBaseline
+from gradest.rng import draw
+
+
+class ScoreFunction(Estimator):
+    """ĝ_n = (f(x_n) − b_n) ∇θ log p(x_n; θ)."""
+
+    def __init__(self, baseline=None, name: str = "score") -> None:
+        self.baseline = NoBaseline() if baseline is None else baseline
+        self.name = name
+        self.min_samples = getattr(self.baseline, "min_samples", 1)
+
+    def _terms(
+        self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = draw(generator, dist.sample)  # sample() is detached: no path from θ through x
+        with torch.no_grad():  # the score function never differentiates f
+            fx = evaluate(f, x, num_samples)
+            weight = fx - self.baseline(fx)
+        logp = joint_log_prob(dist, x, num_samples)
+        # Value f(x_n), gradient weight_n ∇ log p: the weight is a constant of the math.
+        return fx + weight * (logp - logp.detach()), fx
+
+    def __repr__(self) -> str:
+        return f"ScoreFunction(baseline={self.baseline!r}, name={self.name!r})"

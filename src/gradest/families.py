@@ -1,0 +1,89 @@
+"""Named families of distributions for the command line and for problem specs.
+
+Each entry is a ``torch.distributions`` class with the parameter sets it accepts; gradest adds
+nothing to the math of a family, only names, checks and precise messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import NamedTuple
+
+import torch
+from torch import distributions as D
+
+from gradest.errors import GradestError
+
+
+class Family(NamedTuple):
+    name: str
+    cls: type[D.Distribution]
+    #: accepted parameter sets; exactly one must be given (e.g. probs or logits)
+    param_sets: tuple[tuple[str, ...], ...]
+
+    def build(self, **params: torch.Tensor) -> D.Distribution:
+        return self.cls(**params, validate_args=True)
+
+    def check(self, params: Mapping[str, torch.Tensor]) -> None:
+        """Raise GradestError unless ``params`` is one accepted set with values in range."""
+        given = tuple(sorted(params))
+        if given not in {tuple(sorted(s)) for s in self.param_sets}:
+            accepted = " or ".join("{" + ", ".join(s) + "}" for s in self.param_sets)
+            raise GradestError(
+                f"family {self.name!r} takes parameters {accepted}, got {{{', '.join(given)}}}"
+            )
+        for key, value in params.items():
+            if not torch.isfinite(value).all():
+                raise GradestError(f"parameter {key}={value.tolist()} of {self.name} must be finite")
+            constraint = self.cls.arg_constraints.get(key)
+            if constraint is not None and not bool(constraint.check(value).all()):
+                raise GradestError(
+                    f"parameter {key}={value.tolist()} of {self.name} is out of range: "
+                    f"{_describe(constraint)}"
+                )
+        try:
+            self.build(**params)
+        except ValueError as err:
+            raise GradestError(f"invalid parameters for {self.name}: {str(err).splitlines()[0]}") from None
+
+
+def _describe(constraint: D.constraints.Constraint) -> str:
+    text = {
+        D.constraints.positive: "must be > 0",
+        D.constraints.unit_interval: "must lie in [0, 1]",
+        D.constraints.real: "must be a real number",
+        D.constraints.simplex: "must be non-negative and sum to 1 along the last axis",
+        D.constraints.real_vector: "must be a vector of real numbers",
+    }
+    for known, words in text.items():
+        if constraint is known:
+            return words
+    return f"must satisfy {constraint}"
+
+
+FAMILIES: dict[str, Family] = {
+    f.name: f
+    for f in (
+        Family("normal", D.Normal, (("loc", "scale"),)),
+        Family("lognormal", D.LogNormal, (("loc", "scale"),)),
+        Family("laplace", D.Laplace, (("loc", "scale"),)),
+        Family("gumbel", D.Gumbel, (("loc", "scale"),)),
+        Family("studentt", D.StudentT, (("df", "loc", "scale"),)),
+        Family("uniform", D.Uniform, (("low", "high"),)),
+        Family("exponential", D.Exponential, (("rate",),)),
+        Family("gamma", D.Gamma, (("concentration", "rate"),)),
+        Family("beta", D.Beta, (("concentration1", "concentration0"),)),
+        Family("dirichlet", D.Dirichlet, (("concentration",),)),
+        Family("poisson", D.Poisson, (("rate",),)),
+        Family("bernoulli", D.Bernoulli, (("probs",), ("logits",))),
+        Family("categorical", D.Categorical, (("probs",), ("logits",))),
+        Family("geometric", D.Geometric, (("probs",), ("logits",))),
+    )
+}
+
+
+def get_family(name: str) -> Family:
+    family = FAMILIES.get(name.lower())
+    if family is None:
+        raise GradestError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")
+    return family
