@@ -6,7 +6,11 @@ import sys
 
 import typer
 
-from gradest.cli import compare as _compare  # noqa: F401  (registers `compare`)
+# Importing a command module registers its commands on `app`.
+from gradest.cli import compare as _compare  # noqa: F401
+from gradest.cli import gaussian as _gaussian  # noqa: F401
+from gradest.cli import lab as _lab  # noqa: F401
+from gradest.cli import vae as _vae  # noqa: F401
 from gradest.cli.app import app
 from gradest.errors import GradestError
 

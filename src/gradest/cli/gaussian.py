@@ -1,0 +1,1 @@
+"""`gradest gaussian` commands (being built)."""

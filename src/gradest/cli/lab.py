@@ -1,0 +1,1 @@
+"""`gradest lab` commands (being built)."""

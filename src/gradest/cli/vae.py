@@ -1,0 +1,1 @@
+"""`gradest vae` commands (being built)."""
