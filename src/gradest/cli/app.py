@@ -5,7 +5,7 @@ import typer
 app = typer.Typer(
     name="gradest",
     help=(
-        "Gradients of expectations, ∇θ E_p(x;θ)[f(x)]: compare Monte Carlo estimators "
+        "Gradients of expectations, ∇θ E_p(x;θ)\\[f(x)]: compare Monte Carlo estimators "
         "(pathwise, score function, …) against exact gradients, with variance diagnostics."
     ),
     no_args_is_help=True,
@@ -16,4 +16,4 @@ app = typer.Typer(
 
 @app.callback()
 def _root() -> None:
-    """Gradients of expectations ∇θ E_p(x;θ)[f(x)]: estimators, exact gradients, diagnostics."""
+    """Gradients of expectations ∇θ E_p(x;θ)\\[f(x)]: estimators, exact gradients, diagnostics."""

@@ -45,7 +45,7 @@ def _cells(t: torch.Tensor | None) -> list[str]:
 
 
 def render(result: Comparison) -> Table:
-    table = Table(title="∇θ E[f(x)]: estimates per parameter coordinate (variance of ONE sample)")
+    table = Table(title="∇θ E\\[f(x)]: estimates per parameter coordinate (variance of ONE sample)")
     for col in ("estimator", "param", "exact", "mean", "stderr", "z", "variance", "SNR", "µs/sample"):
         table.add_column(col, justify="left" if col in ("estimator", "param") else "right")
     for s in result.summaries:
@@ -88,7 +88,7 @@ def compare_command(
         Path | None, typer.Option("--json", help="Write the results as JSON here (atomically).")
     ] = None,
 ) -> None:
-    """Estimate ∇θ E_p(x;θ)[f(x)] with several estimators and check them against the exact gradient.
+    """Estimate ∇θ E_p(x;θ)\\[f(x)] with several estimators and check them against the exact gradient.
 
     Example: gradest compare --dist normal --param loc=1 --param scale=1 --cost cos --k 2
     --estimator pathwise --estimator score --estimator score-loo --samples 100000 --json out.json

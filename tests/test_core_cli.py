@@ -1,0 +1,103 @@
+"""`gradest compare` smoke tests: the issue's command line, JSON shape, custom costs, bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from gradest.cli import main
+
+ISSUE_FORM = ["compare", "--dist", "normal", "--param", "loc=1", "--param", "scale=1", "--cost", "cos",
+              "--k", "2", "--estimator", "pathwise", "--estimator", "score", "--estimator", "score-loo",
+              "--samples", "20000", "--seed", "0"]
+
+
+def test_compare_issue_form_writes_json(tmp_path, capsys):
+    out = tmp_path / "out.json"
+    assert main([*ISSUE_FORM, "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(result["exact"]) == {"loc", "scale"}
+    assert set(result["estimators"]) == {"pathwise", "score", "score-loo"}
+    for est in result["estimators"].values():
+        assert est["seconds_per_sample"] > 0
+        for name in ("loc", "scale"):
+            stats = est[name]
+            assert {"mean", "variance", "stderr", "z", "snr"} <= set(stats)
+            # the z-score is consistent with the other numbers, and within 5 standard errors
+            assert stats["z"] == pytest.approx((stats["mean"] - result["exact"][name]) / stats["stderr"])
+            assert abs(stats["z"]) < 5
+            assert stats["stderr"] == pytest.approx((stats["variance"] / 20000) ** 0.5)
+    assert "pathwise" in capsys.readouterr().out
+
+
+def test_same_seed_same_json(tmp_path):
+    a, b = tmp_path / "a.json", tmp_path / "b.json"
+    main([*ISSUE_FORM, "--json", str(a)])
+    main([*ISSUE_FORM, "--json", str(b)])
+    strip = lambda d: {k: {p: v for p, v in e.items() if p != "seconds_per_sample"}  # noqa: E731
+                       for k, e in d["estimators"].items()}
+    assert strip(json.loads(a.read_text())) == strip(json.loads(b.read_text()))
+
+
+def test_vector_parameters_serialise_as_lists(tmp_path):
+    out = tmp_path / "v.json"
+    assert main(["compare", "--param", "loc=[0, 1, 2]", "--param", "scale=[1, 1, 0.5]", "--cost", "square",
+                 "--estimator", "pathwise", "--samples", "1000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert len(result["exact"]["loc"]) == 3
+    assert len(result["estimators"]["pathwise"]["scale"]["mean"]) == 3
+
+
+def test_custom_cost_from_file_and_module(tmp_path, monkeypatch):
+    (tmp_path / "mycost.py").write_text("import torch\ndef f(x, k=1.0):\n    return torch.sin(k * x)\n")
+    out = tmp_path / "c.json"
+    assert main(["compare", "--cost", f"{tmp_path / 'mycost.py'}:f", "--k", "1.5", "--estimator", "score",
+                 "--samples", "2000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert json.loads(out.read_text())["exact_method"] == "quadrature"
+    assert abs(result["estimators"]["score"]["loc"]["z"]) < 5
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert main(["compare", "--cost", "mycost:f", "--estimator", "pathwise", "--samples", "100"]) == 0
+
+
+def test_other_families(tmp_path):
+    out = tmp_path / "g.json"
+    assert main(["compare", "--dist", "gamma", "--param", "concentration=2", "--param", "rate=1",
+                 "--cost", "square", "--estimator", "pathwise", "--estimator", "score-loo",
+                 "--samples", "1000", "--json", str(out)]) == 0
+    assert json.loads(out.read_text())["exact"] is None
+    out = tmp_path / "b.json"
+    assert main(["compare", "--dist", "bernoulli", "--param", "probs=[0.2, 0.6]", "--cost", "linear",
+                 "--estimator", "score-loo", "--samples", "1000", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["exact_method"] == "enumeration"
+    assert result["exact"]["probs"] == pytest.approx([1.0, 1.0], abs=1e-12)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--dist", "bernoulli", "--param", "probs=0.3", "--estimator", "pathwise"], "no rsample"),
+    (["--param", "loc=0", "--param", "scale=-1"], "must be > 0"),
+    (["--param", "loc=nan", "--param", "scale=1"], "not a number"),
+    (["--param", "loc=0"], "takes parameters"),
+    (["--dist", "gausian"], "unknown family"),
+    (["--estimator", "pathwise", "--estimator", "magic"], "unknown estimator"),
+    (["--cost", "nofile.py:f"], "not found"),
+    (["--cost", "nomodule_xyz:f"], "could not import"),
+    (["--param", "loc"], "NAME=VALUE"),
+])
+def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, message):
+    out = tmp_path / "never.json"
+    assert main(["compare", *args, "--samples", "100", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_console_script_and_module_entry_points():
+    proc = subprocess.run([sys.executable, "-m", "gradest", "compare", "--help"], capture_output=True,
+                          text=True, check=False)
+    assert proc.returncode == 0 and "--estimator" in proc.stdout
+    proc = subprocess.run([sys.executable, "-m", "gradest", "compare", "--dist", "nope"],
+                          capture_output=True, text=True, check=False)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: unknown family")

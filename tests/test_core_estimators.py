@@ -1,0 +1,258 @@
+"""Estimators against exact gradients (fixed seeds, tolerance Z_TOL standard errors), the two views
+against each other, seed-matched single samples against hand-derived formulas, and contracts."""
+
+import math
+
+import pytest
+import torch
+from conftest import Z_TOL, t
+from torch.distributions import Bernoulli, Beta, Categorical, Dirichlet, Gamma, Independent, Normal
+
+import gradest
+from gradest import GradestError, exact_grad, get_estimator, make_generator, named_cost
+from gradest.rng import draw
+
+ESTIMATORS = ["pathwise", "score", "score-loo", "score-const=0.5", "score-ema"]
+COSTS = [("square", 0.7), ("exp", 0.5), ("cos", 2.0), ("linear", -1.5)]
+POINTS = [(1.0, 1.0), (-0.4, 0.3), (2.0, 2.5)]
+N = 20_000
+
+
+def assert_unbiased(per_sample, exact_grads):
+    """|mean − exact| ≤ Z_TOL · stderr (+ rounding) for every coordinate of every parameter."""
+    for name, g in per_sample.grads.items():
+        mean = g.mean(0)
+        stderr = g.std(0) / math.sqrt(g.shape[0])
+        err = (mean - exact_grads[name]).abs()
+        bound = Z_TOL * stderr + 1e-10 * (1 + exact_grads[name].abs())
+        assert (err <= bound).all(), f"{per_sample.estimator} {name}: error {err} > {bound}"
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("cost,k", COSTS)
+@pytest.mark.parametrize("loc,scale", POINTS)
+def test_unbiased_on_closed_form_costs(estimator, cost, k, loc, scale):
+    f = named_cost(cost, k)
+    params = {"loc": t(loc), "scale": t(scale)}
+    exact = exact_grad(f, Normal, params, method="closed-form")
+    seed = hash((estimator, cost, loc)) % 2**31
+    est = get_estimator(estimator).per_sample(f, Normal, params, N, make_generator(seed))
+    assert_unbiased(est, exact.grads)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_diagonal_normal_with_ten_dimensional_loc(estimator):
+    gen = torch.Generator().manual_seed(0)
+    params = {"loc": torch.randn(10, generator=gen), "scale": 0.5 + torch.rand(10, generator=gen)}
+
+    def builder(loc, scale):
+        return Independent(Normal(loc, scale), 1)
+
+    f = named_cost("cos", 1.0)
+    est = get_estimator(estimator).per_sample(f, builder, params, N, make_generator(1))
+    assert est.grads["loc"].shape == (N, 10) and est.grads["scale"].shape == (N, 10)
+    assert est.values.shape == (N,)
+    assert_unbiased(est, exact_grad(f, builder, params).grads)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_matrix_parameters_keep_their_shape(estimator):
+    params = {"loc": torch.zeros(3, 2), "scale": torch.ones(3, 2)}
+    est = get_estimator(estimator).per_sample(named_cost("square", 1.0), Normal, params, 500,
+                                              make_generator(0))
+    assert est.grads["loc"].shape == (500, 3, 2)
+
+
+# Implicit reparameterization (Gamma, Beta, Dirichlet) against closed-form moments:
+# E[x] = α/β and E[x²] = α(α+1)/β² for Gamma; E[x] = a/(a+b) for Beta; E[x_i] = α_i/Σα for Dirichlet.
+def _gamma_mean_square(concentration, rate):
+    return (concentration / rate + concentration * (concentration + 1) / rate**2).sum()
+
+
+FAMILY_CASES = [
+    ("gamma", Gamma, {"concentration": t(0.6, 3.0), "rate": t(2.0, 0.5)},
+     lambda x: (x + x**2).sum(1), _gamma_mean_square),
+    ("beta", Beta, {"concentration1": t(0.7), "concentration0": t(2.5)},
+     lambda x: x, lambda concentration1, concentration0: concentration1 / (concentration1 + concentration0)),
+    ("dirichlet", Dirichlet, {"concentration": t(0.5, 1.0, 4.0)},
+     lambda x: (x * t(1.0, -2.0, 3.0)).sum(1),
+     lambda concentration: (concentration / concentration.sum() * t(1.0, -2.0, 3.0)).sum()),
+]
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+@pytest.mark.parametrize("name,family,params,f,mean_fn", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+def test_implicit_reparameterization_families(estimator, name, family, params, f, mean_fn):
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    grads = torch.autograd.grad(mean_fn(**leaves), list(leaves.values()))
+    exact = dict(zip(params, grads, strict=True))
+    est = get_estimator(estimator).per_sample(f, family, params, 50_000, make_generator(7))
+    assert_unbiased(est, exact)
+
+
+@pytest.mark.parametrize("estimator", ["score", "score-loo", "score-ema"])
+def test_score_function_on_discrete_families_matches_enumeration(estimator):
+    cases = [
+        (Bernoulli, {"probs": t(0.2, 0.9)}, lambda x: (x[:, 0] * 3 - x[:, 1]) ** 2),
+        (Categorical, {"logits": t(0.5, -1.0, 0.0, 2.0)}, lambda x: (x.double() - 1.5) ** 2),
+    ]
+    for family, params, f in cases:
+        exact = exact_grad(f, family, params, method="enumeration")
+        est = get_estimator(estimator).per_sample(f, family, params, N, make_generator(11))
+        assert_unbiased(est, exact.grads)
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_per_sample_view_equals_surrogate_view(estimator):
+    params = {"loc": t(0.3, -1.0, 2.0), "scale": t(0.5, 1.0, 1.5)}
+    f = named_cost("exp", 0.8)
+    per_sample = get_estimator(estimator).per_sample(f, Normal, params, 4096, make_generator(5))
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    loss = get_estimator(estimator).surrogate(f, Normal, leaves, 4096, make_generator(5))
+    loss.backward()
+    assert torch.allclose(loss.detach(), per_sample.values.mean(), atol=1e-12)
+    for name, leaf in leaves.items():
+        assert torch.allclose(leaf.grad, per_sample.grads[name].mean(0), atol=1e-12, rtol=0)
+
+
+def test_surrogate_flows_into_upstream_parameters():
+    # params that are outputs of a model: the surrogate's gradient reaches the model's weights
+    w = torch.tensor([0.2, -0.1], requires_grad=True)
+    params = {"loc": w[0] * 3.0, "scale": torch.exp(w[1])}
+    loss = get_estimator("pathwise").surrogate(named_cost("square", 1.0), Normal, params, 100_000,
+                                               make_generator(0))
+    loss.backward()
+    # ∂/∂w0 = 3 · 2(μ − 1); ∂/∂w1 = σ · 2σ; MC error at 1e5 samples is far below 0.05
+    mu, s = 0.6, math.exp(-0.1)
+    assert abs(w.grad[0] - 6 * (mu - 1)) < 0.05 and abs(w.grad[1] - 2 * s**2) < 0.05
+
+
+def _normal_draws(loc, scale, n, seed, reparam):
+    dist = Normal(loc.expand(n), scale.expand(n))
+    return draw(make_generator(seed), dist.rsample if reparam else dist.sample)
+
+
+def test_seed_matched_single_samples_match_hand_formulas():
+    mu, s, k = t(0.7), t(1.3), 1.9
+    f = named_cost("cos", k)
+    params = {"loc": mu, "scale": s}
+    # Pathwise: ∂μ f(μ + σε) = f'(x), ∂σ = f'(x) ε with ε = (x − μ)/σ
+    x = _normal_draws(mu, s, 64, 9, reparam=True)
+    got = get_estimator("pathwise").per_sample(f, Normal, params, 64, make_generator(9)).grads
+    fprime = -k * torch.sin(k * x)
+    assert torch.allclose(got["loc"], fprime, atol=1e-12)
+    assert torch.allclose(got["scale"], fprime * (x - mu) / s, atol=1e-12)
+    # Score function: f(x)(x − μ)/σ², f(x)((x − μ)²/σ² − 1)/σ; with LOO baseline f − mean of the others
+    x = _normal_draws(mu, s, 64, 9, reparam=False)
+    fx = torch.cos(k * x)
+    for name, weight in [("score", fx), ("score-loo", fx - (fx.sum() - fx) / 63)]:
+        got = get_estimator(name).per_sample(f, Normal, params, 64, make_generator(9)).grads
+        assert torch.allclose(got["loc"], weight * (x - mu) / s**2, atol=1e-12)
+        assert torch.allclose(got["scale"], weight * ((x - mu) ** 2 / s**2 - 1) / s, atol=1e-12)
+
+
+class _NoDerivative(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.cos(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        raise AssertionError("f's derivative was called")
+
+
+@pytest.mark.parametrize("estimator", ["score", "score-loo", "score-const=1", "score-ema"])
+def test_score_function_never_calls_the_derivative_of_f(estimator):
+    def f(x):
+        return _NoDerivative.apply(x.requires_grad_(True))
+
+    params = {"loc": t(0.5), "scale": t(1.0)}
+    est = get_estimator(estimator)
+    est.per_sample(f, Normal, params, 256, make_generator(0))
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    est.surrogate(f, Normal, leaves, 256, make_generator(0)).backward()
+    # … and the contract test itself can fail: pathwise does call the derivative
+    with pytest.raises(AssertionError, match="derivative was called"):
+        get_estimator("pathwise").per_sample(f, Normal, params, 256, make_generator(0))
+
+
+def test_pathwise_refuses_families_without_rsample_and_names_the_alternative():
+    for family, params in [(Bernoulli, {"probs": t(0.3)}), (Categorical, {"logits": t(0.0, 1.0)})]:
+        with pytest.raises(GradestError, match="no rsample.*score"):
+            get_estimator("pathwise").per_sample(lambda x: x.double(), family, params, 10,
+                                                 make_generator(0))
+
+
+def test_pathwise_refuses_f_without_gradient_path():
+    params = {"loc": t(0.5), "scale": t(1.0)}
+    for f in (lambda x: (x > 0).double(), lambda x: x.detach() ** 2, lambda x: torch.from_numpy(x.detach().numpy() ** 2)):
+        with pytest.raises(GradestError, match="no gradient path.*score"):
+            get_estimator("pathwise").per_sample(f, Normal, params, 10, make_generator(0))
+
+
+def test_same_seed_same_numbers_and_global_rng_untouched():
+    params = {"loc": t(0.0), "scale": t(1.0)}
+    f = named_cost("cos", 1.0)
+    state = torch.get_rng_state()
+    a = get_estimator("pathwise").per_sample(f, Normal, params, 100, make_generator(42))
+    torch.manual_seed(123)  # the global seed must not matter
+    b = get_estimator("pathwise").per_sample(f, Normal, params, 100, make_generator(42))
+    c = get_estimator("pathwise").per_sample(f, Normal, params, 100, make_generator(43))
+    torch.manual_seed(0)
+    state = torch.get_rng_state()
+    get_estimator("score").per_sample(f, Normal, params, 100, make_generator(42))
+    assert torch.equal(torch.get_rng_state(), state)
+    assert torch.equal(a.grads["loc"], b.grads["loc"])
+    assert not torch.equal(a.grads["loc"], c.grads["loc"])
+
+
+def test_moving_average_baseline_uses_only_earlier_batches():
+    baseline = gradest.MovingAverage(decay=0.5)
+    assert torch.equal(baseline(t(1.0, 3.0)), t(0.0, 0.0))  # first call: no history
+    # after one batch of mean 2: raw = 0.5·2 = 1, bias-corrected 1/(1 − 0.5) = 2
+    assert torch.allclose(baseline(t(10.0, 10.0)), t(2.0, 2.0))
+    # raw = 0.5·1 + 0.5·10 = 5.5, corrected 5.5/(1 − 0.25)
+    assert math.isclose(baseline.value, 5.5 / 0.75)
+    with pytest.raises(GradestError, match="decay"):
+        gradest.MovingAverage(decay=1.0)
+
+
+def test_bad_inputs_give_precise_errors():
+    f = named_cost("square", 1.0)
+    normal = {"loc": t(0.0), "scale": t(1.0)}
+    est = get_estimator("pathwise")
+    cases = [
+        (lambda: est.per_sample(f, Normal, {"loc": t(0.0), "scale": t(-1.0)}, 10, make_generator(0)),
+         "could not build.*scale"),
+        (lambda: est.per_sample(f, Normal, {"loc": t(float("nan")), "scale": t(1.0)}, 10,
+                                make_generator(0)), "NaN or inf"),
+        (lambda: est.per_sample(f, Normal, {"loc": 0.0, "scale": t(1.0)}, 10, make_generator(0)),
+         "must be a torch.Tensor"),
+        (lambda: est.per_sample(f, Normal, normal, 0, make_generator(0)), "num_samples"),
+        (lambda: est.per_sample(lambda x: x.unsqueeze(1), Normal, normal, 10, make_generator(0)),
+         "one value per sample"),
+        (lambda: get_estimator("score-loo").per_sample(f, Normal, normal, 1, make_generator(0)),
+         "≥ 2"),
+        (lambda: get_estimator("magic"), "unknown estimator 'magic'; choose one of"),
+        (lambda: get_estimator("score-const"), "needs a value"),
+        (lambda: get_estimator("score-const=abc"), "must be a number"),
+        (lambda: get_estimator("pathwise=3"), "takes no argument"),
+        (lambda: named_cost("sqaure"), "unknown cost"),
+        (lambda: gradest.get_family("gausian"), "unknown family"),
+    ]
+    for call, message in cases:
+        with pytest.raises(GradestError, match=message):
+            call()
+    with pytest.raises(TypeError, match="torch.Generator"):
+        est.per_sample(f, Normal, normal, 10, 0)
+
+
+def test_family_checks_name_accepted_parameters():
+    normal = gradest.get_family("normal")
+    with pytest.raises(GradestError, match=r"takes parameters \{loc, scale\}"):
+        normal.check({"mean": t(0.0), "scale": t(1.0)})
+    with pytest.raises(GradestError, match="scale=-2.0 of normal is out of range: must be > 0"):
+        normal.check({"loc": t(0.0), "scale": t(-2.0)})
+    with pytest.raises(GradestError, match="must lie in"):
+        gradest.get_family("bernoulli").check({"probs": t(1.5)})
+    gradest.get_family("bernoulli").check({"logits": t(1.5)})

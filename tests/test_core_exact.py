@@ -1,0 +1,119 @@
+"""Exact gradients: closed form, quadrature and enumeration, cross-checked against each other and
+against hand-derived formulas."""
+
+import math
+
+import pytest
+import torch
+from conftest import t
+from torch.distributions import Bernoulli, Categorical, Gamma, Independent, Normal
+
+import gradest
+from gradest import GradestError, exact_grad, named_cost
+
+COSTS = [("square", 0.7), ("exp", 0.5), ("exp", 3.0), ("cos", 2.0), ("linear", -1.5)]
+POINTS = [(1.0, 1.0), (-0.4, 0.3), (2.0, 2.5)]
+
+
+@pytest.mark.parametrize("name,k", COSTS)
+@pytest.mark.parametrize("loc,scale", POINTS)
+def test_closed_form_matches_quadrature(name, k, loc, scale):
+    f = named_cost(name, k)
+    params = {"loc": t(loc), "scale": t(scale)}
+    closed = exact_grad(f, Normal, params, method="closed-form")
+    quad = exact_grad(f, Normal, params, method="quadrature")
+    for key in params:
+        tol = 1e-10 + 10 * float(quad.error[key].max())
+        assert torch.allclose(closed.grads[key], quad.grads[key], atol=tol, rtol=0)
+    assert math.isclose(closed.value, quad.value, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_closed_form_matches_hand_derivatives():
+    mu, s, k = 0.3, 0.8, 1.7
+    params = {"loc": t(mu), "scale": t(s)}
+    e = math.exp(-0.5 * (k * s) ** 2)
+    got = exact_grad(named_cost("cos", k), Normal, params).grads
+    assert math.isclose(got["loc"], -k * math.sin(k * mu) * e, rel_tol=1e-12)
+    assert math.isclose(got["scale"], -(k**2) * s * math.cos(k * mu) * e, rel_tol=1e-12)
+    a = 1 + 2 * k * s**2
+    lval = math.exp(-k * mu**2 / a) / math.sqrt(a)
+    got = exact_grad(named_cost("exp", k), Normal, params).grads
+    assert math.isclose(got["loc"], lval * (-2 * k * mu / a), rel_tol=1e-12)
+    assert math.isclose(got["scale"], lval * (-2 * k * s / a + 4 * k**2 * mu**2 * s / a**2), rel_tol=1e-12)
+    got = exact_grad(named_cost("square", k), Normal, params).grads
+    assert math.isclose(got["loc"], 2 * (mu - k), rel_tol=1e-12)
+    assert math.isclose(got["scale"], 2 * s, rel_tol=1e-12)
+
+
+@pytest.mark.parametrize("dims", [2, 3])
+def test_quadrature_multivariate_matches_closed_form(dims):
+    gen = torch.Generator().manual_seed(dims)
+    params = {"loc": torch.randn(dims, generator=gen), "scale": 0.5 + torch.rand(dims, generator=gen)}
+    f = named_cost("cos", 1.3)
+
+    def builder(loc, scale):
+        return Independent(Normal(loc, scale), 1)
+
+    closed = exact_grad(f, builder, params, method="closed-form")
+    quad = exact_grad(f, builder, params, method="quadrature")
+    for key in params:
+        assert closed.grads[key].shape == (dims,)
+        assert torch.allclose(closed.grads[key], quad.grads[key], atol=1e-9, rtol=0)
+
+
+def test_quadrature_handles_a_non_differentiable_cost():
+    # E[1{x > 0}] = Φ(μ/σ): ∂μ = φ(μ/σ)/σ, ∂σ = −μ φ(μ/σ)/σ². The step has no derivative.
+    mu, s = 0.4, 1.2
+    got = exact_grad(lambda x: (x > 0).double(), Normal, {"loc": t(mu), "scale": t(s)})
+    phi = math.exp(-0.5 * (mu / s) ** 2) / math.sqrt(2 * math.pi)
+    assert got.method == "quadrature"
+    # Gauss–Hermite converges slowly on a step: check against its own error estimate
+    assert abs(got.grads["loc"] - phi / s) <= 3 * got.error["loc"] + 1e-6
+    assert abs(got.grads["scale"] + mu * phi / s**2) <= 3 * got.error["scale"] + 1e-6
+
+
+def test_enumeration_bernoulli_product_matches_formula():
+    # f(x) = Σ_d w_d x_d + x_0 x_1: E f = Σ w_d p_d + p_0 p_1
+    w = t(0.5, -2.0, 3.0)
+    probs = t(0.2, 0.7, 0.4)
+    got = exact_grad(lambda x: (x * w).sum(1) + x[:, 0] * x[:, 1], Bernoulli, {"probs": probs})
+    assert got.method == "enumeration"
+    expected = w.clone()
+    expected[0] += probs[1]
+    expected[1] += probs[0]
+    assert torch.allclose(got.grads["probs"], expected, atol=1e-12)
+
+
+def test_enumeration_categorical_logits_matches_formula():
+    # ∂/∂logit_j E f = p_j (f(j) − E f)
+    values = t(1.0, -0.5, 4.0, 2.0)
+    logits = t(0.1, -1.0, 0.5, 0.0)
+    got = exact_grad(lambda x: values[x], Categorical, {"logits": logits})
+    p = logits.softmax(0)
+    assert torch.allclose(got.grads["logits"], p * (values - (p * values).sum()), atol=1e-12)
+
+
+def test_enumeration_agrees_with_many_sample_score_function():
+    # Cross-check of two independent routes on a product of categoricals
+    logits = t([[0.3, -0.2, 1.0], [0.0, 0.5, -1.0]])
+    f = lambda x: (x[:, 0] - x[:, 1]).double() ** 2  # noqa: E731
+    exact = exact_grad(f, Categorical, {"logits": logits})
+    est = gradest.get_estimator("score-loo").per_sample(
+        f, Categorical, {"logits": logits}, 200_000, gradest.make_generator(3)
+    )
+    s = gradest.summarize(est, exact).params["logits"]
+    assert s.z.abs().max() < 5
+
+
+def test_errors_name_the_alternative():
+    with pytest.raises(GradestError, match="at most 3 coordinates"):
+        exact_grad(lambda x: x.sum(1), Normal, {"loc": torch.zeros(4), "scale": torch.ones(4)},
+                   method="quadrature")
+    with pytest.raises(GradestError, match="finite support"):
+        exact_grad(named_cost("square"), Normal, {"loc": t(0.0), "scale": t(1.0)}, method="enumeration")
+    with pytest.raises(GradestError, match="no exact gradient"):
+        exact_grad(lambda x: x, Gamma, {"concentration": t(2.0), "rate": t(1.0)})
+    with pytest.raises(GradestError, match="unknown method"):
+        exact_grad(named_cost("square"), Normal, {"loc": t(0.0), "scale": t(1.0)}, method="magic")
+    with pytest.raises(GradestError, match="more than"):
+        exact_grad(lambda x: x.sum(1), Bernoulli, {"probs": torch.full((30,), 0.5)})
