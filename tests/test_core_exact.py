@@ -5,10 +5,10 @@ import math
 
 import pytest
 import torch
-from conftest import t
 from torch.distributions import Bernoulli, Categorical, Gamma, Independent, Normal
 
 import gradest
+from conftest import t
 from gradest import GradestError, exact_grad, named_cost
 
 COSTS = [("square", 0.7), ("exp", 0.5), ("exp", 3.0), ("cos", 2.0), ("linear", -1.5)]
