@@ -1,0 +1,44 @@
+r"""Variational autoencoders trained with the gradient estimator of your choice.
+
+    −ELBO(x) = −E_{q_φ(z|x)}[log p_θ(x|z)] + KL(q_φ(z|x) ‖ p(z)),   IWAE_K = E[log (1/K) Σ_k w_k]
+
+Reuse it with your own networks::
+
+    import gradest
+    from gradest.vae import VAE, TrainConfig, train
+
+    model = VAE(my_encoder, my_decoder, latent=20)      # encoder(x) -> (μ, σ); decoder(z) -> logits
+    result = train(TrainConfig(estimator="iwae-dreg", k=5, epochs=10), "runs/dreg", model=model)
+
+or one step at a time: ``OBJECTIVES["vimco"].fn(model, x, k, generator, None).loss.backward()``.
+"""
+
+from gradest.vae.data import ImageData, load_images, read_idx
+from gradest.vae.evaluate import Evaluation, evaluate
+from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
+from gradest.vae.objectives import OBJECTIVES, Estimate, Objective, get_objective
+from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics, train
+from gradest.vae.variance import GradientVariance, encoder_gradient_variance
+
+__all__ = [
+    "OBJECTIVES",
+    "VAE",
+    "BernoulliDecoder",
+    "Estimate",
+    "Evaluation",
+    "GaussianEncoder",
+    "GradientVariance",
+    "ImageData",
+    "NonFiniteLoss",
+    "Objective",
+    "TrainConfig",
+    "TrainResult",
+    "encoder_gradient_variance",
+    "evaluate",
+    "get_objective",
+    "load_images",
+    "load_run",
+    "read_idx",
+    "read_metrics",
+    "train",
+]

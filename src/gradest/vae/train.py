@@ -1,0 +1,329 @@
+r"""Training a VAE with the estimator of your choice: minimise −bound with Adam, one epoch at a time.
+
+Each epoch shuffles the training images (``torch.randperm`` from the data generator), takes one
+Adam step per batch on the objective's surrogate loss, then records in ``OUT/metrics.jsonl``
+
+    epoch, train_neg_elbo, train_neg_bound (batch averages over the epoch), test_neg_elbo, test_kl
+    (nats per image), seconds (the training pass), grad_var, grad_snr (see gradest.vae.variance)
+
+and writes ``OUT/checkpoint.pt`` atomically: model, optimizer, baseline, generator states and
+metrics. ``resume=True`` continues from it and reproduces the uninterrupted run number for number.
+A NaN/inf loss stops training with :class:`NonFiniteLoss`; the checkpoint of the last good epoch
+stays. At the end, ``OUT/summary.json`` holds the test figures of :mod:`gradest.vae.evaluate`.
+
+Randomness: four generators derived from the seed — setup (train/test split, fixed binarization,
+initialisation), data (shuffling), noise (z and dynamic binarization) and diagnostics (gradient
+variance) — plus a fresh evaluation generator for every test evaluation.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import torch
+
+from gradest.diagnostics import to_json_value
+from gradest.errors import GradestError
+from gradest.estimators.baselines import MovingAverage
+from gradest.io import write_atomic, write_json
+from gradest.rng import make_generator
+from gradest.vae.data import ImageData, binarize, check_binarize, load_images
+from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
+from gradest.vae.model import VAE
+from gradest.vae.objectives import get_objective, make_baseline
+from gradest.vae.variance import encoder_gradient_variance
+
+CHECKPOINT = "checkpoint.pt"
+METRICS = "metrics.jsonl"
+SUMMARY = "summary.json"
+CONFIG = "config.json"
+# Offsets of the derived seeds: one stream per purpose, so that e.g. tracking variance never
+# shifts the noise training draws.
+_SETUP, _DATA, _NOISE, _DIAG, _EVAL = range(5)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that defines a run (saved with it; ``resume`` reuses it)."""
+
+    dataset: str = "mnist5k"
+    binarize: str = "none"
+    hidden: tuple[int, ...] = (400,)
+    latent: int = 20
+    estimator: str = "pathwise"
+    k: int = 1
+    epochs: int = 30
+    batch_size: int = 128
+    lr: float = 1e-3
+    seed: int = 0
+    device: str = "cpu"
+    var_repeats: int = 10  # R estimates per epoch for grad_var; 0 turns tracking off
+    var_batch: int = 128
+    iwae_k: int = 1000
+    baseline_decay: float = 0.9
+
+    def check(self) -> TrainConfig:
+        check_binarize(self.binarize)
+        get_objective(self.estimator, self.k)
+        positive = {"latent": self.latent, "k": self.k, "epochs": self.epochs,
+                    "batch-size": self.batch_size, "var-batch": self.var_batch, "iwae-k": self.iwae_k}
+        for name, value in positive.items():
+            if value < 1:
+                raise GradestError(f"--{name} must be ≥ 1, got {value}")
+        if any(h < 1 for h in self.hidden):
+            raise GradestError(f"--hidden sizes must be ≥ 1, got {list(self.hidden)}")
+        if self.var_repeats == 1 or self.var_repeats < 0:
+            raise GradestError(f"--var-repeats must be 0 (off) or ≥ 2, got {self.var_repeats}")
+        if not self.lr > 0:
+            raise GradestError(f"--lr must be positive, got {self.lr}")
+        if not 0 <= self.baseline_decay < 1:
+            raise GradestError(f"--baseline-decay must lie in [0, 1), got {self.baseline_decay}")
+        resolve_device(self.device)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d["hidden"] = list(self.hidden)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        d = {k: v for k, v in d.items() if k in known}
+        if "hidden" in d:
+            d["hidden"] = tuple(int(h) for h in d["hidden"])
+        return cls(**d)
+
+
+class NonFiniteLoss(GradestError):
+    """The loss became NaN or inf; the message names the epoch, the step and what was kept."""
+
+
+class Setup(NamedTuple):
+    """A run's data (on the device), fixed batches and freshly initialised model."""
+
+    data: ImageData
+    train: torch.Tensor
+    test: torch.Tensor
+    var_batch: torch.Tensor
+    model: VAE
+
+
+class TrainResult(NamedTuple):
+    model: VAE
+    metrics: list[dict[str, Any]]
+    evaluation: Evaluation
+    out: Path
+
+
+def resolve_device(name: str) -> torch.device:
+    """``cpu``, ``cuda`` or ``cuda:N``, checked to exist."""
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise GradestError(f"--device {name!r} is not a device; use cpu or cuda") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise GradestError(
+            f"--device {name}: CUDA is not available (this PyTorch build or machine has no GPU); "
+            "use --device cpu"
+        )
+    if device.type not in ("cpu", "cuda"):
+        raise GradestError(f"--device {name!r}: only cpu and cuda are supported")
+    return device
+
+
+def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
+    """Load and split the data, binarize the fixed parts, build the model (all from the seed)."""
+    device = resolve_device(config.device)
+    gen = make_generator(config.seed + _SETUP)
+    data = load_images(config.dataset, gen)
+    train, test = data.train, data.test
+    if config.binarize != "none":
+        # The test set is binarized once even with dynamic binarization: comparable test figures.
+        test = binarize(test, gen)
+        train = binarize(train, gen) if config.binarize == "fixed" else train
+    var_batch = train[: config.var_batch]
+    if config.binarize == "dynamic":
+        var_batch = binarize(var_batch, gen)
+    if model is None:
+        model = VAE.mlp(data.dim, config.hidden, config.latent, gen)
+    return Setup(data, train.to(device), test.to(device), var_batch.to(device), model.to(device))
+
+
+def _serialize(obj: dict[str, Any]) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
+    """The checkpoint of run folder ``out``, loaded with ``weights_only=True`` (no pickled code)."""
+    path = Path(out) / CHECKPOINT
+    if not path.is_file():
+        raise GradestError(f"{out} holds no {CHECKPOINT}; train a run there first (gradest vae train)")
+    try:
+        return torch.load(path, map_location=device, weights_only=True)
+    except Exception as err:  # torch raises several types for corrupt or unsafe files
+        raise GradestError(f"could not load {path} safely: {str(err).splitlines()[0]}") from None
+
+
+def _baseline_state(baseline: MovingAverage | None) -> dict[str, float] | None:
+    return None if baseline is None else dataclasses.asdict(baseline)
+
+
+def _write_metrics(out: Path, metrics: list[dict[str, Any]]) -> None:
+    write_atomic(out / METRICS, "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics))
+
+
+def train(
+    config: TrainConfig,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    model: VAE | None = None,
+    on_step: Callable[[int, int, int], None] | None = None,
+    on_epoch: Callable[[dict[str, Any]], None] | None = None,
+    on_phase: Callable[[str], None] | None = None,
+) -> TrainResult:
+    """Train (or, with ``resume``, continue) the run in folder ``out``.
+
+    Args:
+        config: the run; with ``resume`` only its ``epochs`` (and ``device``) override the saved one.
+        out: the run folder (metrics.jsonl, checkpoint.pt, summary.json, config.json).
+        model: your own ``VAE(encoder, decoder, latent)``; default the MLP of ``config``.
+        on_step(epoch, step, steps), on_epoch(record), on_phase(text): progress callbacks.
+    """
+    out = Path(out)
+    state = None
+    if resume:
+        state = load_checkpoint(out, resolve_device(config.device))
+        saved = TrainConfig.from_dict(state["config"])
+        config = dataclasses.replace(saved, epochs=config.epochs, device=config.device)
+    elif (out / CHECKPOINT).exists():
+        raise GradestError(
+            f"{out} already holds a run; pass --resume to continue it, or choose another --out"
+        )
+    config.check()
+    objective = get_objective(config.estimator, config.k)
+    run = setup(config, model)
+    model = run.model
+    device = run.train.device
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    baseline = make_baseline(objective, config.baseline_decay)
+    g_data = make_generator(config.seed + _DATA)
+    g_noise = make_generator(config.seed + _NOISE, device)
+    g_diag = make_generator(config.seed + _DIAG, device)
+    metrics: list[dict[str, Any]] = []
+    start_epoch = 1
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if baseline is not None:
+            baseline = MovingAverage(**state["baseline"])
+        g_data.set_state(state["generators"]["data"].cpu())
+        g_noise.set_state(state["generators"]["noise"].cpu())
+        g_diag.set_state(state["generators"]["diag"].cpu())
+        metrics = list(state["metrics"])
+        start_epoch = int(state["epoch"]) + 1
+    write_json(out / CONFIG, config.to_dict())
+
+    n = run.train.shape[0]
+    steps = -(-n // config.batch_size)
+    for epoch in range(start_epoch, config.epochs + 1):
+        model.train()
+        order = torch.randperm(n, generator=g_data).to(device)
+        sum_elbo = torch.zeros((), device=device)
+        sum_bound = torch.zeros((), device=device)
+        start = time.perf_counter()
+        for step, idx in enumerate(order.split(config.batch_size)):
+            xb = run.train[idx]
+            if config.binarize == "dynamic":
+                xb = binarize(xb, g_noise)
+            est = objective.fn(model, xb, config.k, g_noise, baseline)
+            if not torch.isfinite(est.loss + est.elbo.sum()):
+                kept = f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}" if epoch > 1 \
+                    else "no epoch finished, so there is no checkpoint"
+                raise NonFiniteLoss(
+                    f"the {config.estimator} loss became {float(est.loss)} at epoch {epoch}, step "
+                    f"{step + 1}/{steps}; training stopped and {kept}. Lower --lr or pick a "
+                    "lower-variance --estimator"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            est.loss.backward()
+            optimizer.step()
+            sum_elbo += est.elbo.sum()
+            sum_bound += est.bound.sum()
+            if on_step is not None:
+                on_step(epoch, step + 1, steps)
+        seconds = time.perf_counter() - start
+        record = _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds)
+        record["train_neg_elbo"] = -float(sum_elbo) / n
+        record["train_neg_bound"] = -float(sum_bound) / n
+        metrics.append(record)
+        _write_metrics(out, metrics)
+        write_atomic(out / CHECKPOINT, _serialize({
+            "epoch": epoch,
+            "config": config.to_dict(),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "baseline": _baseline_state(baseline),
+            "generators": {"data": g_data.get_state(), "noise": g_noise.get_state(),
+                           "diag": g_diag.get_state()},
+            "metrics": metrics,
+        }))
+        if on_epoch is not None:
+            on_epoch(record)
+
+    if on_phase is not None:
+        on_phase(f"evaluating on {run.test.shape[0]} test images (IWAE, K = {config.iwae_k})")
+    evaluation = evaluate(model, run.test, config.iwae_k, make_generator(config.seed + _EVAL, device))
+    write_summary(out, config, evaluation, metrics)
+    return TrainResult(model, metrics, evaluation, out)
+
+
+def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds) -> dict[str, Any]:
+    model.eval()
+    test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + _EVAL, run.test.device))
+    grad_var = grad_snr = None
+    if config.var_repeats >= 2:
+        gv = encoder_gradient_variance(
+            model, objective, run.var_batch, config.k, config.var_repeats, g_diag, baseline
+        )
+        grad_var, grad_snr = to_json_value(gv.trace), to_json_value(gv.snr)
+    return {"epoch": epoch, "test_neg_elbo": test_elbo, "test_kl": test_kl, "seconds": seconds,
+            "grad_var": grad_var, "grad_snr": grad_snr}
+
+
+def write_summary(out: Path, config: TrainConfig, evaluation: Evaluation, metrics) -> dict[str, Any]:
+    summary = {"estimator": config.estimator, "k": config.k, "dataset": config.dataset,
+               "binarize": config.binarize, "epochs": len(metrics), **evaluation.to_dict()}
+    if metrics:
+        summary["train_neg_elbo"] = metrics[-1]["train_neg_elbo"]
+        summary["grad_var"] = metrics[-1]["grad_var"]
+        summary["seconds_per_epoch"] = sum(m["seconds"] for m in metrics) / len(metrics)
+    summary = {k: to_json_value(v) if isinstance(v, float) else v for k, v in summary.items()}
+    write_json(out / SUMMARY, summary)
+    return summary
+
+
+def load_run(out: str | Path, device: str = "cpu", model: VAE | None = None) -> tuple[TrainConfig, Setup]:
+    """A saved run's config and setup, with the checkpoint's weights loaded into the model."""
+    state = load_checkpoint(out, resolve_device(device))
+    config = dataclasses.replace(TrainConfig.from_dict(state["config"]), device=device)
+    run = setup(config, model)
+    run.model.load_state_dict(state["model"])
+    return config, run
+
+
+def read_metrics(out: str | Path) -> list[dict[str, Any]]:
+    path = Path(out) / METRICS
+    if not path.is_file():
+        raise GradestError(f"{out} holds no {METRICS}; is it a gradest vae run folder?")
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
