@@ -30,8 +30,8 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from functools import lru_cache
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
@@ -122,7 +122,7 @@ _DENSITY = {"eps": "normal", "n": "normal", "um": "normal", "w": "rayleigh", "w2
 def _rule(kind: str, width: float) -> tuple[np.ndarray, np.ndarray]:
     """Nodes t and weights w·ρ(t) of composite Gauss–Legendre for the density ``kind``."""
     lo = 0.0 if kind == "rayleigh" else -TAIL
-    panels = int(math.ceil((TAIL - lo) / width))
+    panels = math.ceil((TAIL - lo) / width)
     edges = np.linspace(lo, TAIL, panels + 1)
     x, w = np.polynomial.legendre.leggauss(ORDER)
     half = 0.5 * np.diff(edges)

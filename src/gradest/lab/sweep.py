@@ -1,0 +1,265 @@
+r"""The variance sweep of Mohamed et al. (2020, Fig. 2): x ~ N(μ, σ²), costs c(x; k) over a grid of k.
+
+For every cell (cost, k, estimator) one call draws N single-sample estimates ĝ_n of ∇_{μ,σ} E c(x; k)
+and records, per parameter, the measured mean and single-sample variance s², the standard error of
+the mean s/√N, the standard error of s² itself, √((m₄ − s⁴)/N) with m₄ the fourth central
+moment, and the exact variance by numerical integration (:mod:`gradest.lab.variance_exact`).
+
+Every cell uses a generator seeded with the sweep's seed (common random numbers across cells, and
+the same numbers whatever the order), so a resumed sweep gives exactly the rows a single run gives.
+The CSV is rewritten atomically after each cell: an interrupted sweep resumes from its rows.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+import torch
+from torch.distributions import Normal
+
+from gradest.costs import named_cost
+from gradest.errors import GradestError
+from gradest.estimators import get_estimator
+from gradest.exact import exact_grad
+from gradest.io import write_atomic
+from gradest.lab import variance_exact as vx
+from gradest.rng import make_generator
+
+PARAMS = ("loc", "scale")
+CSV_NAME = "sweep.csv"
+#: the survey's comparison: pathwise, score function with and without a control variate, MVD
+#: coupled and uncoupled
+DEFAULT_ESTIMATORS = ("pathwise", "score", "score-delta", "mvd", "mvd-uncoupled")
+DEFAULT_KS = (0.1, 0.5, 1.0, 2.0, 3.0, 5.0, 10.0)
+DEFAULT_COSTS = ("square", "exp", "cos")
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    costs: tuple[str, ...] = DEFAULT_COSTS
+    ks: tuple[float, ...] = DEFAULT_KS
+    loc: float = 1.0
+    scale: float = 1.0
+    estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
+    samples: int = 100_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.costs or not self.ks or not self.estimators:
+            raise GradestError("a sweep needs at least one cost, one k and one estimator")
+        for cost in self.costs:
+            if cost not in vx.COSTS:
+                raise GradestError(f"the sweep's costs are {', '.join(vx.COSTS)}; got {cost!r}")
+        if not self.scale > 0:
+            raise GradestError(f"--param scale must be > 0, got {self.scale}")
+        if self.samples < 2:
+            raise GradestError(f"--samples must be ≥ 2 to measure a variance, got {self.samples}")
+        for name in self.estimators:
+            get_estimator(name)  # unknown names fail here, before any work
+
+    def cells(self) -> list[tuple[str, float, str]]:
+        return [(c, float(k), e) for c in self.costs for k in self.ks for e in self.estimators]
+
+
+@dataclass(frozen=True)
+class SweepRow:
+    """One (cost, k, param, estimator) measurement; variances are of ONE single-sample estimate."""
+
+    cost: str
+    k: float
+    param: str
+    estimator: str
+    loc: float
+    scale: float
+    samples: int
+    seed: int
+    mean: float
+    exact_grad: float
+    z: float
+    stderr: float
+    variance: float
+    variance_stderr: float
+    variance_exact: float
+    variance_exact_error: float
+    seconds_per_sample: float
+
+    def key(self) -> tuple:
+        return (self.cost, self.k, self.param, self.estimator, self.loc, self.scale, self.samples,
+                self.seed)
+
+
+COLUMNS = tuple(f.name for f in fields(SweepRow))
+_TYPES = {f.name: f.type for f in fields(SweepRow)}
+
+
+def _parse_row(raw: dict[str, str]) -> SweepRow:
+    cast = {"str": str, "int": int, "float": float}
+    try:
+        return SweepRow(**{c: cast[_TYPES[c]](raw[c]) for c in COLUMNS})
+    except (KeyError, ValueError, TypeError) as err:
+        raise GradestError(
+            f"{CSV_NAME} has a malformed row ({err}); remove the file or choose another --out"
+        ) from None
+
+
+def read_rows(path: Path) -> list[SweepRow]:
+    """Rows of an existing sweep CSV ([] if there is none)."""
+    if not path.is_file():
+        return []
+    with path.open(newline="") as handle:
+        return [_parse_row(r) for r in csv.DictReader(handle)]
+
+
+def rows_to_csv(rows: Sequence[SweepRow]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for r in rows:
+        writer.writerow([repr(v) if isinstance(v, float) else v for v in asdict(r).values()])
+    return buf.getvalue()
+
+
+def _exact_variance(estimator: str, cost: str, k: float, param: str, loc: float, scale: float):
+    if not vx.supports(estimator):
+        return math.nan, math.nan
+    ev = vx.single_sample_variance(estimator, vx.NormalProblem(cost, k, loc, scale), param)
+    return ev.variance, ev.error
+
+
+def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> list[SweepRow]:
+    """Both parameters' rows of one cell (one estimator call of ``config.samples`` samples)."""
+    f = named_cost(cost, k)
+    params = {"loc": torch.tensor(config.loc, dtype=torch.float64),
+              "scale": torch.tensor(config.scale, dtype=torch.float64)}
+    exact = exact_grad(f, Normal, params)
+    per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
+                                              make_generator(config.seed))
+    rows = []
+    for param in PARAMS:
+        g = per.grads[param].double().reshape(-1)
+        n = g.numel()
+        mean = float(g.mean())
+        centred = g - mean
+        var = float(centred.pow(2).sum() / (n - 1))
+        m4 = float(centred.pow(4).mean())
+        stderr = math.sqrt(var / n)
+        truth = float(exact.grads[param])
+        v_exact, v_err = _exact_variance(estimator, cost, k, param, config.loc, config.scale)
+        rows.append(SweepRow(
+            cost=cost, k=k, param=param, estimator=estimator, loc=config.loc, scale=config.scale,
+            samples=n, seed=config.seed, mean=mean, exact_grad=truth,
+            z=(mean - truth) / stderr if stderr > 0 else 0.0, stderr=stderr, variance=var,
+            variance_stderr=math.sqrt(max(m4 - var**2, 0.0) / n), variance_exact=v_exact,
+            variance_exact_error=v_err, seconds_per_sample=per.seconds / n,
+        ))
+    return rows
+
+
+def run_sweep(
+    config: SweepConfig,
+    out_dir: Path,
+    on_cell: Callable[[int, int, str], None] | None = None,
+) -> list[SweepRow]:
+    """Measure every cell not already in ``out_dir/sweep.csv``; rewrite the CSV after each cell.
+
+    Rows of other configurations already in the file are kept (a sweep can be extended).
+    ``on_cell(done, total, label)`` reports progress, counting resumed cells as done.
+    """
+    path = Path(out_dir) / CSV_NAME
+    rows = read_rows(path)
+    have = {r.key() for r in rows}
+    cells = config.cells()
+
+    def done(cost, k, est):
+        return all((cost, k, p, est, config.loc, config.scale, config.samples, config.seed) in have
+                   for p in PARAMS)
+
+    todo = [c for c in cells if not done(*c)]
+    finished = len(cells) - len(todo)
+    if on_cell is not None:
+        on_cell(finished, len(cells), "resumed" if finished else "start")
+    for cost, k, est in todo:
+        new = measure_cell(config, cost, k, est)
+        rows = [r for r in rows if r.key() not in {n.key() for n in new}] + new
+        write_atomic(path, rows_to_csv(rows))
+        finished += 1
+        if on_cell is not None:
+            on_cell(finished, len(cells), f"{cost} k={k:g} {est}")
+    if not path.is_file():
+        write_atomic(path, rows_to_csv(rows))
+    return select_rows(rows, config)
+
+
+def select_rows(rows: Sequence[SweepRow], config: SweepConfig) -> list[SweepRow]:
+    """The rows of this configuration, in grid order."""
+    index = {r.key(): r for r in rows}
+    out = []
+    for cost, k, est in config.cells():
+        for p in PARAMS:
+            key = (cost, k, p, est, config.loc, config.scale, config.samples, config.seed)
+            if key in index:
+                out.append(index[key])
+    return out
+
+
+def fine_grid(ks: Sequence[float], points: int = 60) -> np.ndarray:
+    """A log-spaced k grid spanning ``ks`` (for the exact curves), including the ks themselves."""
+    lo, hi = min(ks), max(ks)
+    if lo <= 0:
+        grid = np.linspace(lo, hi, points)
+    else:
+        grid = np.geomspace(lo, hi, points)
+    return np.unique(np.concatenate([grid, np.asarray(ks, dtype=float)]))
+
+
+def exact_curves(config: SweepConfig, points: int = 60) -> dict[tuple[str, str, str], tuple]:
+    """(cost, param, estimator) -> (k grid, exact single-sample variance) for the plots."""
+    ks = fine_grid(config.ks, points)
+    curves = {}
+    for cost in config.costs:
+        for param in PARAMS:
+            for est in config.estimators:
+                if vx.supports(est):
+                    curves[cost, param, est] = (
+                        ks, vx.variance_curve(est, cost, ks, param, config.loc, config.scale))
+    return curves
+
+
+class SweepResult(NamedTuple):
+    rows: list[SweepRow]
+    findings: list
+    csv: Path
+    figure: Path
+    report: Path
+
+
+def sweep(
+    config: SweepConfig,
+    out_dir: Path,
+    on_cell: Callable[[int, int, str], None] | None = None,
+    curve_points: int = 60,
+) -> SweepResult:
+    """Run (or resume) the sweep and write ``sweep.csv``, ``sweep.png`` and ``report.html``."""
+    from gradest import report as rp
+    from gradest.lab.findings import sweep_findings
+    from gradest.lab.plots import sweep_figure
+    from gradest.lab.report import sweep_page
+
+    start = time.perf_counter()
+    out_dir = Path(out_dir)
+    rows = run_sweep(config, out_dir, on_cell)
+    curves = exact_curves(config, curve_points)
+    png = rp.png_bytes(sweep_figure(rows, curves, config.costs, config.estimators))
+    figure = write_atomic(out_dir / "sweep.png", png)
+    findings = sweep_findings(rows)
+    html = sweep_page(config, rows, png, findings, time.perf_counter() - start)
+    report = write_atomic(out_dir / "report.html", html)
+    return SweepResult(rows, findings, out_dir / CSV_NAME, figure, report)
