@@ -8,6 +8,15 @@ r"""Diagnostics of an estimator, pure functions of its single-sample estimates �
 
 All are elementwise over a parameter's coordinates. For the leave-one-out baseline the ĝ_n are
 weakly dependent (correlation O(1/N)); the formulas above are then accurate to O(1/N).
+
+Antithetic and quasi-Monte Carlo samplers make the ĝ_n dependent within groups (pairs,
+randomizations) and independent across them. The stderr of the mean then comes from the G group
+means m_g with sizes n_g (the cluster estimator; for equal sizes it is the spread of the m_g / √G):
+
+    stderr² = G/(G − 1) · Σ_g (n_g/N)² (m_g − ḡ)²
+
+and ``variance`` stays the variance of one (marginal) single-sample estimate; N · stderr² is the
+*effective* single-sample variance, the one to compare against i.i.d. sampling.
 """
 
 from __future__ import annotations
@@ -65,12 +74,41 @@ def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor) -> to
     return torch.where(exact_hit, torch.zeros_like(diff), diff / stderr)
 
 
-def param_stats(samples: torch.Tensor, exact: torch.Tensor | None = None) -> ParamStats:
-    """Statistics of one parameter's single-sample estimates ``[N, *shape]``."""
+def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard error of ``samples.mean(0)``; over independent groups when ``groups`` is given."""
+    n = samples.shape[0]
+    if groups is None:
+        if n < 2:
+            return torch.full_like(samples.mean(0), math.nan)
+        return (samples.var(0, correction=1) / n).sqrt()
+    size = int(groups.max()) + 1
+    counts = torch.bincount(groups, minlength=size).to(samples.dtype)
+    if size < 2:
+        return torch.full_like(samples.mean(0), math.nan)
+    sums = torch.zeros(size, *samples.shape[1:], dtype=samples.dtype).index_add_(0, groups, samples)
+    shape = (size,) + (1,) * (samples.dim() - 1)
+    share = (counts / n).reshape(shape)
+    means = sums / counts.reshape(shape)
+    deviation = means - samples.mean(0)
+    return (size / (size - 1) * (share**2 * deviation**2).sum(0)).sqrt()
+
+
+def effective_variance(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """N · stderr²: the single-sample variance an i.i.d. scheme would need for the same stderr."""
+    return samples.shape[0] * mean_stderr(samples, groups) ** 2
+
+
+def param_stats(
+    samples: torch.Tensor, exact: torch.Tensor | None = None, groups: torch.Tensor | None = None
+) -> ParamStats:
+    """Statistics of one parameter's single-sample estimates ``[N, *shape]``.
+
+    groups: the sampler's ``[N]`` labels of independent groups (None for i.i.d. samples).
+    """
     n = samples.shape[0]
     mean = samples.mean(0)
     variance = samples.var(0, correction=1) if n > 1 else torch.full_like(mean, math.nan)
-    stderr = (variance / n).sqrt()
+    stderr = (variance / n).sqrt() if groups is None else mean_stderr(samples, groups)
     snr = mean.abs() / variance.sqrt()
     z = None if exact is None else z_score(mean, stderr, exact)
     return ParamStats(mean, variance, stderr, snr, z)
@@ -83,7 +121,7 @@ def summarize(
     """One record per estimator: statistics per parameter, and seconds per sample."""
     truth = exact.grads if isinstance(exact, ExactGradient) else exact
     params = {
-        name: param_stats(g, None if truth is None else truth[name])
+        name: param_stats(g, None if truth is None else truth[name], estimate.groups)
         for name, g in estimate.grads.items()
     }
     return EstimatorSummary(

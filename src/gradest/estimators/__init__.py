@@ -2,20 +2,31 @@
 
 from gradest.estimators.base import Estimator, PerSampleGradients
 from gradest.estimators.baselines import Constant, LeaveOneOut, MovingAverage, NoBaseline
+from gradest.estimators.control_variates import ConstantControl, ControlVariate, DeltaMethod
+from gradest.estimators.mvd import MeasureValued
 from gradest.estimators.pathwise import Pathwise
-from gradest.estimators.registry import available, get_estimator, register
+from gradest.estimators.registry import available, available_samplers, get_estimator, register
+from gradest.estimators.sampling import Antithetic, QuasiMonteCarlo, get_sampler
 from gradest.estimators.score import ScoreFunction
 
 __all__ = [
+    "Antithetic",
     "Constant",
+    "ConstantControl",
+    "ControlVariate",
+    "DeltaMethod",
     "Estimator",
     "LeaveOneOut",
+    "MeasureValued",
     "MovingAverage",
     "NoBaseline",
     "Pathwise",
     "PerSampleGradients",
+    "QuasiMonteCarlo",
     "ScoreFunction",
     "available",
+    "available_samplers",
     "get_estimator",
+    "get_sampler",
     "register",
 ]

@@ -21,6 +21,10 @@ Arguments shared by every estimator:
     params: mapping name -> tensor of any shape.
     num_samples: N ≥ 1 (estimators that need more say so).
     generator: the ``torch.Generator`` all randomness comes from.
+
+Every estimator takes a ``sampler`` (see :mod:`gradest.estimators.sampling`): ``None`` draws with
+the family's own ``rsample``/``sample``; antithetic or quasi-Monte Carlo samplers draw through the
+inverse CDF and label samples with independent ``groups`` so the standard error stays correct.
 """
 
 from __future__ import annotations
@@ -33,6 +37,8 @@ import torch
 from torch.distributions import Distribution
 
 from gradest.errors import GradestError
+from gradest.estimators.sampling import Sampler, iid_uniforms, inverse_cdf, sample_shape_numel
+from gradest.rng import draw
 
 Cost = Callable[[torch.Tensor], torch.Tensor]
 Builder = Callable[..., Distribution]
@@ -45,12 +51,16 @@ class PerSampleGradients(NamedTuple):
     values: ``[N]`` costs f(x_n) (their mean estimates L).
     seconds: wall-clock time of the call.
     estimator: the estimator's name.
+    groups: ``[N]`` integer labels, or None when the N estimates are i.i.d. Samples with different
+        labels are independent (antithetic pairs, quasi-Monte Carlo randomizations); samples that
+        share a label are not, so the standard error of the mean comes from the group means.
     """
 
     grads: dict[str, torch.Tensor]
     values: torch.Tensor
     seconds: float
     estimator: str
+    groups: torch.Tensor | None = None
 
     @property
     def num_samples(self) -> int:
@@ -58,6 +68,12 @@ class PerSampleGradients(NamedTuple):
 
     def mean(self) -> dict[str, torch.Tensor]:
         return {k: g.mean(0) for k, g in self.grads.items()}
+
+    def stderr(self) -> dict[str, torch.Tensor]:
+        """Standard error of each mean, over independent groups when the samples are not i.i.d."""
+        from gradest.diagnostics import mean_stderr  # diagnostics imports this module
+
+        return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
 
 
 def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -127,6 +143,35 @@ class Estimator:
     name: str = "estimator"
     #: Smallest number of samples the estimator accepts.
     min_samples: int = 1
+    #: Where the randomness of a sample comes from: None (the family's own sampler) or a Sampler.
+    sampler: Sampler | None = None
+
+    def _draw(
+        self, dist: Distribution, num_samples: int, generator: torch.Generator, reparameterized: bool
+    ) -> torch.Tensor:
+        """x ~ p(x; θ) ``[N, ...]``: by rsample/sample, or through the inverse CDF of the sampler's u."""
+        if self.sampler is None:
+            return draw(generator, dist.rsample if reparameterized else dist.sample)
+        u = self.sampler.uniforms(num_samples, sample_shape_numel(dist), generator)
+        x = inverse_cdf(dist, u, self.sampler)
+        # detach for sample(): the score function must see no path from θ through x
+        return x if reparameterized else x.detach()
+
+    def _uniforms(self, num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+        """``[N, dim]`` uniforms in (0, 1) from the sampler (i.i.d. without one)."""
+        if self.sampler is None:
+            return iid_uniforms(num_samples, dim, generator)
+        return self.sampler.uniforms(num_samples, dim, generator)
+
+    def _check_samples(self, num_samples: int) -> int:
+        minimum = max(self.min_samples, getattr(self.sampler, "min_samples", 1))
+        num_samples = check_num_samples(num_samples, minimum)
+        if self.sampler is not None:
+            self.sampler.check(num_samples)
+        return num_samples
+
+    def _groups(self, num_samples: int) -> torch.Tensor | None:
+        return None if self.sampler is None else self.sampler.groups(num_samples)
 
     def _terms(
         self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
@@ -148,7 +193,7 @@ class Estimator:
         """Single-sample estimates ``[num_samples, *param.shape]`` for each parameter (batched)."""
         start = time.perf_counter()
         params = check_params(params)
-        num_samples = check_num_samples(num_samples, self.min_samples)
+        num_samples = self._check_samples(num_samples)
         # Detach: the per-sample view is a diagnostic and must not touch the caller's graph.
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         replicas = {k: v.expand(num_samples, *v.shape) for k, v in leaves.items()}
@@ -162,6 +207,7 @@ class Estimator:
             values=values.detach(),
             seconds=time.perf_counter() - start,
             estimator=self.name,
+            groups=self._groups(num_samples),
         )
 
     def surrogate(
@@ -174,7 +220,7 @@ class Estimator:
     ) -> torch.Tensor:
         """Scalar: value = MC estimate of L, gradient = mean of the single-sample estimates."""
         params = check_params(params)
-        num_samples = check_num_samples(num_samples, self.min_samples)
+        num_samples = self._check_samples(num_samples)
         replicas = {k: v.expand(num_samples, *v.shape) for k, v in params.items()}
         terms, _ = self._run(f, dist_builder, replicas, num_samples, generator)
         return terms.mean()

@@ -40,15 +40,29 @@ class Constant:
 class LeaveOneOut:
     """b_n = (Σ_m f(x_m) − f(x_n)) / (N − 1): the mean of the other samples (RLOO).
 
-    Unbiased, because b_n does not depend on x_n. Needs N ≥ 2. Kool et al. (2019).
+    Unbiased, because b_n does not depend on x_n. Needs N ≥ 2. Kool et al. (2019). Given the
+    sampler's groups (dependent samples), b_n is the mean outside x_n's group instead.
     The single-sample estimates are then weakly dependent (through b), with correlation O(1/N).
     """
 
     min_samples = 2
+    #: takes the sampler's groups: with dependent samples, leave the whole group out
+    accepts_groups = True
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         n = values.shape[0]
-        return (values.sum() - values) / (n - 1)
+        if groups is None:
+            return (values.sum() - values) / (n - 1)
+        # An antithetic partner or a point of the same randomization depends on x_n, so leaving
+        # only x_n out would bias the estimate: the baseline leaves its whole group out.
+        sums = torch.zeros(int(groups.max()) + 1, dtype=values.dtype).index_add_(0, groups, values)
+        counts = torch.bincount(groups).to(values.dtype)
+        if counts.numel() < 2:
+            raise GradestError(
+                "the leave-one-out baseline needs at least 2 independent groups of samples "
+                "(antithetic pairs or randomizations); use more samples"
+            )
+        return (values.sum() - sums[groups]) / (n - counts[groups])
 
     def __repr__(self) -> str:
         return "LeaveOneOut()"

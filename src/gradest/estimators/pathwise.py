@@ -4,7 +4,8 @@ r"""Pathwise estimator (reparameterization trick).
 
 One sample's estimate is ∇θ f(x_n) with x_n drawn by ``rsample``, so the gradient flows through
 the sampler: explicitly for location-scale families (x = μ + σε), and implicitly for Gamma, Beta
-and Dirichlet, whose ``rsample`` differentiates the CDF (Figurnov et al., 2018).
+and Dirichlet, whose ``rsample`` differentiates the CDF (Figurnov et al., 2018). With an
+antithetic or quasi-Monte Carlo sampler, x = F⁻¹(u; θ) is the reparameterization instead.
 
 Requires: the family has ``rsample`` (``has_rsample``); f differentiable in x almost everywhere.
 For discrete families or an f with no gradient path, use the score-function estimator.
@@ -19,7 +20,6 @@ from torch.distributions import Distribution
 
 from gradest.errors import GradestError
 from gradest.estimators.base import Cost, Estimator, evaluate
-from gradest.rng import draw
 
 
 class Pathwise(Estimator):
@@ -36,7 +36,7 @@ class Pathwise(Estimator):
                 f"{type(dist).__name__} has no rsample; use the score-function estimator "
                 "('score' or 'score-loo') instead"
             )
-        x = draw(generator, dist.rsample)
+        x = self._draw(dist, num_samples, generator, reparameterized=True)
         fx = evaluate(f, x, num_samples)
         if not fx.requires_grad:
             raise GradestError(

@@ -1,5 +1,9 @@
 """Estimators by name: ``get_estimator("score-loo")``, ``get_estimator("score-const=2.5")``.
 
+Grammar: ``NAME[=ARG][+SAMPLER[=ARG]]``, e.g. ``mvd``, ``score-delta=1``, ``pathwise+antithetic``,
+``score-optb+qmc=16``. The sampler suffix works on every estimator (see
+:mod:`gradest.estimators.sampling`).
+
 A registry entry is a factory ``(argument or None) -> Estimator`` so that each call returns a fresh
 value (stateful baselines are never shared). Adding an estimator = one module + one ``register``.
 """
@@ -12,7 +16,10 @@ from typing import NamedTuple
 from gradest.errors import GradestError
 from gradest.estimators.base import Estimator
 from gradest.estimators.baselines import Constant, LeaveOneOut, MovingAverage
+from gradest.estimators.control_variates import ConstantControl, ControlVariate, DeltaMethod
+from gradest.estimators.mvd import MeasureValued
 from gradest.estimators.pathwise import Pathwise
+from gradest.estimators.sampling import SAMPLERS, get_sampler
 from gradest.estimators.score import ScoreFunction
 
 
@@ -30,6 +37,8 @@ def register(name: str, summary: str, argument: str | None = None, required: boo
     """Decorator adding a factory ``(arg: str | None) -> Estimator`` under ``name``."""
 
     def wrap(factory: Callable[[str | None], Estimator]) -> Callable[[str | None], Estimator]:
+        if "+" in name or "=" in name:
+            raise ValueError(f"estimator names cannot contain '+' or '=' (the spec grammar), got {name!r}")
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} is already registered")
         _REGISTRY[name] = Entry(factory, summary, argument, required)
@@ -45,11 +54,23 @@ def available() -> dict[str, str]:
     }
 
 
+def available_samplers() -> dict[str, str]:
+    """Sampler suffix -> one-line summary (``NAME+SUFFIX`` works with every estimator)."""
+    return dict(SAMPLERS)
+
+
 def get_estimator(spec: str | Estimator) -> Estimator:
-    """An estimator from ``NAME`` or ``NAME=ARG``; an Estimator passes through unchanged."""
+    """An estimator from ``NAME[=ARG][+SAMPLER[=ARG]]``; an Estimator passes through unchanged."""
     if isinstance(spec, Estimator):
         return spec
-    name, _, arg = str(spec).partition("=")
+    text = str(spec)
+    base, plus, sampler_spec = text.partition("+")
+    if plus and (not sampler_spec or "+" in sampler_spec):
+        raise GradestError(
+            f"give exactly one sampler after '+', e.g. {base}+antithetic or {base}+qmc, got {text!r}; "
+            f"samplers: {', '.join(SAMPLERS)}"
+        )
+    name, _, arg = base.partition("=")
     entry = _REGISTRY.get(name)
     if entry is None:
         raise GradestError(
@@ -60,7 +81,9 @@ def get_estimator(spec: str | Estimator) -> Estimator:
     if entry.required and not arg:
         raise GradestError(f"estimator {name!r} needs a value: {name}={entry.argument.upper()}")
     estimator = entry.factory(arg or None)
-    estimator.name = str(spec)
+    if sampler_spec:
+        estimator.sampler = get_sampler(sampler_spec)
+    estimator.name = text
     return estimator
 
 
@@ -96,3 +119,59 @@ def _score_loo(_: str | None) -> Estimator:
 )
 def _score_ema(arg: str | None) -> Estimator:
     return ScoreFunction(MovingAverage(_number(arg, "the decay") if arg else 0.9))
+
+
+def _order(arg: str | None) -> int:
+    if arg is None:
+        return 2
+    if arg not in ("1", "2"):
+        raise GradestError(f"the delta method's Taylor order must be 1 or 2, got {arg!r}")
+    return int(arg)
+
+
+@register(
+    "mvd",
+    "measure-valued derivative, coupled (W′ = W, N = U·M); Normal, Exponential, Poisson, Bernoulli",
+)
+def _mvd(_: str | None) -> Estimator:
+    return MeasureValued(coupled=True)
+
+
+@register("mvd-uncoupled", "measure-valued derivative with independent positive and negative draws")
+def _mvd_uncoupled(_: str | None) -> Estimator:
+    return MeasureValued(coupled=False)
+
+
+@register(
+    "score-delta",
+    "score function with the delta-method control variate (Taylor order 1 or 2, default 2; Normal)",
+    argument="order",
+)
+def _score_delta(arg: str | None) -> Estimator:
+    return ControlVariate(ScoreFunction(), DeltaMethod(_order(arg)))
+
+
+@register(
+    "mvd-delta",
+    "measure-valued (coupled) with the delta-method control variate (order 1 or 2, default 2; Normal)",
+    argument="order",
+)
+def _mvd_delta(arg: str | None) -> Estimator:
+    return ControlVariate(MeasureValued(coupled=True), DeltaMethod(_order(arg)))
+
+
+@register(
+    "pathwise-delta",
+    "pathwise with the delta-method control variate (order 1 or 2, default 2; Normal)",
+    argument="order",
+)
+def _pathwise_delta(arg: str | None) -> Estimator:
+    return ControlVariate(Pathwise(), DeltaMethod(_order(arg)))
+
+
+@register(
+    "score-optb",
+    "score function with the variance-optimal constant baseline per coordinate (leave-one-out)",
+)
+def _score_optb(_: str | None) -> Estimator:
+    return ControlVariate(ScoreFunction(), ConstantControl())

@@ -19,7 +19,6 @@ from torch.distributions import Distribution
 
 from gradest.estimators.base import Cost, Estimator, evaluate, joint_log_prob
 from gradest.estimators.baselines import NoBaseline
-from gradest.rng import draw
 
 
 class ScoreFunction(Estimator):
@@ -33,10 +32,14 @@ class ScoreFunction(Estimator):
     def _terms(
         self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = draw(generator, dist.sample)  # sample() is detached: no path from θ through x
+        # detached draw: no path from θ through x
+        x = self._draw(dist, num_samples, generator, reparameterized=False)
         with torch.no_grad():  # the score function never differentiates f
             fx = evaluate(f, x, num_samples)
-            weight = fx - self.baseline(fx)
+            if getattr(self.baseline, "accepts_groups", False):
+                weight = fx - self.baseline(fx, self._groups(num_samples))
+            else:
+                weight = fx - self.baseline(fx)
         logp = joint_log_prob(dist, x, num_samples)
         # Value f(x_n), gradient weight_n ∇ log p: the weight is a constant of the math.
         return fx + weight * (logp - logp.detach()), fx
