@@ -1,4 +1,4 @@
-"""`gradest sweep`, `gradest advise`, `gradest blr`: the estimator laboratory (thin shells over gradest.lab)."""
+"""`gradest sweep`, `advise`, `blr`: the estimator laboratory (thin shells over gradest.lab)."""
 
 from __future__ import annotations
 
