@@ -37,7 +37,13 @@ import torch
 from torch.distributions import Distribution
 
 from gradest.errors import GradestError
-from gradest.estimators.sampling import Sampler, iid_uniforms, inverse_cdf, sample_shape_numel
+from gradest.estimators.sampling import (
+    Sampler,
+    iid_uniforms,
+    inverse_cdf,
+    open_unit,
+    sample_shape_numel,
+)
 from gradest.rng import draw
 
 Cost = Callable[[torch.Tensor], torch.Tensor]
@@ -157,11 +163,15 @@ class Estimator:
         # detach for sample(): the score function must see no path from θ through x
         return x if reparameterized else x.detach()
 
-    def _uniforms(self, num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
-        """``[N, dim]`` uniforms in (0, 1) from the sampler (i.i.d. without one)."""
+    def _uniforms(
+        self, num_samples: int, dim: int, generator: torch.Generator, dtype: torch.dtype
+    ) -> torch.Tensor:
+        """``[N, dim]`` uniforms in (0, 1) of ``dtype`` from the sampler (i.i.d. without one)."""
         if self.sampler is None:
-            return iid_uniforms(num_samples, dim, generator)
-        return self.sampler.uniforms(num_samples, dim, generator)
+            u = iid_uniforms(num_samples, dim, generator)
+        else:
+            u = self.sampler.uniforms(num_samples, dim, generator)
+        return open_unit(u, dtype)
 
     def _check_samples(self, num_samples: int) -> int:
         minimum = max(self.min_samples, getattr(self.sampler, "min_samples", 1))

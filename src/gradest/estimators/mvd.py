@@ -91,7 +91,7 @@ def _normal(est: MeasureValued, f: Cost, dist: Normal, n: int, generator: torch.
     # columns of u: ε | W, W′ (uncoupled) | |M| from E and Z, sign of M, U or N
     n_loc = (1 if est.coupled else 2) if want_loc else 0
     n_scale = 4 if want_scale else 0
-    u = est._uniforms(n, (1 + n_loc + n_scale) * d, generator).to(mu.dtype).reshape(n, -1, d)
+    u = est._uniforms(n, (1 + n_loc + n_scale) * d, generator, mu.dtype).reshape(n, -1, d)
     x0 = mu + sigma * _std_normal(u[:, 0])
     blocks = []
     if want_loc:
@@ -121,10 +121,10 @@ def _exponential_rule(est: MeasureValued, f: Cost, dist: Exponential, n: int, ge
     lam = _flat(rate, n)
     d = lam.shape[1]
     if not rate.requires_grad:
-        u = est._uniforms(n, d, generator).to(lam.dtype)
+        u = est._uniforms(n, d, generator, lam.dtype)
         values, _ = _evaluate(f, _exponential(u) / lam, [], shape)
         return [], values
-    u = est._uniforms(n, (2 if est.coupled else 4) * d, generator).to(lam.dtype).reshape(n, -1, d)
+    u = est._uniforms(n, (2 if est.coupled else 4) * d, generator, lam.dtype).reshape(n, -1, d)
     x0 = _exponential(u[:, 0]) / lam
     if est.coupled:
         # p⁺ is the base draw itself; p⁻ = Gamma(2, λ) adds an independent Exp(λ) to it
@@ -164,7 +164,7 @@ def _bernoulli(est: MeasureValued, f: Cost, dist: Bernoulli, n: int, generator):
     probs = dist.probs
     shape = probs.shape
     p = _flat(probs, n)
-    x0 = (est._uniforms(n, p.shape[1], generator).to(p.dtype) < p).to(p.dtype)
+    x0 = (est._uniforms(n, p.shape[1], generator, p.dtype) < p).to(p.dtype)
     if not probs.requires_grad:
         values, _ = _evaluate(f, x0, [], shape)
         return [], values

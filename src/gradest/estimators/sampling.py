@@ -38,6 +38,11 @@ def _open_unit(u: torch.Tensor) -> torch.Tensor:
     return u.clamp(min=torch.finfo(u.dtype).tiny, max=1.0 - eps / 2)
 
 
+def open_unit(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """``u`` in ``dtype``, still inside (0, 1): float32 rounds some float64 u up to exactly 1."""
+    return _open_unit(u.to(dtype))
+
+
 def iid_uniforms(num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
     """Independent Uniform(0, 1) draws ``[num_samples, dim]`` in float64."""
     return _open_unit(torch.rand(num_samples, dim, generator=generator, dtype=torch.float64))
@@ -154,9 +159,7 @@ def inverse_cdf(dist: Distribution, u: torch.Tensor, sampler: Sampler) -> torch.
     shape = base.batch_shape + base.event_shape
     params = [getattr(base, k) for k in base.arg_constraints if k in base.__dict__]
     dtype = next((p.dtype for p in params if isinstance(p, torch.Tensor)), torch.get_default_dtype())
-    u = u.to(dtype)
-    # A low-precision dtype can round u up to 1 (F⁻¹ = inf): keep it inside the open interval.
-    u = u.clamp(min=torch.finfo(dtype).tiny, max=1.0 - torch.finfo(dtype).eps / 2)
+    u = open_unit(u, dtype)
     try:
         return base.icdf(u.reshape(shape))
     except NotImplementedError:
