@@ -142,7 +142,7 @@ def advise_command(
 def blr_command(
     estimator: Annotated[list[str] | None, typer.Option(
         help="Repeatable; default pathwise, score, mvd, each with and without the delta-method "
-             "control variate (score-delta, mvd-delta).")] = None,
+             "control variate (pathwise-delta, score-delta, mvd-delta).")] = None,
     steps: Annotated[int, typer.Option(min=1, help="SGD steps (the survey: 5000).")] = 5000,
     batch: Annotated[int, typer.Option(min=1, help="Data points per step.")] = 32,
     samples: Annotated[int, typer.Option(min=2, help="Posterior samples per step.")] = 50,
