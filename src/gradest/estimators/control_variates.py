@@ -124,9 +124,7 @@ def leave_group_out_coefficients(
     Where b_k has no spread outside the group, c = 0 (no correction).
     """
     n = a.shape[0]
-    if groups is None:
-        groups = torch.arange(n)
-    size = int(groups.max()) + 1
+    size = n if groups is None else int(groups.max()) + 1
     if size < 2:
         raise GradestError(
             "control-variate coefficients are estimated from the other samples, so at least 2 "
@@ -136,17 +134,20 @@ def leave_group_out_coefficients(
     a = a - a.mean(0)
     b = b - b.mean(0)
 
-    def split(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        per_group = torch.zeros(size, t.shape[1], dtype=t.dtype).index_add_(0, groups, t)
-        return t.sum(0) - per_group  # sums over each group's complement
+    def split(t: torch.Tensor) -> torch.Tensor:
+        """Sums over each group's complement ``[G, P]``."""
+        if groups is None:
+            return t.sum(0) - t
+        return t.sum(0) - torch.zeros(size, t.shape[1], dtype=t.dtype).index_add_(0, groups, t)
 
-    count = (n - torch.bincount(groups, minlength=size)).to(a.dtype).unsqueeze(1)
+    own = torch.ones(n) if groups is None else torch.bincount(groups, minlength=size)
+    count = (n - own).to(a.dtype).unsqueeze(1)
     sa, sb, sab, sbb = split(a), split(b), split(a * b), split(b * b)
     cov = sab - sa * sb / count
     var = sbb - sb * sb / count
     tiny = torch.finfo(a.dtype).tiny
     coeff = torch.where(var > tiny, cov / var.clamp_min(tiny), torch.zeros_like(var))
-    return coeff[groups]
+    return coeff if groups is None else coeff[groups]
 
 
 def _grads(output: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
