@@ -1,0 +1,128 @@
+r"""The data x_1..x_n of the walkthrough: loaded from a CSV column (or the shipped default), validated.
+
+The walkthrough needs only the sufficient statistics of the squared loss,
+
+    x̄ = (1/n) Σ x_i,    v = (1/n) Σ (x_i − x̄)²   (the maximum-likelihood variance),
+
+but keeps the values themselves, because the costs are evaluated literally, Σ_i (y − x_i)².
+Bad input (missing file, unknown column, non-numeric or non-finite values, fewer than 2 values,
+constant data) raises :class:`~gradest.errors.GradestError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from importlib import resources
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from gradest.errors import GradestError
+
+DEFAULT_NAME = "gaussian_default.csv"
+#: relative spread below which the data count as constant (float64 rounding of the values)
+CONSTANT_TOL = 1e-12
+
+
+class Dataset(NamedTuple):
+    """values: float64 tensor [n]; source: where they came from (a path or the default's name)."""
+
+    values: torch.Tensor
+    source: str
+    column: str
+
+    @property
+    def n(self) -> int:
+        return int(self.values.shape[0])
+
+    @property
+    def mean(self) -> float:
+        return float(self.values.mean())
+
+    @property
+    def var_mle(self) -> float:
+        """v = (1/n) Σ (x_i − x̄)²."""
+        return float(self.values.var(correction=0))
+
+    @property
+    def sd(self) -> float:
+        """√v: the data's own unit, used to place check points and to scale tolerances."""
+        return math.sqrt(self.var_mle)
+
+
+def default_dataset() -> Dataset:
+    """The 100 draws from a Normal shipped with the package (generated once with a fixed seed)."""
+    text = resources.files("gradest").joinpath("data", DEFAULT_NAME).read_text(encoding="utf-8")
+    return parse_csv(text, None, f"<default: {DEFAULT_NAME}>")
+
+
+def load_dataset(path: str | Path | None = None, column: str | None = None) -> Dataset:
+    """The column ``column`` of the CSV at ``path`` (header required); the default data without a path."""
+    if path is None:
+        if column is not None:
+            raise GradestError("--column picks a column of the --data FILE.csv; give --data too")
+        return default_dataset()
+    path = Path(path)
+    if not path.is_file():
+        raise GradestError(f"data file not found: {path}; give a CSV file with a header row")
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as err:
+        raise GradestError(f"could not read {path}: {err}") from None
+    return parse_csv(text, column, str(path))
+
+
+def parse_csv(text: str, column: str | None, source: str) -> Dataset:
+    """Parse CSV text with a header row and validate one numeric column."""
+    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
+    if not rows:
+        raise GradestError(f"{source} is empty; it needs a header row and at least 2 values")
+    header = [h.strip() for h in rows[0]]
+    if column is None:
+        if len(header) != 1:
+            raise GradestError(
+                f"{source} has {len(header)} columns ({', '.join(header)}); pick one with --column NAME"
+            )
+        index = 0
+    elif column in header:
+        index = header.index(column)
+    else:
+        raise GradestError(f"{source} has no column {column!r}; its columns are: {', '.join(header)}")
+    name = header[index]
+    values = []
+    for line, row in enumerate(rows[1:], start=2):
+        cell = row[index].strip() if index < len(row) else ""
+        try:
+            value = float(cell)
+        except ValueError:
+            raise GradestError(
+                f"{source}, row {line}, column {name!r}: {cell!r} is not a number; "
+                "every value must be numeric"
+            ) from None
+        if not math.isfinite(value):
+            raise GradestError(
+                f"{source}, row {line}, column {name!r}: {cell!r} is not finite; remove NaN/inf values"
+            )
+        values.append(value)
+    return validate(torch.tensor(values, dtype=torch.float64), source, name)
+
+
+def validate(values: torch.Tensor, source: str = "<tensor>", column: str = "x") -> Dataset:
+    """Check there are ≥ 2 finite values that are not all equal."""
+    values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
+    if values.numel() < 2:
+        raise GradestError(
+            f"{source}, column {column!r}: {values.numel()} value(s); need at least 2 to fit a mean "
+            "and a spread"
+        )
+    if not torch.isfinite(values).all():
+        raise GradestError(f"{source}, column {column!r}: contains NaN or inf; remove them")
+    spread = float(values.max() - values.min())
+    if spread <= CONSTANT_TOL * max(1.0, float(values.abs().max())):
+        raise GradestError(
+            f"{source}, column {column!r}: all values equal {float(values[0])!r}; a Normal fit "
+            "needs data with a spread (σ would be 0)"
+        )
+    return Dataset(values, source, column)

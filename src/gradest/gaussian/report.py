@@ -1,0 +1,245 @@
+r"""The walkthrough as files: report.html (self-contained worked answer), the plots as PNG, results.json.
+
+Everything is rendered in memory first and only then written, each file atomically
+(:mod:`gradest.io`), so a failure leaves no half-written output.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from matplotlib.figure import Figure
+
+from gradest import report as html
+from gradest.gaussian import closed_form as cf
+from gradest.gaussian.walkthrough import Results
+from gradest.io import write_atomic, write_json
+
+COLOURS = {"pathwise": "#1f77b4", "score": "#d62728", "score-baseline": "#ff7f0e",
+           "score-loo": "#d62728", "exact": "#2ca02c"}
+LABELS = {"pathwise": "pathwise (reparameterized)", "score": "score function, no baseline",
+          "score-baseline": "score function, best constant baseline",
+          "score-loo": "score function, leave-one-out baseline", "exact": "exact gradient"}
+SYMBOL = {"mu": "μ", "sigma": "σ"}
+
+
+def variance_figure(results: Results) -> Figure:
+    sweep = results.sweep
+    fig = Figure(figsize=(10, 4))
+    for ax, param in zip(fig.subplots(1, 2), cf.PARAMS, strict=True):
+        for name in cf.ESTIMATORS:
+            ax.plot(sweep.sigmas, sweep.exact[name][param], color=COLOURS[name],
+                    label=f"{LABELS[name]} (exact)")
+            ax.plot(sweep.measured_at, sweep.measured[name][param], "o", color=COLOURS[name], mfc="none",
+                    label="measured" if name == "pathwise" else None)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("σ")
+        ax.set_ylabel(f"Var of one estimate of ∂E f/∂{SYMBOL[param]}")
+        ax.axvline(results.data.sd, color="grey", lw=0.8, ls=":")
+        ax.set_title(f"∂/∂{SYMBOL[param]} at μ = {sweep.mu:.3g} (dotted: σ = √v)")
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def stderr_figure(results: Results) -> Figure:
+    curve = results.curve
+    fig = Figure(figsize=(10, 4))
+    for ax, param in zip(fig.subplots(1, 2), cf.PARAMS, strict=True):
+        for name in cf.ESTIMATORS:
+            ax.plot(curve.sizes, curve.exact[name][param], color=COLOURS[name], label=LABELS[name])
+            ax.plot(curve.sizes, curve.measured[name][param], "o", color=COLOURS[name], mfc="none", ms=4)
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("samples N")
+        ax.set_ylabel(f"standard error of ∂E f/∂{SYMBOL[param]}")
+        ax.set_title(f"∂/∂{SYMBOL[param]} at μ = {curve.mu:.3g}, σ = {curve.sigma:.3g}")
+    fig.axes[0].legend(fontsize=7)
+    fig.tight_layout()
+    return fig
+
+
+def trajectory_figure(results: Results) -> Figure:
+    names = list(dict.fromkeys(r.objective for r in results.fits))
+    fig = Figure(figsize=(10, 2.6 * len(names)))
+    axes = np.atleast_2d(fig.subplots(len(names), 2, squeeze=False))
+    for row, name in zip(axes, names, strict=True):
+        fits = [r for r in results.fits if r.objective == name]
+        for r in fits:
+            steps = np.arange(r.mu_path.shape[0])
+            row[0].plot(steps, r.mu_path, color=COLOURS.get(r.estimator, "k"), lw=0.9,
+                        label=LABELS.get(r.estimator))
+            row[1].plot(steps, r.sigma_path, color=COLOURS.get(r.estimator, "k"), lw=0.9)
+        target = fits[0].target
+        row[0].axhline(target.mu, color="k", ls="--", lw=0.8, label="target")
+        row[1].axhline(target.sigma, color="k", ls="--", lw=0.8)
+        if name == "squared":
+            row[1].set_yscale("log")  # geometric collapse of σ is a straight line here
+        row[0].set_ylabel(f"{name}: μ")
+        row[1].set_ylabel(f"{name}: σ")
+        row[0].legend(fontsize=7)
+    for ax in axes[-1]:
+        ax.set_xlabel("SGD step")
+    fig.tight_layout()
+    return fig
+
+
+def _fmt_est(e) -> str:
+    return f"{e.mean:.5g} ± {e.stderr:.3g} (z = {e.z:+.2f})"
+
+
+def _question(results: Results) -> str:
+    d = results.data
+    return html.section(
+        "The question",
+        html.paragraph(
+            "Data x₁…xₙ are assumed to come from N(μ, σ²). A stochastic node y ~ N(μ, σ²) feeds the loss "
+            "f(y) = Σᵢ (y − xᵢ)². Is the gradient of the expectation, ∇θ E[f(y)], the same as the "
+            "reparameterized gradient E_ε[∇θ f(μ + σε)], for μ and for σ? Why does σ² not come out of this "
+            "loss, and which objectives recover it by SGD through the same stochastic node? Is the "
+            "reparameterized estimate really less noisy than the score-function one — by how much, where, "
+            "and why — and what does that do to SGD?"),
+        html.paragraph(f"Data: {d.n} values from {d.source} (column {d.column!r}); x̄ = {d.mean:.6g}, "
+                       f"v = (1/n)Σ(xᵢ − x̄)² = {d.var_mle:.6g} (so √v = {d.sd:.6g})."),
+    )
+
+
+def _derivation() -> str:
+    return html.section(
+        "Derivation",
+        html.paragraph("Differentiate the expectation itself (left-hand side). With d = μ − x̄:"),
+        html.math("E f = Σᵢ E(y − xᵢ)² = Σᵢ [(μ − xᵢ)² + σ²] = n (d² + σ²) + n v\n"
+                  "∂E f/∂μ = 2n(μ − x̄),        ∂E f/∂σ = 2nσ        (∂E f/∂σ² = n)"),
+        html.paragraph("Differentiate inside the expectation (right-hand side), y = g(ε; μ, σ) = μ + σε:"),
+        html.math("∂f/∂μ = Σᵢ 2(μ + σε − xᵢ) = 2n(d + σε)             → E_ε = 2nd\n"
+                  "∂f/∂σ = Σᵢ 2(μ + σε − xᵢ) ε = 2n(d + σε) ε        → E_ε = 2n(d E ε + σ E ε²) = 2nσ"),
+        html.paragraph(
+            "Both sides agree for σ as well: the step that is easy to miss is E[ε] = 0 and E[ε²] = 1 after "
+            "differentiating through y = μ + σε. Setting the gradients to zero gives μ = x̄ and σ = 0: the "
+            "σ-gradient 2nσ is positive for every σ > 0, so this loss prefers a point mass at x̄. It is not "
+            "a likelihood; it cannot recover σ² = mean(x²) − x̄². Objectives that can: the negative "
+            "log-likelihood (its minimiser is σ̂² = v), a proper scoring rule such as the CRPS, whose "
+            "−½E|y − y′| term rewards spread, and the ELBO of a Bayesian model of the data."),
+        html.paragraph("Single-sample variances (E ε² = 1, E ε⁴ = 3, E ε⁶ = 15, E ε⁸ = 105). The score "
+                       "function of N(μ, σ²) is (ε/σ, (ε² − 1)/σ); write f − b = c + Bε + Cε² with "
+                       "c = n(d² + v) − b, B = 2ndσ, C = nσ²:"),
+        html.math("pathwise:      Var ĝ_μ = 4n²σ²                     Var ĝ_σ = 4n²(d² + 2σ²)\n"
+                  "score, b:      Var ĝ_μ = (c² + 6cC + 2B² + 15C²)/σ²\n"
+                  "               Var ĝ_σ = (2c² + 20cC + 10B² + 74C²)/σ²\n"
+                  "best b:        b*_μ = n(d² + v) + 3nσ²               b*_σ = n(d² + v) + 5nσ²\n"
+                  "               Var ĝ_μ = 8n²d² + 6n²σ²              Var ĝ_σ = 40n²d² + 24n²σ²"),
+        html.paragraph(
+            "So the score-function estimator is noisier even with its best constant baseline: 1.5× (μ) and "
+            "3× (σ) at d = 0, growing like d²/σ² away from the data; without a baseline the c²/σ² term "
+            "makes it explode for small σ and for data far from 0. The pathwise variance of ĝ_μ, 4n²σ², "
+            "does not depend on where μ is. The tests check every formula against Gauss–Hermite "
+            "quadrature and against the measured variances."),
+    )
+
+
+def _checks(results: Results) -> str:
+    rows = []
+    for label, pc in results.checks:
+        for p in cf.PARAMS:
+            ests = pc.estimates
+            rows.append([label, f"{pc.mu:.4g}", f"{pc.sigma:.4g}", f"∂/∂{SYMBOL[p]}",
+                         f"{getattr(pc.exact, p):.5g}", _fmt_est(ests["pathwise"][p]),
+                         _fmt_est(ests["score"][p]), _fmt_est(ests["score-baseline"][p])])
+    samples = results.checks[0][1].samples
+    return html.section(
+        "Gradient check: exact vs Monte Carlo",
+        html.paragraph(f"Each estimate is the mean of {samples} single-sample estimates (one y each), "
+                       "± its standard error; z = (estimate − exact)/stderr should look like N(0, 1)."),
+        html.table(["point", "μ", "σ", "gradient", "exact", "pathwise", "score", "score, best baseline"],
+                   rows),
+    )
+
+
+def _variances(results: Results, pngs: dict[str, bytes]) -> str:
+    rows = []
+    for label, pc in results.checks:
+        for p in cf.PARAMS:
+            e = pc.estimates
+            pw = e["pathwise"][p].exact_variance
+            rows.append([label, f"∂/∂{SYMBOL[p]}"]
+                        + [f"{e[n][p].exact_variance:.4g} / {e[n][p].variance:.4g}" for n in cf.ESTIMATORS]
+                        + [f"{e['score'][p].exact_variance / pw:.3g}×",
+                           f"{e['score-baseline'][p].exact_variance / pw:.3g}×"])
+    return html.section(
+        "Variance: exact vs measured",
+        html.paragraph("Single-sample variance, exact (closed form) / measured, and the ratio to pathwise."),
+        html.table(["point", "gradient", "pathwise", "score", "score, best baseline",
+                    "score ÷ pathwise", "best-baseline ÷ pathwise"], rows),
+        html.figure(pngs["variance_vs_sigma.png"],
+                    "Single-sample variance against σ (log–log); lines exact, circles measured."),
+        html.figure(pngs["stderr_vs_samples.png"],
+                    "Standard error of the N-sample mean against N; lines √(Var/N), circles measured "
+                    "(RMS error over disjoint batches)."),
+    )
+
+
+def _fits(results: Results, pngs: dict[str, bytes]) -> str:
+    s = results.settings
+    rows = [[r.objective, r.estimator, f"{r.mu:.5g}", f"{r.sigma:.5g}", f"{r.target.mu:.5g}",
+             f"{r.target.sigma:.5g}", f"{100 * r.error(results.data.sd):.3g}%",
+             "—" if r.steps_to_1pct is None else r.steps_to_1pct] for r in results.fits]
+    return html.section(
+        "Fits by SGD through the stochastic node",
+        html.math(
+            "squared: (1/n) E Σᵢ (y − xᵢ)²,  y ~ N(μ, σ²);  target (x̄, 0)\n"
+            "crps:    (1/n) Σᵢ E|y − xᵢ| − ½ E|y − y′|,  y, y′ ~ N(μ, σ²);\n"
+            "         target: the minimiser of the closed-form CRPS of N(μ, σ²) averaged over the data\n"
+            "elbo:    −ELBO/n for xᵢ ~ N(m, s²) with weak priors on m and ℓ = log s,\n"
+            "         q = N(μ_m, σ_m²) N(μ_ℓ, σ_ℓ²) over (m, ℓ);  (μ, σ) = (μ_m, exp μ_ℓ);\n"
+            "         target (E[m | x], exp E[log s | x]) from the exact posterior\n"
+            "nll:     −(1/n) Σᵢ log N(xᵢ; μ, σ²), exact gradient;  target the MLE (x̄, √v)"),
+        html.paragraph(
+            f"Each stochastic objective is fitted with {', '.join(s.fit_estimators)} at {s.samples_per_step} "
+            f"samples per step for {s.steps} steps (step size η = {s.eta:g}, decaying tenfold, times a fixed "
+            "per-parameter scale; σ projected above 10⁻⁴√v). Final values are averages of the latter half "
+            "of the iterates; the error and 'steps to 1%' are measured in units of √v (steps after which "
+            "μ and σ stay within 1% of √v of the target)."),
+        html.table(["objective", "estimator", "μ", "σ", "target μ", "target σ", "error", "steps to 1%"],
+                   rows),
+        html.figure(pngs["trajectories.png"], "Trajectories of μ and σ (raw iterates); dashed: the target."),
+    )
+
+
+def render(results: Results) -> dict[str, bytes | str]:
+    """All output files by name, rendered in memory."""
+    pngs = {"variance_vs_sigma.png": html.png_bytes(variance_figure(results)),
+            "stderr_vs_samples.png": html.png_bytes(stderr_figure(results)),
+            "trajectories.png": html.png_bytes(trajectory_figure(results))}
+    s = results.settings
+    data_arg = "" if results.data.source.startswith("<default") else f" --data {results.data.source}"
+    if data_arg and results.data.column:
+        data_arg += f" --column {results.data.column}"
+    reproduce = (f"gradest gaussian{data_arg}"
+                 f" --seed {s.seed} --steps {s.steps} --samples-per-step {s.samples_per_step}")
+    page = html.page(
+        "The reparameterization trick, worked on fitting N(μ, σ²)",
+        _question(results),
+        _derivation(),
+        _checks(results),
+        _variances(results, pngs),
+        _fits(results, pngs),
+        html.section("Conclusions (computed from the numbers above)",
+                     "<ul>" + "".join(f"<li>{html.paragraph(c)}</li>" for c in results.conclusions)
+                     + "</ul>"),
+        html.section("Reproduce", html.math(reproduce),
+                     html.paragraph(f"Run time {results.seconds:.1f} s.")),
+    )
+    return {**pngs, "report.html": page}
+
+
+def write_outputs(results: Results, out_dir: str | Path) -> list[Path]:
+    """Render, then write every file atomically into ``out_dir``; returns the paths written."""
+    files = render(results)
+    payload = results.to_dict()
+    out_dir = Path(out_dir)
+    written = [write_atomic(out_dir / name, data) for name, data in files.items()]
+    written.append(write_json(out_dir / "results.json", payload))
+    return written
+
