@@ -61,8 +61,9 @@ def mc_gradients(model: VAE, name: str, k: int) -> torch.Tensor:
     gen = make_generator(11)
     baseline = MovingAverage(0.9) if OBJECTIVES[name].uses_baseline else None
     x = X.repeat(M, 1)
-    return torch.stack([-flat_grad(model, OBJECTIVES[name].fn(model, x, k, gen, baseline).loss)
-                        for _ in range(R)])
+    return torch.stack(
+        [-flat_grad(model, OBJECTIVES[name].fn(model, x, k, gen, baseline).loss) for _ in range(R)]
+    )
 
 
 def z_scores(estimates: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -70,8 +71,17 @@ def z_scores(estimates: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return (estimates.mean(0) - target) / stderr
 
 
-CASES = [("pathwise", 1), ("stl", 1), ("score", 1), ("score-loo", 3), ("iwae", 3), ("iwae-dreg", 3),
-         ("vimco", 3), ("pathwise", 2), ("iwae", 1)]
+CASES = [
+    ("pathwise", 1),
+    ("stl", 1),
+    ("score", 1),
+    ("score-loo", 3),
+    ("iwae", 3),
+    ("iwae-dreg", 3),
+    ("vimco", 3),
+    ("pathwise", 2),
+    ("iwae", 1),
+]
 
 
 @pytest.mark.parametrize(("name", "k"), CASES)
@@ -108,7 +118,9 @@ def test_dreg_and_stl_have_lower_encoder_variance_than_score() -> None:
     """Same bound, different estimator: the reparameterized ones vary far less (a sanity ordering)."""
     model = tiny_model()
     enc = sum(p.numel() for p in model.encoder.parameters())
-    var = {name: mc_gradients(model, name, k)[:, :enc].var(0).sum()
-           for name, k in [("stl", 1), ("score", 1), ("iwae-dreg", 3), ("vimco", 3)]}
+    var = {
+        name: mc_gradients(model, name, k)[:, :enc].var(0).sum()
+        for name, k in [("stl", 1), ("score", 1), ("iwae-dreg", 3), ("vimco", 3)]
+    }
     assert var["stl"] < var["score"]
     assert var["iwae-dreg"] < var["vimco"]

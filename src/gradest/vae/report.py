@@ -1,0 +1,219 @@
+r"""Pictures and self-contained HTML reports of VAE runs (one run, or several side by side).
+
+Figures: learning curves (−ELBO per image, train and test), encoder-gradient variance tr Cov(ĝ) per
+epoch (log scale), test images above their reconstructions E[x|z = μ_φ(x)], samples E[x|z], z ~ p(z),
+and, for a 2-D latent space, the posterior means μ_φ(x) of the test images coloured by digit.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from matplotlib.figure import Figure
+
+from gradest import report as html
+from gradest.io import write_atomic
+from gradest.rng import make_generator
+from gradest.vae.train import CONFIG, SUMMARY, TrainConfig, load_run, read_metrics
+
+REPORT = "report.html"
+_BOUND_TEXT = (
+    "−ELBO(x) = −E_q(z|x)[log p(x|z)] + KL(q(z|x) ‖ p(z))      (nats per image; lower is better)\n"
+    "NLL_K(x) = −E[log (1/K) Σ_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)      (IWAE; → −log p(x))\n"
+    "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over repeated estimates on one batch"
+)
+
+
+def _curve_figure(
+    runs: Mapping[str, Sequence[dict[str, Any]]],
+    keys: Sequence[tuple[str, str]],
+    ylabel: str,
+    log: bool = False,
+) -> bytes:
+    fig = Figure(figsize=(7, 4))
+    ax = fig.add_subplot()
+    for i, (name, metrics) in enumerate(runs.items()):
+        color = f"C{i % 10}"
+        for key, style in keys:
+            pts = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
+            if pts:
+                label = f"{name} ({key})" if len(keys) > 1 else name
+                ax.plot(*zip(*pts, strict=True), style, color=color, label=label, marker=".")
+    if log:
+        ax.set_yscale("log")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(ylabel)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return html.png_bytes(fig)
+
+
+def learning_curves(runs: Mapping[str, Sequence[dict[str, Any]]]) -> bytes:
+    return _curve_figure(runs, [("train_neg_elbo", "--"), ("test_neg_elbo", "-")], "−ELBO (nats per image)")
+
+
+def variance_curves(runs: Mapping[str, Sequence[dict[str, Any]]]) -> bytes:
+    return _curve_figure(runs, [("grad_var", "-")], "encoder gradient variance tr Cov(ĝ)", log=True)
+
+
+def image_grid(images: torch.Tensor, shape: tuple[int, int], columns: int) -> bytes:
+    """Images [N, H·W] in [0, 1] as a grid of ``columns`` per row."""
+    rows = -(-images.shape[0] // columns)
+    h, w = shape
+    canvas = torch.ones(rows * (h + 1), columns * (w + 1))
+    for i, img in enumerate(images.detach().cpu().float()):
+        r, c = divmod(i, columns)
+        canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
+    fig = Figure(figsize=(columns * 0.6, rows * 0.6))
+    ax = fig.add_subplot()
+    ax.imshow(canvas.numpy(), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    return html.png_bytes(fig)
+
+
+def latent_plot(loc: torch.Tensor, labels: torch.Tensor) -> bytes:
+    fig = Figure(figsize=(6, 5))
+    ax = fig.add_subplot()
+    points = ax.scatter(*loc.detach().cpu().T.numpy(), c=labels.cpu().numpy(), cmap="tab10", s=6)
+    fig.colorbar(points, ax=ax, label="digit")
+    ax.set_xlabel("μ₁(x)")
+    ax.set_ylabel("μ₂(x)")
+    return html.png_bytes(fig)
+
+
+def _summary_rows(summaries: Mapping[str, dict[str, Any]]) -> list[list[object]]:
+    return [
+        [
+            name,
+            s.get("k"),
+            s.get("test_neg_elbo"),
+            s.get("test_nll_iwae"),
+            s.get("iwae_k"),
+            s.get("kl"),
+            s.get("active_units"),
+            s.get("grad_var"),
+            s.get("seconds_per_epoch"),
+        ]
+        for name, s in summaries.items()
+    ]
+
+
+_SUMMARY_HEAD = [
+    "estimator",
+    "K",
+    "test −ELBO",
+    "test NLL (IWAE)",
+    "IWAE K",
+    "KL",
+    "active units",
+    "final grad_var",
+    "s/epoch",
+]
+
+
+def _read_summary(out: Path) -> dict[str, Any]:
+    path = out / SUMMARY
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def run_report(out: str | Path, device: str = "cpu") -> Path:
+    """Write ``OUT/report.html`` for the run in ``out``; returns its path."""
+    out = Path(out)
+    config, run = load_run(out, device)
+    metrics = read_metrics(out)
+    summary = _read_summary(out)
+    model = run.model.eval()
+    gen = make_generator(config.seed)
+    originals = run.test[:16]
+    with torch.no_grad():
+        recon = model.reconstruct(originals)
+        samples = model.sample(32, gen)
+    parts = [
+        html.section("Objective", html.math(_BOUND_TEXT)),
+        html.section(
+            "Run", html.table(["option", "value"], [[k, str(v)] for k, v in config.to_dict().items()])
+        ),
+    ]
+    if summary:
+        parts.append(
+            html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows({config.estimator: summary})))
+        )
+    parts += [
+        html.section(
+            "Learning curves",
+            html.figure(
+                learning_curves({config.estimator: metrics}),
+                "−ELBO per image; dashed: training batches, solid: test set",
+            ),
+        ),
+        _variance_section({config.estimator: metrics}),
+        html.section(
+            "Reconstructions",
+            html.figure(
+                image_grid(torch.cat([originals, recon]), run.data.shape, 16),
+                "top: test images; bottom: E[x | z = μ(x)]",
+            ),
+        ),
+        html.section(
+            "Samples", html.figure(image_grid(samples, run.data.shape, 16), "E[x | z], z ~ N(0, I)")
+        ),
+    ]
+    if config.latent == 2:
+        with torch.no_grad():
+            loc, _ = model.encode(run.test)
+        parts.append(
+            html.section(
+                "Latent space",
+                html.figure(
+                    latent_plot(loc, run.data.test_labels), "posterior means μ(x) of the test images"
+                ),
+            )
+        )
+    page = html.page(f"VAE trained with {config.estimator} on {config.dataset}", *parts)
+    return write_atomic(out / REPORT, page)
+
+
+def _variance_section(runs: Mapping[str, Sequence[dict[str, Any]]]) -> str:
+    tracked = any(m.get("grad_var") is not None for ms in runs.values() for m in ms)
+    if not tracked:
+        return html.section("Gradient variance", html.paragraph("not tracked (--var-repeats 0)"))
+    return html.section(
+        "Gradient variance",
+        html.figure(
+            variance_curves(runs), "trace of the encoder gradient's covariance on a fixed batch (log scale)"
+        ),
+    )
+
+
+def compare_report(out: str | Path, runs: Mapping[str, str | Path]) -> Path:
+    """Write ``OUT/report.html`` putting the runs ``label -> folder`` side by side."""
+    out = Path(out)
+    metrics = {label: read_metrics(folder) for label, folder in runs.items()}
+    summaries = {label: _read_summary(Path(folder)) for label, folder in runs.items()}
+    first = TrainConfig.from_dict(_read_config(next(iter(runs.values()))))
+    parts = [
+        html.section("Objective", html.math(_BOUND_TEXT)),
+        html.section(
+            "Setting",
+            html.paragraph(
+                f"dataset {first.dataset}, binarize {first.binarize}, hidden {list(first.hidden)}, latent "
+                f"{first.latent}, batch {first.batch_size}, Adam lr {first.lr}, seed {first.seed}; "
+                "the same data and seed for every estimator"
+            ),
+        ),
+        html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows(summaries))),
+        html.section(
+            "Learning curves",
+            html.figure(learning_curves(metrics), "−ELBO per image; dashed: training, solid: test"),
+        ),
+        _variance_section(metrics),
+    ]
+    return write_atomic(out / REPORT, html.page("VAE estimators compared", *parts))
+
+
+def _read_config(folder: str | Path) -> dict[str, Any]:
+    return json.loads((Path(folder) / CONFIG).read_text())

@@ -1,0 +1,128 @@
+"""`gradest vae train | eval | compare` smoke tests with tiny settings, and their error messages."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+import torch
+
+from gradest.cli import main
+
+TINY = [
+    "--dataset",
+    "digits",
+    "--hidden",
+    "16",
+    "--epochs",
+    "2",
+    "--batch-size",
+    "256",
+    "--var-repeats",
+    "3",
+    "--iwae-k",
+    "8",
+]
+
+
+def test_train_eval_and_report(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    assert (
+        main(
+            [
+                "vae",
+                "train",
+                *TINY,
+                "--latent",
+                "2",
+                "--estimator",
+                "iwae-dreg",
+                "--k",
+                "3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for name in ("metrics.jsonl", "summary.json", "checkpoint.pt", "config.json", "report.html"):
+        assert (out / name).is_file(), name
+    page = (out / "report.html").read_text()
+    # Self-contained: every picture is inline, nothing is fetched.
+    assert not re.search(r"""(src|href)=["']?https?:""", page)
+    assert page.count("data:image/png;base64,") == 5  # curves, variance, reconstructions, samples, latent
+    assert "Latent space" in page
+    assert main(["vae", "eval", str(out), "--iwae-k", "16", "--json", str(tmp_path / "e.json")]) == 0
+    result = json.loads((tmp_path / "e.json").read_text())
+    assert result["iwae_k"] == 16 and result["estimator"] == "iwae-dreg"
+    assert {"test_neg_elbo", "test_nll_iwae", "kl", "active_units"} <= set(result)
+
+
+def test_resume_from_the_command_line(tmp_path: Path) -> None:
+    out = str(tmp_path / "run")
+    assert main(["vae", "train", *TINY, "--epochs", "1", "--out", out]) == 0
+    assert main(["vae", "train", "--epochs", "2", "--resume", "--out", out]) == 0
+    lines = (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def test_compare_renders_all_estimators(tmp_path: Path) -> None:
+    out = tmp_path / "cmp"
+    assert (
+        main(
+            [
+                "vae",
+                "compare",
+                *TINY,
+                "--epochs",
+                "1",
+                "--estimator",
+                "pathwise",
+                "--estimator",
+                "score",
+                "--estimator",
+                "vimco:3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    page = (out / "report.html").read_text()
+    for label in ("pathwise", "score", "vimco:3"):
+        assert f"<td>{label}</td>" in page
+    assert (out / "vimco-k3" / "summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--estimator", "vimco"], "needs --k ≥ 2"),
+        (["--binarize", "sometimes"], "--binarize must be one of"),
+        (["--dataset", "mnist:/nonexistent"], "is not a directory"),
+        (["--dataset", "cifar"], "choose digits, mnist5k or mnist:DIR"),
+    ],
+)
+def test_train_errors_are_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:
+    assert main(["vae", "train", *TINY, *args, "--out", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err
+
+
+def test_cuda_unavailable_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    assert main(["vae", "train", *TINY, "--device", "cuda", "--out", str(tmp_path / "x")]) == 2
+    assert "CUDA is not available" in capsys.readouterr().err
+
+
+def test_eval_of_a_folder_without_a_run(tmp_path: Path, capsys) -> None:
+    assert main(["vae", "eval", str(tmp_path)]) == 2
+    assert "holds no checkpoint.pt" in capsys.readouterr().err
+
+
+def test_compare_estimator_needing_k(tmp_path: Path, capsys) -> None:
+    assert main(["vae", "compare", *TINY, "--estimator", "score-loo", "--out", str(tmp_path)]) == 2
+    assert "write score-loo:5" in capsys.readouterr().err

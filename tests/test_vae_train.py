@@ -1,0 +1,116 @@
+"""VAE training loop: metrics, summary, resume = uninterrupted run, NaN stop, safe checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from gradest.errors import GradestError
+from gradest.rng import make_generator
+from gradest.vae import objectives
+from gradest.vae.model import VAE, GaussianEncoder
+from gradest.vae.train import NonFiniteLoss, TrainConfig, load_checkpoint, read_metrics, train
+
+TINY = TrainConfig(
+    dataset="digits", hidden=(16,), latent=2, epochs=2, batch_size=256, var_repeats=3, iwae_k=8
+)
+METRIC_KEYS = {"epoch", "train_neg_elbo", "test_neg_elbo", "seconds", "grad_var", "grad_snr"}
+SUMMARY_KEYS = {"test_neg_elbo", "test_nll_iwae", "iwae_k", "kl", "active_units", "estimator"}
+
+
+def _numbers(metrics: list[dict]) -> list[dict]:
+    return [{k: v for k, v in m.items() if k != "seconds"} for m in metrics]
+
+
+def test_metrics_and_summary_files(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, estimator="vimco", k=3, binarize="dynamic")
+    result = train(config, tmp_path)
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    assert len(lines) == 2
+    for epoch, line in enumerate(lines, 1):
+        record = json.loads(line)
+        assert METRIC_KEYS <= set(record) and record["epoch"] == epoch
+        assert record["grad_var"] > 0 and record["grad_snr"] > 0
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert SUMMARY_KEYS <= set(summary) and summary["estimator"] == "vimco"
+    # The IWAE_K bound is tighter than the ELBO (up to Monte Carlo noise, here far smaller than the gap).
+    assert summary["test_nll_iwae"] < summary["test_neg_elbo"]
+    assert 0 <= summary["active_units"] <= 2
+    assert result.evaluation.iwae_k == 8
+
+
+def test_resume_reproduces_the_uninterrupted_run(tmp_path: Path) -> None:
+    config = dataclasses.replace(TINY, estimator="score", epochs=3)
+    whole = train(config, tmp_path / "whole")
+    train(dataclasses.replace(config, epochs=1), tmp_path / "split")
+    resumed = train(config, tmp_path / "split", resume=True)
+    assert _numbers(resumed.metrics) == _numbers(whole.metrics)
+    for a, b in zip(whole.model.state_dict().values(), resumed.model.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+    assert resumed.evaluation == whole.evaluation
+
+
+def test_variance_tracking_does_not_change_training(tmp_path: Path) -> None:
+    on = train(dataclasses.replace(TINY, estimator="score"), tmp_path / "on")
+    off = train(dataclasses.replace(TINY, estimator="score", var_repeats=0), tmp_path / "off")
+    strip = [{k: v for k, v in m.items() if k not in ("grad_var", "grad_snr")} for m in _numbers(on.metrics)]
+    assert strip == [
+        {k: v for k, v in m.items() if k not in ("grad_var", "grad_snr")} for m in _numbers(off.metrics)
+    ]
+    assert all(m["grad_var"] is None for m in off.metrics)
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path: Path, monkeypatch) -> None:
+    train(dataclasses.replace(TINY, epochs=1), tmp_path)
+    good = load_checkpoint(tmp_path)["model"]
+    real = objectives.OBJECTIVES["pathwise"]
+
+    def poisoned(model, x, k, generator, baseline=None):
+        est = real.fn(model, x, k, generator, baseline)
+        return est._replace(loss=est.loss * float("nan"))
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", real._replace(fn=poisoned))
+    with pytest.raises(NonFiniteLoss, match=r"epoch 2, step 1/.*checkpoint of epoch 1 is kept"):
+        train(TINY, tmp_path, resume=True)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1
+    assert all(torch.equal(good[k], state["model"][k]) for k in good)
+    assert len(read_metrics(tmp_path)) == 1
+
+
+def test_checkpoint_refuses_pickled_code(tmp_path: Path) -> None:
+    """weights_only loading: a checkpoint carrying an arbitrary object is rejected."""
+    torch.save({"epoch": 1, "payload": Path("x")}, tmp_path / "checkpoint.pt")
+    with pytest.raises(GradestError, match="could not load"):
+        load_checkpoint(tmp_path)
+
+
+def test_existing_run_is_not_overwritten(tmp_path: Path) -> None:
+    train(dataclasses.replace(TINY, epochs=1, var_repeats=0), tmp_path)
+    with pytest.raises(GradestError, match="--resume"):
+        train(TINY, tmp_path)
+
+
+def test_user_encoder_and_decoder(tmp_path: Path) -> None:
+    """Any modules with the encoder/decoder contract train through the same loop."""
+    gen = make_generator(0)
+    decoder = nn.Sequential(nn.Linear(2, 64), nn.Tanh())  # deliberately not an MLP of gradest's
+    model = VAE(GaussianEncoder(64, (8,), 2, gen), decoder, latent=2)
+    result = train(dataclasses.replace(TINY, estimator="iwae-dreg", k=2, epochs=1), tmp_path, model=model)
+    assert result.model.decoder is decoder
+    assert torch.isfinite(torch.tensor(result.evaluation.neg_elbo))
+
+
+def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
+    with pytest.raises(GradestError, match="needs --k ≥ 2"):
+        train(dataclasses.replace(TINY, estimator="score-loo"), tmp_path)
+    with pytest.raises(GradestError, match="unknown --estimator"):
+        train(dataclasses.replace(TINY, estimator="reinforce"), tmp_path)
+    if not torch.cuda.is_available():
+        with pytest.raises(GradestError, match="CUDA is not available"):
+            train(dataclasses.replace(TINY, device="cuda"), tmp_path)
