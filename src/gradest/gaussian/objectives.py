@@ -31,6 +31,9 @@ from gradest.gaussian.data import Dataset
 
 #: σ is kept ≥ this fraction of the data's spread (projected SGD), far below the 1% tolerance
 SIGMA_FLOOR = 1e-4
+#: step-size scale of both parameters of ``squared``: the inverse of the curvature 2 of E f / n, so
+#: one step multiplies σ by 1 − 2η·SQUARED_STEP_SCALE = 1 − η in expectation (at d = 0)
+SQUARED_STEP_SCALE = 0.5
 
 
 @dataclass(frozen=True)
@@ -98,9 +101,9 @@ def squared(data: Dataset) -> Objective:
     def loss(params, estimator: Estimator, samples, generator):
         return estimator.surrogate(f, Normal, params, samples, generator) / data.n
 
-    # Curvature of E f / n is 2 in both μ and σ.
     return Objective("squared", _location_scale_init(data), loss,
-                     {"loc": _scalar(0.5), "scale": _scalar(0.5)}, _floor_sigma(data),
+                     {"loc": _scalar(SQUARED_STEP_SCALE), "scale": _scalar(SQUARED_STEP_SCALE)},
+                     _floor_sigma(data),
                      _readout_loc_scale, Pair(data.mean, 0.0))
 
 
@@ -138,10 +141,10 @@ def elbo(data: Dataset) -> Objective:
         loc = params["loc"].detach()
         return float(loc[0]), math.exp(min(float(loc[1]), 700.0))
 
-    # Curvatures of −ELBO/n: 1/s² (μ_m), 2 (μ_ℓ), and ≈ 2/n for both log-scales (stepped at half
-    # the inverse curvature: score-function noise on them otherwise throws q's scales out of range).
+    # Curvatures of −ELBO/n: 1/s² (μ_m), 2 (μ_ℓ), and ≈ 2/n for both log-scales (stepped at a fifth
+    # of the inverse curvature: score-function noise on them otherwise throws q's scales out of range).
     scales = {"loc": torch.tensor([data.var_mle, 0.5], dtype=torch.float64),
-              "log_scale": torch.tensor([0.25 * n, 0.25 * n], dtype=torch.float64)}
+              "log_scale": torch.tensor([0.1 * n, 0.1 * n], dtype=torch.float64)}
     return Objective("elbo", init, loss, scales, None, readout,
                      elbo_mod.exact_posterior(data, prior).target())
 

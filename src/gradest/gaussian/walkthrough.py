@@ -35,7 +35,7 @@ class Settings(NamedTuple):
     samples_per_step: int = 64
     eta: float = 0.1
     check_samples: int = 20_000
-    sweep_samples: int = 5_000
+    sweep_samples: int = 10_000
     fit_estimators: tuple[str, ...] = ("pathwise", "score-loo")
 
     def validate(self) -> Settings:
