@@ -155,12 +155,15 @@ def select(
     pilots: dict[str, _Pilot | str] = {}
     for spec in specs:
         est = get_estimator(spec)
+        label = est.name
+        while label in pilots:  # two values with one name (e.g. a subclass keeping its parent's)
+            label += "'"
         if on_estimator is not None:
-            on_estimator(est.name)
+            on_estimator(label)
         try:
-            pilots[est.name] = _pilot(est, f, dist_builder, params, num_samples, seed)
+            pilots[label] = _pilot(est, f, dist_builder, params, num_samples, seed)
         except GradestError as err:
-            pilots[est.name] = str(err)
+            pilots[label] = str(err)
 
     if exact is not None:
         reference, ref_mean, ref_stderr = f"exact ({exact.method})", exact.grads, None

@@ -1,0 +1,34 @@
+"""Smoke tests of `gradest sweep`, `gradest advise` and `gradest blr` with tiny settings."""
+
+from gradest.cli import main
+
+
+def test_sweep_command_and_resume(tmp_path, capsys):
+    args = ["sweep", "--cost", "exp", "--k", "0.5,2", "--param", "loc=1", "--param", "scale=1",
+            "--estimator", "pathwise", "--estimator", "score", "--samples", "1000", "--out", str(tmp_path)]
+    assert main(args) == 0
+    first = (tmp_path / "sweep.csv").read_text()
+    assert len(first.splitlines()) == 1 + 2 * 2 * 2
+    assert main(args) == 0  # resumed: nothing new, identical file
+    assert (tmp_path / "sweep.csv").read_text() == first
+    assert (tmp_path / "report.html").is_file() and (tmp_path / "sweep.png").is_file()
+
+
+def test_advise_command(capsys):
+    assert main(["advise", "--param", "loc=1", "--param", "scale=1", "--cost", "cos", "--k", "2",
+                 "--estimator", "pathwise", "--estimator", "score", "--samples", "2000"]) == 0
+    out = capsys.readouterr().out
+    assert "recommendation:" in out and "efficiency" in out
+
+
+def test_blr_command(tmp_path):
+    assert main(["blr", "--estimator", "pathwise", "--steps", "6", "--log-every", "3", "--samples", "4",
+                 "--variance-samples", "8", "--out", str(tmp_path)]) == 0
+    assert (tmp_path / "report.html").is_file()
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert main(["sweep", "--k", "abc", "--out", str(tmp_path)]) == 2
+    assert "--k takes numbers" in capsys.readouterr().err
+    assert main(["sweep", "--param", "loc=[1,2]", "--out", str(tmp_path)]) == 2
+    assert main(["advise", "--dist", "normal", "--param", "loc=1", "--param", "scale=-1"]) == 2

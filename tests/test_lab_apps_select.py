@@ -1,0 +1,69 @@
+"""Estimator selection: ranking by efficiency, bias check of user estimators, inapplicable ones."""
+
+import pytest
+import torch
+from torch.distributions import Normal
+
+import gradest
+from gradest.estimators import Pathwise, registry
+from gradest.families import get_family
+from gradest.lab.select import select
+
+PARAMS = {"loc": torch.tensor(1.0, dtype=torch.float64), "scale": torch.tensor(1.0, dtype=torch.float64)}
+
+
+class Doubled(Pathwise):
+    """A user's estimator with a bug: twice the pathwise gradient."""
+
+    def _terms(self, f, dist, num_samples, generator):
+        terms, values = super()._terms(f, dist, num_samples, generator)
+        return 2.0 * terms, values
+
+
+@pytest.fixture
+def user_registry(monkeypatch):
+    # A private copy of the registry: the test's estimators never leak into other tests.
+    monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))
+    gradest.register("user-doubled", "test: biased")(lambda _: Doubled())
+    gradest.register("user-pathwise", "test: unbiased")(lambda _: Pathwise())
+
+
+def test_ranking_is_by_efficiency_and_the_best_is_recommended(user_registry):
+    f = gradest.named_cost("cos", 2.0)  # exact ∂/∂μ = −2 sin(2) e⁻² ≠ 0, so doubling it shows
+    result = select(f, Normal, PARAMS, ["pathwise", "score", "score-loo", "user-doubled", "user-pathwise"],
+                    num_samples=4000, seed=0)
+    usable = [c for c in result.candidates if c.usable]
+    assert [c.efficiency for c in usable] == sorted(c.efficiency for c in usable)
+    assert result.recommendation == usable[0].estimator
+    assert usable[0].estimator in result.reason and "better than the runner-up" in result.reason
+    for c in usable:
+        assert c.efficiency == pytest.approx(c.variance * c.seconds_per_sample)
+    doubled = next(c for c in result.candidates if c.estimator == "user-doubled")
+    assert doubled.biased and not doubled.usable and "BIASED" in doubled.note
+    assert next(c for c in result.candidates if c.estimator == "user-pathwise").usable
+    assert result.reference.startswith("exact")
+
+
+def test_without_an_exact_gradient_pathwise_is_the_reference(user_registry):
+    # Four coordinates and a cost with no closed form: no exact gradient exists.
+    def f(x):
+        return ((x - 1.0) ** 2 + x.abs()).sum(-1)
+
+    params = {"loc": torch.full((4,), 0.3, dtype=torch.float64), "scale": torch.ones(4, dtype=torch.float64)}
+    with pytest.raises(gradest.GradestError):
+        gradest.exact_grad(f, Normal, params)
+    result = select(f, Normal, params, ["pathwise", "user-doubled", "user-pathwise"], num_samples=4000)
+    assert result.reference.startswith("pathwise")
+    by_name = {c.estimator: c for c in result.candidates}
+    assert by_name["user-doubled"].biased
+    assert not by_name["user-pathwise"].biased
+
+
+def test_inapplicable_estimators_are_listed_not_ranked():
+    family = get_family("bernoulli")
+    params = {"probs": torch.tensor([0.3, 0.6], dtype=torch.float64)}
+    result = select(gradest.named_cost("square", 0.5), family.build, params, ["pathwise", "score"],
+                    num_samples=2000)
+    assert result.recommendation == "score"
+    pathwise = next(c for c in result.candidates if c.estimator == "pathwise")
+    assert not pathwise.applicable and "not applicable" in pathwise.note
