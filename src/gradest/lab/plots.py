@@ -48,7 +48,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 pts = [r for r in rows if r.cost == cost and r.param == param and r.estimator == est]
                 if pts:
                     ax.errorbar([r.k for r in pts], _positive([r.variance for r in pts]),
-                                yerr=[2 * r.variance_stderr for r in pts], fmt="o", ms=4,
+                                yerr=np.nan_to_num([2 * r.variance_stderr for r in pts]), fmt="o", ms=4,
                                 color=color, mfc="white", lw=0.8, capsize=2,
                                 label=None if (cost, param, est) in curves else est)
             ax.set_xscale("log")

@@ -21,7 +21,7 @@ def _ratio(r) -> float | None:
 
 
 def _z_var(r) -> float | None:
-    if math.isnan(r.variance_exact) or r.variance_stderr <= 0:
+    if not (math.isfinite(r.variance_exact) and math.isfinite(r.variance_stderr)) or r.variance_stderr <= 0:
         return None
     return (r.variance - r.variance_exact) / r.variance_stderr
 
@@ -56,7 +56,9 @@ def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Fin
                          "estimators' base distributions (Normal, Rayleigh, double-sided Maxwell)."),
             timing,
         ),
-        rp.section("Figure", rp.figure(figure_png, "Rows ∂/∂μ and ∂/∂σ, columns the costs; log scale.")),
+        rp.section("Figure", rp.figure(figure_png, "Rows ∂/∂μ and ∂/∂σ, columns the costs; log scale. "
+                                              "A zero variance (an exact control variate, e.g. the "
+                                              "second-order delta method on (x−k)²) cannot be drawn.")),
         rp.section("Findings of the survey, checked", findings_table(findings)),
         rp.section("Checks", rp.paragraph(checks)),
         rp.section("All rows", rp.table(

@@ -26,6 +26,7 @@ import torch
 from torch.distributions import Normal
 
 from gradest.costs import named_cost
+from gradest.diagnostics import effective_variance
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
@@ -142,6 +143,7 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     exact = exact_grad(f, Normal, params)
     per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
                                               make_generator(config.seed))
+    groups = getattr(per, "groups", None)
     rows = []
     for param in PARAMS:
         g = per.grads[param].double().reshape(-1)
@@ -150,6 +152,11 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
         centred = g - mean
         var = float(centred.pow(2).sum() / (n - 1))
         m4 = float(centred.pow(4).mean())
+        var_se = math.sqrt(max(m4 - var**2, 0.0) / n)
+        if groups is not None:
+            # Dependent samples (antithetic, QMC): the i.i.d.-equivalent variance N·stderr², with
+            # the stderr over independent groups; its own standard error is not estimated.
+            var, var_se = float(effective_variance(g, groups)), math.nan
         stderr = math.sqrt(var / n)
         truth = float(exact.grads[param])
         v_exact, v_err = _exact_variance(estimator, cost, k, param, config.loc, config.scale)
@@ -157,7 +164,7 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
             cost=cost, k=k, param=param, estimator=estimator, loc=config.loc, scale=config.scale,
             samples=n, seed=config.seed, mean=mean, exact_grad=truth,
             z=(mean - truth) / stderr if stderr > 0 else 0.0, stderr=stderr, variance=var,
-            variance_stderr=math.sqrt(max(m4 - var**2, 0.0) / n), variance_exact=v_exact,
+            variance_stderr=var_se, variance_exact=v_exact,
             variance_exact_error=v_err, seconds_per_sample=per.seconds / n,
         ))
     return rows
