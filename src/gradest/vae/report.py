@@ -64,7 +64,7 @@ def image_grid(images: torch.Tensor, shape: tuple[int, int], columns: int) -> by
     """Images [N, H·W] in [0, 1] as a grid of ``columns`` per row."""
     rows = -(-images.shape[0] // columns)
     h, w = shape
-    canvas = torch.ones(rows * (h + 1), columns * (w + 1))
+    canvas = torch.zeros(rows * (h + 1), columns * (w + 1))  # 0 is white under gray_r
     for i, img in enumerate(images.detach().cpu().float()):
         r, c = divmod(i, columns)
         canvas[r * (h + 1) : r * (h + 1) + h, c * (w + 1) : c * (w + 1) + w] = img.reshape(h, w)
