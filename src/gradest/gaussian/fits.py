@@ -46,6 +46,7 @@ class FitResult(NamedTuple):
 
     diverged_at: the step at which the iterates left the floating-point range (None if they did not);
     the trajectory is NaN from there on and the final (μ, σ) are NaN.
+    mu_se, sigma_se: standard errors of the averaged (μ, σ) from the SGD noise (``tail_stderr``).
     """
 
     objective: str
@@ -58,6 +59,8 @@ class FitResult(NamedTuple):
     sigma_path: np.ndarray
     seconds: float
     diverged_at: int | None = None
+    mu_se: float = math.nan
+    sigma_se: float = math.nan
 
     def error(self, unit: float) -> float:
         """max(|μ − μ*|, |σ − σ*|) in units of ``unit`` (the data's √v); inf after divergence."""
@@ -71,6 +74,21 @@ def suffix_average(path: np.ndarray) -> np.ndarray:
     t = np.arange(path.shape[0])
     lo = t // 2
     return (cum[t + 1] - cum[lo]) / (t + 1 - lo)
+
+
+def tail_stderr(path: np.ndarray, batches: int = 10) -> float:
+    """Standard error of the mean of the latter half of ``path`` by batch means.
+
+    The iterates are autocorrelated, so their plain standard error would be too small; the means of
+    ``batches`` consecutive blocks are nearly independent once a block outlasts the correlation time
+    (about 1/η steps here), and their spread gives the standard error: sd(block means)/√batches.
+    """
+    tail = path[path.shape[0] // 2 :]
+    usable = (tail.shape[0] // batches) * batches
+    if usable < 2 * batches or not np.isfinite(tail).all():
+        return math.nan
+    means = tail[:usable].reshape(batches, -1).mean(1)
+    return float(means.std(ddof=1) / math.sqrt(batches))
 
 
 def steps_to_tolerance(mu_path: np.ndarray, sigma_path: np.ndarray, target: Pair, tol: float) -> int | None:
@@ -132,6 +150,8 @@ def fit(
         sigma_path=sigma_path,
         seconds=time.perf_counter() - start,
         diverged_at=diverged_at,
+        mu_se=tail_stderr(mu_path),
+        sigma_se=tail_stderr(sigma_path),
     )
 
 

@@ -184,7 +184,8 @@ def _variances(results: Results, pngs: dict[str, bytes]) -> str:
 
 def _fits(results: Results, pngs: dict[str, bytes]) -> str:
     s = results.settings
-    rows = [[r.objective, r.estimator, f"{r.mu:.5g}", f"{r.sigma:.5g}", f"{r.target.mu:.5g}",
+    rows = [[r.objective, r.estimator, f"{r.mu:.5g} ± {r.mu_se:.2g}", f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
+             f"{r.target.mu:.5g}",
              f"{r.target.sigma:.5g}", f"{100 * r.error(results.data.sd):.3g}%",
              "—" if r.steps_to_1pct is None else r.steps_to_1pct] for r in results.fits]
     return html.section(
@@ -201,7 +202,8 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
             f"Each stochastic objective is fitted with {', '.join(s.fit_estimators)} at {s.samples_per_step} "
             f"samples per step for {s.steps} steps (constant step size η = {s.eta:g} times a fixed "
             "per-parameter scale; σ projected above 10⁻⁴√v). Final values are averages of the latter half "
-            "of the iterates; the error and 'steps to 1%' are measured in units of √v (steps after which "
+            "of the iterates, ± their standard error from the SGD noise (batch means); "
+            "the error and 'steps to 1%' are measured in units of √v (steps after which "
             "μ and σ stay within 1% of √v of the target)."),
         html.table(["objective", "estimator", "μ", "σ", "target μ", "target σ", "error", "steps to 1%"],
                    rows),

@@ -90,6 +90,7 @@ class Results(NamedTuple):
                              "exact": self.curve.exact},
             "fits": [
                 {"objective": r.objective, "estimator": r.estimator, "mu": v(r.mu), "sigma": v(r.sigma),
+                 "mu_se": v(r.mu_se), "sigma_se": v(r.sigma_se),
                  "steps_to_1pct": r.steps_to_1pct,
                  "target": {"mu": v(r.target.mu), "sigma": v(r.target.sigma)},
                  "error_in_sd": v(r.error(self.data.sd)), "diverged_at": r.diverged_at,

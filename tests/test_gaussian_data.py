@@ -1,0 +1,81 @@
+"""Data loading and validation: the shipped default and every bad-input case."""
+
+import math
+
+import pytest
+import torch
+
+from gradest.errors import GradestError
+from gradest.gaussian.data import default_dataset, load_dataset, validate
+
+
+def write(tmp_path, text, name="data.csv"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+def test_default_dataset_is_100_normal_draws():
+    data = default_dataset()
+    assert data.n == 100
+    assert torch.isfinite(data.values).all()
+    assert data.values.dtype == torch.float64
+    assert data.var_mle == pytest.approx(float(((data.values - data.values.mean()) ** 2).mean()))
+    assert data.sd == pytest.approx(math.sqrt(data.var_mle))
+    assert torch.equal(load_dataset().values, data.values)  # no path: the default
+
+
+def test_one_column_file_needs_no_column(tmp_path):
+    data = load_dataset(write(tmp_path, "height\n1.5\n2.5\n4\n"))
+    assert data.values.tolist() == [1.5, 2.5, 4.0]
+    assert data.column == "height"
+    assert data.mean == pytest.approx(8 / 3)
+
+
+def test_column_picks_one_of_several(tmp_path):
+    data = load_dataset(write(tmp_path, "a,b\n1,10\n2,20\n3,35\n"), column="b")
+    assert data.values.tolist() == [10.0, 20.0, 35.0]
+
+
+def test_blank_lines_are_ignored(tmp_path):
+    assert load_dataset(write(tmp_path, "x\n1\n\n2\n")).n == 2
+
+
+@pytest.mark.parametrize(
+    ("text", "column", "match"),
+    [
+        ("a,b\n1,2\n3,4\n", None, "pick one with --column"),
+        ("a,b\n1,2\n3,4\n", "c", "no column 'c'; its columns are: a, b"),
+        ("x\n1\nabc\n3\n", None, r"row 3.*'abc' is not a number"),
+        ("x\n1\n\n", None, "need at least 2"),
+        ("x\n1\nnan\n3\n", None, "not finite"),
+        ("x\n1\ninf\n3\n", None, "not finite"),
+        ("x\n1\n-inf\n3\n", None, "not finite"),
+        ("x\n", None, "need at least 2"),
+        ("", None, "is empty"),
+        ("x\n2.5\n2.5\n2.5\n", None, "all values equal 2.5"),
+        ("a,b\n1,\n2,3\n", "b", r"row 2.*'' is not a number"),
+    ],
+)
+def test_bad_files_raise_one_line_errors(tmp_path, text, column, match):
+    with pytest.raises(GradestError, match=match) as err:
+        load_dataset(write(tmp_path, text), column=column)
+    assert "\n" not in str(err.value)
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(GradestError, match="data file not found"):
+        load_dataset(tmp_path / "nope.csv")
+
+
+def test_column_without_data_is_an_error():
+    with pytest.raises(GradestError, match="give --data too"):
+        load_dataset(None, column="x")
+
+
+def test_validate_rejects_constant_and_short_tensors():
+    with pytest.raises(GradestError, match="at least 2"):
+        validate(torch.tensor([1.0]))
+    with pytest.raises(GradestError, match="all values equal"):
+        validate(torch.full((5,), 3.0))
+    assert validate(torch.tensor([1.0, 2.0])).n == 2

@@ -1,0 +1,97 @@
+"""The CRPS and ELBO pieces against independent computations (Monte Carlo at 5 standard errors, grids)."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import integrate, special
+
+from conftest import Z_TOL
+from gradest.gaussian import crps, elbo
+from gradest.gaussian.data import default_dataset
+from gradest.rng import draw, make_generator
+
+DATA = default_dataset()
+X = DATA.values.numpy()
+
+
+def test_crps_closed_form_matches_its_definition_by_quadrature():
+    mu, sigma, x = 1.3, 0.7, 2.1
+    pdf = lambda y: math.exp(-0.5 * ((y - mu) / sigma) ** 2) / (sigma * math.sqrt(2 * math.pi))  # noqa: E731
+    e_abs = (integrate.quad(lambda y: (x - y) * pdf(y), -np.inf, x)[0]
+             + integrate.quad(lambda y: (y - x) * pdf(y), x, np.inf)[0])
+    # E|y − y'| = 2σ/√π for independent draws of N(μ, σ²)
+    assert crps.crps_normal(np.array([x]), mu, sigma) == pytest.approx(e_abs - sigma / math.sqrt(math.pi))
+
+
+def test_crps_cost_is_an_unbiased_estimate_of_the_closed_form():
+    mu, sigma, n = 4.0, 2.5, 40_000
+    params = {"loc": torch.tensor(mu), "scale": torch.tensor(sigma)}
+    pairs = draw(make_generator(0), lambda: crps.pair_builder(**params).sample((n,)))
+    assert pairs.shape == (n, 2)
+    values = crps.crps_cost(DATA.values)(pairs)
+    stderr = float(values.std()) / math.sqrt(n)
+    assert abs(float(values.mean()) - crps.crps_normal(X, mu, sigma)) <= Z_TOL * stderr
+
+
+def test_crps_gradient_matches_finite_differences():
+    mu, sigma, h = 4.0, 1.2, 1e-6
+    g = crps.crps_normal_grad(X, mu, sigma)
+    dmu = (crps.crps_normal(X, mu + h, sigma) - crps.crps_normal(X, mu - h, sigma)) / (2 * h)
+    assert g.mu == pytest.approx(dmu, rel=1e-6)
+    assert g.sigma == pytest.approx(
+        (crps.crps_normal(X, mu, sigma + h) - crps.crps_normal(X, mu, sigma - h)) / (2 * h), rel=1e-6)
+
+
+def test_crps_minimiser_is_stationary_and_a_minimum():
+    best = crps.crps_minimiser(X)
+    g = crps.crps_normal_grad(X, *best)
+    assert abs(g.mu) < 1e-8 and abs(g.sigma) < 1e-8
+    value = crps.crps_normal(X, *best)
+    for dm, ds in ((0.01, 0), (-0.01, 0), (0, 0.01), (0, -0.01)):
+        assert crps.crps_normal(X, best.mu + dm, best.sigma + ds) > value
+    assert best.sigma > 0.5 * DATA.sd  # the spread is recovered, unlike with the squared loss
+
+
+def test_neg_elbo_closed_form_matches_monte_carlo():
+    prior = elbo.weak_prior(DATA)
+    q = np.array([5.0, 0.5, math.log(0.3), math.log(0.1)])
+    loc, log_scale = torch.tensor(q[:2]), torch.tensor(q[2:])
+    n = 50_000
+    z = draw(make_generator(1), lambda: elbo.q_builder(loc, log_scale).sample((n,)))
+    values = elbo.neg_log_joint(DATA.values, prior)(z) - elbo.entropy(log_scale)
+    stderr = float(values.std()) / math.sqrt(n)
+    assert abs(float(values.mean()) - elbo.neg_elbo_closed_form(DATA, prior, q)) <= Z_TOL * stderr
+
+
+def test_entropy_matches_torch():
+    log_scale = torch.tensor([0.3, -1.2])
+    q = elbo.q_builder(torch.zeros(2), log_scale)
+    assert float(elbo.entropy(log_scale)) == pytest.approx(float(q.entropy()))
+
+
+def test_exact_posterior_matches_a_brute_force_2d_grid():
+    prior = elbo.weak_prior(DATA)
+    post = elbo.exact_posterior(DATA, prior)
+    m = np.linspace(post.mean_m - 10 * post.sd_m, post.mean_m + 10 * post.sd_m, 801)
+    ell = np.linspace(post.mean_log_s - 10 * post.sd_log_s, post.mean_log_s + 10 * post.sd_log_s, 801)
+    mm, ll = np.meshgrid(m, ell, indexing="ij")
+    sq = DATA.n * (DATA.var_mle + (DATA.mean - mm) ** 2)
+    log_p = (-DATA.n * ll - 0.5 * sq * np.exp(-2 * ll) - 0.5 * (mm / prior.m_sd) ** 2
+             - 0.5 * ((ll - prior.log_s_mean) / prior.log_s_sd) ** 2)
+    w = np.exp(log_p - special.logsumexp(log_p))
+    assert float((w * mm).sum()) == pytest.approx(post.mean_m, abs=1e-6 * DATA.sd)
+    assert float((w * ll).sum()) == pytest.approx(post.mean_log_s, abs=1e-6)
+    assert math.sqrt(float((w * (ll - post.mean_log_s) ** 2).sum())) == pytest.approx(post.sd_log_s, rel=1e-4)
+
+
+def test_best_gaussian_q_is_close_to_the_exact_posterior():
+    prior = elbo.weak_prior(DATA)
+    post = elbo.exact_posterior(DATA, prior)
+    q = elbo.best_gaussian_q(DATA, prior)
+    # n = 100: the mean-field Gaussian optimum sits within a few percent of a posterior sd
+    assert abs(q[0] - post.mean_m) < 0.05 * post.sd_m
+    assert abs(q[1] - post.mean_log_s) < 0.05 * post.sd_log_s
+    assert math.exp(q[2]) == pytest.approx(post.sd_m, rel=0.05)
+    assert math.exp(q[3]) == pytest.approx(post.sd_log_s, rel=0.05)
