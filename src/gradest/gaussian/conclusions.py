@@ -117,6 +117,7 @@ def jitter(fit) -> float:
 def fits(results: Results) -> list[str]:
     out = []
     sd, steps = results.data.sd, results.settings.steps
+    extra = set(results.settings.extra_fits)
     primary = results.settings.fit_estimators[0] if results.settings.fit_estimators else None
     sq = _fit(results, "squared", primary) if primary else None
     if sq is not None:
@@ -134,12 +135,14 @@ def fits(results: Results) -> list[str]:
             f"1 − 2η·(step scale) = {predicted:.3g}; the measured geometric mean factor while collapsing "
             f"was {factor:.3g} per step, down to the floor of the projection. A point mass at x̄ "
             "minimises Σ_i(y − x_i)².")
-        others = [r for r in results.fits if r.objective == "squared"]
+        others = [r for r in results.fits
+                  if r.objective == "squared" and ("squared", r.estimator) not in extra]
         out.append("squared, steps until μ and σ stay within 1% of √v of (x̄, 0): "
                    + ", ".join(f"{r.estimator} {r.steps_to_1pct}" for r in others) + ".")
+    extra = set(results.settings.extra_fits)
     for name in ("crps", "elbo", "nll"):
         for r in results.fits:
-            if r.objective != name:
+            if r.objective != name or (r.objective, r.estimator) in extra:
                 continue
             if r.diverged_at is not None:
                 out.append(f"{name} with {r.estimator}: diverged at step {r.diverged_at} (the gradient "
@@ -147,9 +150,34 @@ def fits(results: Results) -> list[str]:
                 continue
             reached = (f"reached 1% of √v in {r.steps_to_1pct} steps" if r.steps_to_1pct is not None
                        else f"did not stay within 1% of √v in {steps} steps")
-            out.append(f"{name} with {r.estimator}: μ = {_g(r.mu)}, σ = {_g(r.sigma)} against the target "
-                       f"({_g(r.target.mu)}, {_g(r.target.sigma)}); final error "
-                       f"{100 * r.error(sd):.2g}% of √v; {reached}.")
+            sentence = (f"{name} with {r.estimator}: μ = {_g(r.mu)}, σ = {_g(r.sigma)} against the target "
+                        f"({_g(r.target.mu)}, {_g(r.target.sigma)}); final error "
+                        f"{100 * r.error(sd):.2g}% of √v; {reached}")
+            if name == "nll":
+                x = results.data.values
+                moment = float((x**2).mean()) - float(x.mean()) ** 2
+                sentence += (f". Its σ² = {_g(r.sigma**2)} is the estimate the question expected, "
+                             f"mean(x²) − x̄² = {_g(moment)}")
+            out.append(sentence + ".")
+    for name, estimator in results.settings.extra_fits:
+        extra, reference = _fit(results, name, estimator), _fit(results, name, primary) if primary else None
+        if extra is None:
+            continue
+        peak = float(np.nanmax(np.abs(extra.mu_path - extra.target.mu))) / sd
+        if extra.diverged_at is not None:
+            outcome = f"diverged at step {extra.diverged_at}"
+        else:
+            outcome = (f"ended {extra.error(sd):.3g} √v from the target, with |μ − μ*| peaking at "
+                       f"{peak:.3g} √v")
+        versus = ""
+        if reference is not None and reference.steps_to_1pct is not None:
+            versus = (f", where the {reference.estimator} fit settled within 1% in "
+                      f"{reference.steps_to_1pct} steps")
+        verdict = ("SGD failed" if extra.diverged_at is not None or extra.error(sd) > 1.0
+                   else "SGD still converged")
+        out.append(f"{name} with {estimator} (no baseline) at the same samples per step and step size "
+                   f"{outcome}{versus}: {verdict} — without a baseline its single-sample variance carries "
+                   "the (n(d² + v))²/σ² term, which grows as σ shrinks.")
     ests = results.settings.fit_estimators
     if len(ests) >= 2:
         for name in ("crps", "elbo"):

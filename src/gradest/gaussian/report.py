@@ -17,7 +17,7 @@ from gradest.gaussian.walkthrough import Results
 from gradest.io import write_atomic, write_json
 
 COLOURS = {"pathwise": "#1f77b4", "score": "#d62728", "score-baseline": "#ff7f0e",
-           "score-loo": "#d62728", "exact": "#2ca02c"}
+           "score-loo": "#9467bd", "exact": "#2ca02c"}
 LABELS = {"pathwise": "pathwise (reparameterized)", "score": "score function, no baseline",
           "score-baseline": "score function, best constant baseline",
           "score-loo": "score function, leave-one-out baseline", "exact": "exact gradient"}
@@ -69,14 +69,19 @@ def trajectory_figure(results: Results) -> Figure:
         fits = [r for r in results.fits if r.objective == name]
         for r in fits:
             steps = np.arange(1, r.mu_path.shape[0] + 1)  # step t is drawn at t + 1 on the log axis
-            row[0].plot(steps, r.mu_path, color=COLOURS.get(r.estimator, "k"), lw=0.9,
-                        label=LABELS.get(r.estimator))
-            row[1].plot(steps, r.sigma_path, color=COLOURS.get(r.estimator, "k"), lw=0.9)
+            colour = COLOURS.get(r.estimator, "k")
+            row[0].plot(steps, r.mu_path, color=colour, lw=0.9, label=LABELS.get(r.estimator))
+            row[1].plot(steps, r.sigma_path, color=colour, lw=0.9)
         target = fits[0].target
         row[0].axhline(target.mu, color="k", ls="--", lw=0.8, label="target")
         row[1].axhline(target.sigma, color="k", ls="--", lw=0.8)
         if name == "squared":
             row[1].set_yscale("log")  # geometric collapse of σ is a straight line here
+        # a fit that blew up would flatten the others: frame the axes on the fits that stayed in range
+        sane = [r for r in fits if r.error(results.data.sd) < 10.0]
+        if sane and len(sane) < len(fits):
+            for ax, attr in ((row[0], "mu_path"), (row[1], "sigma_path")):
+                _frame(ax, np.concatenate([getattr(r, attr) for r in sane]))
         row[0].set_ylabel(f"{name}: μ")
         row[1].set_ylabel(f"{name}: σ")
         row[0].legend(fontsize=7)
@@ -86,6 +91,17 @@ def trajectory_figure(results: Results) -> Figure:
         ax.set_xlabel("SGD step + 1")
     fig.tight_layout()
     return fig
+
+
+def _frame(ax, values: np.ndarray) -> None:
+    values = values[np.isfinite(values)]
+    if ax.get_yscale() == "log":
+        values = values[values > 0]
+        if values.size:
+            ax.set_ylim(values.min() / 2, values.max() * 2)
+    elif values.size:
+        pad = 0.05 * (values.max() - values.min()) + 1e-12
+        ax.set_ylim(values.min() - pad, values.max() + pad)
 
 
 def _fmt_est(e) -> str:
@@ -199,7 +215,9 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
             "         target (E[m | x], exp E[log s | x]) from the exact posterior\n"
             "nll:     −(1/n) Σᵢ log N(xᵢ; μ, σ²), exact gradient;  target the MLE (x̄, √v)"),
         html.paragraph(
-            f"Each stochastic objective is fitted with {', '.join(s.fit_estimators)} at {s.samples_per_step} "
+            f"Each stochastic objective is fitted with {', '.join(s.fit_estimators)}"
+            + "".join(f", and {o} also with {e}" for o, e in s.extra_fits)
+            + f", at {s.samples_per_step} "
             f"samples per step for {s.steps} steps (constant step size η = {s.eta:g} times a fixed "
             "per-parameter scale; σ projected above 10⁻⁴√v). Final values are averages of the latter half "
             "of the iterates, ± their standard error from the SGD noise (batch means); "

@@ -37,6 +37,9 @@ class Settings(NamedTuple):
     check_samples: int = 20_000
     sweep_samples: int = 10_000
     fit_estimators: tuple[str, ...] = ("pathwise", "score-loo")
+    #: (objective, estimator) pairs fitted in addition, at the same settings: plain REINFORCE on the
+    #: question's own loss, to show what an unreduced score-function variance does to SGD
+    extra_fits: tuple[tuple[str, str], ...] = (("squared", "score"),)
 
     def validate(self) -> Settings:
         if self.steps < 1:
@@ -46,6 +49,9 @@ class Settings(NamedTuple):
                 "--samples-per-step must be ≥ 2 (the leave-one-out baseline needs 2), "
                 f"got {self.samples_per_step}"
             )
+        unknown = [name for name, _ in self.extra_fits if name not in OBJECTIVES]
+        if unknown:
+            raise GradestError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
         if self.check_samples < 40 or self.sweep_samples < 2:
             raise GradestError("check_samples must be ≥ 40 and sweep_samples ≥ 2")
         return self
@@ -68,7 +74,9 @@ class Results(NamedTuple):
         return {
             "data": {"n": self.data.n, "mean": v(self.data.mean), "var_mle": v(self.data.var_mle),
                      "source": self.data.source, "column": self.data.column},
-            "settings": self.settings._asdict() | {"fit_estimators": list(self.settings.fit_estimators)},
+            "settings": self.settings._asdict() | {
+                "fit_estimators": list(self.settings.fit_estimators),
+                "extra_fits": [list(pair) for pair in self.settings.extra_fits]},
             "gradient_check": [
                 {"label": label, "mu": v(pc.mu), "sigma": v(pc.sigma), "samples": pc.samples,
                  "exact": {"mu": v(pc.exact.mu), "sigma": v(pc.exact.sigma)},
@@ -122,12 +130,14 @@ def run(data: Dataset, settings: Settings | None = None, progress: Progress | No
 
     fit_settings = FitSettings(settings.steps, settings.samples_per_step, settings.eta,
                                settings.seed + _SEED_FITS)
+    plan = [(name, estimator) for name in OBJECTIVES
+            for estimator in (settings.fit_estimators if name != "nll" else ("exact",))]
+    plan += [pair for pair in settings.extra_fits if pair not in plan]
+    objectives = {name: OBJECTIVES[name](data) for name in dict.fromkeys(name for name, _ in plan)}
     fits = []
-    for name, make in OBJECTIVES.items():
-        objective = make(data)
-        for estimator in settings.fit_estimators if objective.stochastic else ("exact",):
-            label = f"fit {name} ({estimator})"
-            fits.append(fit(objective, estimator, fit_settings, data.sd,
-                            on_step=lambda done, label=label: report(label, done, settings.steps)))
+    for name, estimator in plan:
+        label = f"fit {name} ({estimator})"
+        fits.append(fit(objectives[name], estimator, fit_settings, data.sd,
+                        on_step=lambda done, label=label: report(label, done, settings.steps)))
     partial = Results(data, settings, checks, curve, sweep, fits, [], 0.0)
     return partial._replace(conclusions=conclusions(partial), seconds=time.perf_counter() - start)
