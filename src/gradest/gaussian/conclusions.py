@@ -153,6 +153,13 @@ def fits(results: Results) -> list[str]:
             sentence = (f"{name} with {r.estimator}: μ = {_g(r.mu)}, σ = {_g(r.sigma)} against the target "
                         f"({_g(r.target.mu)}, {_g(r.target.sigma)}); final error "
                         f"{100 * r.error(sd):.2g}% of √v; {reached}")
+            best = r.family_optimum
+            if best is not None:
+                bias = max(abs(best.mu - r.target.mu), abs(best.sigma - r.target.sigma)) / sd
+                sgd = max(abs(r.mu - best.mu), abs(r.sigma - best.sigma)) / sd
+                sentence += (f". The exact optimum of this loss within its family is ({_g(best.mu)}, "
+                             f"{_g(best.sigma)}): the family's own bias is {100 * bias:.2g}% of √v and the "
+                             f"SGD answer is {100 * sgd:.2g}% of √v from that optimum")
             if name == "nll":
                 x = results.data.values
                 moment = float((x**2).mean()) - float(x.mean()) ** 2

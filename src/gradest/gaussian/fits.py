@@ -47,6 +47,7 @@ class FitResult(NamedTuple):
     diverged_at: the step at which the iterates left the floating-point range (None if they did not);
     the trajectory is NaN from there on and the final (μ, σ) are NaN.
     mu_se, sigma_se: standard errors of the averaged (μ, σ) from the SGD noise (``tail_stderr``).
+    family_optimum: the objective's exact optimum within its family when it differs from the target.
     """
 
     objective: str
@@ -61,6 +62,7 @@ class FitResult(NamedTuple):
     diverged_at: int | None = None
     mu_se: float = math.nan
     sigma_se: float = math.nan
+    family_optimum: Pair | None = None
 
     def error(self, unit: float) -> float:
         """max(|μ − μ*|, |σ − σ*|) in units of ``unit`` (the data's √v); inf after divergence."""
@@ -152,6 +154,7 @@ def fit(
         diverged_at=diverged_at,
         mu_se=tail_stderr(mu_path),
         sigma_se=tail_stderr(sigma_path),
+        family_optimum=objective.family_optimum,
     )
 
 

@@ -47,6 +47,8 @@ class Objective:
     readout: params -> (μ, σ) in the data's terms.
     target: the exact (μ*, σ*) the fit should reach.
     stochastic: whether the loss goes through a sampler (False: exact gradients, no estimator).
+    family_optimum: where an exact optimiser of the loss lands when it differs from the target (the
+        best Gaussian q for the ELBO: the variational family's own bias), or None.
     """
 
     name: str
@@ -57,6 +59,7 @@ class Objective:
     readout: Callable[[dict[str, torch.Tensor]], tuple[float, float]]
     target: Pair
     stochastic: bool = True
+    family_optimum: Pair | None = None
 
 
 def _start(data: Dataset) -> tuple[float, float]:
@@ -145,8 +148,10 @@ def elbo(data: Dataset) -> Objective:
     # of the inverse curvature: score-function noise on them otherwise throws q's scales out of range).
     scales = {"loc": torch.tensor([data.var_mle, 0.5], dtype=torch.float64),
               "log_scale": torch.tensor([0.1 * n, 0.1 * n], dtype=torch.float64)}
+    best_q = elbo_mod.best_gaussian_q(data, prior)
     return Objective("elbo", init, loss, scales, None, readout,
-                     elbo_mod.exact_posterior(data, prior).target())
+                     elbo_mod.exact_posterior(data, prior).target(),
+                     family_optimum=Pair(float(best_q[0]), math.exp(float(best_q[1]))))
 
 
 def nll(data: Dataset) -> Objective:

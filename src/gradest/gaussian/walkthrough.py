@@ -102,6 +102,8 @@ class Results(NamedTuple):
                  "steps_to_1pct": r.steps_to_1pct,
                  "target": {"mu": v(r.target.mu), "sigma": v(r.target.sigma)},
                  "error_in_sd": v(r.error(self.data.sd)), "diverged_at": r.diverged_at,
+                 "family_optimum": None if r.family_optimum is None else {
+                     "mu": v(r.family_optimum.mu), "sigma": v(r.family_optimum.sigma)},
                  "seconds": v(r.seconds)}
                 for r in self.fits
             ],
