@@ -130,7 +130,7 @@ def check_points(data: Dataset) -> list[tuple[str, float, float]]:
     small = min(0.1, 0.05 * s)
     return [
         ("at the MLE", xbar, s),
-        ("with μ off by s and σ = s/2", xbar + s, 0.5 * s),
+        ("with μ off by √v and σ = √v/2", xbar + s, 0.5 * s),
         ("at small σ", xbar + 0.5 * s, small),
         ("far from the data", xbar + 10.0 * s, s),
         ("with σ too wide", xbar - 2.0 * s, 3.0 * s),
