@@ -3,7 +3,7 @@ sample, and the variance drops where the math says it must."""
 
 import pytest
 import torch
-from torch.distributions import Exponential, Normal
+from torch.distributions import Bernoulli, Exponential, Normal
 
 from conftest import Z_TOL, t
 from gradest import GradestError, exact_grad, get_estimator, make_generator, named_cost
@@ -97,3 +97,14 @@ def test_delta_method_refuses_what_it_cannot_expand():
         )
     with pytest.raises(GradestError, match="order must be 1 or 2"):
         get_estimator("score-delta=3")
+
+
+def test_optimal_baseline_on_a_discrete_family_matches_enumeration():
+    def f(x):
+        return 3.0 * x[:, 0] * x[:, 1] + x[:, 1]
+
+    params = {"probs": t(0.3, 0.8)}
+    per_sample = get_estimator("score-optb").per_sample(f, Bernoulli, params, 20_000, make_generator(7))
+    exact = exact_grad(f, Bernoulli, params, method="enumeration")
+    z = summarize(per_sample, exact).params["probs"].z
+    assert (z.abs() <= Z_TOL).all(), z

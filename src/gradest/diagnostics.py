@@ -121,7 +121,7 @@ def summarize(
     """One record per estimator: statistics per parameter, and seconds per sample."""
     truth = exact.grads if isinstance(exact, ExactGradient) else exact
     params = {
-        name: param_stats(g, None if truth is None else truth[name], estimate.groups)
+        name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None))
         for name, g in estimate.grads.items()
     }
     return EstimatorSummary(
