@@ -8,6 +8,7 @@ calls; the best of several short runs resists other load on the machine). Sample
 family's sampler), ``+antithetic`` and ``+qmc`` (10 scrambled Sobol randomizations per call).
 
 Run: .venv/bin/python benchmarks/bench_estimators.py [--batch 100000] [--total 200000] [--repeats 5]
+     [--threads 1]
 """
 
 from __future__ import annotations
@@ -57,7 +58,10 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=100_000, help="samples per call")
     parser.add_argument("--total", type=int, default=200_000, help="gradients timed per repeat")
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (1: stable figures on a shared machine)")
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, {args.batch:,} samples per call, "
           f"{args.total:,} per repeat, best of {args.repeats}; "
           "seconds per 10⁶ single-sample gradients (μ and σ)")
