@@ -46,7 +46,7 @@ SUMMARY = "summary.json"
 CONFIG = "config.json"
 # Offsets of the derived seeds: one stream per purpose, so that e.g. tracking variance never
 # shifts the noise training draws.
-_SETUP, _DATA, _NOISE, _DIAG, _EVAL = range(5)
+STREAM_SETUP, STREAM_DATA, STREAM_NOISE, STREAM_DIAG, STREAM_EVAL = range(5)
 
 
 @dataclass(frozen=True)
@@ -148,7 +148,7 @@ def resolve_device(name: str) -> torch.device:
 def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
     """Load and split the data, binarize the fixed parts, build the model (all from the seed)."""
     device = resolve_device(config.device)
-    gen = make_generator(config.seed + _SETUP)
+    gen = make_generator(config.seed + STREAM_SETUP)
     data = load_images(config.dataset, gen)
     train, test = data.train, data.test
     if config.binarize != "none":
@@ -226,9 +226,9 @@ def train(
     device = run.train.device
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     baseline = make_baseline(objective, config.baseline_decay)
-    g_data = make_generator(config.seed + _DATA)
-    g_noise = make_generator(config.seed + _NOISE, device)
-    g_diag = make_generator(config.seed + _DIAG, device)
+    g_data = make_generator(config.seed + STREAM_DATA)
+    g_noise = make_generator(config.seed + STREAM_NOISE, device)
+    g_diag = make_generator(config.seed + STREAM_DIAG, device)
     metrics: list[dict[str, Any]] = []
     start_epoch = 1
     if state is not None:
@@ -268,7 +268,10 @@ def train(
                     "lower-variance --estimator"
                 )
             optimizer.zero_grad(set_to_none=True)
-            est.loss.backward()
+            # Adam's ε is an absolute floor under √v: with per-image means, the small gradients of
+            # rarely used pixels sit near it and learn slowly. Steps use the batch sum (nats per
+            # batch, as the classic PyTorch example does); metrics stay per image.
+            (est.loss * xb.shape[0]).backward()
             optimizer.step()
             sum_elbo += est.elbo.sum()
             sum_bound += est.bound.sum()
@@ -303,14 +306,14 @@ def train(
 
     if on_phase is not None:
         on_phase(f"evaluating on {run.test.shape[0]} test images (IWAE, K = {config.iwae_k})")
-    evaluation = evaluate(model, run.test, config.iwae_k, make_generator(config.seed + _EVAL, device))
+    evaluation = evaluate(model, run.test, config.iwae_k, make_generator(config.seed + STREAM_EVAL, device))
     write_summary(out, config, evaluation, metrics)
     return TrainResult(model, metrics, evaluation, out)
 
 
 def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds) -> dict[str, Any]:
     model.eval()
-    test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + _EVAL, run.test.device))
+    test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + STREAM_EVAL, run.test.device))
     grad_var = grad_snr = None
     if config.var_repeats >= 2:
         gv = encoder_gradient_variance(
