@@ -26,6 +26,16 @@ SAMPLERS = ["antithetic", "qmc", "qmc=4"]
 PARAMS = {"loc": t(1.0, -0.5), "scale": t(1.0, 2.0)}
 
 
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    # Many small tensor ops: with several intra-op threads on a busy machine, the threads' waits
+    # for each other dominate (50× slower seen); one thread keeps the timing budget predictable.
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 def test_every_registered_estimator_is_in_the_matrix():
     names = {n.partition("=")[0] for n in available()} - {"score-ema"}  # stateful: next test
     assert names <= {n.partition("=")[0] for n in ESTIMATORS}
@@ -61,7 +71,7 @@ def test_unbiased_for_a_family_through_its_inverse_cdf(estimator, sampler):
         # report √2 too small a standard error
         ("pathwise+antithetic", "square", "scale"),
         # Sobol points integrate this smooth ĝ far better than i.i.d. points
-        ("score+qmc", "cos", "loc"),
+        ("score+qmc=4", "cos", "loc"),
         ("mvd+qmc=4", "exp", "loc"),
     ],
 )
