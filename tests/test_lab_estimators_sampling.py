@@ -8,7 +8,7 @@ from torch.distributions import Bernoulli, Exponential, Normal
 from conftest import Z_TOL, t
 from gradest import GradestError, exact_grad, get_estimator, make_generator, named_cost
 from gradest.diagnostics import mean_stderr, summarize
-from gradest.estimators import available
+from gradest.estimators import LeaveOneOut, available
 
 ESTIMATORS = [
     "pathwise",
@@ -149,3 +149,12 @@ def test_sampler_errors_name_the_fix(spec, n, builder, params, message):
 def test_spec_grammar_errors(spec, message):
     with pytest.raises(GradestError, match=message):
         get_estimator(spec)
+
+
+def test_leave_one_out_baseline_leaves_the_whole_group_out():
+    # an antithetic partner depends on x_n, so a baseline that used it would bias the estimate
+    values = torch.tensor([1.0, 2.0, 3.0, 4.0, 5.0, 6.0])
+    groups = torch.tensor([0, 0, 1, 1, 2, 2])
+    b = LeaveOneOut()(values, groups)
+    torch.testing.assert_close(b, torch.tensor([4.5, 4.5, 3.5, 3.5, 2.5, 2.5]))
+    torch.testing.assert_close(LeaveOneOut()(values), (values.sum() - values) / 5)

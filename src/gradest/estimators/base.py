@@ -22,9 +22,15 @@ Arguments shared by every estimator:
     num_samples: N ≥ 1 (estimators that need more say so).
     generator: the ``torch.Generator`` all randomness comes from.
 
-Every estimator takes a ``sampler`` (see :mod:`gradest.estimators.sampling`): ``None`` draws with
-the family's own ``rsample``/``sample``; antithetic or quasi-Monte Carlo samplers draw through the
-inverse CDF and label samples with independent ``groups`` so the standard error stays correct.
+An estimator that computes its ĝ_n explicitly (measure-valued derivatives, control variates)
+returns s_n = f(x_n) + Σ_k ⟨φ_k,n − φ_k,n.detach(), ĝ_k,n⟩, with φ the family's own parameters
+(``loc``, ``scale``, …) or the replicas themselves: autograd's chain rule then carries ĝ to the
+builder's parameterization (log-scale, logits, …).
+
+Every estimator has a ``sampler`` attribute (see :mod:`gradest.estimators.sampling`): ``None``
+draws with the family's own ``rsample``/``sample``; antithetic or quasi-Monte Carlo samplers draw
+through the inverse CDF and label samples with independent ``groups`` (in the per-sample record)
+so that the standard error of the mean stays correct.
 """
 
 from __future__ import annotations
