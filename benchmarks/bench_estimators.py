@@ -25,6 +25,8 @@ ESTIMATORS = (
     "pathwise",
     "pathwise-delta",
     "score",
+    "score-const=1",
+    "score-ema",
     "score-loo",
     "score-optb",
     "score-delta=1",
