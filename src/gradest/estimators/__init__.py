@@ -1,4 +1,16 @@
-"""Gradient estimators of ∇θ E_{p(x;θ)}[f(x)], one module each, behind one interface (base.py)."""
+"""Gradient estimators of ∇θ E_{p(x;θ)}[f(x)], one module each, behind one interface (base.py).
+
+=======================  =================================================================
+module                   estimators (registry names)
+=======================  =================================================================
+pathwise.py              ``pathwise``: ∇θ f(g(ε; θ))
+score.py, baselines.py   ``score``, ``score-loo``, ``score-const=B``, ``score-ema=DECAY``
+mvd.py                   ``mvd`` (coupled), ``mvd-uncoupled``: c (f(x⁺) − f(x⁻))
+control_variates.py      ``score-delta[=ORDER]``, ``mvd-delta[=ORDER]``, ``pathwise-delta[=ORDER]``,
+                         ``score-optb``: ĝ_f − c (ĝ_h − ∇θ E h), c per coordinate, leave-one-out
+sampling.py              suffixes ``+antithetic``, ``+qmc[=R]`` on any name
+=======================  =================================================================
+"""
 
 from gradest.estimators.base import Estimator, PerSampleGradients
 from gradest.estimators.baselines import Constant, LeaveOneOut, MovingAverage, NoBaseline
