@@ -45,7 +45,10 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 if (cost, param, est) in curves:
                     ks, var = curves[cost, param, est]
                     ax.plot(ks, _positive(var), color=color, lw=1.4, label=est)
-                pts = [r for r in rows if r.cost == cost and r.param == param and r.estimator == est]
+                # A measured variance where the exact one is 0 (an exact control variate) is
+                # rounding noise, ~1e-30: drawing it would only stretch the log axis.
+                pts = [r for r in rows if r.cost == cost and r.param == param and r.estimator == est
+                       and r.variance_exact != 0.0]
                 if pts:
                     ax.errorbar([r.k for r in pts], _positive([r.variance for r in pts]),
                                 yerr=np.nan_to_num([2 * r.variance_stderr for r in pts]), fmt="o", ms=4,

@@ -21,6 +21,8 @@ def _ratio(r) -> float | None:
 
 
 def _z_var(r) -> float | None:
+    if r.variance_exact == 0.0:  # exact control: the measured value is rounding, no z to speak of
+        return None
     if not (math.isfinite(r.variance_exact) and math.isfinite(r.variance_stderr)) or r.variance_stderr <= 0:
         return None
     return (r.variance - r.variance_exact) / r.variance_stderr
