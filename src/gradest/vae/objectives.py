@@ -10,9 +10,11 @@ log w_k = log p(z_k) + log p_θ(x|z_k) − log q_φ(z_k|x), w̃_k = w_k / Σ_j w
     iwae       ∇ of log (1/K) Σ_k w_k, reparameterized (Burda et al., 2016)
     iwae-dreg  decoder Σ_k w̃_k ∇_θ log w_k; encoder Σ_k w̃_k² ∂log w_k/∂z_k · ∂z_k/∂φ with log q's
                parameters held fixed (Tucker et al., 2019)
-    score      decoder ∇_θ log p_θ(x, z_k); encoder (log w_k − b) ∇_φ log q_φ(z_k|x), z not
-               reparameterized, b a moving average of log w over earlier batches (REINFORCE)
-    score-loo  as score with b_k = the mean of the other K − 1 samples' log w (K ≥ 2)
+    score      decoder ∇_θ log p_θ(x|z_k); encoder (log p_θ(x|z_k) − b) ∇_φ log q_φ(z_k|x) − ∇_φ KL(q‖p),
+               z not reparameterized, KL in closed form (as for pathwise, so that the two differ only
+               in how ∇_φ E_q log p(x|z) is estimated), b a moving average of log p(x|z) over earlier
+               batches (REINFORCE)
+    score-loo  as score with b_k = the mean of the other K − 1 samples' log p(x|z) (K ≥ 2)
     vimco      decoder Σ_k w̃_k ∇_θ log w_k; encoder Σ_k (L − L_{−k}) ∇_φ log q(z_k) − Σ_k w̃_k ∇_φ log q(z_k),
                L = log (1/K) Σ w_j and L_{−k} the same with w_k replaced by the geometric mean of the
                others (Mnih & Rezende, 2016)
@@ -107,44 +109,46 @@ def iwae_dreg(model, x, k, generator, baseline=None) -> Estimate:
     return Estimate(-surrogate.mean(), log_w.detach().mean(0), _iwae(log_w.detach()))
 
 
-def _score_terms(model, x, k, generator):
-    """log p_θ(x, z) and log q_φ(z|x) at z ~ q drawn without a path from φ: [K, B] each."""
+def _sample_detached(model, x, k, generator):
+    """(μ, σ) and z ~ q drawn without a path from φ: the score function never differentiates z."""
     loc, scale = model.encode(x)
-    # Detached sample: the score-function estimator never differentiates through z.
-    z = (loc + scale * _noise(x, k, model.latent, generator)).detach()
-    return model.log_joint(x, z), normal_log_prob(z, loc, scale)
+    return loc, scale, (loc + scale * _noise(x, k, model.latent, generator)).detach()
 
 
-def _reinforce(log_p, log_q, b) -> Estimate:
-    log_w = (log_p - log_q).detach()
-    # Gradient: ∇θ log p for the decoder, (log w − b) ∇φ log q for the encoder; the learning
-    # signal (log w − b) is a constant of the math.
-    surrogate = log_p + (log_w - b) * log_q
-    elbo = log_w.mean(0)
-    return Estimate(-surrogate.mean(0).mean(), elbo, elbo)
+def _reinforce(model, x, k, generator, baseline_fn) -> Estimate:
+    """ELBO = E_q[log p_θ(x|z)] − KL(q‖p): REINFORCE for the expectation, the KL in closed form."""
+    loc, scale, z = _sample_detached(model, x, k, generator)
+    log_lik = bernoulli_log_prob(x, model.decoder(z))  # [K, B], θ's path
+    log_q = normal_log_prob(z, loc, scale)  # [K, B], φ's score
+    kl = gaussian_kl(loc, scale)
+    signal = log_lik.detach()
+    # Gradient: ∇θ log p(x|z) for the decoder, (log p(x|z) − b) ∇φ log q − ∇φ KL for the encoder;
+    # the learning signal (log p(x|z) − b) is a constant of the math.
+    surrogate = (log_lik + (signal - baseline_fn(signal)) * log_q).mean(0) - kl
+    elbo = signal.mean(0) - kl.detach()
+    return Estimate(-surrogate.mean(), elbo, elbo)
 
 
 def score(model, x, k, generator, baseline=None) -> Estimate:
     """−ELBO by REINFORCE in the encoder with a moving-average baseline (b = 0 without one)."""
-    log_p, log_q = _score_terms(model, x, k, generator)
-    log_w = (log_p - log_q).detach()
-    # The baseline reads earlier batches only, then absorbs this one: b is independent of z.
-    b = baseline(log_w.reshape(-1)).reshape(log_w.shape) if baseline is not None else 0.0
-    return _reinforce(log_p, log_q, b)
+
+    def moving_average(signal):
+        # The baseline reads earlier batches only, then absorbs this one: b is independent of z.
+        return baseline(signal.reshape(-1)).reshape(signal.shape) if baseline is not None else 0.0
+
+    return _reinforce(model, x, k, generator, moving_average)
 
 
 def score_loo(model, x, k, generator, baseline=None) -> Estimate:
     """−ELBO by REINFORCE with the leave-one-out baseline over the K samples of each image."""
-    log_p, log_q = _score_terms(model, x, k, generator)
-    log_w = (log_p - log_q).detach()
-    b = (log_w.sum(0, keepdim=True) - log_w) / (k - 1)
-    return _reinforce(log_p, log_q, b)
+    return _reinforce(model, x, k, generator, lambda s: (s.sum(0, keepdim=True) - s) / (k - 1))
 
 
 def vimco(model, x, k, generator, baseline=None) -> Estimate:
     """−IWAE_K with VIMCO's per-sample leave-one-out learning signals."""
-    log_p, log_q = _score_terms(model, x, k, generator)
-    log_w = log_p - log_q
+    loc, scale, z = _sample_detached(model, x, k, generator)
+    log_q = normal_log_prob(z, loc, scale)
+    log_w = model.log_joint(x, z) - log_q
     lw = log_w.detach()
     bound = _iwae(lw)
     # L_{-j}: w_j replaced by the geometric mean of the other weights, for all j at once [K(j), K(i), B].

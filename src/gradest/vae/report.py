@@ -127,7 +127,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
     metrics = read_metrics(out)
     summary = _read_summary(out)
     model = run.model.eval()
-    gen = make_generator(config.seed)
+    gen = make_generator(config.seed, run.test.device)
     originals = run.test[:16]
     with torch.no_grad():
         recon = model.reconstruct(originals)
