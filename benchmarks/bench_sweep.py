@@ -19,13 +19,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from gradest.lab import sweep as sw
+import gradest.lab.sweep as sw
 
 
 def run(name: str, config: sw.SweepConfig) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        result = sw.sweep(config, Path(tmp))
+        result = sw.run_sweep(config, Path(tmp))
         total = time.perf_counter() - start
         measuring = sum(r.seconds_per_sample * r.samples for r in result.rows) / 2  # 2 rows per call
         t0 = time.perf_counter()

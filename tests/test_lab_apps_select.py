@@ -7,7 +7,7 @@ from torch.distributions import Normal
 import gradest
 from gradest.estimators import Pathwise, registry
 from gradest.families import get_family
-from gradest.lab.select import select
+from gradest.lab.selection import select
 
 PARAMS = {"loc": torch.tensor(1.0, dtype=torch.float64), "scale": torch.tensor(1.0, dtype=torch.float64)}
 

@@ -6,8 +6,8 @@ import math
 
 import pytest
 
+import gradest.lab.sweep as sw
 from gradest.errors import GradestError
-from gradest.lab import sweep as sw
 from gradest.lab.findings import AGREES, DISAGREES, UNTESTED, sweep_findings
 
 CONFIG = sw.SweepConfig(costs=("square", "cos"), ks=(0.5, 3.0), estimators=("pathwise", "score", "mvd"),
@@ -17,7 +17,7 @@ CONFIG = sw.SweepConfig(costs=("square", "cos"), ks=(0.5, 3.0), estimators=("pat
 @pytest.fixture(scope="module")
 def swept(tmp_path_factory):
     out = tmp_path_factory.mktemp("sweep")
-    return out, sw.sweep(CONFIG, out, curve_points=8)
+    return out, sw.run_sweep(CONFIG, out, curve_points=8)
 
 
 def test_csv_has_every_cell_and_the_columns(swept):
@@ -56,13 +56,13 @@ def test_resume_measures_nothing_twice_and_reproduces_rows(swept, tmp_path, monk
         return original(config, cost, k, est)
 
     monkeypatch.setattr(sw, "measure_cell", counting)
-    rows = sw.run_sweep(CONFIG, tmp_path)
+    rows = sw.measure(CONFIG, tmp_path)
     assert calls == [("cos", 3.0, "mvd")]
     # Same seed per cell: resumed rows equal a single run's (all but the timing).
     untimed = lambda rs: [dataclasses.replace(r, seconds_per_sample=0.0) for r in rs]  # noqa: E731
     assert untimed(rows) == untimed(result.rows)
     calls.clear()
-    sw.run_sweep(CONFIG, tmp_path)
+    sw.measure(CONFIG, tmp_path)
     assert calls == []
 
 

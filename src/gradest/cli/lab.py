@@ -65,7 +65,7 @@ def sweep_command(
     --param loc=1 --param scale=1 --estimator pathwise --estimator score --estimator mvd
     --samples 100000 --seed 0 --out runs/sweep
     """
-    from gradest.lab.sweep import DEFAULT_COSTS, DEFAULT_ESTIMATORS, DEFAULT_KS, SweepConfig, sweep
+    from gradest.lab.sweep import DEFAULT_COSTS, DEFAULT_ESTIMATORS, DEFAULT_KS, SweepConfig, run_sweep
 
     values = {"loc": 1.0, "scale": 1.0}
     for text in param or []:
@@ -84,7 +84,7 @@ def sweep_command(
         def on_cell(done: int, total: int, label: str) -> None:
             progress.update(task, completed=done, total=total, description=f"sweep: {label}")
 
-        result = sweep(config, out, on_cell)
+        result = run_sweep(config, out, on_cell)
     table = Table(title="Findings of Mohamed et al. (2020), checked on this sweep")
     for col in ("claim", "ours", "evidence"):
         table.add_column(col)
@@ -117,7 +117,7 @@ def advise_command(
 
     Example: gradest advise --dist normal --param loc=1 --param scale=1 --cost cos --k 5
     """
-    from gradest.lab.select import select
+    from gradest.lab.selection import select
 
     family = get_family(dist)
     params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))

@@ -170,7 +170,7 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     return rows
 
 
-def run_sweep(
+def measure(
     config: SweepConfig,
     out_dir: Path,
     on_cell: Callable[[int, int, str], None] | None = None,
@@ -248,7 +248,7 @@ class SweepResult(NamedTuple):
     report: Path
 
 
-def sweep(
+def run_sweep(
     config: SweepConfig,
     out_dir: Path,
     on_cell: Callable[[int, int, str], None] | None = None,
@@ -262,7 +262,7 @@ def sweep(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    rows = run_sweep(config, out_dir, on_cell)
+    rows = measure(config, out_dir, on_cell)
     curves = exact_curves(config, curve_points)
     png = rp.png_bytes(sweep_figure(rows, curves, config.costs, config.estimators))
     figure = write_atomic(out_dir / "sweep.png", png)
