@@ -1,5 +1,7 @@
 """Smoke tests of `gradest sweep`, `gradest advise` and `gradest blr` with tiny settings."""
 
+import json
+
 from gradest.cli import main
 
 
@@ -14,11 +16,16 @@ def test_sweep_command_and_resume(tmp_path, capsys):
     assert (tmp_path / "report.html").is_file() and (tmp_path / "sweep.png").is_file()
 
 
-def test_advise_command(capsys):
+def test_advise_command(tmp_path, capsys):
+    path = tmp_path / "advice.json"
     assert main(["advise", "--param", "loc=1", "--param", "scale=1", "--cost", "cos", "--k", "2",
-                 "--estimator", "pathwise", "--estimator", "score", "--samples", "2000"]) == 0
+                 "--estimator", "pathwise", "--estimator", "score", "--estimator", "mvd", "--samples", "2000",
+                 "--json", str(path)]) == 0
     out = capsys.readouterr().out
     assert "recommendation:" in out and "efficiency" in out
+    advice = json.loads(path.read_text())
+    best = min((c for c in advice["candidates"] if c["usable"]), key=lambda c: c["efficiency"])
+    assert advice["recommendation"] == best["estimator"]
 
 
 def test_blr_command(tmp_path):

@@ -17,6 +17,7 @@ from gradest.cli.compare import parse_param
 from gradest.costs import NAMED_COSTS, load_cost
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
+from gradest.io import write_json
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
@@ -107,6 +108,9 @@ def advise_command(
         help="Candidates (repeatable); default every registered estimator that applies.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Pilot samples per estimator.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the torch.Generator.")] = 0,
+    json_path: Annotated[
+        Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
+    ] = None,
 ) -> None:
     """Recommend an estimator for ∇θ E_p(x;θ)[f(x)] from a pilot run of every applicable one.
 
@@ -136,6 +140,9 @@ def advise_command(
     console.print(table)
     console.print(f"[bold]recommendation:[/] {result.recommendation}")
     console.print(result.reason)
+    if json_path is not None:
+        write_json(json_path, result.to_dict())
+        console.print(f"wrote {json_path}")
 
 
 @app.command(name="blr")

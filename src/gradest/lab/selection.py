@@ -23,7 +23,7 @@ from typing import NamedTuple
 import torch
 from scipy.stats import norm
 
-from gradest.diagnostics import effective_variance, mean_stderr
+from gradest.diagnostics import effective_variance, mean_stderr, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder
@@ -65,9 +65,15 @@ class Selection(NamedTuple):
     candidates: list[Candidate]  # usable first, by efficiency; then the rest
 
     def to_dict(self) -> dict:
+        """JSON-ready: NaN (not applicable, no reference) becomes null."""
+
+        def clean(value):
+            return to_json_value(value) if isinstance(value, float) else value
+
         return {"recommendation": self.recommendation, "reason": self.reason,
                 "reference": self.reference, "z_bound": self.z_bound,
-                "candidates": [c._asdict() | {"usable": c.usable} for c in self.candidates]}
+                "candidates": [{k: clean(v) for k, v in c._asdict().items()} | {"usable": c.usable}
+                               for c in self.candidates]}
 
 
 def default_candidates() -> list[str]:
