@@ -34,21 +34,28 @@ def _curve_figure(
     ylabel: str,
     log: bool = False,
 ) -> bytes:
-    fig = Figure(figsize=(7, 4))
+    fig = Figure(figsize=(7.5, 4))
     ax = fig.add_subplot()
+    values: list[float] = []
     for i, (name, metrics) in enumerate(runs.items()):
         color = f"C{i % 10}"
-        for key, style in keys:
+        for j, (key, style) in enumerate(keys):
             pts = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
             if pts:
-                label = f"{name} ({key})" if len(keys) > 1 else name
+                # One legend entry per run (its colour); the line style tells the keys apart.
+                label = name if j == len(keys) - 1 else None
                 ax.plot(*zip(*pts, strict=True), style, color=color, label=label, marker=".")
+                values += [v for _, v in pts[1:]]
     if log:
         ax.set_yscale("log")
+    elif values:
+        # The first epoch's loss dwarfs the rest: frame the curves from the second epoch on.
+        low, high = min(values), max(values)
+        ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
     ax.set_xlabel("epoch")
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     return html.png_bytes(fig)
 
 
