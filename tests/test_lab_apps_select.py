@@ -67,3 +67,20 @@ def test_inapplicable_estimators_are_listed_not_ranked():
     assert result.recommendation == "score"
     pathwise = next(c for c in result.candidates if c.estimator == "pathwise")
     assert not pathwise.applicable and "not applicable" in pathwise.note
+
+
+def test_pilots_run_on_the_requested_threads_and_restore_the_setting(monkeypatch):
+    seen = []
+    original = Pathwise._terms
+
+    def spy(self, *args):
+        seen.append(torch.get_num_threads())
+        return original(self, *args)
+
+    monkeypatch.setattr(Pathwise, "_terms", spy)
+    before = torch.get_num_threads()
+    select(gradest.named_cost("cos", 1.0), Normal, PARAMS, ["pathwise"], num_samples=100, threads=1)
+    assert set(seen) == {1}
+    assert torch.get_num_threads() == before
+    with pytest.raises(gradest.GradestError, match="threads"):
+        select(gradest.named_cost("cos", 1.0), Normal, PARAMS, ["pathwise"], num_samples=100, threads=0)

@@ -21,6 +21,13 @@ from gradest.io import write_json
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
+_THREADS_HELP = ("torch intra-op threads (0: torch's default). One by default: these tensors are small, "
+                 "and on a busy machine the thread pool slows them down and makes timings erratic.")
+
+
+def _threads(value: int) -> int | None:
+    return None if value == 0 else value
+
 
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
@@ -54,6 +61,7 @@ def sweep_command(
     seed: Annotated[int, typer.Option(help="Seed of every cell's torch.Generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
         "sweep"),
+    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
     """Single-sample gradient variance over k for costs of x ~ N(μ, σ²): the survey's Gaussian figure.
 
@@ -77,7 +85,7 @@ def sweep_command(
     config = SweepConfig(
         costs=tuple(cost or DEFAULT_COSTS), ks=tuple(_floats(k, "--k") or DEFAULT_KS),
         loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or DEFAULT_ESTIMATORS),
-        samples=samples, seed=seed,
+        samples=samples, seed=seed, threads=_threads(threads),
     )
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(config.cells()))
@@ -111,6 +119,7 @@ def advise_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
     ] = None,
+    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
     """Recommend an estimator for ∇θ E_p(x;θ)[f(x)] from a pilot run of every applicable one.
 
@@ -129,7 +138,8 @@ def advise_command(
     f = load_cost(cost, k)
     with console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
-                        on_estimator=lambda name: status.update(f"pilot run of {name}…"))
+                        on_estimator=lambda name: status.update(f"pilot run of {name}…"),
+                        threads=_threads(threads))
     table = Table(title=f"Estimators ranked by efficiency (pilot: {samples} samples each)")
     for col in ("rank", "estimator", "variance", "µs/sample", "efficiency", "vs best", "max |z|", "note"):
         table.add_column(col, justify="left" if col in ("estimator", "note") else "right")
@@ -159,6 +169,7 @@ def blr_command(
         min=2, help="Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
     seed: Annotated[int, typer.Option(help="Seed of the data split and every draw.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("blr"),
+    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
     """Bayesian logistic regression on breast cancer (569 × 30) by VI, one run per estimator.
 
@@ -173,7 +184,7 @@ def blr_command(
     from gradest.lab.blr import DEFAULT_ESTIMATORS, BLRConfig, run_blr
 
     config = BLRConfig(steps=steps, batch_size=batch, num_samples=samples, lr=lr, log_every=log_every,
-                       variance_samples=variance_samples, seed=seed)
+                       variance_samples=variance_samples, seed=seed, threads=_threads(threads))
     names = list(estimator or DEFAULT_ESTIMATORS)
     start = time.perf_counter()
     with _progress() as progress:

@@ -38,6 +38,7 @@ from gradest.diagnostics import to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.io import write_atomic
+from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
 #: pathwise, score function and measure-valued, each without and with the delta-method control
@@ -59,6 +60,8 @@ class BLRConfig:
     log_every: int = 10
     variance_samples: int = 1000
     seed: int = 0
+    #: torch intra-op threads during training (see :mod:`gradest.lab.threads`); None: unchanged
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         for name in ("steps", "batch_size", "log_every"):
@@ -69,6 +72,7 @@ class BLRConfig:
                                "estimate their coefficients from the other samples)")
         if not self.lr > 0:
             raise GradestError(f"the learning rate must be > 0, got {self.lr}")
+        check_threads(self.threads)
 
 
 class BLRData(NamedTuple):
@@ -266,7 +270,8 @@ def run_blr(
             if on_step is not None:
                 on_step(name, index, step)
 
-        runs.append(train(name, config, data, step_cb))
+        with intra_op_threads(config.threads):
+            runs.append(train(name, config, data, step_cb))
     summary = {r.estimator: r.final for r in runs}
     findings = blr_findings(summary)
     out_dir = Path(out_dir)

@@ -3,7 +3,8 @@ r"""Estimator selection by measured efficiency: which estimator reaches a given 
 For an estimator with single-sample variance V (summed over parameter coordinates) and cost
 T seconds per sample, averaging N samples gives the variance V/N in time N·T, so the variance
 reached after one second is V·T — the **efficiency** (lower is better). A pilot run of N samples
-measures both; for samplers whose samples are dependent (antithetic pairs, quasi-Monte Carlo) V is
+measures both (the time as the least of three runs after an untimed one, on one intra-op thread
+by default); for samplers whose samples are dependent (antithetic pairs, quasi-Monte Carlo) V is
 the effective variance N · stderr², the stderr taken over independent groups.
 
 Every candidate is also checked for bias: z = (mean − reference)/stderr per coordinate, where the
@@ -29,6 +30,7 @@ from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder
 from gradest.estimators.registry import available, available_samplers
 from gradest.exact import exact_grad
+from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
 #: false-alarm rate of the bias check over all candidates and coordinates together
@@ -135,6 +137,7 @@ def select(
     num_samples: int = 10_000,
     seed: int = 0,
     on_estimator: Callable[[str], None] | None = None,
+    threads: int | None = 1,
 ) -> Selection:
     """Pilot-run every candidate and rank by efficiency = single-sample variance × seconds per sample.
 
@@ -145,12 +148,15 @@ def select(
             the reason and not ranked.
         num_samples: pilot samples per candidate (even, for antithetic pairs).
         seed: every candidate's generator is seeded with it.
+        threads: torch intra-op threads during the pilots (restored after; None: unchanged).
+            One thread by default: the pilots' tensors are small and the timings reproducible.
 
     Returns:
         A :class:`Selection`: the most efficient unbiased candidate, why, and the ranked table.
     """
     if num_samples < 2:
         raise GradestError(f"num_samples must be ≥ 2 to measure a variance, got {num_samples}")
+    check_threads(threads)
     specs = list(estimators) if estimators else default_candidates()
     if not specs:
         raise GradestError("no candidate estimators; give at least one")
@@ -167,14 +173,16 @@ def select(
         if on_estimator is not None:
             on_estimator(label)
         try:
-            pilots[label] = _pilot(est, f, dist_builder, params, num_samples, seed)
+            with intra_op_threads(threads):
+                pilots[label] = _pilot(est, f, dist_builder, params, num_samples, seed)
         except GradestError as err:
             pilots[label] = str(err)
 
     if exact is not None:
         reference, ref_mean, ref_stderr = f"exact ({exact.method})", exact.grads, None
     elif isinstance(pilots.get("pathwise"), _Pilot):
-        ref = _pilot(get_estimator("pathwise"), f, dist_builder, params, num_samples, seed + 7919)
+        with intra_op_threads(threads):
+            ref = _pilot(get_estimator("pathwise"), f, dist_builder, params, num_samples, seed + 7919)
         reference, ref_mean, ref_stderr = "pathwise (independent pilot)", ref.mean, ref.stderr
     else:
         reference, ref_mean, ref_stderr = "none", None, None

@@ -32,6 +32,7 @@ from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
 from gradest.io import write_atomic
 from gradest.lab import variance_exact as vx
+from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
 PARAMS = ("loc", "scale")
@@ -52,6 +53,8 @@ class SweepConfig:
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     samples: int = 100_000
     seed: int = 0
+    #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: unchanged
+    threads: int | None = 1
 
     def __post_init__(self) -> None:
         if not self.costs or not self.ks or not self.estimators:
@@ -65,6 +68,7 @@ class SweepConfig:
             raise GradestError(f"--samples must be ≥ 2 to measure a variance, got {self.samples}")
         for name in self.estimators:
             get_estimator(name)  # unknown names fail here, before any work
+        check_threads(self.threads)
 
     def cells(self) -> list[tuple[str, float, str]]:
         return [(c, float(k), e) for c in self.costs for k in self.ks for e in self.estimators]
@@ -141,8 +145,9 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     params = {"loc": torch.tensor(config.loc, dtype=torch.float64),
               "scale": torch.tensor(config.scale, dtype=torch.float64)}
     exact = exact_grad(f, Normal, params)
-    per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
-                                              make_generator(config.seed))
+    with intra_op_threads(config.threads):
+        per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
+                                                  make_generator(config.seed))
     groups = getattr(per, "groups", None)
     rows = []
     for param in PARAMS:
