@@ -167,7 +167,8 @@ def blr_command(
     log_every: Annotated[int, typer.Option(min=1, help="Log metrics every this many steps.")] = 10,
     variance_samples: Annotated[int, typer.Option(
         min=2, help="Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the data split and every draw.")] = 0,
+    seed: Annotated[int, typer.Option(
+        help="Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("blr"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
