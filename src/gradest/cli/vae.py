@@ -143,7 +143,7 @@ def _summary_table(rows: dict[str, dict]) -> Table:
 def train_command(
     out: Annotated[
         Path, typer.Option(help="Run folder: metrics.jsonl, checkpoint.pt, summary.json, report.html.")
-    ] = Path("vae-run"),
+    ] = Path("gradest-out/vae"),
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",
     hidden: Hidden = None,
@@ -256,7 +256,7 @@ def compare_command(
         ),
     ] = None,
     out: Annotated[Path, typer.Option(help="Folder: one run folder per estimator and report.html.")] = Path(
-        "vae-compare"
+        "gradest-out/vae-compare"
     ),
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",
