@@ -21,41 +21,57 @@ from gradest.costs import Cost, load_cost, named_cost
 from gradest.diagnostics import EstimatorSummary, ParamStats, param_stats, summarize
 from gradest.errors import GradestError
 from gradest.estimators import (
+    Antithetic,
     Constant,
+    ConstantControl,
+    ControlVariate,
+    DeltaMethod,
     Estimator,
     LeaveOneOut,
+    MeasureValued,
     MovingAverage,
     NoBaseline,
     Pathwise,
     PerSampleGradients,
+    QuasiMonteCarlo,
     ScoreFunction,
     available,
+    available_samplers,
     get_estimator,
     register,
 )
 from gradest.exact import ExactGradient, exact_grad
 from gradest.families import FAMILIES, get_family
+from gradest.lab import Selection, select
 from gradest.rng import make_generator
 
 __version__ = "0.1.0"
 
 __all__ = [
     "FAMILIES",
+    "Antithetic",
     "Constant",
+    "ConstantControl",
+    "ControlVariate",
     "Cost",
+    "DeltaMethod",
     "Estimator",
     "EstimatorSummary",
     "ExactGradient",
     "GradestError",
     "LeaveOneOut",
+    "MeasureValued",
     "MovingAverage",
     "NoBaseline",
     "ParamStats",
     "Pathwise",
     "PerSampleGradients",
+    "QuasiMonteCarlo",
     "ScoreFunction",
+    "Selection",
     "__version__",
     "available",
+    "available_samplers",
     "exact_grad",
     "get_estimator",
     "get_family",
@@ -64,5 +80,6 @@ __all__ = [
     "named_cost",
     "param_stats",
     "register",
+    "select",
     "summarize",
 ]

@@ -60,7 +60,7 @@ def sweep_command(
     samples: Annotated[int, typer.Option(min=2, help="Samples per cell.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed of every cell's torch.Generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
-        "sweep"),
+        "gradest-out/sweep"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
     """Single-sample gradient variance over k for costs of x ~ N(μ, σ²): the survey's Gaussian figure.
@@ -169,7 +169,7 @@ def blr_command(
         min=2, help="Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
     seed: Annotated[int, typer.Option(
         help="Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("blr"),
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/blr"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
 ) -> None:
     """Bayesian logistic regression on breast cancer (569 × 30) by VI, one run per estimator.
