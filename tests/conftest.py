@@ -8,6 +8,16 @@ import torch
 Z_TOL = 5.0
 
 
+@pytest.fixture(autouse=True, scope="session")
+def _one_thread():
+    # The tests run many small tensor operations: intra-op threads gain nothing there and, on a
+    # busy 2-core machine, their waits for each other dominate (50× slowdowns seen).
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
 @pytest.fixture(autouse=True)
 def _float64():
     previous = torch.get_default_dtype()

@@ -24,16 +24,6 @@ CONTROLLED = [
 PARAMS = {"loc": t(1.0, -0.5), "scale": t(1.0, 2.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small tensor ops: with several intra-op threads on a busy machine, the threads' waits
-    # for each other dominate (50× slower seen); one thread keeps the timing budget predictable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.mark.parametrize("estimator", CONTROLLED)
 @pytest.mark.parametrize("cost", ["exp", "cos"])
 def test_unbiased_against_exact(estimator, cost):

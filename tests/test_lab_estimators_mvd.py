@@ -12,16 +12,6 @@ from gradest.diagnostics import summarize
 MVD = ["mvd", "mvd-uncoupled"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small tensor ops: with several intra-op threads on a busy machine, the threads' waits
-    # for each other dominate (50× slower seen); one thread keeps the timing budget predictable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def assert_unbiased(per_sample, exact):
     for name, stats in summarize(per_sample, exact).params.items():
         assert (stats.z.abs() <= Z_TOL).all(), f"{name}: z = {stats.z.tolist()}"

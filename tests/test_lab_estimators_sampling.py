@@ -26,16 +26,6 @@ SAMPLERS = ["antithetic", "qmc", "qmc=4"]
 PARAMS = {"loc": t(1.0, -0.5), "scale": t(1.0, 2.0)}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Many small tensor ops: with several intra-op threads on a busy machine, the threads' waits
-    # for each other dominate (50× slower seen); one thread keeps the timing budget predictable.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 def test_the_matrix_covers_the_registered_estimators():
     # (estimators registered later by users are not required here)
     registered = {n.partition("=")[0] for n in available()}

@@ -16,16 +16,6 @@ from gradest.vae import objectives
 from gradest.vae.model import VAE, GaussianEncoder
 from gradest.vae.train import NonFiniteLoss, TrainConfig, load_checkpoint, read_metrics, train
 
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine they oversubscribe the cores."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 TINY = TrainConfig(
     dataset="digits", hidden=(16,), latent=2, epochs=2, batch_size=256, var_repeats=3, iwae_k=8
 )
