@@ -9,7 +9,7 @@ from scipy import integrate, special
 
 from conftest import Z_TOL
 from gradest.gaussian import crps, elbo
-from gradest.gaussian.data import default_dataset
+from gradest.gaussian.data import Dataset, default_dataset
 from gradest.rng import draw, make_generator
 
 DATA = default_dataset()
@@ -60,7 +60,7 @@ def test_neg_elbo_closed_form_matches_monte_carlo():
     loc, log_scale = torch.tensor(q[:2]), torch.tensor(q[2:])
     n = 50_000
     z = draw(make_generator(1), lambda: elbo.q_builder(loc, log_scale).sample((n,)))
-    values = elbo.neg_log_joint(DATA.values, prior)(z) - elbo.entropy(log_scale)
+    values = elbo.neg_log_joint(DATA, prior)(z) - elbo.entropy(log_scale)
     stderr = float(values.std()) / math.sqrt(n)
     assert abs(float(values.mean()) - elbo.neg_elbo_closed_form(DATA, prior, q)) <= Z_TOL * stderr
 
@@ -95,3 +95,22 @@ def test_best_gaussian_q_is_close_to_the_exact_posterior():
     assert abs(q[1] - post.mean_log_s) < 0.05 * post.sd_log_s
     assert math.exp(q[2]) == pytest.approx(post.sd_m, rel=0.05)
     assert math.exp(q[3]) == pytest.approx(post.sd_log_s, rel=0.05)
+
+
+def test_fast_data_sums_equal_the_literal_sums_and_their_gradients():
+    # Σ_i (y − x_i)² and (1/n) Σ_i |y − x_i| without an [N, n] table: same values, same y-gradients,
+    # including ties (y equal to a data point) and y outside the data's range
+    x = torch.tensor([3.0, -1.0, 2.5, 2.5, 7.0, 0.0], dtype=torch.float64) + 1e6
+    data = Dataset(x, "test", "x")
+    y = (torch.tensor([-5.0, -1.0, 0.3, 2.5, 4.0, 12.0], dtype=torch.float64) + 1e6).requires_grad_()
+    for fast, literal in [
+        (data.sum_squares, lambda y: ((y.unsqueeze(-1) - x) ** 2).sum(-1)),
+        (crps.mean_abs_deviation(x), lambda y: (y.unsqueeze(-1) - x).abs().mean(-1)),
+    ]:
+        a, b = fast(y), literal(y)
+        # both lose ≈ eps · 1e6 ≈ 2e-10 of y − x_i to the offset: agreement to 1e-8 relative
+        assert torch.allclose(a, b, rtol=1e-8, atol=0)
+        ga, = torch.autograd.grad(a.sum(), y)
+        gb, = torch.autograd.grad(b.sum(), y)
+        off_ties = (y.detach().unsqueeze(-1) != x).all(-1)  # |·| has a kink at a tie
+        assert torch.allclose(ga[off_ties], gb[off_ties], rtol=1e-8, atol=0)

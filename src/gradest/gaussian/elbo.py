@@ -54,13 +54,13 @@ def q_builder(loc: torch.Tensor, log_scale: torch.Tensor) -> Independent:
     return Independent(Normal(loc, log_scale.exp()), 1)
 
 
-def neg_log_joint(data: torch.Tensor, prior: Prior):
+def neg_log_joint(data: Dataset, prior: Prior):
     """f(z) = −log p(x, m, ℓ) on samples z = (m, ℓ) ``[N, 2]`` -> ``[N]``."""
-    n = data.shape[0]
+    n = data.n
 
     def f(z: torch.Tensor) -> torch.Tensor:
         m, ell = z[:, 0], z[:, 1]
-        sq = ((data - m.unsqueeze(-1)) ** 2).sum(-1)
+        sq = data.sum_squares(m)
         nll = n * ell + 0.5 * n * LOG_2PI + 0.5 * sq * torch.exp(-2.0 * ell)
         prior_m = 0.5 * (m / prior.m_sd) ** 2 + 0.5 * LOG_2PI + math.log(prior.m_sd)
         prior_l = 0.5 * ((ell - prior.log_s_mean) / prior.log_s_sd) ** 2 + 0.5 * LOG_2PI + math.log(

@@ -96,13 +96,9 @@ def _scalar(value: float) -> torch.Tensor:
 
 def squared(data: Dataset) -> Objective:
     """The question's loss; the σ-gradient 2σ (per point) drives σ to 0 geometrically."""
-    x = data.values
-
-    def f(y):
-        return ((y.unsqueeze(-1) - x) ** 2).sum(-1)
 
     def loss(params, estimator: Estimator, samples, generator):
-        return estimator.surrogate(f, Normal, params, samples, generator) / data.n
+        return estimator.surrogate(data.sum_squares, Normal, params, samples, generator) / data.n
 
     return Objective("squared", _location_scale_init(data), loss,
                      {"loc": _scalar(SQUARED_STEP_SCALE), "scale": _scalar(SQUARED_STEP_SCALE)},
@@ -127,14 +123,17 @@ def crps(data: Dataset) -> Objective:
 def elbo(data: Dataset) -> Objective:
     """VI with q over (m, log s); the fit's (μ, σ) are (μ_m, e^{μ_ℓ})."""
     prior = elbo_mod.weak_prior(data)
-    f = elbo_mod.neg_log_joint(data.values, prior)
+    f = elbo_mod.neg_log_joint(data, prior)
     mu0, sigma0 = _start(data)
     n = data.n
 
+    # q's scales start at the posterior's order, s/√n for m and 1/√(2n) for log s, where the fixed
+    # step scales below (curvatures at the optimum ∝ 1/n) are right for any n; starting much wider
+    # makes the first steps on the log-scales O(n) and diverges on large data.
     def init():
         return {"loc": torch.tensor([mu0, math.log(sigma0)], dtype=torch.float64, requires_grad=True),
-                "log_scale": torch.tensor([math.log(data.sd), math.log(0.5)], dtype=torch.float64,
-                                          requires_grad=True)}
+                "log_scale": torch.tensor([math.log(data.sd / math.sqrt(n)), -0.5 * math.log(2.0 * n)],
+                                          dtype=torch.float64, requires_grad=True)}
 
     def loss(params, estimator: Estimator, samples, generator):
         expected = estimator.surrogate(f, elbo_mod.q_builder, params, samples, generator)
