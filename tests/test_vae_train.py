@@ -114,3 +114,37 @@ def test_bad_options_are_clear_errors(tmp_path: Path) -> None:
     if not torch.cuda.is_available():
         with pytest.raises(GradestError, match="CUDA is not available"):
             train(dataclasses.replace(TINY, device="cuda"), tmp_path)
+
+
+def test_nan_gradient_on_an_epochs_last_step_keeps_the_previous_checkpoint(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """A finite loss whose gradient is inf poisons the parameters: that epoch must not be saved."""
+    config = dataclasses.replace(TINY, epochs=2, batch_size=5000, var_repeats=0)  # one step per epoch
+    real = objectives.OBJECTIVES["pathwise"]
+    calls = []
+
+    def poisoned(model, x, k, generator, baseline=None):
+        est = real.fn(model, x, k, generator, baseline)
+        calls.append(1)
+        if len(calls) == 2:
+            s = next(model.encoder.parameters()).sum()
+            # value 0, gradient ∞ (d√|u|/du at u = 0): Adam turns the encoder's weights into NaN
+            est = est._replace(loss=est.loss + (s - s.detach()).abs().sqrt())
+        return est
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", real._replace(fn=poisoned))
+    with pytest.raises(NonFiniteLoss, match=r"inf/NaN during epoch 2.*checkpoint of epoch 1 is kept"):
+        train(config, tmp_path)
+    state = load_checkpoint(tmp_path)
+    assert state["epoch"] == 1
+    assert all(torch.isfinite(v).all() for v in state["model"].values())
+    assert len(read_metrics(tmp_path)) == 1
+
+
+def test_divergence_to_an_infinite_test_elbo_stops_cleanly(tmp_path: Path) -> None:
+    """lr 1e30 keeps the weights finite but sends σ(x) to ∞: a clear stop, not a JSON error."""
+    config = dataclasses.replace(TINY, epochs=2, batch_size=5000, lr=1e30, var_repeats=0)
+    with pytest.raises(NonFiniteLoss, match=r"test −ELBO became (nan|inf) after epoch 1.*no checkpoint"):
+        train(config, tmp_path)
+    assert not (tmp_path / "checkpoint.pt").exists()

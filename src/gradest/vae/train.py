@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -282,6 +283,10 @@ def train(
                 config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step
             )
             record = _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds)
+            if not math.isfinite(record["test_neg_elbo"]):
+                raise _diverged(
+                    config, epoch, out, f"test −ELBO became {record['test_neg_elbo']} after epoch {epoch}"
+                )
             record["train_neg_elbo"] = neg_elbo_train
             record["train_neg_bound"] = neg_bound_train
             metrics.append(record)
@@ -327,15 +332,11 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
             xb = binarize(xb, g_noise)
         est = objective.fn(model, xb, config.k, g_noise, baseline)
         if not torch.isfinite(est.loss + est.elbo.sum()):
-            kept = (
-                f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}"
-                if epoch > 1
-                else "no epoch finished, so there is no checkpoint"
-            )
-            raise NonFiniteLoss(
-                f"the {config.estimator} loss became {float(est.loss.detach())} at epoch {epoch}, "
-                f"step {step + 1}/{steps}; training stopped and {kept}. Lower --lr or pick a "
-                "lower-variance --estimator"
+            raise _diverged(
+                config,
+                epoch,
+                out,
+                f"loss became {float(est.loss.detach())} at epoch {epoch}, step {step + 1}/{steps}",
             )
         optimizer.zero_grad(set_to_none=True)
         # Adam's ε is an absolute floor under √v: with per-image means, the small gradients of
@@ -347,7 +348,23 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
         sum_bound += est.bound.sum()
         if on_step is not None:
             on_step(epoch, step + 1, steps)
+    # A finite loss can still give an inf/NaN gradient: the last step of an epoch must not poison
+    # the checkpoint about to be written.
+    if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
+        raise _diverged(config, epoch, out, f"parameters became inf/NaN during epoch {epoch}")
     return time.perf_counter() - start, -float(sum_elbo) / n, -float(sum_bound) / n
+
+
+def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFiniteLoss:
+    kept = (
+        f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}"
+        if epoch > 1
+        else "no epoch ended in a finite state, so there is no checkpoint"
+    )
+    return NonFiniteLoss(
+        f"the {config.estimator} {what}; training stopped and {kept}. Lower --lr or pick a "
+        "lower-variance --estimator"
+    )
 
 
 def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds) -> dict[str, Any]:
