@@ -117,3 +117,27 @@ def test_errors_name_the_alternative():
         exact_grad(named_cost("square"), Normal, {"loc": t(0.0), "scale": t(1.0)}, method="magic")
     with pytest.raises(GradestError, match="more than"):
         exact_grad(lambda x: x.sum(1), Bernoulli, {"probs": torch.full((30,), 0.5)})
+
+
+@pytest.mark.parametrize("name,k,loc,scale", [("cos", 2.0, 1.0, 1e-6), ("linear", 2.0, 1.0, 1e-6),
+                                              ("square", 1.0, 1e3, 1.0), ("exp", 1.0, 0.0, 1e-3),
+                                              ("exp", 2.0, 5.0, 30.0)])
+def test_quadrature_error_bounds_the_actual_error_at_extreme_scales(name, k, loc, scale):
+    # σ ≪ |μ| (rounding of x − μ), |μ| ≫ σ (cancellation in Σ w f ∇log p), σ wide against f's feature
+    cost = named_cost(name, k)
+    params = {"loc": t(loc), "scale": t(scale)}
+    closed = exact_grad(cost, Normal, params, method="closed-form")
+    try:
+        quad = exact_grad(lambda x: cost(x), Normal, params)
+    except GradestError as err:
+        assert "quadrature does not resolve" in str(err)
+        return
+    for key in params:
+        assert float((quad.grads[key] - closed.grads[key]).abs()) <= float(quad.error[key])
+
+
+def test_quadrature_refuses_a_feature_its_nodes_step_over():
+    # exp(−x²) under N(0, 10⁶): zero at every Gauss–Hermite node, while E f ≈ 7e-4
+    cost = named_cost("exp", 1.0)
+    with pytest.raises(GradestError, match="does not resolve"):
+        exact_grad(lambda x: cost(x), Normal, {"loc": t(0.0), "scale": t(1e3)})
