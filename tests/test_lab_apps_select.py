@@ -84,3 +84,42 @@ def test_pilots_run_on_the_requested_threads_and_restore_the_setting(monkeypatch
     assert torch.get_num_threads() == before
     with pytest.raises(gradest.GradestError, match="threads"):
         select(gradest.named_cost("cos", 1.0), Normal, PARAMS, ["pathwise"], num_samples=100, threads=0)
+
+
+def test_a_zero_variance_estimate_off_the_reference_is_flagged_biased():
+    # round(x) has derivative 0 wherever it has one: pathwise returns exactly 0 with zero variance,
+    # while ∂/∂μ E round(x) = Σ_j φ(j + ½ − μ) ≈ 1. Its z is +inf, which must count as biased.
+    def rounded(x):
+        return torch.round(x).reshape(x.shape[0], -1).sum(1)
+
+    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64),
+              "scale": torch.tensor([1.0, 1.0], dtype=torch.float64)}
+    result = select(rounded, Normal, params, ["pathwise", "mvd"], num_samples=2000)
+    by_name = {c.estimator: c for c in result.candidates}
+    assert by_name["pathwise"].biased and not by_name["pathwise"].usable
+    assert result.recommendation == "mvd"
+
+
+def test_zero_variance_ties_are_stated_as_ties():
+    # For a separable f under Bernoulli, f(x with x_d = 1) − f(x with x_d = 0) does not depend on x:
+    # both measure-valued estimators are exact, so neither is "inf× better" than the other.
+    family = get_family("bernoulli")
+    params = {"probs": torch.tensor([0.01], dtype=torch.float64)}  # one coordinate: no rounding
+    result = select(gradest.named_cost("square", 0.3), family.build, params, ["mvd", "mvd-uncoupled"],
+                    num_samples=200)
+    assert all(c.variance == 0 for c in result.candidates)
+    assert "tied with" in result.reason and "inf" not in result.reason
+
+
+def test_without_any_reference_the_reason_says_unbiasedness_was_not_checked():
+    family = get_family("poisson")
+    result = select(gradest.named_cost("cos", 1.0), family.build,
+                    {"rate": torch.tensor(3.0, dtype=torch.float64)}, ["score", "mvd"], num_samples=500)
+    assert result.reference == "none"
+    assert "not checked" in result.reason
+
+
+def test_parameters_of_different_shapes_are_refused_with_the_fix():
+    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64), "scale": torch.tensor(1.0)}
+    with pytest.raises(gradest.GradestError, match=r"one shape.*scale"):
+        select(gradest.named_cost("cos", 1.0), Normal, params, ["pathwise"], num_samples=100)

@@ -118,10 +118,13 @@ def _pilot(est: Estimator, f, dist_builder, params, num_samples, seed) -> _Pilot
 
 
 def _max_abs_z(pilot: _Pilot, ref_mean, ref_stderr) -> float:
+    """max |z| over coordinates; +inf for a gap where no uncertainty covers it (a zero-variance estimate
+    off the reference, e.g. the pathwise gradient of a piecewise-constant f, which is 0 everywhere)."""
     worst = 0.0
     for k, m in pilot.mean.items():
         diff = (m - ref_mean[k].to(m)).abs()
-        se = pilot.stderr[k] ** 2 + (0.0 if ref_stderr is None else ref_stderr[k].to(m) ** 2)
+        se = pilot.stderr[k] ** 2 + (0.0 if ref_stderr is None or ref_stderr.get(k) is None
+                                     else ref_stderr[k].to(m) ** 2)
         se = se.sqrt()
         tiny = 64 * torch.finfo(m.dtype).eps * (1.0 + ref_mean[k].to(m).abs())
         z = torch.where(diff <= tiny, torch.zeros_like(diff), diff / se)
@@ -157,6 +160,16 @@ def select(
     if num_samples < 2:
         raise GradestError(f"num_samples must be ≥ 2 to measure a variance, got {num_samples}")
     check_threads(threads)
+    shapes = {k: list(torch.as_tensor(v).shape) for k, v in params.items()}
+    if len({str(s) for s in shapes.values()}) > 1:
+        # the estimators replicate every parameter along a leading sample axis, where a scalar no
+        # longer broadcasts against a vector: ask for the full shape instead of failing mid-pilot
+        first, *_ = (k for k, s in shapes.items() if len(s) == max(len(t) for t in shapes.values()))
+        raise GradestError(
+            "the parameters must all have one shape, got "
+            + ", ".join(f"{k} {s}" for k, s in shapes.items())
+            + f"; repeat the smaller ones to the shape of {first}, e.g. a list of {first}'s length"
+        )
     specs = list(estimators) if estimators else default_candidates()
     if not specs:
         raise GradestError("no candidate estimators; give at least one")
@@ -179,7 +192,8 @@ def select(
             pilots[label] = str(err)
 
     if exact is not None:
-        reference, ref_mean, ref_stderr = f"exact ({exact.method})", exact.grads, None
+        # a numerical reference (quadrature) carries an error estimate: it widens the bias check
+        reference, ref_mean, ref_stderr = f"exact ({exact.method})", exact.grads, exact.error
     elif isinstance(pilots.get("pathwise"), _Pilot):
         with intra_op_threads(threads):
             ref = _pilot(get_estimator("pathwise"), f, dist_builder, params, num_samples, seed + 7919)
@@ -196,9 +210,9 @@ def select(
                                   f"not applicable: {p}"))
             continue
         z = math.nan if ref_mean is None else _max_abs_z(p, ref_mean, ref_stderr)
-        biased = math.isfinite(z) and z > z_bound
+        biased = z > z_bound  # NaN (no reference) is False; +inf (an uncovered gap) is True
         eff = p.variance * p.seconds_per_sample
-        note = f"BIASED: |z| = {z:.1f} > {z_bound:.2f} against {reference}" if biased else ""
+        note = f"BIASED: |z| = {z:.4g} > {z_bound:.2f} against {reference}" if biased else ""
         rows.append(Candidate(name, True, p.variance, p.seconds_per_sample, eff, math.nan, z, biased, note))
     usable = sorted((c for c in rows if c.usable), key=lambda c: c.efficiency)
     best = usable[0].efficiency if usable else math.nan
@@ -218,8 +232,16 @@ def _recommend(ranked: list[Candidate], reference: str) -> tuple[str | None, str
         why += " (zero variance: the estimate is exact)"
     if len(ranked) > 1:
         second = ranked[1]
-        factor = second.efficiency / top.efficiency if top.efficiency > 0 else math.inf
-        why += (f"; {factor:.3g}× better than the runner-up {second.estimator} "
-                f"(variance {second.variance:.4g}, {1e6 * second.seconds_per_sample:.3g} µs per sample)")
-    why += f". Unbiasedness checked against {reference}."
+        runner_up = (f"the runner-up {second.estimator} (variance {second.variance:.4g}, "
+                     f"{1e6 * second.seconds_per_sample:.3g} µs per sample)")
+        if second.efficiency == top.efficiency:  # both exact (zero variance): no factor to state
+            why += f"; tied with {runner_up}, listed first"
+        else:
+            factor = second.efficiency / top.efficiency if top.efficiency > 0 else math.inf
+            why += f"; {factor:.3g}× better than {runner_up}"
+    if reference == "none":
+        why += (". Unbiasedness not checked: no exact gradient and no pathwise estimator for this "
+                "problem to compare with.")
+    else:
+        why += f". Unbiasedness checked against {reference}."
     return top.estimator, why
