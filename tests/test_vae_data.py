@@ -12,7 +12,7 @@ import torch
 
 from gradest.errors import GradestError
 from gradest.rng import make_generator
-from gradest.vae.data import binarize, load_images, read_idx
+from gradest.vae.data import absolute_spec, binarize, load_images, read_idx
 
 
 def idx_bytes(array: np.ndarray) -> bytes:
@@ -97,3 +97,31 @@ def test_binarize_is_bernoulli_of_the_grey_level() -> None:
     assert set(draws.unique().tolist()) <= {0.0, 1.0}
     stderr = (p * (1 - p) / 20_000).sqrt()
     assert ((draws.mean(0) - p).abs() <= 5 * stderr + 1e-12).all()
+
+
+def test_wrong_magic_number_names_the_expected_one(tmp_path: Path) -> None:
+    """Labels where the images belong: the magic number 0x801 is not the images' 0x803."""
+    write_mnist(tmp_path / "m", gz=True)
+    m = tmp_path / "m"
+    (m / "train-images-idx3-ubyte.gz").write_bytes((m / "train-labels-idx1-ubyte.gz").read_bytes())
+    with pytest.raises(GradestError, match="magic number 0x00000801, expected 0x00000803"):
+        load_images(f"mnist:{m}", make_generator(0))
+
+
+def test_train_and_test_images_of_different_sizes(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "m")
+    (tmp_path / "m" / "t10k-images-idx3-ubyte").write_bytes(idx_bytes(np.zeros((4, 3, 5))))
+    with pytest.raises(GradestError, match="train images are 5×3 but test images 3×5"):
+        load_images(f"mnist:{tmp_path / 'm'}", make_generator(0))
+
+
+def test_empty_split_is_a_clear_error(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "m", n_test=0)
+    with pytest.raises(GradestError, match="N ≥ 1 labels"):
+        load_images(f"mnist:{tmp_path / 'm'}", make_generator(0))
+
+
+def test_absolute_spec_only_touches_mnist_dirs(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    assert absolute_spec("mnist:data") == f"mnist:{tmp_path / 'data'}"
+    assert absolute_spec("digits") == "digits"

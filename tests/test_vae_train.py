@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import struct
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from torch import nn
@@ -14,7 +16,7 @@ from gradest.errors import GradestError
 from gradest.rng import make_generator
 from gradest.vae import objectives
 from gradest.vae.model import VAE, GaussianEncoder
-from gradest.vae.train import NonFiniteLoss, TrainConfig, load_checkpoint, read_metrics, train
+from gradest.vae.train import NonFiniteLoss, TrainConfig, load_checkpoint, load_run, read_metrics, train
 
 TINY = TrainConfig(
     dataset="digits", hidden=(16,), latent=2, epochs=2, batch_size=256, var_repeats=3, iwae_k=8
@@ -148,3 +150,27 @@ def test_divergence_to_an_infinite_test_elbo_stops_cleanly(tmp_path: Path) -> No
     with pytest.raises(NonFiniteLoss, match=r"test −ELBO became (nan|inf) after epoch 1.*no checkpoint"):
         train(config, tmp_path)
     assert not (tmp_path / "checkpoint.pt").exists()
+
+
+def test_a_run_on_a_relative_mnist_dir_reloads_from_another_folder(tmp_path: Path, monkeypatch) -> None:
+    """The run saves DIR absolute: evaluating it from elsewhere finds the files again."""
+    (tmp_path / "m").mkdir()
+    for name, shape in [("train-images-idx3", (8, 5, 3)), ("train-labels-idx1", (8,))]:
+        for prefix in ("", "t10k"):
+            n = 4 if prefix else 8
+            stem = name.replace("train", "t10k") if prefix else name
+            dims = (n, *shape[1:])
+            header = bytes([0, 0, 8, len(dims)]) + struct.pack(f">{len(dims)}I", *dims)
+            (tmp_path / "m" / f"{stem}-ubyte").write_bytes(header + bytes(int(np.prod(dims))))
+    monkeypatch.chdir(tmp_path)
+    config = dataclasses.replace(TINY, dataset="mnist:m", epochs=1, var_repeats=0)
+    train(config, "run")
+    monkeypatch.chdir(tmp_path / "m")
+    saved, run = load_run(tmp_path / "run")
+    assert saved.dataset == f"mnist:{tmp_path / 'm'}" and run.test.shape == (4, 15)
+
+
+def test_resume_with_fewer_epochs_than_done_is_an_error(tmp_path: Path) -> None:
+    train(dataclasses.replace(TINY, var_repeats=0), tmp_path)
+    with pytest.raises(GradestError, match=r"already trained 2 epochs.*greater than 2"):
+        train(dataclasses.replace(TINY, epochs=1), tmp_path, resume=True)

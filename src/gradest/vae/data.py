@@ -35,6 +35,8 @@ _MNIST_FILES = {
     "test_images": "t10k-images-idx3-ubyte",
     "test_labels": "t10k-labels-idx1-ubyte",
 }
+# MNIST's magic numbers: unsigned bytes (0x08) in 3 dimensions (images) or 1 (labels).
+_MNIST_MAGIC = {"images": 0x00000803, "labels": 0x00000801}
 
 
 class ImageData(NamedTuple):
@@ -52,11 +54,11 @@ class ImageData(NamedTuple):
         return int(self.train.shape[1])
 
 
-def read_idx(path: str | Path) -> np.ndarray:
+def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     """Read one IDX file (gzipped or not: detected by its magic bytes, not its name).
 
     Format: two zero bytes, a type code, the number of dimensions d, d big-endian uint32 sizes,
-    then the values in row-major order.
+    then the values in row-major order. ``magic``: the first four bytes the file must have.
     """
     path = Path(path)
     if not path.is_file():
@@ -71,6 +73,11 @@ def read_idx(path: str | Path) -> np.ndarray:
         raise GradestError(
             f"{path} is not an IDX file: it should start with 0x00 0x00, a type code and the "
             "number of dimensions (download the MNIST files from the original source)"
+        )
+    if magic is not None and raw[:4] != magic.to_bytes(4, "big"):
+        raise GradestError(
+            f"{path}: magic number 0x{raw[:4].hex().upper()}, expected 0x{magic:08X} "
+            f"(unsigned bytes in {magic & 0xFF} dimensions); is it the right MNIST file?"
         )
     dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
     header = 4 + 4 * ndim
@@ -99,15 +106,23 @@ def _find(folder: Path, stem: str) -> Path:
 def _load_mnist_dir(folder: Path) -> ImageData:
     if not folder.is_dir():
         raise GradestError(f"--dataset mnist:{folder}: {folder} is not a directory")
-    arrays = {key: read_idx(_find(folder, stem)) for key, stem in _MNIST_FILES.items()}
+    arrays = {
+        key: read_idx(_find(folder, stem), _MNIST_MAGIC[key.split("_")[1]])
+        for key, stem in _MNIST_FILES.items()
+    }
     for split in ("train", "test"):
         images, labels = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0]:
+        if images.ndim != 3 or labels.ndim != 1 or images.shape[0] != labels.shape[0] or not len(labels):
             raise GradestError(
                 f"{folder}: {split} images have shape {list(images.shape)} and labels "
-                f"{list(labels.shape)}; expected [N, H, W] images and N labels"
+                f"{list(labels.shape)}; expected [N, H, W] images and N ≥ 1 labels"
             )
     height, width = arrays["train_images"].shape[1:]
+    if arrays["test_images"].shape[1:] != (height, width):
+        raise GradestError(
+            f"{folder}: train images are {height}×{width} but test images "
+            f"{'×'.join(map(str, arrays['test_images'].shape[1:]))}; both files must hold the same size"
+        )
 
     def images(key: str) -> torch.Tensor:
         a = arrays[key]
@@ -146,6 +161,13 @@ def load_images(spec: str, generator: torch.Generator) -> ImageData:
     if spec.startswith("mnist:"):
         return _load_mnist_dir(Path(spec.removeprefix("mnist:")).expanduser())
     raise GradestError(f"unknown dataset {spec!r}; choose digits, mnist5k or mnist:DIR (MNIST IDX files)")
+
+
+def absolute_spec(spec: str) -> str:
+    """``mnist:DIR`` with DIR made absolute (a saved run then reloads it from any folder)."""
+    if spec.startswith("mnist:"):
+        return "mnist:" + str(Path(spec.removeprefix("mnist:")).expanduser().absolute())
+    return spec
 
 
 def check_binarize(mode: str) -> str:

@@ -36,7 +36,7 @@ from gradest.errors import GradestError
 from gradest.estimators.baselines import MovingAverage
 from gradest.io import write_atomic, write_json
 from gradest.rng import make_generator
-from gradest.vae.data import ImageData, binarize, check_binarize, load_images
+from gradest.vae.data import ImageData, absolute_spec, binarize, check_binarize, load_images
 from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
 from gradest.vae.model import VAE
 from gradest.vae.objectives import get_objective, make_baseline
@@ -247,10 +247,17 @@ def train(
         state = load_checkpoint(out, resolve_device(config.device))
         saved = TrainConfig.from_dict(state["config"])
         config = dataclasses.replace(saved, epochs=config.epochs, device=config.device)
+        if config.epochs < int(state["epoch"]):
+            raise GradestError(
+                f"the run in {out} has already trained {state['epoch']} epochs; --resume continues "
+                f"it up to --epochs, so pass --epochs greater than {state['epoch']} (got {config.epochs})"
+            )
     elif (out / CHECKPOINT).exists():
         raise GradestError(
             f"{out} already holds a run; pass --resume to continue it, or choose another --out"
         )
+    else:
+        config = dataclasses.replace(config, dataset=absolute_spec(config.dataset))
     config.check()
     objective = get_objective(config.estimator, config.k)
     run = setup(config, model)
