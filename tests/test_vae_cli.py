@@ -126,3 +126,22 @@ def test_eval_of_a_folder_without_a_run(tmp_path: Path, capsys) -> None:
 def test_compare_estimator_needing_k(tmp_path: Path, capsys) -> None:
     assert main(["vae", "compare", *TINY, "--estimator", "score-loo", "--out", str(tmp_path)]) == 2
     assert "write score-loo:5" in capsys.readouterr().err
+
+
+def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "run")
+    assert main(["vae", "train", *TINY, "--epochs", "1", "--var-repeats", "0", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["vae", "train", "--resume", "--epochs", "2", "--estimator", "score", "--out", out]) == 2
+    assert "--estimator score differs from the run's saved pathwise" in capsys.readouterr().err
+    # The saved options themselves, repeated, are accepted.
+    assert main(["vae", "train", "--resume", *TINY, "--var-repeats", "0", "--out", out]) == 0
+
+
+def test_compare_into_a_used_folder_names_the_fix(tmp_path: Path, capsys) -> None:
+    args = ["vae", "compare", *TINY, "--epochs", "1", "--estimator", "pathwise", "--out", str(tmp_path)]
+    assert main(args) == 0
+    capsys.readouterr()
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "already holds a run; choose another --out" in err and "--resume" not in err

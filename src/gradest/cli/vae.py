@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -16,10 +17,11 @@ from gradest.cli.app import app
 from gradest.errors import GradestError
 from gradest.io import write_json
 from gradest.rng import make_generator
+from gradest.vae.data import absolute_spec
 from gradest.vae.evaluate import evaluate
 from gradest.vae.objectives import OBJECTIVES, get_objective
 from gradest.vae.report import compare_report, run_report
-from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, load_run, train
+from gradest.vae.train import CHECKPOINT, CONFIG, SUMMARY, NonFiniteLoss, TrainConfig, load_run, train
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 vae_app = typer.Typer(
@@ -188,13 +190,31 @@ def train_command(
         iwae_k=iwae_k,
         baseline_decay=baseline_decay,
     )
-    if not resume:
+    if resume:
+        _check_resume_options(config, out)
+    else:
         config.check()
     _train_with_progress(config, out, resume)
     report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))
     console.print(f"wrote {out}/metrics.jsonl, summary.json, checkpoint.pt and {report}")
+
+
+def _check_resume_options(config: TrainConfig, out: Path) -> None:
+    """--resume uses the saved options: one given with another value is an error, not ignored."""
+    path = out / CONFIG
+    if not path.is_file():
+        return  # train() names the missing checkpoint
+    saved = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
+    default = TrainConfig().to_dict()
+    given = dataclasses.replace(config, dataset=absolute_spec(config.dataset)).to_dict()
+    for name, value in given.items():
+        if name not in ("epochs", "device") and value != default[name] and value != saved[name]:
+            raise GradestError(
+                f"--{name.replace('_', '-')} {value} differs from the run's saved {saved[name]}; --resume "
+                "continues the run with its saved options (only --epochs and --device may change)"
+            )
 
 
 @vae_app.command(name="eval")
@@ -299,6 +319,9 @@ def compare_command(
         label: TrainConfig(**{**base.to_dict(), "hidden": base.hidden, "estimator": name, "k": kk}).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
+    for folder in runs.values():
+        if (folder / CHECKPOINT).exists():
+            raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
     summaries = {}
     for label, config in configs.items():
         _train_with_progress(config, runs[label], resume=False)
