@@ -113,3 +113,23 @@ def test_help_teaches(capsys):
     text = capsys.readouterr().out
     for option in ("--data", "--column", "--out", "--seed", "--steps", "--samples-per-step"):
         assert option in text
+
+
+@pytest.mark.parametrize("under", [False, True])
+def test_out_on_a_file_exits_2_before_any_work(tmp_path, capsys, under):
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep")
+    out = blocker / "sub" if under else blocker
+    assert main(["gaussian", "--out", str(out), "--steps", "5"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --out") and err.count("\n") == 1
+    assert blocker.read_text() == "keep"
+
+
+def test_one_step_run_completes(tmp_path, capsys):
+    # the shortest run: no SGD scatter to compare, and σ has not yet collapsed
+    out = tmp_path / "out"
+    assert main(["gaussian", "--out", str(out), "--steps", "1", "--samples-per-step", "2"]) == 0
+    result = json.loads((out / "results.json").read_text())
+    text = " ".join(result["conclusions"])
+    assert "still falling" in text and "not within 1 step" in text and "None" not in text

@@ -79,3 +79,41 @@ def test_validate_rejects_constant_and_short_tensors():
     with pytest.raises(GradestError, match="all values equal"):
         validate(torch.full((5,), 3.0))
     assert validate(torch.tensor([1.0, 2.0])).n == 2
+
+
+def test_one_column_without_header_reads_every_row(tmp_path):
+    data = load_dataset(write(tmp_path, "1.5\n2.5\n4\n"))
+    assert data.values.tolist() == [1.5, 2.5, 4.0]
+    assert "no header row" in data.source
+
+
+def test_numeric_first_row_of_several_columns_asks_for_a_header(tmp_path):
+    with pytest.raises(GradestError, match="no header row.*add a row of column names"):
+        load_dataset(write(tmp_path, "1,2\n3,4\n5,7\n"), column="b")
+
+
+@pytest.mark.parametrize(("text", "words"), [("a;x\n1;2,5\n2;3,5\n", "semicolon"),
+                                             ("a\tx\n1\t2\n2\t3\n", "tab")])
+def test_other_separators_are_named_with_the_fix(tmp_path, text, words):
+    with pytest.raises(GradestError, match=f"looks {words}-separated.*comma-separated") as err:
+        load_dataset(write(tmp_path, text), column="x")
+    assert "\n" not in str(err.value)
+
+
+def test_bom_crlf_quotes_and_padding_are_read(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_bytes('\ufeff"id" , "x" \r\n"0", " 1.5e0 "\r\n\r\n"1","-2.5"\r\n'.encode())
+    assert load_dataset(path, column="x").values.tolist() == [1.5, -2.5]
+
+
+def test_folder_as_data_is_named(tmp_path):
+    with pytest.raises(GradestError, match="is a folder"):
+        load_dataset(tmp_path)
+
+
+def test_unresolvable_spread_is_not_called_constant():
+    values = torch.tensor([1e9, 1e9 + 2**-22, 1e9 + 2**-21], dtype=torch.float64)
+    with pytest.raises(GradestError, match="too little for float64.*subtract a constant"):
+        validate(values)
+    tiny = validate(torch.tensor([1e-20, 2e-20, 4e-20]))  # small in absolute terms, well resolved
+    assert tiny.n == 3

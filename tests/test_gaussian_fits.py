@@ -85,3 +85,12 @@ def test_steps_to_tolerance_and_averaging():
     assert suffix_average(np.array([4.0, 2.0, 3.0, 5.0])) == pytest.approx([4.0, 3.0, 2.5, 10 / 3])
     assert math.isnan(tail_stderr(np.arange(10.0)))  # too short for 10 batches
     assert tail_stderr(np.ones(100)) == 0.0
+
+
+def test_suffix_average_keeps_the_digits_of_a_large_offset():
+    # iterates 1e9 + 1e-3·(−1)^t: the latter-half mean is 1e9 up to 1e-3/t; cumsums of the raw
+    # values (~3e12) would round it by ~5e-4
+    t = np.arange(3001)
+    path = 1e9 + 1e-3 * (-1.0) ** t
+    got = suffix_average(path)
+    assert abs(got[-1] - 1e9) <= 1e-3 / 1500 + 1e-6

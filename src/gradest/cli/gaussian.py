@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
-from gradest.gaussian import Settings, load_dataset, run, write_outputs
+from gradest.gaussian import Settings, check_out_dir, load_dataset, run, write_outputs
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()
@@ -53,6 +53,7 @@ def gaussian_command(
     """
     dataset = load_dataset(data, column)
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step).validate()
+    check_out_dir(out)
     console.print(
         f"data: n = {dataset.n}, x̄ = {dataset.mean:.6g}, v = {dataset.var_mle:.6g} ({dataset.source})"
     )

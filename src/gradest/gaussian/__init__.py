@@ -11,7 +11,8 @@ conclusions computed from the numbers (:mod:`.conclusions`), and the report (:mo
 """
 
 from gradest.gaussian.data import Dataset, default_dataset, load_dataset
-from gradest.gaussian.report import write_outputs
+from gradest.gaussian.report import check_out_dir, write_outputs
 from gradest.gaussian.walkthrough import Results, Settings, run
 
-__all__ = ["Dataset", "Results", "Settings", "default_dataset", "load_dataset", "run", "write_outputs"]
+__all__ = ["Dataset", "Results", "Settings", "check_out_dir", "default_dataset", "load_dataset", "run",
+           "write_outputs"]

@@ -108,10 +108,24 @@ def _fit(results: Results, objective: str, estimator: str):
     return None
 
 
+#: fewest SGD iterates (steps + 1) for the scatter of the latter half to mean anything
+MIN_JITTER_STEPS = 40
+
+
 def jitter(fit) -> float:
     """Standard deviation of the raw σ iterates over the latter half of a fit: the SGD noise floor."""
     tail = fit.sigma_path[fit.sigma_path.shape[0] // 2 :]
     return float(np.std(tail))
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}" if n == 1 else f"{n} {noun}s"
+
+
+def _steps(r, steps: int) -> str:
+    if r.diverged_at is not None:
+        return f"never (diverged at step {r.diverged_at})"
+    return str(r.steps_to_1pct) if r.steps_to_1pct is not None else f"not within {_count(steps, 'step')}"
 
 
 def fits(results: Results) -> list[str]:
@@ -128,17 +142,19 @@ def fits(results: Results) -> list[str]:
         ratios = path[1 : shrinking.shape[0] + 1] / shrinking
         factor = float(np.exp(np.mean(np.log(ratios)))) if ratios.size else math.nan
         predicted = 1.0 - 2.0 * results.settings.eta * SQUARED_STEP_SCALE
+        ending = ("down to the floor of the projection" if path[-1] <= 2.0 * SIGMA_FLOOR * sd
+                  else f"still falling when the run ended after {_count(steps, 'step')}")
         out.append(
             f"squared: σ fell from {_g(sigma0)} to {_g(sq.sigma)} while μ went to {_g(sq.mu)} "
             f"(x̄ = {_g(results.data.mean)}). The loss cannot recover σ² = {_g(results.data.var_mle)}: its "
             f"σ-gradient 2nσ is positive for every σ > 0, so each SGD step multiplies σ by about "
             f"1 − 2η·(step scale) = {predicted:.3g}; the measured geometric mean factor while collapsing "
-            f"was {factor:.3g} per step, down to the floor of the projection. A point mass at x̄ "
+            f"was {factor:.3g} per step, {ending}. A point mass at x̄ "
             "minimises Σ_i(y − x_i)².")
         others = [r for r in results.fits
                   if r.objective == "squared" and ("squared", r.estimator) not in extra]
         out.append("squared, steps until μ and σ stay within 1% of √v of (x̄, 0): "
-                   + ", ".join(f"{r.estimator} {r.steps_to_1pct}" for r in others) + ".")
+                   + ", ".join(f"{r.estimator} {_steps(r, steps)}" for r in others) + ".")
     extra = set(results.settings.extra_fits)
     for name in ("crps", "elbo", "nll"):
         for r in results.fits:
@@ -162,7 +178,8 @@ def fits(results: Results) -> list[str]:
                              f"SGD answer is {100 * sgd:.2g}% of √v from that optimum")
             if name == "nll":
                 x = results.data.values
-                moment = float((x**2).mean()) - float(x.mean()) ** 2
+                # mean(x²) − x̄² evaluated as mean((x − x̄)²): the same number without the cancellation
+                moment = float(((x - x.mean()) ** 2).mean())
                 sentence += (f". Its σ² = {_g(r.sigma**2)} is the estimate the question expected, "
                              f"mean(x²) − x̄² = {_g(moment)}")
             out.append(sentence + ".")
@@ -192,6 +209,9 @@ def fits(results: Results) -> list[str]:
             if a is None or b is None or a.diverged_at is not None or b.diverged_at is not None:
                 continue
             ja, jb = jitter(a) / sd, jitter(b) / sd
+            # a scatter needs iterates to scatter: a handful of steps (or none moving) gives no ratio
+            if a.sigma_path.shape[0] < MIN_JITTER_STEPS or not ja > 0.0:
+                continue
             sentence = (f"SGD on {name} at {results.settings.samples_per_step} samples per step and equal "
                         f"step sizes: over the latter half of the run the raw σ iterates scattered with "
                         f"standard deviation {100 * ja:.2g}% of √v ({ests[0]}) against {100 * jb:.2g}% "

@@ -22,7 +22,7 @@ import torch
 from gradest.errors import GradestError
 
 DEFAULT_NAME = "gaussian_default.csv"
-#: relative spread below which the data count as constant (float64 rounding of the values)
+#: relative spread (to the largest |x|) below which float64 cannot resolve the data: ~4500 ulps
 CONSTANT_TOL = 1e-12
 
 
@@ -69,6 +69,8 @@ def load_dataset(path: str | Path | None = None, column: str | None = None) -> D
             raise GradestError("--column picks a column of the --data FILE.csv; give --data too")
         return default_dataset()
     path = Path(path)
+    if path.is_dir():
+        raise GradestError(f"--data {path} is a folder; give the CSV file inside it")
     if not path.is_file():
         raise GradestError(f"data file not found: {path}; give a CSV file with a header row")
     try:
@@ -78,12 +80,43 @@ def load_dataset(path: str | Path | None = None, column: str | None = None) -> D
     return parse_csv(text, column, str(path))
 
 
+def _cell(raw: str) -> str:
+    """A cell without padding, and without quotes that padding kept the reader from removing."""
+    cell = raw.strip()
+    if len(cell) >= 2 and cell[0] == cell[-1] == '"':
+        cell = cell[1:-1].strip()
+    return cell
+
+
+def _is_number(cell: str) -> bool:
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return True
+
+
 def parse_csv(text: str, column: str | None, source: str) -> Dataset:
-    """Parse CSV text with a header row and validate one numeric column."""
-    rows = [row for row in csv.reader(text.splitlines()) if any(cell.strip() for cell in row)]
+    """Parse comma-separated text with a header row and validate one numeric column.
+
+    A one-column file whose first row is a number has no header: all its rows are values (the
+    usual export of a single vector). Semicolon- or tab-separated files are refused with the fix.
+    """
+    # skipinitialspace: `"a", "b"` (a space after the comma) still unquotes
+    rows = [[_cell(c) for c in row] for row in csv.reader(text.splitlines(), skipinitialspace=True)]
+    rows = [row for row in rows if any(row)]
     if not rows:
         raise GradestError(f"{source} is empty; it needs a header row and at least 2 values")
     header = [h.strip() for h in rows[0]]
+    _refuse_other_separators(header, source)
+    if len(header) == 1 and _is_number(header[0]) and column is None:
+        header, rows = ["x"], [["x"], *rows]
+        source = f"{source} (no header row)"
+    elif all(_is_number(h) for h in header) and column not in header:
+        raise GradestError(
+            f"{source} has no header row (its first row, {', '.join(header)}, is numbers); add a row "
+            "of column names and pick one with --column NAME"
+        )
     if column is None:
         if len(header) != 1:
             raise GradestError(
@@ -113,6 +146,19 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
     return validate(torch.tensor(values, dtype=torch.float64), source, name)
 
 
+def _refuse_other_separators(header: list[str], source: str) -> None:
+    """A header read as one cell that holds ';' or a tab is a file with another separator."""
+    if len(header) != 1:
+        return
+    for sep, shown, words in ((";", ";", "semicolon"), ("\t", "\\t", "tab")):
+        if sep in header[0]:
+            raise GradestError(
+                f"{source} looks {words}-separated (header {header[0]!r}); gradest reads comma-separated "
+                "files: save it as CSV with commas (and '.' as the decimal point), e.g. "
+                f"tr '{shown}' ',' < FILE > FILE.csv when no value contains a comma"
+            )
+
+
 def validate(values: torch.Tensor, source: str = "<tensor>", column: str = "x") -> Dataset:
     """Check there are ≥ 2 finite values that are not all equal."""
     values = torch.as_tensor(values, dtype=torch.float64).reshape(-1)
@@ -124,7 +170,14 @@ def validate(values: torch.Tensor, source: str = "<tensor>", column: str = "x") 
     if not torch.isfinite(values).all():
         raise GradestError(f"{source}, column {column!r}: contains NaN or inf; remove them")
     spread = float(values.max() - values.min())
-    if spread <= CONSTANT_TOL * max(1.0, float(values.abs().max())):
+    magnitude = float(values.abs().max())
+    if 0.0 < spread <= CONSTANT_TOL * magnitude:
+        raise GradestError(
+            f"{source}, column {column!r}: the values differ by at most {spread:.3g} around "
+            f"{magnitude:.6g}, too little for float64 arithmetic to resolve; subtract a constant "
+            "(e.g. the first value) from the column and fit the differences"
+        )
+    if spread == 0.0:
         raise GradestError(
             f"{source}, column {column!r}: all values equal {float(values[0])!r}; a Normal fit "
             "needs data with a spread (σ would be 0)"

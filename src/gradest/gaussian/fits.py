@@ -72,10 +72,13 @@ class FitResult(NamedTuple):
 
 def suffix_average(path: np.ndarray) -> np.ndarray:
     """ā_t = mean of θ_s over ⌊t/2⌋ ≤ s ≤ t (Polyak–Ruppert averaging of the latter half)."""
-    cum = np.concatenate([[0.0], np.cumsum(path)])
+    # cumulative sums of the offsets from the start: raw sums of values near 1e9 would round away
+    # the digits that separate the iterates
+    ref = path[0] if np.isfinite(path[0]) else 0.0
+    cum = np.concatenate([[0.0], np.cumsum(path - ref)])
     t = np.arange(path.shape[0])
     lo = t // 2
-    return (cum[t + 1] - cum[lo]) / (t + 1 - lo)
+    return ref + (cum[t + 1] - cum[lo]) / (t + 1 - lo)
 
 
 def tail_stderr(path: np.ndarray, batches: int = 10) -> float:

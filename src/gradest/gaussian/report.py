@@ -6,12 +6,14 @@ Everything is rendered in memory first and only then written, each file atomical
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
 from matplotlib.figure import Figure
 
 from gradest import report as html
+from gradest.errors import GradestError
 from gradest.gaussian import closed_form as cf
 from gradest.gaussian.walkthrough import Results
 from gradest.io import write_atomic, write_json
@@ -257,12 +259,29 @@ def render(results: Results) -> dict[str, bytes | str]:
     return {**pngs, "report.html": page}
 
 
+def check_out_dir(out_dir: str | Path) -> Path:
+    """Refuse, before any work, an ``out_dir`` that is a file, lies under a file, or is not writable."""
+    out_dir = Path(out_dir)
+    existing = out_dir
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        where = "is a file" if existing == out_dir else f"lies under {existing}, which is a file"
+        raise GradestError(f"--out {out_dir} {where}; give a folder (new or existing) for the report")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise GradestError(f"--out {out_dir}: cannot write in {existing}; give a writable folder")
+    return out_dir
+
+
 def write_outputs(results: Results, out_dir: str | Path) -> list[Path]:
     """Render, then write every file atomically into ``out_dir``; returns the paths written."""
+    out_dir = check_out_dir(out_dir)
     files = render(results)
     payload = results.to_dict()
-    out_dir = Path(out_dir)
-    written = [write_atomic(out_dir / name, data) for name, data in files.items()]
-    written.append(write_json(out_dir / "results.json", payload))
+    try:
+        written = [write_atomic(out_dir / name, data) for name, data in files.items()]
+        written.append(write_json(out_dir / "results.json", payload))
+    except OSError as err:
+        raise GradestError(f"could not write the report into {out_dir}: {err}") from None
     return written
 
