@@ -145,3 +145,11 @@ def test_compare_into_a_used_folder_names_the_fix(tmp_path: Path, capsys) -> Non
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "already holds a run; choose another --out" in err and "--resume" not in err
+
+
+def test_eval_json_into_a_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:
+    out = str(tmp_path / "run")
+    assert main(["vae", "train", *TINY, "--epochs", "1", "--var-repeats", "0", "--out", out]) == 0
+    capsys.readouterr()
+    assert main(["vae", "eval", out, "--iwae-k", "1", "--json", str(tmp_path)]) == 2
+    assert "is a folder; give a file name" in capsys.readouterr().err

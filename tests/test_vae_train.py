@@ -174,3 +174,29 @@ def test_resume_with_fewer_epochs_than_done_is_an_error(tmp_path: Path) -> None:
     train(dataclasses.replace(TINY, var_repeats=0), tmp_path)
     with pytest.raises(GradestError, match=r"already trained 2 epochs.*greater than 2"):
         train(dataclasses.replace(TINY, epochs=1), tmp_path, resume=True)
+
+
+def test_out_that_is_a_file_and_checkpoint_that_is_not_a_run(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GradestError, match="is a file; give a folder"):
+        train(TINY, tmp_path / "file")
+    (tmp_path / "other").mkdir()
+    torch.save({"w": torch.zeros(2)}, tmp_path / "other" / "checkpoint.pt")  # safe, but no run
+    with pytest.raises(GradestError, match="not a checkpoint of gradest vae train"):
+        load_checkpoint(tmp_path / "other")
+    with pytest.raises(GradestError, match="not a checkpoint of gradest vae train"):
+        train(TINY, tmp_path / "other", resume=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_run_resumes_on_cuda_and_evaluates_on_cpu(tmp_path: Path) -> None:
+    """On the GPU: resume reproduces the run; resuming on the CPU is refused; eval works on either."""
+    config = dataclasses.replace(TINY, estimator="score", binarize="dynamic", epochs=3, device="cuda")
+    whole = train(config, tmp_path / "whole")
+    train(dataclasses.replace(config, epochs=1), tmp_path / "split")
+    with pytest.raises(GradestError, match="resume it with --device cuda"):
+        train(dataclasses.replace(config, device="cpu"), tmp_path / "split", resume=True)
+    resumed = train(config, tmp_path / "split", resume=True)
+    assert _numbers(resumed.metrics) == _numbers(whole.metrics)
+    saved, run = load_run(tmp_path / "whole", device="cpu")
+    assert saved.device == "cpu" and run.test.device.type == "cpu"

@@ -231,6 +231,10 @@ def eval_command(
     """
     if iwae_k < 1:
         raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
+    if json_path is not None and json_path.is_dir():
+        raise GradestError(
+            f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'eval.json'}"
+        )
     config, run = load_run(out, device)
     with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
         evaluation = evaluate(run.model, run.test, iwae_k, make_generator(seed, run.test.device))
@@ -319,6 +323,8 @@ def compare_command(
         label: TrainConfig(**{**base.to_dict(), "hidden": base.hidden, "estimator": name, "k": kk}).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
+    if out.exists() and not out.is_dir():
+        raise GradestError(f"--out {out} is a file; give a folder for the runs and the report")
     for folder in runs.values():
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")

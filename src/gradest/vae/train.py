@@ -174,15 +174,21 @@ def _serialize(obj: dict[str, Any]) -> bytes:
     return buf.getvalue()
 
 
+_CHECKPOINT_KEYS = {"epoch", "config", "model", "optimizer", "baseline", "generators", "metrics"}
+
+
 def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict[str, Any]:
     """The checkpoint of run folder ``out``, loaded with ``weights_only=True`` (no pickled code)."""
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         raise GradestError(f"{out} holds no {CHECKPOINT}; train a run there first (gradest vae train)")
     try:
-        return torch.load(path, map_location=device, weights_only=True)
+        state = torch.load(path, map_location=device, weights_only=True)
     except Exception as err:  # torch raises several types for corrupt or unsafe files
         raise GradestError(f"could not load {path} safely: {str(err).splitlines()[0]}") from None
+    if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
+        raise GradestError(f"{path} is not a checkpoint of gradest vae train (it lacks the run's state)")
+    return state
 
 
 def _baseline_state(baseline: MovingAverage | None) -> dict[str, float] | None:
@@ -242,10 +248,18 @@ def train(
         on_step(epoch, step, steps), on_epoch(record), on_phase(text): progress callbacks.
     """
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GradestError(f"--out {out} is a file; give a folder for the run")
     state = None
     if resume:
         state = load_checkpoint(out, resolve_device(config.device))
         saved = TrainConfig.from_dict(state["config"])
+        if resolve_device(saved.device).type != resolve_device(config.device).type:
+            # CPU and CUDA generators have different states and streams: the numbers could not match.
+            raise GradestError(
+                f"the run in {out} was trained with --device {saved.device}; resume it with --device "
+                f"{saved.device} (evaluation may use either: gradest vae eval --device)"
+            )
         config = dataclasses.replace(saved, epochs=config.epochs, device=config.device)
         if config.epochs < int(state["epoch"]):
             raise GradestError(
