@@ -153,3 +153,22 @@ def test_eval_json_into_a_folder_is_a_clear_error(tmp_path: Path, capsys) -> Non
     capsys.readouterr()
     assert main(["vae", "eval", out, "--iwae-k", "1", "--json", str(tmp_path)]) == 2
     assert "is a folder; give a file name" in capsys.readouterr().err
+
+
+def test_compare_reports_the_others_when_one_estimator_diverges(tmp_path: Path, monkeypatch, capsys) -> None:
+    from gradest.vae import objectives
+
+    real = objectives.OBJECTIVES["score"]
+
+    def diverging(model, x, k, generator, baseline=None):
+        est = real.fn(model, x, k, generator, baseline)
+        return est._replace(loss=est.loss * float("inf"))
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "score", real._replace(fn=diverging))
+    out = tmp_path / "cmp"
+    args = ["--epochs", "1", "--estimator", "pathwise", "--estimator", "score", "--out", str(out)]
+    assert main(["vae", "compare", *TINY, *args]) == 0
+    assert "score stopped" in capsys.readouterr().out
+    page = (out / "report.html").read_text()
+    assert "<td>pathwise</td>" in page and "<td>score</td>" in page
+    assert "Stopped runs" in page and "the score loss became" in page

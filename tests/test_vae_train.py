@@ -200,3 +200,5 @@ def test_cuda_run_resumes_on_cuda_and_evaluates_on_cpu(tmp_path: Path) -> None:
     assert _numbers(resumed.metrics) == _numbers(whole.metrics)
     saved, run = load_run(tmp_path / "whole", device="cpu")
     assert saved.device == "cpu" and run.test.device.type == "cpu"
+    with pytest.raises(GradestError, match=r"GPU\(s\), cuda:0"):
+        train(dataclasses.replace(config, device=f"cuda:{torch.cuda.device_count()}"), tmp_path / "x")

@@ -119,7 +119,7 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
         except NonFiniteLoss as err:
             progress.stop()
             console.print(f"[red]stopped:[/] {err}")
-            raise typer.Exit(1) from None
+            raise
 
 
 def _summary_table(rows: dict[str, dict]) -> Table:
@@ -194,7 +194,10 @@ def train_command(
         _check_resume_options(config, out)
     else:
         config.check()
-    _train_with_progress(config, out, resume)
+    try:
+        _train_with_progress(config, out, resume)
+    except NonFiniteLoss:
+        raise typer.Exit(1) from None
     report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))
@@ -328,12 +331,20 @@ def compare_command(
     for folder in runs.values():
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
-    summaries = {}
+    summaries, stopped = {}, {}
     for label, config in configs.items():
-        _train_with_progress(config, runs[label], resume=False)
+        try:
+            _train_with_progress(config, runs[label], resume=False)
+        except NonFiniteLoss as err:
+            # A diverging estimator is a result of the comparison: the others still run and report.
+            stopped[label] = str(err)
+            continue
         summaries[label] = json.loads((runs[label] / SUMMARY).read_text())
-    report = compare_report(out, runs)
-    console.print(_summary_table(summaries))
+    report = compare_report(out, runs, stopped)
+    if summaries:
+        console.print(_summary_table(summaries))
+    for label in stopped:
+        console.print(f"[red]{label} stopped[/] (non-finite loss): see {report}")
     console.print(f"wrote {report}")
 
 

@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 from gradest import report as html
 from gradest.io import write_atomic
 from gradest.rng import make_generator
-from gradest.vae.train import CONFIG, SUMMARY, TrainConfig, load_run, read_metrics
+from gradest.vae.train import CONFIG, METRICS, SUMMARY, TrainConfig, load_run, read_metrics
 
 REPORT = "report.html"
 _BOUND_TEXT = (
@@ -196,10 +196,20 @@ def _variance_section(runs: Mapping[str, Sequence[dict[str, Any]]]) -> str:
     )
 
 
-def compare_report(out: str | Path, runs: Mapping[str, str | Path]) -> Path:
-    """Write ``OUT/report.html`` putting the runs ``label -> folder`` side by side."""
+def compare_report(
+    out: str | Path, runs: Mapping[str, str | Path], stopped: Mapping[str, str] | None = None
+) -> Path:
+    """Write ``OUT/report.html`` putting the runs ``label -> folder`` side by side.
+
+    ``stopped``: label -> message of the runs that stopped on a non-finite loss; their curves run
+    up to the last good epoch (none if it was the first) and their test figures are blank.
+    """
     out = Path(out)
-    metrics = {label: read_metrics(folder) for label, folder in runs.items()}
+    stopped = dict(stopped or {})
+    metrics = {
+        label: read_metrics(folder) if (Path(folder) / METRICS).is_file() else []
+        for label, folder in runs.items()
+    }
     summaries = {label: _read_summary(Path(folder)) for label, folder in runs.items()}
     first = TrainConfig.from_dict(_read_config(next(iter(runs.values()))))
     parts = [
@@ -213,6 +223,14 @@ def compare_report(out: str | Path, runs: Mapping[str, str | Path]) -> Path:
             ),
         ),
         html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows(summaries))),
+    ]
+    if stopped:
+        parts.append(
+            html.section(
+                "Stopped runs", *(html.paragraph(f"{label}: {text}") for label, text in stopped.items())
+            )
+        )
+    parts += [
         html.section(
             "Learning curves",
             html.figure(learning_curves(metrics), "−ELBO per image; dashed: training, solid: test"),

@@ -144,6 +144,11 @@ def resolve_device(name: str) -> torch.device:
         )
     if device.type not in ("cpu", "cuda"):
         raise GradestError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise GradestError(
+            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
+            f"cuda:{torch.cuda.device_count() - 1}"
+        )
     return device
 
 
