@@ -88,7 +88,7 @@ def test_one_column_without_header_reads_every_row(tmp_path):
 
 
 def test_numeric_first_row_of_several_columns_asks_for_a_header(tmp_path):
-    with pytest.raises(GradestError, match="no header row.*add a row of column names"):
+    with pytest.raises(GradestError, match=r"no header row.*add a row of column names"):
         load_dataset(write(tmp_path, "1,2\n3,4\n5,7\n"), column="b")
 
 
@@ -113,7 +113,7 @@ def test_folder_as_data_is_named(tmp_path):
 
 def test_unresolvable_spread_is_not_called_constant():
     values = torch.tensor([1e9, 1e9 + 2**-22, 1e9 + 2**-21], dtype=torch.float64)
-    with pytest.raises(GradestError, match="too little for float64.*subtract a constant"):
+    with pytest.raises(GradestError, match=r"too little for float64.*subtract a constant"):
         validate(values)
     tiny = validate(torch.tensor([1e-20, 2e-20, 4e-20]))  # small in absolute terms, well resolved
     assert tiny.n == 3

@@ -114,3 +114,30 @@ def test_fast_data_sums_equal_the_literal_sums_and_their_gradients():
         gb, = torch.autograd.grad(b.sum(), y)
         off_ties = (y.detach().unsqueeze(-1) != x).all(-1)  # |·| has a kink at a tie
         assert torch.allclose(ga[off_ties], gb[off_ties], rtol=1e-8, atol=0)
+
+
+def _offset(data, shift):
+    from gradest.gaussian.data import validate
+
+    return validate(data.values * 1e-3 + shift)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e9])
+def test_targets_keep_the_data_units_far_from_zero(shift):
+    # data 1e9 + 1e-3·x: every target is the same affine image of the unit-scale one (the priors are
+    # in the data's own units), up to the rounding of the stored values (a few ulp of 1e9 = 1.2e-7,
+    # 6e-5 of the spread) and not lost to rounding in the computation (old code: 1–10% of the spread)
+    from gradest.gaussian import crps as crps_mod
+
+    base, moved = _offset(DATA, 0.0), _offset(DATA, shift)
+    sd = moved.sd
+    tol = 4 * float(np.spacing(moved.mean)) + 1e-6 * sd
+    a, b = crps_mod.crps_minimiser(base.values.numpy()), crps_mod.crps_minimiser(moved.values.numpy())
+    assert abs((b.mu - moved.mean) - (a.mu - base.mean)) <= tol
+    assert abs(b.sigma - a.sigma) <= tol
+    pa = elbo.exact_posterior(base, elbo.weak_prior(base)).target()
+    pb = elbo.exact_posterior(moved, elbo.weak_prior(moved)).target()
+    assert abs(pb.mu - moved.mean) <= 1e-3 * sd  # the prior on m is 10 r wide: no visible pull
+    assert abs(pb.sigma - pa.sigma) <= tol
+    qb = elbo.best_gaussian_q(moved, elbo.weak_prior(moved))
+    assert abs(qb[0] - pb.mu) <= 1e-3 * sd and abs(math.exp(qb[1]) - pb.sigma) <= 1e-3 * sd

@@ -48,18 +48,24 @@ def crps_normal_grad(x: np.ndarray, mu: float, sigma: float) -> Pair:
 
 
 def crps_minimiser(x: np.ndarray) -> Pair:
-    """argmin over (μ, σ > 0) of the data-averaged CRPS, by Newton-type root finding on its gradient."""
+    """argmin over (μ, σ > 0) of the data-averaged CRPS, by quasi-Newton search on its gradient.
+
+    The CRPS is location-scale equivariant, CRPS(N(a + bμ, bσ), a + bu) = b CRPS(N(μ, σ), u), so the
+    search runs on the standardised data u = (x − x̄)/√v and maps back: the tolerances then hold in
+    the data's units whatever their offset and scale.
+    """
     x = np.asarray(x, dtype=np.float64)
-    start = np.array([x.mean(), x.std()])
+    centre, spread = float(x.mean()), float(x.std())
+    u = (x - centre) / spread
     # Optimise over log σ so the search never leaves σ > 0; the problem is convex and smooth.
     result = optimize.minimize(
-        lambda p: crps_normal(x, p[0], math.exp(p[1])),
-        np.array([start[0], math.log(start[1])]),
-        jac=lambda p: np.array(_log_grad(x, p)),
+        lambda p: crps_normal(u, p[0], math.exp(p[1])),
+        np.array([0.0, 0.0]),
+        jac=lambda p: np.array(_log_grad(u, p)),
         method="BFGS",
-        options={"gtol": 1e-13 * (1.0 + abs(start[0])), "maxiter": 500},
+        options={"gtol": 1e-13, "maxiter": 500},
     )
-    return Pair(float(result.x[0]), float(math.exp(result.x[1])))
+    return Pair(centre + spread * float(result.x[0]), spread * float(math.exp(result.x[1])))
 
 
 def _log_grad(x, p):

@@ -1,8 +1,11 @@
 r"""Variational inference for x_i ~ N(m, s²): the VAE setting, where a Gaussian's μ and σ are learnt.
 
-Model, with ℓ = log s and weak priors in the data's own unit r = |x̄| + √v:
+Model, with ℓ = log s and weak priors in the data's own units r = |x̄| + √v and √v:
 
-    m ~ N(0, τ_m²),  τ_m = 10 r;     ℓ ~ N(log r, τ_ℓ²),  τ_ℓ = 2;     x_i | m, ℓ ~ N(m, e^{2ℓ}).
+    m ~ N(0, τ_m²),  τ_m = 10 r;     ℓ ~ N(log √v, τ_ℓ²),  τ_ℓ = 2;     x_i | m, ℓ ~ N(m, e^{2ℓ}).
+
+(ℓ's prior sits at the data's spread, not at r: for data far from 0 relative to their spread, such as
+10⁹ ± 10⁻³, a prior at log r would lie many τ_ℓ from the likelihood and stop being weak.)
 
 Variational family q(m, ℓ) = N(μ_m, σ_m²) N(μ_ℓ, σ_ℓ²); the stochastic node is z = (m, ℓ) ~ q and
 
@@ -11,7 +14,7 @@ Variational family q(m, ℓ) = N(μ_m, σ_m²) N(μ_ℓ, σ_ℓ²); the stochast
 E_q f is estimated through the sampler (pathwise or score function); H is exact. In closed form,
 
     E_q f = nμ_ℓ + (n/2) log 2π + (n/2)(v + (x̄ − μ_m)² + σ_m²) e^{−2μ_ℓ + 2σ_ℓ²}
-            + (μ_m² + σ_m²)/(2τ_m²) + ((μ_ℓ − log r)² + σ_ℓ²)/(2τ_ℓ²) + ½ log(2πτ_m²) + ½ log(2πτ_ℓ²),
+            + (μ_m² + σ_m²)/(2τ_m²) + ((μ_ℓ − log √v)² + σ_ℓ²)/(2τ_ℓ²) + ½ log(2πτ_m²) + ½ log(2πτ_ℓ²),
 
 whose minimiser is the best Gaussian q. The fitted (μ, σ) of the data are the posterior summaries
 E_q[m] = μ_m and exp(E_q[ℓ]) = e^{μ_ℓ}; their targets, E[m | x] and exp(E[ℓ | x]), come from the exact
@@ -44,9 +47,9 @@ class Prior(NamedTuple):
 
 
 def weak_prior(data: Dataset) -> Prior:
-    """Priors wide in the data's own unit r = |x̄| + √v, so they stay weak whatever the unit."""
+    """Priors wide in the data's own units (r = |x̄| + √v for m, √v for s), weak whatever the unit."""
     r = abs(data.mean) + data.sd
-    return Prior(10.0 * r, math.log(r), 2.0)
+    return Prior(10.0 * r, math.log(data.sd), 2.0)
 
 
 def q_builder(loc: torch.Tensor, log_scale: torch.Tensor) -> Independent:
@@ -90,13 +93,21 @@ def neg_elbo_closed_form(data: Dataset, prior: Prior, q: np.ndarray) -> float:
 
 
 def best_gaussian_q(data: Dataset, prior: Prior) -> np.ndarray:
-    """The exact optimum of the variational problem: (μ_m, μ_ℓ, log σ_m, log σ_ℓ)."""
+    """The exact optimum of the variational problem: (μ_m, μ_ℓ, log σ_m, log σ_ℓ).
+
+    Searched in offsets from the start in the data's units, μ_m = x̄ + √v a and the rest additive, so the
+    simplex is sized by the data's spread and not by |x̄| (10⁹ ± 10⁻³ would otherwise need a simplex
+    that shrinks through twelve orders of magnitude).
+    """
     start = np.array([data.mean, math.log(data.sd), math.log(data.sd / math.sqrt(data.n)),
                       -0.5 * math.log(2.0 * data.n)])
-    result = optimize.minimize(lambda q: neg_elbo_closed_form(data, prior, q) / data.n, start,
-                               method="Nelder-Mead",
-                               options={"xatol": 1e-11, "fatol": 1e-15, "maxiter": 20_000})
-    return result.x
+    unit = np.array([data.sd, 1.0, 1.0, 1.0])
+    simplex = np.vstack([np.zeros(4), 0.1 * np.eye(4)])
+    result = optimize.minimize(lambda u: neg_elbo_closed_form(data, prior, start + unit * u) / data.n,
+                               np.zeros(4), method="Nelder-Mead",
+                               options={"xatol": 1e-11, "fatol": 1e-15, "maxiter": 20_000,
+                                        "initial_simplex": simplex})
+    return start + unit * result.x
 
 
 class Posterior(NamedTuple):
@@ -127,9 +138,13 @@ def exact_posterior(data: Dataset, prior: Prior) -> Posterior:
                  - 0.5 * ((ell - prior.log_s_mean) / prior.log_s_sd) ** 2)
     weights = np.exp(log_joint - special.logsumexp(log_joint))
     precision = 1.0 / tau2 + n / s2
-    cond_mean = (n * xbar / s2) / precision
+    # E[m | ℓ, x] = (n x̄/s²)/precision = x̄ − x̄/(τ_m² precision): kept as x̄ plus a small shift, so
+    # that weights summing to 1 only up to rounding do not blur x̄ when |x̄| ≫ √v
+    shift = -xbar / (tau2 * precision)
     mean_l = float(np.sum(weights * ell))
-    mean_m = float(np.sum(weights * cond_mean))
-    var_m = float(np.sum(weights * (1.0 / precision + cond_mean**2))) - mean_m**2
-    var_l = float(np.sum(weights * ell**2)) - mean_l**2
+    mean_shift = float(np.sum(weights * shift))
+    mean_m = xbar + mean_shift
+    # centred second moment: E[m²] − E[m]² would cancel every digit when |x̄| ≫ √v
+    var_m = float(np.sum(weights * (1.0 / precision + (shift - mean_shift) ** 2)))
+    var_l = float(np.sum(weights * (ell - mean_l) ** 2))
     return Posterior(mean_m, mean_l, math.sqrt(max(var_m, 0.0)), math.sqrt(max(var_l, 0.0)))
