@@ -93,3 +93,54 @@ def test_findings_follow_the_numbers(swept):
     rows = [_row("cos", p, e, k, v) for p in ("loc", "scale") for k in (1.0, 2.0)
             for e, v in (("mvd", 2.0), ("mvd-uncoupled", 1.0))]
     assert {f.claim: f.verdict for f in sweep_findings(rows)}[coupling] == DISAGREES
+
+
+def test_negative_k_for_exp_and_non_finite_values_are_refused():
+    with pytest.raises(GradestError, match="k ≥ 0"):
+        sw.SweepConfig(costs=("exp",), ks=(-1.0, 1.0))
+    sw.SweepConfig(costs=("cos", "square"), ks=(-1.0, 1.0))  # fine: bounded or polynomial costs
+    with pytest.raises(GradestError, match="finite"):
+        sw.SweepConfig(ks=(math.inf,))
+
+
+@pytest.mark.parametrize(("content", "message"), [
+    (b"a,b\n1,2\n", "not a gradest sweep CSV"),
+    (b"\xff\xfe\x00binary", "not a sweep CSV"),
+    ("cost,k\n".encode(), "not a gradest sweep CSV"),
+])
+def test_a_foreign_sweep_csv_is_refused_with_a_clear_message(tmp_path, content, message):
+    (tmp_path / "sweep.csv").write_bytes(content)
+    with pytest.raises(GradestError, match=message):
+        sw.measure(CONFIG, tmp_path)
+
+
+def test_out_that_is_a_file_or_a_csv_that_is_a_folder_is_refused(tmp_path):
+    target = tmp_path / "a-file"
+    target.write_text("x")
+    with pytest.raises(GradestError, match="is a file, not a folder"):
+        sw.measure(CONFIG, target)
+    (tmp_path / "out" / "sweep.csv").mkdir(parents=True)
+    with pytest.raises(GradestError, match="not a file"):
+        sw.measure(CONFIG, tmp_path / "out")
+
+
+def test_k_zero_alone_and_negative_k_draw_a_figure(tmp_path):
+    # k = 0 makes exp and cos constant (all variances 0: no log axis possible); k < 0 no log k axis
+    config = sw.SweepConfig(costs=("cos", "square"), ks=(-2.0, 0.0), estimators=("pathwise", "mvd"),
+                            samples=200)
+    result = sw.run_sweep(config, tmp_path, curve_points=5)
+    assert result.figure.stat().st_size > 10_000
+    zero = [r for r in result.rows if r.cost == "cos" and r.k == 0.0]
+    assert zero and all(r.variance == 0.0 and r.variance_exact == 0.0 for r in zero)
+
+
+def test_exact_control_variates_are_not_reported_as_biased(tmp_path):
+    # h = f for (x − k)² and order 2: the estimate is exact up to rounding, whose spread (~1e-30)
+    # must not turn a rounding difference of the mean into a large z or the variance into a large
+    # gap to its exact 0 (σ = 0.2, μ = −2 gave z ≈ 100 before the rounding resolution counted).
+    config = sw.SweepConfig(costs=("square",), ks=(1.0, 50.0), loc=-2.0, scale=0.2,
+                            estimators=("score-delta", "mvd-delta"), samples=2000)
+    for r in sw.measure(config, tmp_path):
+        assert abs(r.z) < 5, r
+        assert r.variance_exact == 0.0
+        assert abs(r.variance - r.variance_exact) <= 5 * r.variance_stderr, r

@@ -145,3 +145,39 @@ def test_unknown_estimators_and_costs_are_refused():
     with pytest.raises(gradest.GradestError, match="order 1 or 2"):
         _var("score-delta=3", "cos", 1.0, "loc")
     assert np.isfinite(vx.variance_curve("mvd", "cos", np.array([0.5, 1.0]), "scale")).all()
+
+
+def test_exact_controls_and_constant_costs_give_exactly_zero():
+    # h = f (square, order 2; linear) and a constant f (k = 0) have zero variance exactly; at a large
+    # loc the subtraction Var A − Cov²/Var C used to leave ~1e-9 of rounding (square, k = 50, μ = −2).
+    for loc, scale in ((-2.0, 1.0), (1.0, 0.2), (0.0, 3.0)):
+        for k in (0.0, 1.0, 50.0):
+            for est in ("score-delta", "mvd-delta", "pathwise-delta"):
+                for param in ("loc", "scale"):
+                    assert _var(est, "square", k, param, loc, scale).variance == 0.0, (est, k, loc)
+                    assert _var(est, "linear", k, param, loc, scale).variance == 0.0, (est, k, loc)
+        for cost in ("exp", "cos"):
+            for est in ("pathwise", "score-loo", "mvd", "mvd-uncoupled"):
+                for param in ("loc", "scale"):
+                    assert _var(est, cost, 0.0, param, loc, scale).variance == 0.0, (cost, est, loc)
+
+
+# quad flags roundoff on pieces where the integrand is ~1e-20 of its peak: irrelevant at rel=1e-8
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
+def test_off_centre_and_wide_problems_against_adaptive_quadrature():
+    """loc = −2 and σ = 3 with sharp costs: composite rule and scipy's adaptive quad agree to 1e-8."""
+    phi = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    for cost, k, loc, scale in (("exp", 50.0, 1.0, 3.0), ("cos", 50.0, -2.0, 1.0), ("exp", 20.0, -2.0, 0.2)):
+        c = vx.COSTS[cost]
+        df = lambda x, c=c, k=k: float(c.d1(np.asarray(x), k))  # noqa: E731
+        f = lambda x, c=c, k=k: float(c.value(np.asarray(x), k))  # noqa: E731
+        # pieces narrower than cos(50x)'s period; beyond ±10 the weight is < 1e-22 of the total
+        quad = lambda fn: _quad(fn, -10.0, 10.0, list(np.linspace(-10, 10, 1601)))  # noqa: E731
+        g = lambda t, df=df, loc=loc, scale=scale: df(loc + scale * t) * t  # noqa: E731
+        m = quad(lambda t: g(t) * phi(t))
+        ref = quad(lambda t: (g(t) - m) ** 2 * phi(t))
+        assert _var("pathwise", cost, k, "scale", loc, scale).variance == pytest.approx(ref, rel=1e-8)
+        s = lambda t, f=f, loc=loc, scale=scale: f(loc + scale * t) * t / scale  # noqa: E731
+        m = quad(lambda t: s(t) * phi(t))
+        ref = quad(lambda t: (s(t) - m) ** 2 * phi(t))
+        assert _var("score", cost, k, "loc", loc, scale).variance == pytest.approx(ref, rel=1e-8)

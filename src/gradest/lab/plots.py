@@ -40,11 +40,14 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
     for j, cost in enumerate(costs):
         for i, param in enumerate(("loc", "scale")):
             ax = axes[i][j]
+            ks_drawn, positive = [], False
             for est in estimators:
                 color = colors[est]
                 if (cost, param, est) in curves:
                     ks, var = curves[cost, param, est]
                     ax.plot(ks, _positive(var), color=color, lw=1.4, label=est)
+                    ks_drawn += list(ks)
+                    positive |= bool(np.any(np.asarray(var, dtype=float) > 0))
                 # A measured variance where the exact one is 0 (an exact control variate) is
                 # rounding noise, ~1e-30: drawing it would only stretch the log axis.
                 pts = [r for r in rows if r.cost == cost and r.param == param and r.estimator == est
@@ -54,8 +57,14 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                                 yerr=np.nan_to_num([2 * r.variance_stderr for r in pts]), fmt="o", ms=4,
                                 color=color, mfc="white", lw=0.8, capsize=2,
                                 label=None if (cost, param, est) in curves else est)
-            ax.set_xscale("log")
-            ax.set_yscale("log")
+                    ks_drawn += [r.k for r in pts]
+                    positive |= any(r.variance > 0 for r in pts)
+            # log axes only where they can show the data: a grid with k ≤ 0 gets a linear k axis,
+            # a panel whose variances are all 0 (constant f at k = 0) a linear variance axis
+            if ks_drawn and min(ks_drawn) > 0:
+                ax.set_xscale("log")
+            if positive:
+                ax.set_yscale("log")
             ax.grid(True, which="major", alpha=0.3)
             formula = NAMED_COSTS.get(cost, cost)
             ax.set_title(f"f(x) = {formula}: ∂/∂{PARAM_LABEL[param]}", fontsize=10)

@@ -4,6 +4,8 @@ For every cell (cost, k, estimator) one call draws N single-sample estimates ĝ_
 and records, per parameter, the measured mean and single-sample variance s², the standard error of
 the mean s/√N, the standard error of s² itself, √((m₄ − s⁴)/N) with m₄ the fourth central
 moment, and the exact variance by numerical integration (:mod:`gradest.lab.variance_exact`).
+Both standard errors include float64's resolution, 64ε × the size of the estimate's terms, which
+matters only where an estimate is exact up to rounding (a control variate with h = f).
 
 Every cell uses a generator seeded with the sweep's seed (common random numbers across cells, and
 the same numbers whatever the order), so a resumed sweep gives exactly the rows a single run gives.
@@ -36,6 +38,8 @@ from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
 PARAMS = ("loc", "scale")
+#: relative resolution of float64 estimates after the few operations an estimator performs
+_ROUNDING = 64 * float(np.finfo(np.float64).eps)
 CSV_NAME = "sweep.csv"
 #: the survey's comparison: pathwise, score function with and without a control variate, MVD
 #: coupled and uncoupled
@@ -64,6 +68,18 @@ class SweepConfig:
                 raise GradestError(f"the sweep's costs are {', '.join(vx.COSTS)}; got {cost!r}")
         if not self.scale > 0:
             raise GradestError(f"--param scale must be > 0, got {self.scale}")
+        bad_k = [k for k in self.ks if not math.isfinite(k)]
+        if bad_k:
+            raise GradestError(f"--k takes finite numbers, got {bad_k[0]}")
+        if "exp" in self.costs and min(self.ks) < 0:
+            # exp(−k x²) then grows like a Gaussian turned upside down: the gradient variances are
+            # infinite from k ≤ −1/(4σ²) and the Normal-weighted integrals have no fixed tail
+            raise GradestError(
+                f"the exp cost exp(−k x²) needs k ≥ 0 (got k = {min(self.ks):g}); give the negative "
+                "k values in a separate sweep without --cost exp"
+            )
+        if not (math.isfinite(self.loc) and math.isfinite(self.scale)):
+            raise GradestError(f"--param loc and scale must be finite, got {self.loc}, {self.scale}")
         if self.samples < 2:
             raise GradestError(f"--samples must be ≥ 2 to measure a variance, got {self.samples}")
         for name in self.estimators:
@@ -116,11 +132,26 @@ def _parse_row(raw: dict[str, str]) -> SweepRow:
 
 
 def read_rows(path: Path) -> list[SweepRow]:
-    """Rows of an existing sweep CSV ([] if there is none)."""
-    if not path.is_file():
+    """Rows of an existing sweep CSV ([] if there is none); a file that is not one is refused."""
+    path = Path(path)
+    if path.parent.exists() and not path.parent.is_dir():
+        raise GradestError(f"--out {path.parent} is a file, not a folder; choose a folder for the sweep")
+    if not path.exists():
         return []
-    with path.open(newline="") as handle:
-        return [_parse_row(r) for r in csv.DictReader(handle)]
+    fix = "remove it or choose another --out"
+    if not path.is_file():
+        raise GradestError(f"{path} is not a file; {fix}")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError:
+        raise GradestError(f"{path} is not a sweep CSV (not UTF-8 text); {fix}") from None
+    if not text.strip():
+        return []  # an empty file holds no rows to resume
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
+    if missing:
+        raise GradestError(f"{path} is not a gradest sweep CSV (no column {', '.join(missing)}); {fix}")
+    return [_parse_row(r) for r in reader]
 
 
 def rows_to_csv(rows: Sequence[SweepRow]) -> str:
@@ -162,7 +193,17 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
             # Dependent samples (antithetic, QMC): the i.i.d.-equivalent variance N·stderr², with
             # the stderr over independent groups; its own standard error is not estimated.
             var, var_se = float(effective_variance(g, groups)), math.nan
-        stderr = math.sqrt(var / n)
+        # float64 resolves the estimates only to ~ε × the size of the terms that make them: where the
+        # estimate is exact up to rounding (a control variate with h = f) that resolution, not the
+        # tiny sample spread, bounds what the mean and the variance can tell, so both standard
+        # errors include it (elsewhere it is ~1e-13 of them)
+        size = float(g.abs().max())
+        base = estimator.partition("+")[0]  # a sampler changes the draws, not the terms' size
+        if vx.supports(base):
+            size = max(size, vx.term_size(base, vx.NormalProblem(cost, k, config.loc, config.scale), param))
+        resolution = _ROUNDING * size
+        stderr = math.hypot(math.sqrt(var / n), resolution)
+        var_se = math.hypot(var_se, resolution**2) if math.isfinite(var_se) else var_se
         truth = float(exact.grads[param])
         v_exact, v_err = _exact_variance(estimator, cost, k, param, config.loc, config.scale)
         rows.append(SweepRow(

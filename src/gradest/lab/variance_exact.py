@@ -48,7 +48,8 @@ PARAMS = ("loc", "scale")
 
 
 class ElementaryCost(NamedTuple):
-    """c(x), c′, c″, an antiderivative C, and the width of c's sharpest feature (None: smooth)."""
+    """c(x), c′, c″, ∫_{x₀}^{x₀+dx} c (``anti(x0, dx, k)``, free of cancellation for small dx), and
+    the width of c's sharpest feature (None: smooth)."""
 
     value: Callable[[np.ndarray, float], np.ndarray]
     d1: Callable[[np.ndarray, float], np.ndarray]
@@ -57,18 +58,27 @@ class ElementaryCost(NamedTuple):
     feature: Callable[[float], float | None]
 
 
-def _exp_anti(x, k):
-    return x if k == 0 else math.sqrt(math.pi / (4.0 * k)) * erf(math.sqrt(k) * x)
+def _exp_anti(x0, dx, k):
+    if k == 0:
+        return dx
+    r = math.sqrt(k)
+    return math.sqrt(math.pi / (4.0 * k)) * (erf(r * (x0 + dx)) - erf(r * x0))
 
 
-def _cos_anti(x, k):
-    return x if k == 0 else np.sin(k * x) / k
+def _cos_anti(x0, dx, k):
+    # sin(a + d) − sin(a) as a product: no cancellation for small d (near t = 0 in E[b(UM) | M])
+    return dx if k == 0 else 2.0 * np.cos(k * (x0 + 0.5 * dx)) * np.sin(0.5 * k * dx) / k
+
+
+def _square_anti(x0, dx, k):
+    a, b = x0 + dx - k, x0 - k
+    return dx * (a * a + a * b + b * b) / 3.0
 
 
 COSTS: dict[str, ElementaryCost] = {
     "square": ElementaryCost(
         lambda x, k: (x - k) ** 2, lambda x, k: 2.0 * (x - k), lambda x, k: np.full_like(x, 2.0),
-        lambda x, k: (x - k) ** 3 / 3.0, lambda k: None),
+        _square_anti, lambda k: None),
     "exp": ElementaryCost(
         lambda x, k: np.exp(-k * x**2), lambda x, k: -2.0 * k * x * np.exp(-k * x**2),
         lambda x, k: (4.0 * k**2 * x**2 - 2.0 * k) * np.exp(-k * x**2), _exp_anti,
@@ -79,7 +89,7 @@ COSTS: dict[str, ElementaryCost] = {
         lambda k: 2.0 * math.pi / abs(k) if k != 0 else None),
     "linear": ElementaryCost(
         lambda x, k: k * x, lambda x, k: np.full_like(x, k), lambda x, k: np.zeros_like(x),
-        lambda x, k: 0.5 * k * x**2, lambda k: None),
+        lambda x0, dx, k: k * dx * (x0 + 0.5 * dx), lambda k: None),
 }
 
 
@@ -149,9 +159,10 @@ class _Integrator:
         if {a.var, b.var} == {"m", "um"}:
             m_term, u_term = (a, b) if a.var == "m" else (b, a)
             t, w = self.rules["maxwell"]
-            # E[b(UM) | M = m] = (1/m) ∫_0^m b: the coupling reduced to one dimension
-            joint = float(w @ (m_term.fn(t) * u_term.anti(t) / t))
-            return joint - self.mean(m_term) * self.mean(u_term)
+            # E[b(UM) | M = m] = (1/m) ∫_0^m b: the coupling reduced to one dimension. Both factors
+            # centred on the same rule (E b(UM) = E_M of that), so constants cancel exactly.
+            fa, fb = m_term.fn(t), u_term.anti(t) / t
+            return float(w @ ((fa - w @ fa) * (fb - w @ fb)))
         return 0.0
 
     def variance(self, terms: list[_Term]) -> float:
@@ -162,6 +173,46 @@ class _Integrator:
 
     def total_mean(self, terms: list[_Term]) -> float:
         return sum(t.coef * self.mean(t) for t in terms)
+
+    def magnitude(self, terms: list[_Term]) -> float:
+        """(Σ_i |c_i| √E[a_i²])², the size of the sum before cancellation: its rounding scale."""
+        total = 0.0
+        for term in terms:
+            t, w = self.rules[_DENSITY[term.var]]
+            total += abs(term.coef) * math.sqrt(float(w @ term.fn(t) ** 2))
+        return total**2
+
+
+def _merge(terms: list[_Term]) -> list[_Term]:
+    """One term per base variable: Σ_i c_i a_i(V) as a single function of V.
+
+    The coupled MVD's f(μ+σW) − f(μ−σW) then cancels pointwise, before integration, instead of
+    between separately integrated covariances (where rounding of their size would remain).
+    """
+    groups: dict[str, list[_Term]] = {}
+    for term in terms:
+        groups.setdefault(term.var, []).append(term)
+
+    def combine(fns: list[tuple[float, Fn]]) -> Fn:
+        return lambda t: sum(coef * fn(t) for coef, fn in fns)
+
+    out = []
+    for var, group in groups.items():
+        anti = (combine([(t.coef, t.anti) for t in group]) if all(t.anti is not None for t in group)
+                else None)
+        out.append(_Term(1.0, var, combine([(t.coef, t.fn) for t in group]), anti))
+    return out
+
+
+def _difference(a: list[_Term], c: list[_Term]) -> list[_Term]:
+    """The estimator applied to f − h, term by term (estimators are linear in f): A − C."""
+
+    def minus(f: Fn | None, g: Fn | None) -> Fn | None:
+        return None if f is None else (lambda t: f(t) - g(t))
+
+    if [(t.coef, t.var) for t in a] != [(t.coef, t.var) for t in c]:
+        raise AssertionError("a control variate must use the estimator's own terms")
+    return [_Term(ta.coef, ta.var, minus(ta.fn, tc.fn), minus(ta.anti, tc.anti)) for ta, tc in zip(a, c)]
 
 
 class _Shift:
@@ -178,7 +229,7 @@ class _Shift:
 
     def f_anti(self) -> Fn:
         p, c = self.p, self.c
-        return lambda t: (c.anti(p.loc + p.scale * t, p.k) - c.anti(np.asarray(p.loc), p.k)) / p.scale
+        return lambda t: c.anti(p.loc, p.scale * t, p.k) / p.scale
 
     def df(self) -> Fn:
         p, c = self.p, self.c
@@ -299,15 +350,37 @@ def _decompose(estimator: str, problem: NormalProblem, param: str):
 def _evaluate(estimator: str, problem: NormalProblem, param: str, width: float) -> tuple[float, float]:
     a, c = _decompose(estimator, problem, param)
     integ = _Integrator(width)
-    var_a, mean = integ.variance(a), integ.total_mean(a)
-    if c is None:
-        return var_a, mean
-    var_c = integ.variance(c)
-    if var_c <= 0.0:  # a constant control variate (e.g. h ≡ f(μ) under s·0) removes nothing
-        return var_a, mean
-    residual = var_a - integ.covariance(a, c) ** 2 / var_c
-    # An exact control (h = f) leaves only rounding: call it the zero it is.
-    return (residual if residual > 64 * np.finfo(float).eps * var_a else 0.0), mean
+    mean = integ.total_mean(a)
+    tiny = 64 * np.finfo(float).eps
+    # f's values carry rounding of ~ε|f|: variances below (64ε)² × the terms' size are that noise
+    # (score-loo's terms hold f − E f, already cancelled: the size is that of f's own terms)
+    sized = _decompose("score", problem, param)[0] if parse(estimator)[0] == "score-loo" else a
+    noise = tiny**2 * integ.magnitude(sized)
+    r = None if c is None else _merge(_difference(a, c))
+    a, c = _merge(a), (None if c is None else _merge(c))
+    var_a = integ.variance(a)
+    if c is not None and integ.variance(c) > 0.0:  # a constant control removes nothing
+        var_c = integ.variance(c)
+        # Var(A − β*C) = Var(R) − Cov(R, C)²/Var C with R = A − C, the estimator applied to f − h:
+        # small where h ≈ f, so no cancellation between the large Var A and Cov(A, C)²/Var C
+        residual = integ.variance(r) - integ.covariance(r, c) ** 2 / var_c
+        # An exact control (h = f) leaves only rounding, of f − h (~ε|f|) and of the subtraction:
+        # call it the zero it is.
+        return (residual if residual > max(noise, tiny * integ.variance(r)) else 0.0), mean
+    # e.g. a constant f (k = 0), or (x − k)² at μ = k under the coupled MVD, where f(μ+σW) = f(μ−σW)
+    return (var_a if var_a > noise else 0.0), mean
+
+
+def term_size(estimator: str, problem: NormalProblem, param: str) -> float:
+    """√E of the squared terms that make one estimate, summed: the scale of its rounding error.
+
+    A control variate's estimate ĝ_f − c(ĝ_h − E) can be exact (h = f) while its terms are large:
+    float64 then leaves noise of ~ε × this size, not of ~ε × the estimate.
+    """
+    a, _ = _decompose(estimator, problem, param)
+    if parse(estimator)[0] == "score-loo":
+        a, _ = _decompose("score", problem, param)
+    return math.sqrt(_Integrator(_feature_width(problem)).magnitude(a))
 
 
 def single_sample_variance(
