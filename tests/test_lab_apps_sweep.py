@@ -106,7 +106,7 @@ def test_negative_k_for_exp_and_non_finite_values_are_refused():
 @pytest.mark.parametrize(("content", "message"), [
     (b"a,b\n1,2\n", "not a gradest sweep CSV"),
     (b"\xff\xfe\x00binary", "not a sweep CSV"),
-    ("cost,k\n".encode(), "not a gradest sweep CSV"),
+    (b"cost,k\n", "not a gradest sweep CSV"),
 ])
 def test_a_foreign_sweep_csv_is_refused_with_a_clear_message(tmp_path, content, message):
     (tmp_path / "sweep.csv").write_bytes(content)

@@ -166,18 +166,20 @@ def test_exact_controls_and_constant_costs_give_exactly_zero():
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")
 def test_off_centre_and_wide_problems_against_adaptive_quadrature():
     """loc = −2 and σ = 3 with sharp costs: composite rule and scipy's adaptive quad agree to 1e-8."""
-    phi = lambda t: math.exp(-t * t / 2) / math.sqrt(2 * math.pi)  # noqa: E731
+    def phi(t):
+        return math.exp(-t * t / 2) / math.sqrt(2 * math.pi)
+
+    def central(g):
+        # pieces narrower than cos(50x)'s period; beyond ±10 the weight is < 1e-22 of the total
+        points = list(np.linspace(-10, 10, 1601))
+        m = _quad(lambda t: g(t) * phi(t), -10.0, 10.0, points)
+        return _quad(lambda t: (g(t) - m) ** 2 * phi(t), -10.0, 10.0, points)
+
     for cost, k, loc, scale in (("exp", 50.0, 1.0, 3.0), ("cos", 50.0, -2.0, 1.0), ("exp", 20.0, -2.0, 0.2)):
         c = vx.COSTS[cost]
-        df = lambda x, c=c, k=k: float(c.d1(np.asarray(x), k))  # noqa: E731
-        f = lambda x, c=c, k=k: float(c.value(np.asarray(x), k))  # noqa: E731
-        # pieces narrower than cos(50x)'s period; beyond ±10 the weight is < 1e-22 of the total
-        quad = lambda fn: _quad(fn, -10.0, 10.0, list(np.linspace(-10, 10, 1601)))  # noqa: E731
-        g = lambda t, df=df, loc=loc, scale=scale: df(loc + scale * t) * t  # noqa: E731
-        m = quad(lambda t: g(t) * phi(t))
-        ref = quad(lambda t: (g(t) - m) ** 2 * phi(t))
+        ref = central(lambda t, c=c, k=k, loc=loc, scale=scale:
+                      float(c.d1(np.asarray(loc + scale * t), k)) * t)
         assert _var("pathwise", cost, k, "scale", loc, scale).variance == pytest.approx(ref, rel=1e-8)
-        s = lambda t, f=f, loc=loc, scale=scale: f(loc + scale * t) * t / scale  # noqa: E731
-        m = quad(lambda t: s(t) * phi(t))
-        ref = quad(lambda t: (s(t) - m) ** 2 * phi(t))
+        ref = central(lambda t, c=c, k=k, loc=loc, scale=scale:
+                      float(c.value(np.asarray(loc + scale * t), k)) * t / scale)
         assert _var("score", cost, k, "loc", loc, scale).variance == pytest.approx(ref, rel=1e-8)

@@ -212,7 +212,8 @@ def _difference(a: list[_Term], c: list[_Term]) -> list[_Term]:
 
     if [(t.coef, t.var) for t in a] != [(t.coef, t.var) for t in c]:
         raise AssertionError("a control variate must use the estimator's own terms")
-    return [_Term(ta.coef, ta.var, minus(ta.fn, tc.fn), minus(ta.anti, tc.anti)) for ta, tc in zip(a, c)]
+    return [_Term(ta.coef, ta.var, minus(ta.fn, tc.fn), minus(ta.anti, tc.anti))
+            for ta, tc in zip(a, c, strict=True)]
 
 
 class _Shift:
