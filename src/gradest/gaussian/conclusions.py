@@ -26,6 +26,14 @@ def _g(x: float) -> str:
     return f"{x:.4g}"
 
 
+def fmt_at(x: float, unit: float) -> str:
+    """A location to ~1e-4 of the data's spread ``unit``: 1e9 ± 1e-3 data need more than 4 digits."""
+    if not (math.isfinite(x) and unit > 0.0) or x == 0.0:
+        return _g(x)
+    digits = min(17, max(4, math.ceil(math.log10(abs(x) / unit)) + 4))
+    return f"{x:.{digits}g}"
+
+
 def _ratio(x: float) -> str:
     return f"{x:.3g}×"
 
@@ -41,7 +49,8 @@ def gradient_agreement(results: Results) -> list[str]:
                    f"points: the largest |z| is {worst:.2f} (∂/∂{'μ' if param == 'mu' else 'σ'}, {label}).")
     label, pc = results.checks[0]
     pw, sc = pc.estimates["pathwise"]["sigma"], pc.estimates["score"]["sigma"]
-    out.append(f"For σ in particular, {label} (μ = {_g(pc.mu)}, σ = {_g(pc.sigma)}) the exact gradient "
+    at = f"μ = {fmt_at(pc.mu, results.data.sd)}, σ = {_g(pc.sigma)}"
+    out.append(f"For σ in particular, {label} ({at}) the exact gradient "
                f"2nσ = {_g(pc.exact.sigma)}; the reparameterized estimate E_ε[2Σ_i(μ + σε − x_i)ε] gave "
                f"{_g(pw.mean)} ± {_g(pw.stderr)} and the score-function one {_g(sc.mean)} ± {_g(sc.stderr)}: "
                "differentiating the expectation and differentiating inside it give the same number.")
@@ -60,7 +69,8 @@ def variance_ratios(results: Results) -> list[str]:
         hib = max(rows, key=lambda r: r[1])
         out.append(
             f"Single-sample variance for {symbol}: the score-function estimator's was "
-            f"{_ratio(hi[0])} the pathwise one {hi[2]} (μ = {_g(hi[3].mu)}, σ = {_g(hi[3].sigma)}) "
+            f"{_ratio(hi[0])} the pathwise one {hi[2]} "
+            f"(μ = {fmt_at(hi[3].mu, results.data.sd)}, σ = {_g(hi[3].sigma)}) "
             f"and {_ratio(lo[0])} {lo[2]} (σ = {_g(lo[3].sigma)}); with its best constant baseline it "
             f"was still {_ratio(min(r[1] for r in rows))} to {_ratio(hib[1])} (largest {hib[2]}).")
     below = [(label, pc) for label, pc in results.checks
@@ -96,9 +106,10 @@ def samples_needed(results: Results) -> list[str]:
     pw = curve.exact["pathwise"]["mu"][0] ** 2
     sc = curve.exact["score"]["mu"][0] ** 2
     sb = curve.exact["score-baseline"]["mu"][0] ** 2
-    return [f"At μ = {_g(curve.mu)}, σ = {_g(curve.sigma)} the standard error falls like 1/√N for every "
-            f"estimator, so matching the pathwise standard error for μ takes {sc / pw:.3g}× as many "
-            f"score-function samples ({sb / pw:.3g}× with the best constant baseline)."]
+    return [f"At μ = {fmt_at(curve.mu, results.data.sd)}, σ = {_g(curve.sigma)} the standard error falls "
+            f"like 1/√N for every estimator, so matching the pathwise standard error for μ takes "
+            f"{sc / pw:.3g}× as many score-function samples ({sb / pw:.3g}× with the best constant "
+            "baseline)."]
 
 
 def _fit(results: Results, objective: str, estimator: str):
@@ -145,9 +156,10 @@ def fits(results: Results) -> list[str]:
         ending = ("down to the floor of the projection" if path[-1] <= 2.0 * SIGMA_FLOOR * sd
                   else f"still falling when the run ended after {_count(steps, 'step')}")
         out.append(
-            f"squared: σ fell from {_g(sigma0)} to {_g(sq.sigma)} while μ went to {_g(sq.mu)} "
-            f"(x̄ = {_g(results.data.mean)}). The loss cannot recover σ² = {_g(results.data.var_mle)}: its "
-            f"σ-gradient 2nσ is positive for every σ > 0, so each SGD step multiplies σ by about "
+            f"squared: σ fell from {_g(sigma0)} to {_g(sq.sigma)} while μ went to {fmt_at(sq.mu, sd)} "
+            f"(x̄ = {fmt_at(results.data.mean, sd)}). The loss cannot recover σ² = "
+            f"{_g(results.data.var_mle)}: its σ-gradient 2nσ is positive for every σ > 0, so each SGD step "
+            f"multiplies σ by about "
             f"1 − 2η·(step scale) = {predicted:.3g}; the measured geometric mean factor while collapsing "
             f"was {factor:.3g} per step, {ending}. A point mass at x̄ "
             "minimises Σ_i(y − x_i)².")
@@ -166,14 +178,14 @@ def fits(results: Results) -> list[str]:
                 continue
             reached = (f"reached 1% of √v in {r.steps_to_1pct} steps" if r.steps_to_1pct is not None
                        else f"did not stay within 1% of √v in {steps} steps")
-            sentence = (f"{name} with {r.estimator}: μ = {_g(r.mu)}, σ = {_g(r.sigma)} against the target "
-                        f"({_g(r.target.mu)}, {_g(r.target.sigma)}); final error "
+            sentence = (f"{name} with {r.estimator}: μ = {fmt_at(r.mu, sd)}, σ = {_g(r.sigma)} against the "
+                        f"target ({fmt_at(r.target.mu, sd)}, {_g(r.target.sigma)}); final error "
                         f"{100 * r.error(sd):.2g}% of √v; {reached}")
             best = r.family_optimum
             if best is not None:
                 bias = max(abs(best.mu - r.target.mu), abs(best.sigma - r.target.sigma)) / sd
                 sgd = max(abs(r.mu - best.mu), abs(r.sigma - best.sigma)) / sd
-                sentence += (f". The exact optimum of this loss within its family is ({_g(best.mu)}, "
+                sentence += (f". The exact optimum of this loss within its family is ({fmt_at(best.mu, sd)}, "
                              f"{_g(best.sigma)}): the family's own bias is {100 * bias:.2g}% of √v and the "
                              f"SGD answer is {100 * sgd:.2g}% of √v from that optimum")
             if name == "nll":

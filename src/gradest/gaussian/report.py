@@ -15,6 +15,7 @@ from matplotlib.figure import Figure
 from gradest import report as html
 from gradest.errors import GradestError
 from gradest.gaussian import closed_form as cf
+from gradest.gaussian.conclusions import fmt_at
 from gradest.gaussian.walkthrough import Results
 from gradest.io import write_atomic, write_json
 
@@ -164,7 +165,7 @@ def _checks(results: Results) -> str:
     for label, pc in results.checks:
         for p in cf.PARAMS:
             ests = pc.estimates
-            rows.append([label, f"{pc.mu:.4g}", f"{pc.sigma:.4g}", f"∂/∂{SYMBOL[p]}",
+            rows.append([label, fmt_at(pc.mu, results.data.sd), f"{pc.sigma:.4g}", f"∂/∂{SYMBOL[p]}",
                          f"{getattr(pc.exact, p):.5g}", _fmt_est(ests["pathwise"][p]),
                          _fmt_est(ests["score"][p]), _fmt_est(ests["score-baseline"][p])])
     samples = results.checks[0][1].samples
@@ -202,8 +203,10 @@ def _variances(results: Results, pngs: dict[str, bytes]) -> str:
 
 def _fits(results: Results, pngs: dict[str, bytes]) -> str:
     s = results.settings
-    rows = [[r.objective, r.estimator, f"{r.mu:.5g} ± {r.mu_se:.2g}", f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
-             f"{r.target.mu:.5g}",
+    sd = results.data.sd
+    rows = [[r.objective, r.estimator, f"{fmt_at(r.mu, sd)} ± {r.mu_se:.2g}",
+             f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
+             fmt_at(r.target.mu, sd),
              f"{r.target.sigma:.5g}", f"{100 * r.error(results.data.sd):.3g}%",
              "—" if r.steps_to_1pct is None else r.steps_to_1pct] for r in results.fits]
     return html.section(
