@@ -69,5 +69,5 @@ def test_locations_are_printed_to_a_fraction_of_the_spread():
     from gradest.gaussian.conclusions import fmt_at
 
     assert fmt_at(1e9 + 1.5e-3, 1e-3) == "1000000000.0015"  # 4 significant digits would print 1e+09
-    assert fmt_at(5.2577, 1.8) == "5.258"
+    assert fmt_at(5.2577, 1.8) == "5.2577"
     assert fmt_at(0.0, 1.0) == "0"
