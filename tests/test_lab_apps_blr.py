@@ -69,3 +69,17 @@ def test_run_blr_writes_outputs(tmp_path):
     assert set(result.summary) == {"pathwise", "mvd"}
     assert "agrees" in (tmp_path / "report.html").read_text() or "not tested" in (
         tmp_path / "report.html").read_text()
+
+
+@pytest.mark.parametrize(("names", "samples", "message"), [
+    (["score", "score"], 50, "given twice"),
+    (["pathwise", "score+qmc"], 7, "score\\+qmc with --samples 7"),
+    (["pathwise", "mvd+antithetic"], 9, "must be even"),
+])
+def test_bad_estimator_lists_fail_before_any_training(tmp_path, monkeypatch, names, samples, message):
+    trained = []
+    monkeypatch.setattr(blr, "train", lambda name, *a, **k: trained.append(name))
+    config = blr.BLRConfig(steps=2, num_samples=samples, variance_samples=10)
+    with pytest.raises(blr.GradestError, match=message):
+        blr.run_blr(names, config, tmp_path)
+    assert trained == []

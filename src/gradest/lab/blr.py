@@ -260,8 +260,17 @@ def run_blr(
 
     if not estimators:
         raise GradestError("give at least one estimator")
+    repeated = sorted({n for n in estimators if list(estimators).count(n) > 1})
+    if repeated:
+        raise GradestError(f"estimator {repeated[0]!r} is given twice; give each estimator once")
     for name in estimators:
-        get_estimator(name)  # fail on a bad name before any training
+        est = get_estimator(name)  # fail on a bad name or sample count before any training
+        counts = (("--samples", config.num_samples), ("--variance-samples", config.variance_samples))
+        for what, count in counts:
+            try:
+                est._check_samples(count)
+            except GradestError as err:
+                raise GradestError(f"{name} with {what} {count}: {err}") from None
     start = time.perf_counter()
     data = load_data()
     runs = []
