@@ -39,3 +39,23 @@ def test_bad_input_exits_2(tmp_path, capsys):
     assert "--k takes numbers" in capsys.readouterr().err
     assert main(["sweep", "--param", "loc=[1,2]", "--out", str(tmp_path)]) == 2
     assert main(["advise", "--dist", "normal", "--param", "loc=1", "--param", "scale=-1"]) == 2
+
+
+def test_bad_outputs_and_families_exit_2_with_the_fix(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["sweep", "--k", "1", "--estimator", "pathwise", "--samples", "10", "--out", str(afile)]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "sweep.csv").write_bytes(b"\xff\xfeforeign")
+    assert main(["sweep", "--k", "1", "--estimator", "pathwise", "--samples", "10",
+                 "--out", str(tmp_path / "foreign")]) == 2
+    assert "not a sweep CSV" in capsys.readouterr().err
+    assert main(["sweep", "--cost", "exp", "--k=-1", "--out", str(tmp_path / "neg")]) == 2
+    assert "k ≥ 0" in capsys.readouterr().err
+    assert main(["advise", "--dist", "gamma"]) == 2
+    assert "--param concentration=VALUE --param rate=VALUE" in capsys.readouterr().err
+    assert main(["advise", "--param", "loc=[0,1]", "--param", "scale=1"]) == 2
+    assert "one shape" in capsys.readouterr().err
+    assert main(["blr", "--estimator", "score", "--estimator", "score", "--out", str(tmp_path / "b")]) == 2
+    assert "given twice" in capsys.readouterr().err

@@ -52,11 +52,16 @@ def sweep_command(
         help=f"Repeatable; default square, exp, cos. One of: "
              f"{'; '.join(f'{n}: {f}' for n, f in NAMED_COSTS.items())}.")] = None,
     k: Annotated[list[str] | None, typer.Option(
-        help="Values of k, comma-separated and/or repeated (default 0.1,0.5,1,2,3,5,10).")] = None,
+        help="Values of k, comma-separated and/or repeated (default 0.1,0.5,1,2,3,5,10); e.g. "
+             "--k 0.1,1,10 --k 50; negative values with =, e.g. --k=-2,0,2 (square, cos and linear; "
+             "exp needs k ≥ 0).")] = None,
     param: Annotated[list[str] | None, typer.Option(
         help="loc=VALUE and scale=VALUE of the Normal (default loc=1, scale=1).")] = None,
     estimator: Annotated[list[str] | None, typer.Option(
-        help="Repeatable (default pathwise, score, score-delta, mvd, mvd-uncoupled).")] = None,
+        help="Repeatable (default pathwise, score, score-delta, mvd, mvd-uncoupled). Any registered "
+             "name (see gradest compare --help), e.g. mvd-delta, score-optb, score-delta=1, with an "
+             "optional sampler suffix, e.g. pathwise+antithetic, mvd+qmc; sampler cells are measured "
+             "but get no exact-variance curve.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Samples per cell.")] = 100_000,
     seed: Annotated[int, typer.Option(help="Seed of every cell's torch.Generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
@@ -107,13 +112,17 @@ def sweep_command(
 def advise_command(
     dist: Annotated[str, typer.Option(help=f"Family: {', '.join(FAMILIES)}.")] = "normal",
     param: Annotated[list[str] | None, typer.Option(
-        help="NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]).")] = None,
+        help="NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]); all of one shape. "
+             "Default loc=1, scale=1 (normal only); e.g. --dist gamma --param concentration=2 "
+             "--param rate=3.")] = None,
     cost: Annotated[str, typer.Option(help=(
         f"Named cost ({', '.join(f'{n}: {f}' for n, f in NAMED_COSTS.items())}), or FILE.py:FUNCTION "
         "or package.module:FUNCTION taking samples [N, ...] and returning [N]."))] = "cos",
     k: Annotated[float | None, typer.Option(help="Constant k of the cost (default 1).")] = None,
     estimator: Annotated[list[str] | None, typer.Option(
-        help="Candidates (repeatable); default every registered estimator that applies.")] = None,
+        help="Candidates (repeatable), e.g. --estimator pathwise --estimator score-optb --estimator "
+             "mvd+qmc; default every registered estimator with and without each sampler suffix "
+             "(+antithetic, +qmc); those that do not apply are listed with the reason.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Pilot samples per estimator.")] = 10_000,
     seed: Annotated[int, typer.Option(help="Seed of the torch.Generator.")] = 0,
     json_path: Annotated[
@@ -133,6 +142,9 @@ def advise_command(
     from gradest.lab.selection import select
 
     family = get_family(dist)
+    if not param and family.name != "normal":
+        names = " ".join(f"--param {n}=VALUE" for n in family.param_sets[0])
+        raise GradestError(f"give the parameters of {family.name}: {names}")
     params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))
     family.check(params)
     f = load_cost(cost, k)
