@@ -141,3 +141,18 @@ def test_targets_keep_the_data_units_far_from_zero(shift):
     assert abs(pb.sigma - pa.sigma) <= tol
     qb = elbo.best_gaussian_q(moved, elbo.weak_prior(moved))
     assert abs(qb[0] - pb.mu) <= 1e-3 * sd and abs(math.exp(qb[1]) - pb.sigma) <= 1e-3 * sd
+
+
+def test_nll_through_sufficient_statistics_is_the_literal_likelihood():
+    from gradest.gaussian.objectives import nll
+
+    obj = nll(DATA)
+    params = {"loc": torch.tensor(4.1, dtype=torch.float64, requires_grad=True),
+              "scale": torch.tensor(1.3, dtype=torch.float64, requires_grad=True)}
+    fast = obj.loss(params, None, 0, None)
+    literal = -torch.distributions.Normal(params["loc"], params["scale"]).log_prob(DATA.values).mean()
+    assert float(fast) == pytest.approx(float(literal), rel=1e-12)
+    g_fast = torch.autograd.grad(fast, list(params.values()))
+    g_lit = torch.autograd.grad(literal, list(params.values()))
+    for a, b in zip(g_fast, g_lit, strict=True):
+        assert float(a) == pytest.approx(float(b), rel=1e-10)

@@ -12,6 +12,7 @@ constant data) raises :class:`~gradest.errors.GradestError` with a one-line mess
 from __future__ import annotations
 
 import csv
+import functools
 import math
 from importlib import resources
 from pathlib import Path
@@ -39,12 +40,12 @@ class Dataset(NamedTuple):
 
     @property
     def mean(self) -> float:
-        return float(self.values.mean())
+        return _moments(self.values)[0]
 
     @property
     def var_mle(self) -> float:
         """v = (1/n) Σ (x_i − x̄)²."""
-        return float(self.values.var(correction=0))
+        return _moments(self.values)[1]
 
     @property
     def sd(self) -> float:
@@ -54,6 +55,13 @@ class Dataset(NamedTuple):
     def sum_squares(self, y: torch.Tensor) -> torch.Tensor:
         """Σ_i (y − x_i)² = n[(y − x̄)² + v], elementwise in y: O(1) per y for any n, no [N, n] table."""
         return self.n * ((y - self.mean) ** 2 + self.var_mle)
+
+
+@functools.lru_cache(maxsize=16)
+def _moments(values: torch.Tensor) -> tuple[float, float]:
+    """(x̄, v), computed once per tensor (keyed by identity): the costs ask for them at every SGD step,
+    and recomputing them is O(n) each time (100 000 values × 3000 steps dominated the run)."""
+    return float(values.mean()), float(values.var(correction=0))
 
 
 def default_dataset() -> Dataset:

@@ -155,10 +155,13 @@ def elbo(data: Dataset) -> Objective:
 
 def nll(data: Dataset) -> Objective:
     """Maximum likelihood with exact gradients: the reference answer, σ̂² = mean(x²) − x̄²."""
-    x = data.values
+    xbar, v = data.mean, data.var_mle
 
+    # −(1/n) Σ log N(x_i; μ, σ²) = log σ + ½ log 2π + (v + (x̄ − μ)²)/(2σ²): the same function through
+    # the sufficient statistics, O(1) per step for any n
     def loss(params, estimator, samples, generator):
-        return -Normal(params["loc"], params["scale"]).log_prob(x).mean()
+        mu, sigma = params["loc"], params["scale"]
+        return torch.log(sigma) + 0.5 * math.log(2.0 * math.pi) + (v + (xbar - mu) ** 2) / (2.0 * sigma**2)
 
     # Curvatures at the MLE: 1/v (μ) and 2/v (σ).
     scales = {"loc": _scalar(data.var_mle), "scale": _scalar(0.5 * data.var_mle)}
