@@ -95,6 +95,13 @@ def test_findings_follow_the_numbers(swept):
     assert {f.claim: f.verdict for f in sweep_findings(rows)}[coupling] == DISAGREES
 
 
+def test_sample_counts_a_sampler_cannot_split_are_refused_before_any_work():
+    with pytest.raises(GradestError, match=r"pathwise\+antithetic with --samples 11.*use 12"):
+        sw.SweepConfig(estimators=("pathwise", "pathwise+antithetic"), samples=11)
+    with pytest.raises(GradestError, match="multiple of 10"):
+        sw.SweepConfig(estimators=("mvd+qmc",), samples=15)
+
+
 def test_negative_k_for_exp_and_non_finite_values_are_refused():
     with pytest.raises(GradestError, match="k ≥ 0"):
         sw.SweepConfig(costs=("exp",), ks=(-1.0, 1.0))

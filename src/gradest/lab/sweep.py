@@ -83,7 +83,13 @@ class SweepConfig:
         if self.samples < 2:
             raise GradestError(f"--samples must be ≥ 2 to measure a variance, got {self.samples}")
         for name in self.estimators:
-            get_estimator(name)  # unknown names fail here, before any work
+            # unknown names, and sample counts a sampler cannot split (pairs, randomizations), fail
+            # here, before any work
+            estimator = get_estimator(name)
+            try:
+                estimator._check_samples(self.samples)
+            except GradestError as err:
+                raise GradestError(f"{name} with --samples {self.samples}: {err}") from None
         check_threads(self.threads)
 
     def cells(self) -> list[tuple[str, float, str]]:
