@@ -202,3 +202,13 @@ def test_cuda_run_resumes_on_cuda_and_evaluates_on_cpu(tmp_path: Path) -> None:
     assert saved.device == "cpu" and run.test.device.type == "cpu"
     with pytest.raises(GradestError, match=r"GPU\(s\), cuda:0"):
         train(dataclasses.replace(config, device=f"cuda:{torch.cuda.device_count()}"), tmp_path / "x")
+
+
+def test_a_user_model_that_does_not_fit_the_data_is_a_clear_error(tmp_path: Path) -> None:
+    gen = make_generator(0)
+    wrong_dim = VAE(GaussianEncoder(784, (8,), 2, gen), nn.Linear(2, 64), latent=2)  # digits have 64 pixels
+    with pytest.raises(GradestError, match=r"D = 64 pixels: the encoder must map \[B, 64\]"):
+        train(TINY, tmp_path / "a", model=wrong_dim)
+    wrong_latent = VAE(GaussianEncoder(64, (8,), 3, gen), nn.Linear(3, 64), latent=2)
+    with pytest.raises(GradestError, match=r"shapes \[\(2, 3\), \(2, 3\), \(2, 64\)\]"):
+        train(TINY, tmp_path / "b", model=wrong_latent)

@@ -170,7 +170,26 @@ def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
     model = model.to(device)
     # Images follow the model's precision (float32 by default; a float64 model gets float64 data).
     dtype = next(model.parameters()).dtype
+    _check_shapes(model, train[:2].to(device, dtype), config.dataset)
     return Setup(data, train.to(device, dtype), test.to(device, dtype), var_batch.to(device, dtype), model)
+
+
+def _check_shapes(model: VAE, x: torch.Tensor, dataset: str) -> None:
+    """A user's encoder/decoder that does not fit the data fails here, with the shapes it must have."""
+    b, d, latent = x.shape[0], x.shape[1], model.latent
+    need = (
+        f"{dataset} images have D = {d} pixels: the encoder must map [B, {d}] to (μ, σ), each "
+        f"[B, {latent}] (latent = {latent}), and the decoder [B, {latent}] to logits [B, {d}]"
+    )
+    try:
+        with torch.no_grad():
+            loc, scale = model.encode(x)
+            logits = model.decoder(loc)
+    except (RuntimeError, ValueError, TypeError) as err:
+        raise GradestError(f"the model does not fit the data ({str(err).splitlines()[0]}); {need}") from None
+    got = [tuple(loc.shape), tuple(scale.shape), tuple(logits.shape)]
+    if got != [(b, latent), (b, latent), (b, d)]:
+        raise GradestError(f"the model gives μ, σ, logits of shapes {got}; {need}")
 
 
 def _serialize(obj: dict[str, Any]) -> bytes:
