@@ -172,3 +172,12 @@ def test_compare_reports_the_others_when_one_estimator_diverges(tmp_path: Path, 
     page = (out / "report.html").read_text()
     assert "<td>pathwise</td>" in page and "<td>score</td>" in page
     assert "Stopped runs" in page and "the score loss became" in page
+
+
+def test_eval_with_the_runs_iwae_k_reproduces_its_summary(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    assert main(["vae", "train", *TINY, "--epochs", "1", "--var-repeats", "0", "--out", str(out)]) == 0
+    assert main(["vae", "eval", str(out), "--iwae-k", "8", "--json", str(tmp_path / "e.json")]) == 0
+    summary, again = (json.loads(p.read_text()) for p in (out / "summary.json", tmp_path / "e.json"))
+    for key in ("test_neg_elbo", "test_nll_iwae", "iwae_k", "kl", "active_units"):
+        assert again[key] == summary[key], key

@@ -21,7 +21,16 @@ from gradest.vae.data import absolute_spec
 from gradest.vae.evaluate import evaluate
 from gradest.vae.objectives import OBJECTIVES, get_objective
 from gradest.vae.report import compare_report, run_report
-from gradest.vae.train import CHECKPOINT, CONFIG, SUMMARY, NonFiniteLoss, TrainConfig, load_run, train
+from gradest.vae.train import (
+    CHECKPOINT,
+    CONFIG,
+    STREAM_EVAL,
+    SUMMARY,
+    NonFiniteLoss,
+    TrainConfig,
+    load_run,
+    train,
+)
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 vae_app = typer.Typer(
@@ -224,7 +233,15 @@ def _check_resume_options(config: TrainConfig, out: Path) -> None:
 def eval_command(
     out: Annotated[Path, typer.Argument(help="A run folder written by gradest vae train.")],
     iwae_k: IwaeK = 1000,
-    seed: Annotated[int, typer.Option(help="Seed of the evaluation's importance samples.")] = 0,
+    seed: Annotated[
+        int | None,
+        typer.Option(
+            help=(
+                "Seed of the evaluation's importance samples; default: the one training's final "
+                "evaluation used, so the same --iwae-k reproduces summary.json."
+            )
+        ),
+    ] = None,
     device: Device = "cpu",
     json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
 ) -> None:
@@ -240,6 +257,7 @@ def eval_command(
         )
     config, run = load_run(out, device)
     with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
+        seed = config.seed + STREAM_EVAL if seed is None else seed
         evaluation = evaluate(run.model, run.test, iwae_k, make_generator(seed, run.test.device))
     result = {
         "estimator": config.estimator,
