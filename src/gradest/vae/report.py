@@ -14,6 +14,7 @@ from typing import Any
 
 import torch
 from matplotlib.figure import Figure
+from matplotlib.ticker import MaxNLocator
 
 from gradest import report as html
 from gradest.io import write_atomic
@@ -53,6 +54,7 @@ def _curve_figure(
         low, high = min(values), max(values)
         ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
     ax.set_xlabel("epoch")
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
