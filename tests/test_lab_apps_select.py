@@ -123,3 +123,13 @@ def test_parameters_of_different_shapes_are_refused_with_the_fix():
     params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64), "scale": torch.tensor(1.0)}
     with pytest.raises(gradest.GradestError, match=r"one shape.*scale"):
         select(gradest.named_cost("cos", 1.0), Normal, params, ["pathwise"], num_samples=100)
+
+
+def test_a_cost_of_the_wrong_shape_is_reported_per_candidate_not_raised():
+    def per_coordinate(x):  # forgot to sum over the event dimension
+        return x
+
+    params = {"loc": torch.zeros(2, dtype=torch.float64), "scale": torch.ones(2, dtype=torch.float64)}
+    result = select(per_coordinate, Normal, params, ["pathwise", "mvd"], num_samples=100)
+    assert result.recommendation is None and "error" in result.reason
+    assert all("one value per sample" in c.note for c in result.candidates)

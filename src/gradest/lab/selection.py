@@ -173,10 +173,6 @@ def select(
     specs = list(estimators) if estimators else default_candidates()
     if not specs:
         raise GradestError("no candidate estimators; give at least one")
-    try:
-        exact = exact_grad(f, dist_builder, params)
-    except GradestError:
-        exact = None
     pilots: dict[str, _Pilot | str] = {}
     for spec in specs:
         est = get_estimator(spec)
@@ -191,6 +187,14 @@ def select(
         except GradestError as err:
             pilots[label] = str(err)
 
+    exact = None
+    # After the pilots: they check f (one value per sample, a precise error per candidate), and
+    # when every one of them failed there is nothing to compare with an exact gradient
+    if any(isinstance(p, _Pilot) for p in pilots.values()):
+        try:
+            exact = exact_grad(f, dist_builder, params)
+        except GradestError:
+            exact = None
     if exact is not None:
         # a numerical reference (quadrature) carries an error estimate: it widens the bias check
         reference, ref_mean, ref_stderr = f"exact ({exact.method})", exact.grads, exact.error
@@ -224,7 +228,7 @@ def select(
 
 def _recommend(ranked: list[Candidate], reference: str) -> tuple[str | None, str]:
     if not ranked:
-        return None, "no candidate applies without bias; see the notes in the table"
+        return None, "no candidate ran without an error or a bias; see the notes in the table"
     top = ranked[0]
     why = (f"{top.estimator} has the best efficiency: single-sample variance {top.variance:.4g} at "
            f"{1e6 * top.seconds_per_sample:.3g} µs per sample, i.e. variance × time = {top.efficiency:.4g}")
