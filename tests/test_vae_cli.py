@@ -181,3 +181,17 @@ def test_eval_with_the_runs_iwae_k_reproduces_its_summary(tmp_path: Path) -> Non
     summary, again = (json.loads(p.read_text()) for p in (out / "summary.json", tmp_path / "e.json"))
     for key in ("test_neg_elbo", "test_nll_iwae", "iwae_k", "kl", "active_units"):
         assert again[key] == summary[key], key
+
+
+def test_interrupt_says_how_to_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+    from gradest.vae import objectives
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setitem(
+        objectives.OBJECTIVES, "pathwise", objectives.OBJECTIVES["pathwise"]._replace(fn=interrupted)
+    )
+    out = str(tmp_path / "run")
+    assert main(["vae", "train", *TINY, "--out", out]) == 130
+    assert f"gradest vae train --resume --epochs 2 --out {out}" in capsys.readouterr().out

@@ -129,6 +129,14 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
             progress.stop()
             console.print(f"[red]stopped:[/] {err}")
             raise
+        except KeyboardInterrupt:
+            progress.stop()
+            console.print(
+                f"interrupted: the finished epochs are saved in {out}; continue with "
+                f"gradest vae train --resume --epochs {config.epochs} --out {out}",
+                soft_wrap=True,  # the command stays on one line, ready to paste
+            )
+            raise
 
 
 def _summary_table(rows: dict[str, dict]) -> Table:
