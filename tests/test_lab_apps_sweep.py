@@ -102,6 +102,11 @@ def test_sample_counts_a_sampler_cannot_split_are_refused_before_any_work():
         sw.SweepConfig(estimators=("mvd+qmc",), samples=15)
 
 
+def test_repeated_costs_ks_and_estimators_are_one_cell():
+    config = sw.SweepConfig(costs=("cos", "cos"), ks=(1.0, 1.0, 2.0), estimators=("mvd", "mvd"), samples=10)
+    assert config.cells() == [("cos", 1.0, "mvd"), ("cos", 2.0, "mvd")]
+
+
 def test_negative_k_for_exp_and_non_finite_values_are_refused():
     with pytest.raises(GradestError, match="k ≥ 0"):
         sw.SweepConfig(costs=("exp",), ks=(-1.0, 1.0))

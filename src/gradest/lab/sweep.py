@@ -61,6 +61,9 @@ class SweepConfig:
     threads: int | None = 1
 
     def __post_init__(self) -> None:
+        # a repeated cost, k or estimator is one cell, measured and reported once
+        for name in ("costs", "ks", "estimators"):
+            object.__setattr__(self, name, tuple(dict.fromkeys(getattr(self, name))))
         if not self.costs or not self.ks or not self.estimators:
             raise GradestError("a sweep needs at least one cost, one k and one estimator")
         for cost in self.costs:
