@@ -83,3 +83,10 @@ def test_bad_estimator_lists_fail_before_any_training(tmp_path, monkeypatch, nam
     with pytest.raises(blr.GradestError, match=message):
         blr.run_blr(names, config, tmp_path)
     assert trained == []
+
+
+def test_divergence_is_reported_with_the_fix(data):
+    # the score function's first step at lr 5 sends log σ far past exp's range
+    config = blr.BLRConfig(steps=20, lr=5.0, log_every=5, variance_samples=10)
+    with pytest.raises(blr.GradestError, match=r"diverged at step .*smaller --lr"):
+        blr.train("score", config, data)

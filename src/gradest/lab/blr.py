@@ -185,6 +185,13 @@ def train(
         with torch.no_grad():
             loc -= lr * grad_loc
             log_scale -= lr * grad_ls
+            scale = log_scale.exp()
+            if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+                raise GradestError(
+                    f"training with {est.name} diverged at step {step + 1}: the variational mean or "
+                    f"scale left the floating-point range; use a smaller --lr than {config.lr:g} "
+                    "(the survey's is 1e-3)"
+                )
         if on_step is not None:
             on_step(step + 1)
     seconds = time.perf_counter() - start
