@@ -59,3 +59,15 @@ def test_bad_outputs_and_families_exit_2_with_the_fix(tmp_path, capsys):
     assert "one shape" in capsys.readouterr().err
     assert main(["blr", "--estimator", "score", "--estimator", "score", "--out", str(tmp_path / "b")]) == 2
     assert "given twice" in capsys.readouterr().err
+
+
+def test_outputs_blocked_by_files_or_folders_exit_2_before_any_work(tmp_path, capsys):
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert main(["blr", "--estimator", "pathwise", "--steps", "2", "--out", str(afile / "sub")]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    assert main(["advise", "--estimator", "pathwise", "--samples", "100", "--json", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+    blocked = str(afile / "x.json")
+    assert main(["advise", "--estimator", "pathwise", "--samples", "100", "--json", blocked]) == 2
+    assert "is a file, not a folder" in capsys.readouterr().err

@@ -148,6 +148,13 @@ def advise_command(
     params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))
     family.check(params)
     f = load_cost(cost, k)
+    if json_path is not None:  # before the pilots, not after minutes of them
+        if json_path.is_dir():
+            raise GradestError(
+                f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'advice.json'}")
+        blocked = next((p for p in json_path.parents if p.exists() and not p.is_dir()), None)
+        if blocked is not None:
+            raise GradestError(f"--json {json_path}: {blocked} is a file, not a folder")
     with console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),

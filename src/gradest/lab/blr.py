@@ -267,6 +267,10 @@ def run_blr(
 
     if not estimators:
         raise GradestError("give at least one estimator")
+    out_dir = Path(out_dir)
+    for above in (out_dir, *out_dir.parents):
+        if above.exists() and not above.is_dir():
+            raise GradestError(f"--out {out_dir}: {above} is a file, not a folder; choose a folder")
     repeated = sorted({n for n in estimators if list(estimators).count(n) > 1})
     if repeated:
         raise GradestError(f"estimator {repeated[0]!r} is given twice; give each estimator once")
