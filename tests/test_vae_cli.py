@@ -103,6 +103,8 @@ def test_compare_renders_all_estimators(tmp_path: Path) -> None:
         (["--binarize", "sometimes"], "--binarize must be one of"),
         (["--dataset", "mnist:/nonexistent"], "is not a directory"),
         (["--dataset", "cifar"], "choose digits, mnist5k or mnist:DIR"),
+        (["--estimator", "vimco:5"], "write --estimator vimco --k 5"),
+        (["--device", "cuda:x"], "is not a device"),
     ],
 )
 def test_train_errors_are_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:

@@ -175,6 +175,12 @@ OBJECTIVES: dict[str, Objective] = {
 def get_objective(name: str, k: int) -> Objective:
     """The objective ``name``, checked to accept ``k`` samples per image."""
     entry = OBJECTIVES.get(name)
+    base, colon, k_text = name.partition(":")
+    if entry is None and colon and base in OBJECTIVES:
+        raise GradestError(
+            f"--estimator {name}: write --estimator {base} --k {k_text} "
+            "(NAME:K is the syntax of gradest vae compare)"
+        )
     if entry is None:
         raise GradestError(f"unknown --estimator {name!r}; choose one of: {', '.join(OBJECTIVES)}")
     if k < entry.min_k:
