@@ -131,6 +131,8 @@ def test_out_that_is_a_file_or_a_csv_that_is_a_folder_is_refused(tmp_path):
     target.write_text("x")
     with pytest.raises(GradestError, match="is a file, not a folder"):
         sw.measure(CONFIG, target)
+    with pytest.raises(GradestError, match="is a file, not a folder"):
+        sw.measure(CONFIG, target / "deeper")
     (tmp_path / "out" / "sweep.csv").mkdir(parents=True)
     with pytest.raises(GradestError, match="not a file"):
         sw.measure(CONFIG, tmp_path / "out")

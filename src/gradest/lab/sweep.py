@@ -143,8 +143,10 @@ def _parse_row(raw: dict[str, str]) -> SweepRow:
 def read_rows(path: Path) -> list[SweepRow]:
     """Rows of an existing sweep CSV ([] if there is none); a file that is not one is refused."""
     path = Path(path)
-    if path.parent.exists() and not path.parent.is_dir():
-        raise GradestError(f"--out {path.parent} is a file, not a folder; choose a folder for the sweep")
+    blocked = next((p for p in path.parents if p.exists() and not p.is_dir()), None)
+    if blocked is not None:
+        raise GradestError(f"--out {path.parent}: {blocked} is a file, not a folder; choose a folder for "
+                           "the sweep")
     if not path.exists():
         return []
     fix = "remove it or choose another --out"
