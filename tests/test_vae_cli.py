@@ -197,3 +197,12 @@ def test_interrupt_says_how_to_resume(tmp_path: Path, monkeypatch, capsys) -> No
     out = str(tmp_path / "run")
     assert main(["vae", "train", *TINY, "--out", out]) == 130
     assert f"gradest vae train --resume --epochs 2 --out {out}" in capsys.readouterr().out
+
+
+def test_summary_table_shows_null_figures_as_dashes() -> None:
+    """JSON null (a NaN/inf figure) renders as a dash instead of failing the command at its end."""
+    from gradest.cli.vae import _summary_table
+
+    row = {"k": 1, "test_neg_elbo": None, "test_nll_iwae": 90.0, "iwae_k": 5, "kl": None, "active_units": 0}
+    cells = list(_summary_table({"pathwise": row}).columns[2].cells)
+    assert cells == ["—"]

@@ -143,17 +143,19 @@ def _summary_table(rows: dict[str, dict]) -> Table:
     table = Table(title="test set, nats per image")
     for col in ("estimator", "K", "−ELBO", "NLL (IWAE)", "IWAE K", "KL", "active units", "grad_var"):
         table.add_column(col, justify="left" if col == "estimator" else "right")
+    def number(value, spec: str) -> str:
+        return "—" if value is None else format(value, spec)  # None: NaN/inf in the JSON
+
     for name, s in rows.items():
-        gv = s.get("grad_var")
         table.add_row(
             name,
             str(s.get("k", "")),
-            f"{s['test_neg_elbo']:.2f}",
-            f"{s['test_nll_iwae']:.2f}",
+            number(s["test_neg_elbo"], ".2f"),
+            number(s["test_nll_iwae"], ".2f"),
             str(s["iwae_k"]),
-            f"{s['kl']:.2f}",
+            number(s["kl"], ".2f"),
             str(s["active_units"]),
-            "—" if gv is None else f"{gv:.3g}",
+            number(s.get("grad_var"), ".3g"),
         )
     return table
 
