@@ -181,12 +181,17 @@ def _check_shapes(model: VAE, x: torch.Tensor, dataset: str) -> None:
         f"{dataset} images have D = {d} pixels: the encoder must map [B, {d}] to (μ, σ), each "
         f"[B, {latent}] (latent = {latent}), and the decoder [B, {latent}] to logits [B, {d}]"
     )
+    # Eval mode: a probe must not move batch-norm statistics or draw dropout masks.
+    was_training = model.training
     try:
         with torch.no_grad():
+            model.eval()
             loc, scale = model.encode(x)
             logits = model.decoder(loc)
     except (RuntimeError, ValueError, TypeError) as err:
         raise GradestError(f"the model does not fit the data ({str(err).splitlines()[0]}); {need}") from None
+    finally:
+        model.train(was_training)
     got = [tuple(loc.shape), tuple(scale.shape), tuple(logits.shape)]
     if got != [(b, latent), (b, latent), (b, d)]:
         raise GradestError(f"the model gives μ, σ, logits of shapes {got}; {need}")
