@@ -206,3 +206,22 @@ def test_summary_table_shows_null_figures_as_dashes() -> None:
     row = {"k": 1, "test_neg_elbo": None, "test_nll_iwae": 90.0, "iwae_k": 5, "kl": None, "active_units": 0}
     cells = list(_summary_table({"pathwise": row}).columns[2].cells)
     assert cells == ["—"]
+
+
+def test_compare_where_every_estimator_diverges_fails_after_its_report(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "cmp"
+    args = [
+        "--epochs",
+        "1",
+        "--lr",
+        "1e30",
+        "--estimator",
+        "pathwise",
+        "--estimator",
+        "stl",
+        "--out",
+        str(out),
+    ]
+    assert main(["vae", "compare", *TINY, *args]) == 1  # warnings are errors here: no empty legend either
+    assert "Stopped runs" in (out / "report.html").read_text()
+    assert "stl stopped" in capsys.readouterr().out

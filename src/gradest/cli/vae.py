@@ -374,6 +374,8 @@ def compare_command(
     for label in stopped:
         console.print(f"[red]{label} stopped[/] (non-finite loss): see {report}")
     console.print(f"wrote {report}")
+    if not summaries:
+        raise typer.Exit(1)  # nothing finished: a failure, not a comparison
 
 
 __all__ = ["compare_command", "eval_command", "train_command", "vae_app"]

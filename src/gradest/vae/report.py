@@ -57,7 +57,10 @@ def _curve_figure(
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    else:  # every run stopped before its first epoch ended
+        ax.text(0.5, 0.5, "no finished epoch", ha="center", va="center", transform=ax.transAxes)
     return html.png_bytes(fig)
 
 
