@@ -183,3 +183,21 @@ def test_off_centre_and_wide_problems_against_adaptive_quadrature():
         ref = central(lambda t, c=c, k=k, loc=loc, scale=scale:
                       float(c.value(np.asarray(loc + scale * t), k)) * t / scale)
         assert _var("score", cost, k, "loc", loc, scale).variance == pytest.approx(ref, rel=1e-8)
+
+
+def test_constant_baseline_against_monte_carlo_and_its_closed_form():
+    # Var[(f − b) s_μ] for cos(kx), σ = 1 shifts from the plain score's by b² E s² − 2b E[f s²]
+    k, b = 2.0, 0.7
+    plain = _var("score", "cos", k, "loc").variance
+    mean_fs2 = math.exp(-k * k / 2) * math.cos(k) * (1 - k * k)  # E[cos(k(1+ε)) ε²]
+    mean_fs = -k * math.exp(-k * k / 2) * math.sin(k)  # E[cos(k(1+ε)) ε], the gradient
+    expected = plain + b * b - 2 * b * mean_fs2 + 0 * mean_fs  # E s² = 1; the mean is unchanged
+    assert _var(f"score-const={b}", "cos", k, "loc").variance == pytest.approx(expected, rel=1e-10)
+    assert vx.supports("score-const=0.5") and not vx.supports("score-const")
+    n = 20_000
+    estimator = gradest.get_estimator(f"score-const={b}")
+    per = estimator.per_sample(gradest.named_cost("cos", k), Normal, PARAMS, n, gradest.make_generator(5))
+    g = per.grads["loc"]
+    s2 = float(g.var())
+    se = math.sqrt((float(((g - g.mean()) ** 4).mean()) - s2**2) / n)  # standard error of s²
+    assert abs(s2 - expected) < 5 * se

@@ -298,17 +298,26 @@ def parse(estimator: str) -> tuple[str, int | None]:
         if order not in (1, 2):
             raise GradestError(f"the delta method has order 1 or 2, got {estimator!r}")
         return name, order
+    if name == "score-const":
+        try:
+            float(arg)
+        except ValueError:
+            raise GradestError(
+                f"score-const needs its baseline, e.g. score-const=1, got {estimator!r}") from None
     return name, None
 
 
 DELTA = ("score-delta", "mvd-delta", "pathwise-delta")
 SUPPORTED = ("pathwise", "score", "score-loo", "score-optb", "mvd", "mvd-uncoupled", *DELTA)
+#: also covered, with their argument: score-const=B
+#: score function with a baseline: terms (f − b)·s, already cancelled; rounding is of f·s's size
+_BASELINED = ("score-const", "score-loo")
 
 
 def supports(estimator: str) -> bool:
     """Whether :func:`single_sample_variance` knows this estimator (samplers such as +qmc: no)."""
     try:
-        return parse(estimator)[0] in SUPPORTED
+        return parse(estimator)[0] in (*SUPPORTED, "score-const")
     except (GradestError, ValueError):
         return False
 
@@ -330,6 +339,9 @@ def _decompose(estimator: str, problem: NormalProblem, param: str):
         return _pathwise(sh, param), _pathwise(sh, param, sh.dh())
     if name == "score":
         return _score(sh, param), None
+    if name == "score-const":
+        baseline = float(estimator.partition("=")[2])
+        return _score(sh, param, lambda t: sh.f()(t) - baseline), None
     if name == "score-loo":
         mean_f = float(_Integrator(_feature_width(problem)).mean(_Term(1.0, "eps", sh.f())))
         return _score(sh, param, lambda t: sh.f()(t) - mean_f), None
@@ -354,8 +366,8 @@ def _evaluate(estimator: str, problem: NormalProblem, param: str, width: float) 
     mean = integ.total_mean(a)
     tiny = 64 * np.finfo(float).eps
     # f's values carry rounding of ~ε|f|: variances below (64ε)² × the terms' size are that noise
-    # (score-loo's terms hold f − E f, already cancelled: the size is that of f's own terms)
-    sized = _decompose("score", problem, param)[0] if parse(estimator)[0] == "score-loo" else a
+    # (a baseline's terms hold f − b, already cancelled: the size is that of f's own terms)
+    sized = _decompose("score", problem, param)[0] if parse(estimator)[0] in _BASELINED else a
     noise = tiny**2 * integ.magnitude(sized)
     r = None if c is None else _merge(_difference(a, c))
     a, c = _merge(a), (None if c is None else _merge(c))
@@ -379,7 +391,7 @@ def term_size(estimator: str, problem: NormalProblem, param: str) -> float:
     float64 then leaves noise of ~ε × this size, not of ~ε × the estimate.
     """
     a, _ = _decompose(estimator, problem, param)
-    if parse(estimator)[0] == "score-loo":
+    if parse(estimator)[0] in _BASELINED:
         a, _ = _decompose("score", problem, param)
     return math.sqrt(_Integrator(_feature_width(problem)).magnitude(a))
 
