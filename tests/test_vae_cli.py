@@ -225,3 +225,26 @@ def test_compare_where_every_estimator_diverges_fails_after_its_report(tmp_path:
     assert main(["vae", "compare", *TINY, *args]) == 1  # warnings are errors here: no empty legend either
     assert "Stopped runs" in (out / "report.html").read_text()
     assert "stl stopped" in capsys.readouterr().out
+
+
+def test_resume_without_epochs_finishes_the_runs_own_epochs(tmp_path: Path, monkeypatch) -> None:
+    """Stopped in epoch 2 of 2, `--resume` alone trains epoch 2 and stops there (not at the default 30)."""
+    from gradest.vae import objectives
+
+    real = objectives.OBJECTIVES["pathwise"]
+    calls = []
+
+    def stop_in_epoch_two(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 9 + 2:  # epoch 1: 6 steps and 3 variance repeats; then into epoch 2
+            raise KeyboardInterrupt
+        return real.fn(*args, **kwargs)
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", real._replace(fn=stop_in_epoch_two))
+    out = tmp_path / "run"
+    assert main(["vae", "train", *TINY, "--out", str(out)]) == 130
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 1
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", real)
+    assert main(["vae", "train", "--resume", "--out", str(out)]) == 0
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["epoch"] for line in lines] == [1, 2]

@@ -28,6 +28,7 @@ from gradest.vae.train import (
     SUMMARY,
     NonFiniteLoss,
     TrainConfig,
+    load_checkpoint,
     load_run,
     train,
 )
@@ -171,7 +172,10 @@ def train_command(
     latent: Latent = 20,
     estimator: Annotated[str, typer.Option(help=_ESTIMATORS)] = "pathwise",
     k: K = 1,
-    epochs: Epochs = 30,
+    epochs: Annotated[
+        int | None,
+        typer.Option(help="Training epochs (default 30; with --resume, the run's own unless given)."),
+    ] = None,
     batch_size: BatchSize = 128,
     lr: Lr = 1e-3,
     seed: Seed = 0,
@@ -193,6 +197,9 @@ def train_command(
 
     Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
     """
+    if epochs is None:
+        # A stopped run continues to the epochs it was started for, not to the default.
+        epochs = TrainConfig.from_dict(load_checkpoint(out)["config"]).epochs if resume else 30
     config = TrainConfig(
         dataset=dataset,
         binarize=binarize,
