@@ -412,8 +412,8 @@ def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFinit
         else "no epoch ended in a finite state, so there is no checkpoint"
     )
     return NonFiniteLoss(
-        f"the {config.estimator} {what}; training stopped and {kept}. Lower --lr or pick a "
-        "lower-variance --estimator"
+        f"the {config.estimator} {what}; training stopped and {kept}. Start a new run (another "
+        "--out) with a lower --lr or a lower-variance --estimator"
     )
 
 
