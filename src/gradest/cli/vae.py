@@ -144,6 +144,7 @@ def _summary_table(rows: dict[str, dict]) -> Table:
     table = Table(title="test set, nats per image")
     for col in ("estimator", "K", "−ELBO", "NLL (IWAE)", "IWAE K", "KL", "active units", "grad_var"):
         table.add_column(col, justify="left" if col == "estimator" else "right")
+
     def number(value, spec: str) -> str:
         return "—" if value is None else format(value, spec)  # None: NaN/inf in the JSON
 
