@@ -374,12 +374,15 @@ def _evaluate(estimator: str, problem: NormalProblem, param: str, width: float) 
     var_a = integ.variance(a)
     if c is not None and integ.variance(c) > 0.0:  # a constant control removes nothing
         var_c = integ.variance(c)
-        # Var(A − β*C) = Var(R) − Cov(R, C)²/Var C with R = A − C, the estimator applied to f − h:
-        # small where h ≈ f, so no cancellation between the large Var A and Cov(A, C)²/Var C
-        residual = integ.variance(r) - integ.covariance(r, c) ** 2 / var_c
+        # Var(A − β*C) = Var(B) − Cov(B, C)²/Var C for B = A and for B = R = A − C, the estimator
+        # applied to f − h. The subtraction cancels to the precision of Var B, so B is the smaller:
+        # R where h ≈ f (an exact control of a large f), A where h ≫ f (cos(50x) with σ = 3)
+        var_r = integ.variance(r)
+        b, var_b = (r, var_r) if var_r < var_a else (a, var_a)
+        residual = var_b - integ.covariance(b, c) ** 2 / var_c
         # An exact control (h = f) leaves only rounding, of f − h (~ε|f|) and of the subtraction:
         # call it the zero it is.
-        return (residual if residual > max(noise, tiny * integ.variance(r)) else 0.0), mean
+        return (residual if residual > max(noise, tiny * var_b) else 0.0), mean
     # e.g. a constant f (k = 0), or (x − k)² at μ = k under the coupled MVD, where f(μ+σW) = f(μ−σW)
     return (var_a if var_a > noise else 0.0), mean
 
