@@ -158,3 +158,14 @@ def test_exact_control_variates_are_not_reported_as_biased(tmp_path):
         assert abs(r.z) < 5, r
         assert r.variance_exact == 0.0
         assert abs(r.variance - r.variance_exact) <= 5 * r.variance_stderr, r
+
+
+def test_findings_order_k_by_magnitude():
+    # cos(−10x) = cos(10x): the high frequency is k = −10, not the small k = 0.5
+    rows = [_row("cos", p, "pathwise", -10.0, 50.0) for p in ("loc", "scale")]
+    rows += [_row("cos", p, "pathwise", 0.5, 0.2) for p in ("loc", "scale")]
+    rows += [_row("cos", p, "score", k, 1.0) for p in ("loc", "scale") for k in (-10.0, 0.5)]
+    finding = next(f for f in sweep_findings(rows) if f.claim.startswith("For cos(kx)"))
+    assert finding.verdict == AGREES and "k=-10" in finding.evidence
+    smooth = next(f for f in sweep_findings(rows) if f.claim.startswith("For slowly varying"))
+    assert smooth.verdict == AGREES and "k=0.5" in smooth.evidence

@@ -33,7 +33,8 @@ def sweep_findings(rows: Sequence) -> list[Finding]:
     var = {(r.cost, r.param, r.estimator, r.k): r.variance for r in rows}
     ests = {r.estimator for r in rows}
     costs = {r.cost for r in rows}
-    ks = sorted({r.k for r in rows})
+    # by magnitude: cos(−kx) = cos(kx), and a negative k is as sharp or as far as |k|
+    ks = sorted({r.k for r in rows}, key=abs)
     out: list[Finding] = []
 
     def have(*names):
