@@ -188,8 +188,8 @@ def train_command(
         bool,
         typer.Option(
             help=(
-                "Continue the run in OUT from its last checkpoint (its saved options are used; --epochs "
-                "may extend it). Gives the same numbers as an uninterrupted run."
+                "Continue the run in OUT from its last checkpoint with its saved options (other values "
+                "given are an error; --epochs may extend it). Gives the same numbers as an uninterrupted run."
             )
         ),
     ] = False,

@@ -8,8 +8,9 @@ Adam step per batch on the objective's surrogate loss, then records in ``OUT/met
 
 and writes ``OUT/checkpoint.pt`` atomically: model, optimizer, baseline, generator states and
 metrics. ``resume=True`` continues from it and reproduces the uninterrupted run number for number.
-A NaN/inf loss stops training with :class:`NonFiniteLoss`; the checkpoint of the last good epoch
-stays. At the end, ``OUT/summary.json`` holds the test figures of :mod:`gradest.vae.evaluate`.
+A NaN/inf loss, or inf/NaN weights or test −ELBO at an epoch's end, stops training with
+:class:`NonFiniteLoss`; the checkpoint of the last good epoch stays. At the end,
+``OUT/summary.json`` holds the test figures of :mod:`gradest.vae.evaluate`.
 
 Randomness: four generators derived from the seed — setup (train/test split, fixed binarization,
 initialisation), data (shuffling), noise (z and dynamic binarization) and diagnostics (gradient
