@@ -147,6 +147,10 @@ def test_compare_into_a_used_folder_names_the_fix(tmp_path: Path, capsys) -> Non
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "already holds a run; choose another --out" in err and "--resume" not in err
+    # A single run's folder is not a comparison's: its report.html would be overwritten.
+    single = tmp_path / "pathwise"
+    assert main(["vae", "compare", *TINY, "--estimator", "score", "--out", str(single)]) == 2
+    assert f"{single} already holds a run" in capsys.readouterr().err
 
 
 def test_eval_json_into_a_folder_is_a_clear_error(tmp_path: Path, capsys) -> None:

@@ -364,7 +364,7 @@ def compare_command(
     }
     if out.exists() and not out.is_dir():
         raise GradestError(f"--out {out} is a file; give a folder for the runs and the report")
-    for folder in runs.values():
+    for folder in (out, *runs.values()):
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
     summaries, stopped = {}, {}
