@@ -125,3 +125,10 @@ def test_absolute_spec_only_touches_mnist_dirs(tmp_path: Path, monkeypatch) -> N
     monkeypatch.chdir(tmp_path)
     assert absolute_spec("mnist:data") == f"mnist:{tmp_path / 'data'}"
     assert absolute_spec("digits") == "digits"
+
+
+def test_torchvision_layout_is_pointed_to(tmp_path: Path) -> None:
+    write_mnist(tmp_path / "data" / "MNIST" / "raw", gz=True)
+    with pytest.raises(GradestError, match=r"use --dataset mnist:.*MNIST/raw"):
+        load_images(f"mnist:{tmp_path / 'data'}", make_generator(0))
+    assert load_images(f"mnist:{tmp_path / 'data' / 'MNIST' / 'raw'}", make_generator(0)).shape == (5, 3)

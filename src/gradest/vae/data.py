@@ -97,9 +97,12 @@ def _find(folder: Path, stem: str) -> Path:
     for name in (stem, stem + ".gz", stem.replace("-idx", ".idx"), stem.replace("-idx", ".idx") + ".gz"):
         if (folder / name).is_file():
             return folder / name
+    # torchvision keeps the files two folders down: point there rather than just failing.
+    nested = folder / "MNIST" / "raw"
+    hint = f" (they look to be in {nested}: use --dataset mnist:{nested})" if nested.is_dir() else ""
     raise GradestError(
         f"{folder} has no {stem} (or {stem}.gz); --dataset mnist:DIR needs the four MNIST files "
-        f"{', '.join(_MNIST_FILES.values())}"
+        f"{', '.join(_MNIST_FILES.values())}{hint}"
     )
 
 
