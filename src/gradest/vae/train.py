@@ -356,7 +356,8 @@ def train(
                     "metrics": metrics,
                 }
             )
-            writer.write([(out / METRICS, _metrics_text(metrics)), (out / CHECKPOINT, checkpoint)])
+            # Checkpoint first: metrics.jsonl never lists an epoch whose weights were not saved.
+            writer.write([(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics))])
             if on_epoch is not None:
                 on_epoch(record)
 
