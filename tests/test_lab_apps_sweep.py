@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import math
 
+import numpy as np
 import pytest
 
 import gradest.lab.sweep as sw
@@ -169,3 +170,11 @@ def test_findings_order_k_by_magnitude():
     assert finding.verdict == AGREES and "k=-10" in finding.evidence
     smooth = next(f for f in sweep_findings(rows) if f.claim.startswith("For slowly varying"))
     assert smooth.verdict == AGREES and "k=0.5" in smooth.evidence
+
+
+def test_fine_grid_with_zero_is_log_spaced_beyond_the_smallest_positive_k():
+    grid = sw.fine_grid([0.0, 0.1, 50.0], points=20)
+    assert grid[0] == 0.0 and 50.0 in grid and 0.1 in grid
+    above = grid[grid >= 0.1]
+    ratios = above[1:] / above[:-1]
+    assert np.allclose(ratios[ratios > 1.0 + 1e-12], ratios.max(), rtol=1e-6)  # geometric steps

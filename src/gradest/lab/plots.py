@@ -15,10 +15,18 @@ from gradest.costs import NAMED_COSTS
 PARAM_LABEL = {"loc": "μ", "scale": "σ"}
 
 
+_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+            "#7f7f7f", "#bcbd22", "#17becf"]
+_DASHES = ["-", "--", ":", "-."]
+
+
 def _colors(names: Sequence[str]) -> dict[str, str]:
-    palette = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-               "#7f7f7f", "#bcbd22", "#17becf"]
-    return {n: palette[i % len(palette)] for i, n in enumerate(names)}
+    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+
+
+def _styles(names: Sequence[str]) -> dict[str, str]:
+    """A new line style each time the colours repeat: more than ten estimators stay distinct."""
+    return {n: _DASHES[(i // len(_PALETTE)) % len(_DASHES)] for i, n in enumerate(names)}
 
 
 def _positive(values: np.ndarray) -> np.ndarray:
@@ -34,7 +42,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
         rows: :class:`gradest.lab.sweep.SweepRow` records of one configuration.
         curves: (cost, param, estimator) -> (k grid, exact variance), from ``exact_curves``.
     """
-    colors = _colors(estimators)
+    colors, styles = _colors(estimators), _styles(estimators)
     fig = Figure(figsize=(4.2 * len(costs), 7.2), layout="constrained")
     axes = fig.subplots(2, len(costs), squeeze=False)
     for j, cost in enumerate(costs):
@@ -45,7 +53,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 color = colors[est]
                 if (cost, param, est) in curves:
                     ks, var = curves[cost, param, est]
-                    ax.plot(ks, _positive(var), color=color, lw=1.4, label=est)
+                    ax.plot(ks, _positive(var), color=color, ls=styles[est], lw=1.4, label=est)
                     ks_drawn += list(ks)
                     positive |= bool(np.any(np.asarray(var, dtype=float) > 0))
                 # A measured variance where the exact one is 0 (an exact control variate) is
@@ -61,8 +69,13 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                     positive |= any(r.variance > 0 for r in pts)
             # log axes only where they can show the data: a grid with k ≤ 0 gets a linear k axis,
             # a panel whose variances are all 0 (constant f at k = 0) a linear variance axis
+            # the linear part of a symlog axis ends at the smallest positive k of the grid itself
+            positive_ks = [r.k for r in rows if r.cost == cost and r.k > 0] or [k for k in ks_drawn if k > 0]
             if ks_drawn and min(ks_drawn) > 0:
                 ax.set_xscale("log")
+            elif positive_ks and max(positive_ks) > 10 * min(positive_ks):
+                # k = 0 beside a wide positive range: linear near 0, logarithmic beyond
+                ax.set_xscale("symlog", linthresh=min(positive_ks))
             if positive:
                 ax.set_yscale("log")
             ax.grid(True, which="major", alpha=0.3)

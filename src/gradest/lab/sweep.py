@@ -277,10 +277,15 @@ def select_rows(rows: Sequence[SweepRow], config: SweepConfig) -> list[SweepRow]
 def fine_grid(ks: Sequence[float], points: int = 60) -> np.ndarray:
     """A log-spaced k grid spanning ``ks`` (for the exact curves), including the ks themselves."""
     lo, hi = min(ks), max(ks)
-    if lo <= 0:
-        grid = np.linspace(lo, hi, points)
-    else:
+    smallest = min((k for k in ks if k > 0), default=None)
+    if lo > 0:
         grid = np.geomspace(lo, hi, points)
+    elif smallest is not None and hi > smallest:
+        # k = 0 (or below) with positive k: linear up to the smallest positive k, then log-spaced
+        grid = np.concatenate([np.linspace(lo, smallest, max(points // 4, 2)),
+                               np.geomspace(smallest, hi, points)])
+    else:
+        grid = np.linspace(lo, hi, points)
     return np.unique(np.concatenate([grid, np.asarray(ks, dtype=float)]))
 
 
