@@ -101,3 +101,59 @@ def test_console_script_and_module_entry_points():
     proc = subprocess.run([sys.executable, "-m", "gradest", "compare", "--dist", "nope"],
                           capture_output=True, text=True, check=False)
     assert proc.returncode == 2 and proc.stderr.startswith("error: unknown family")
+
+
+COSTS_PY = """
+import torch
+def wrong_shape(x):
+    return x
+def raises(x):
+    raise RuntimeError("boom")
+def as_numpy(x):
+    return x.detach().numpy()
+def no_k(x):
+    return x ** 2
+def log(x):
+    return torch.log(x)
+"""
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--cost", "{p}:wrong_shape", "--param", "loc=[0,1]", "--param", "scale=[1,1]"],
+     "returned shape [100, 2] for samples of shape [100, 2]"),
+    (["--cost", "{p}:raises"], "failed on samples of shape [100]: RuntimeError: boom"),
+    (["--cost", "{p}:as_numpy"], "returned ndarray; it must return a torch tensor"),
+    (["--cost", "{p}:no_k", "--k", "2"], "takes no parameter named k"),
+    (["--cost", "exp", "--k", "-1"], "E f is not finite"),
+    (["--dist", "uniform", "--param", "low=0", "--param", "high=2", "--estimator", "pathwise",
+      "--estimator", "score-loo"], "support of Uniform moves with its parameters"),
+])
+def test_cost_and_pair_errors_exit_2_in_one_line(tmp_path, capsys, args, message):
+    path = tmp_path / "costs.py"
+    path.write_text(COSTS_PY)
+    out = tmp_path / "never.json"
+    args = [a.format(p=path) for a in args]
+    assert main(["compare", *args, "--samples", "100", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+
+
+def test_uniform_with_pathwise_runs(tmp_path):
+    # E (x − 1)² for x ~ U(a, b) is ((b − 1)³ − (a − 1)³) / (3(b − a)); at (0, 2): ∂a = −1/3, ∂b = 1/3
+    out = tmp_path / "u.json"
+    assert main(["compare", "--dist", "uniform", "--param", "low=0", "--param", "high=2", "--cost", "square",
+                 "--estimator", "pathwise", "--samples", "20000", "--json", str(out)]) == 0
+    est = json.loads(out.read_text())["estimators"]["pathwise"]
+    for name, truth in (("low", -1 / 3), ("high", 1 / 3)):
+        assert abs(est[name]["mean"] - truth) <= 5 * est[name]["stderr"]  # 5 standard errors
+
+
+def test_cost_undefined_in_the_far_tails_has_no_exact_gradient(tmp_path, capsys):
+    path = tmp_path / "costs.py"
+    path.write_text(COSTS_PY)
+    out = tmp_path / "log.json"
+    assert main(["compare", "--cost", f"{path}:log", "--param", "loc=10", "--param", "scale=1",
+                 "--estimator", "pathwise", "--samples", "100", "--json", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["exact"] is None and "NaN or inf at" in result["exact_note"]

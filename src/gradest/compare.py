@@ -10,11 +10,12 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
+from torch.distributions import constraints
 
 from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
-from gradest.estimators.base import Builder
+from gradest.estimators.base import Builder, build
 from gradest.exact import ExactGradient, exact_grad
 from gradest.rng import make_generator
 
@@ -52,10 +53,20 @@ def compare(
     if not estimators:
         raise GradestError("give at least one estimator")
     resolved = [get_estimator(e) for e in estimators]
+    _refuse_moving_support(dist_builder, params, resolved)
     try:
         exact, note = exact_grad(f, dist_builder, params), None
     except GradestError as err:
         exact, note = None, str(err)
+    if exact is not None and not (bool(torch.isfinite(exact.value).all())
+                                  and all(bool(torch.isfinite(g).all()) for g in exact.grads.values())):
+        # E f = ∞ (exp(−k x²) with k < 0 under a wide Normal): there is no gradient to estimate, and
+        # the Monte Carlo numbers would be finite and meaningless
+        raise GradestError(
+            f"E f is not finite at these parameters (exact value {float(exact.value.sum()):g}), so "
+            "∇θ E f does not exist; change the parameters or the cost (for exp with k < 0 keep "
+            "1 + 2kσ² > 0)"
+        )
     summaries = []
     for est in resolved:
         if on_estimator is not None:
@@ -63,3 +74,23 @@ def compare(
         per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed))
         summaries.append(summarize(per_sample, exact))
     return Comparison(dict(config or {}), exact, note, summaries)
+
+
+def _refuse_moving_support(dist_builder: Builder, params: Mapping[str, torch.Tensor],
+                           estimators: Sequence[Estimator]) -> None:
+    """Refuse score-function and measure-valued estimators where the support moves with θ (Uniform).
+
+    ∇θ ∫_{a(θ)}^{b(θ)} f p dx has boundary terms f(b) p(b) b′ − f(a) p(a) a′ that E[f ∇θ log p] does
+    not contain: those estimators would return a biased number without saying so.
+    """
+    dist = build(dist_builder, {k: v.detach() for k, v in params.items()})
+    declared = getattr(type(dist), "support", None)
+    if not isinstance(declared, constraints.dependent_property) or dist.support.is_discrete:
+        return
+    wrong = [e.name for e in estimators if not e.name.startswith("pathwise")]
+    if wrong:
+        raise GradestError(
+            f"{', '.join(wrong)}: the support of {type(dist).__name__} moves with its parameters, so the "
+            "score-function identity ∇E f = E[f ∇log p] misses the boundary terms and the estimate is "
+            "biased; use 'pathwise' instead"
+        )

@@ -18,11 +18,13 @@ Custom costs load from ``path/to/file.py:function`` or ``package.module:function
 
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import inspect
+import math
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -64,7 +66,9 @@ def _square_mean(loc, scale, k):
 
 def _exp_mean(loc, scale, k):
     a = 1.0 + 2.0 * k * scale**2
-    return torch.exp(-k * loc**2 / a) / torch.sqrt(a)
+    # k < 0 makes exp(−k x²) grow like a Gaussian: its mean is +∞ once 1 + 2kσ² ≤ 0, not NaN
+    return torch.where(a > 0, torch.exp(-k * loc**2 / a) / torch.sqrt(a.clamp(min=1e-300)),
+                       torch.full_like(a, math.inf))
 
 
 def _cos_mean(loc, scale, k):
@@ -125,6 +129,46 @@ def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], tor
     func = getattr(module, func_name, None)
     if not callable(func):
         raise GradestError(f"{target} has no function {func_name!r}")
-    if k is not None and "k" in inspect.signature(func).parameters:
+    if k is not None:
+        if "k" not in _parameters(func):
+            raise GradestError(
+                f"--k {k:g} was given but {func_name} takes no parameter named k; drop --k, or add a "
+                f"keyword argument k to {func_name}"
+            )
         func = partial(func, k=k)
-    return func
+    return checked(func, spec)
+
+
+def _parameters(func) -> Mapping[str, inspect.Parameter]:
+    try:
+        return inspect.signature(func).parameters
+    except (TypeError, ValueError):  # builtins and some C callables have no signature
+        return {}
+
+
+def checked(func: Callable[..., torch.Tensor], label: str) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``func`` with its contract enforced: a torch tensor of shape [N] back for samples [N, ...].
+
+    A user's function can fail in any way; its failure becomes one line naming the function and the
+    shape it was called with, instead of a traceback from deep inside an estimator.
+    """
+
+    @functools.wraps(func)
+    def f(x: torch.Tensor) -> torch.Tensor:
+        try:
+            y = func(x)
+        except GradestError:
+            raise
+        except Exception as err:  # any failure of user code is reported in one line
+            raise GradestError(f"cost {label} failed on samples of shape {list(x.shape)}: "
+                               f"{type(err).__name__}: {err}") from None
+        if not isinstance(y, torch.Tensor):
+            raise GradestError(f"cost {label} returned {type(y).__name__}; it must return a torch tensor "
+                               f"of shape [{x.shape[0]}] (keep the computation in torch for gradients)")
+        if tuple(y.shape) != (x.shape[0],):
+            raise GradestError(f"cost {label} returned shape {list(y.shape)} for samples of shape "
+                               f"{list(x.shape)}; it must return one value per sample, shape [{x.shape[0]}] "
+                               "(reduce over the event dimensions inside f, e.g. .sum(-1))")
+        return y
+
+    return f

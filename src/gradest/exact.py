@@ -80,7 +80,18 @@ def _quadrature_value(f, dist, loc, order):
     mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
     offset = math.sqrt(2.0) * sigma.detach() * nodes  # x_i − μ₀, exact in t_i
     with torch.no_grad():
-        fx = f((mu.detach() + offset).reshape(len(nodes), *loc.shape))
+        x = (mu.detach() + offset).reshape(len(nodes), *loc.shape)
+        fx = f(x)
+    if not bool(torch.isfinite(fx).all()):
+        bad = ~torch.isfinite(fx)
+        out = (offset / sigma.detach()).abs().max(1).values[bad]  # standard deviations from μ
+        nearest = int(out.argmin())
+        raise GradestError(
+            f"f is NaN or inf at {int(bad.sum())} of the {len(nodes)} quadrature nodes (the nearest at x = "
+            f"{x.reshape(len(nodes), -1)[bad][nearest].tolist()}, {float(out[nearest]):.3g} standard "
+            "deviations out): Gauss–Hermite needs f finite on the whole real line; compare "
+            "estimators against each other instead"
+        )
     z = (offset - (mu - mu.detach())) / sigma
     logp = (-0.5 * z**2 - torch.log(sigma)).sum(1)
     # value Σ w f, gradient Σ w f ∇log p: the detach is the score identity, not an approximation

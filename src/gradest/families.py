@@ -35,7 +35,12 @@ class Family(NamedTuple):
         for key, value in params.items():
             if not torch.isfinite(value).all():
                 raise GradestError(f"parameter {key}={value.tolist()} of {self.name} must be finite")
-            constraint = self.cls.arg_constraints.get(key)
+        # Some families (Uniform) declare constraints that depend on the other parameters, as a property
+        # of an instance: those are checked by building it below.
+        declared = self.cls.arg_constraints
+        constraints = declared if isinstance(declared, dict) else {}
+        for key, value in params.items():
+            constraint = constraints.get(key)
             if constraint is not None and not bool(constraint.check(value).all()):
                 raise GradestError(
                     f"parameter {key}={value.tolist()} of {self.name} is out of range: "
