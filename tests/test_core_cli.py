@@ -157,3 +157,15 @@ def test_cost_undefined_in_the_far_tails_has_no_exact_gradient(tmp_path, capsys)
                  "--estimator", "pathwise", "--samples", "100", "--json", str(out)]) == 0
     result = json.loads(out.read_text())
     assert result["exact"] is None and "NaN or inf at" in result["exact_note"]
+
+
+def test_samples_beyond_memory_are_refused_before_running(tmp_path, capsys, monkeypatch):
+    import gradest.compare
+
+    monkeypatch.setattr(gradest.compare, "available_memory", lambda: 2**30)  # 1 GiB free
+    out = tmp_path / "never.json"
+    assert main(["compare", "--samples", "100000000", "--json", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert "more than the 1.0 GiB available; use at most about" in err and len(err.strip().splitlines()) == 1
+    assert not out.exists()
+    assert main(["compare", "--samples", "1000", "--estimator", "pathwise"]) == 0

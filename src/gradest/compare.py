@@ -54,6 +54,7 @@ def compare(
         raise GradestError("give at least one estimator")
     resolved = [get_estimator(e) for e in estimators]
     _refuse_moving_support(dist_builder, params, resolved)
+    _refuse_beyond_memory(dist_builder, params, num_samples)
     try:
         exact, note = exact_grad(f, dist_builder, params), None
     except GradestError as err:
@@ -93,4 +94,40 @@ def _refuse_moving_support(dist_builder: Builder, params: Mapping[str, torch.Ten
             f"{', '.join(wrong)}: the support of {type(dist).__name__} moves with its parameters, so the "
             "score-function identity ∇E f = E[f ∇log p] misses the boundary terms and the estimate is "
             "biased; use 'pathwise' instead"
+        )
+
+
+#: measured peak memory per sample of one estimator's run (samples, per-sample gradients and the
+#: autograd graph): about BASE + PER_NUMBER bytes per number held per sample (parameters + one draw)
+BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER = 200, 32
+
+
+def available_memory() -> int | None:
+    """MemAvailable of /proc/meminfo in bytes, or None where there is no such file."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        return None
+    return None
+
+
+def _refuse_beyond_memory(dist_builder: Builder, params: Mapping[str, torch.Tensor],
+                          num_samples: int) -> None:
+    """Refuse a run that would not fit in memory, before it starts (the kernel would kill it silently)."""
+    available = available_memory()
+    if available is None:
+        return
+    dist = build(dist_builder, {k: v.detach() for k, v in params.items()})
+    numbers = sum(v.numel() for v in params.values()) + dist.batch_shape.numel() * dist.event_shape.numel()
+    need = num_samples * (BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * numbers)
+    if need > available:
+        # half of what would fill memory: the estimate is rough and the machine runs other things
+        fits = max(2, available // (2 * (BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * numbers)))
+        raise GradestError(
+            f"--samples {num_samples} needs about {need / 2**30:.1f} GiB, more than the "
+            f"{available / 2**30:.1f} GiB available; use at most about {fits} samples (the standard "
+            "error falls like 1/√N, so 4× fewer samples only doubles it)"
         )
