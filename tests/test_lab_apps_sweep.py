@@ -178,3 +178,12 @@ def test_fine_grid_with_zero_is_log_spaced_beyond_the_smallest_positive_k():
     above = grid[grid >= 0.1]
     ratios = above[1:] / above[:-1]
     assert np.allclose(ratios[ratios > 1.0 + 1e-12], ratios.max(), rtol=1e-6)  # geometric steps
+
+
+def test_a_truncated_row_is_refused_with_its_line(tmp_path, swept):
+    out, _ = swept
+    text = (out / "sweep.csv").read_text()
+    (tmp_path / "sweep.csv").write_text(text[: len(text) // 2])  # cut inside a row
+    line = len(text[: len(text) // 2].splitlines())
+    with pytest.raises(GradestError, match=f"line {line} is not a complete sweep row"):
+        sw.measure(CONFIG, tmp_path)

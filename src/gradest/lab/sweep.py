@@ -130,13 +130,13 @@ COLUMNS = tuple(f.name for f in fields(SweepRow))
 _TYPES = {f.name: f.type for f in fields(SweepRow)}
 
 
-def _parse_row(raw: dict[str, str]) -> SweepRow:
+def _parse_row(raw: dict[str, str], where: str = CSV_NAME) -> SweepRow:
     cast = {"str": str, "int": int, "float": float}
     try:
         return SweepRow(**{c: cast[_TYPES[c]](raw[c]) for c in COLUMNS})
     except (KeyError, ValueError, TypeError) as err:
         raise GradestError(
-            f"{CSV_NAME} has a malformed row ({err}); remove the file or choose another --out"
+            f"{where} is not a complete sweep row ({err}); remove the file or choose another --out"
         ) from None
 
 
@@ -162,7 +162,8 @@ def read_rows(path: Path) -> list[SweepRow]:
     missing = [c for c in COLUMNS if c not in (reader.fieldnames or [])]
     if missing:
         raise GradestError(f"{path} is not a gradest sweep CSV (no column {', '.join(missing)}); {fix}")
-    return [_parse_row(r) for r in reader]
+    # line numbers count the header as line 1
+    return [_parse_row(r, f"{path}, line {i}") for i, r in enumerate(reader, start=2)]
 
 
 def rows_to_csv(rows: Sequence[SweepRow]) -> str:
