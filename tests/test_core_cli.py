@@ -169,3 +169,14 @@ def test_samples_beyond_memory_are_refused_before_running(tmp_path, capsys, monk
     assert "more than the 1.0 GiB available; use at most about" in err and len(err.strip().splitlines()) == 1
     assert not out.exists()
     assert main(["compare", "--samples", "1000", "--estimator", "pathwise"]) == 0
+
+
+@pytest.mark.parametrize("target", ["folder", "under-file"])
+def test_json_path_that_cannot_be_a_file_exits_2_before_running(tmp_path, capsys, target):
+    blocker = tmp_path / "taken"
+    blocker.write_text("keep")
+    path = tmp_path if target == "folder" else blocker / "out.json"
+    assert main(["compare", "--samples", "100", "--json", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --json") and len(err.strip().splitlines()) == 1
+    assert blocker.read_text() == "keep"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Annotated
@@ -36,6 +37,19 @@ def parse_param(text: str) -> tuple[str, torch.Tensor]:
             f"--param {name}: {raw!r} is not a number or a JSON list of numbers"
         ) from None
     return name.strip(), tensor
+
+
+def check_json_path(path: Path) -> None:
+    """Refuse, before any work, a --json path that is a folder, lies under a file, or cannot be written."""
+    if path.is_dir():
+        raise GradestError(f"--json {path} is a folder; give a file name, e.g. {path / 'out.json'}")
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GradestError(f"--json {path} lies under {folder}, which is a file; give a path in a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise GradestError(f"--json {path}: cannot write in {folder}; give a writable location")
 
 
 def _cells(t: torch.Tensor | None) -> list[str]:
@@ -93,6 +107,8 @@ def compare_command(
     Example: gradest compare --dist normal --param loc=1 --param scale=1 --cost cos --k 2
     --estimator pathwise --estimator score --estimator score-loo --samples 100000 --json out.json
     """
+    if json_path is not None:
+        check_json_path(json_path)
     family = get_family(dist)
     params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))
     family.check(params)
@@ -109,5 +125,8 @@ def compare_command(
     else:
         console.print(f"exact gradient by {result.exact.method}")
     if json_path is not None:
-        write_json(json_path, result.to_dict())
+        try:
+            write_json(json_path, result.to_dict())
+        except OSError as err:
+            raise GradestError(f"could not write {json_path}: {err}") from None
         console.print(f"wrote {json_path}")
