@@ -218,7 +218,8 @@ def select(
         eff = p.variance * p.seconds_per_sample
         note = f"BIASED: |z| = {z:.4g} > {z_bound:.2f} against {reference}" if biased else ""
         rows.append(Candidate(name, True, p.variance, p.seconds_per_sample, eff, math.nan, z, biased, note))
-    usable = sorted((c for c in rows if c.usable), key=lambda c: c.efficiency)
+    # ties (several exact, zero-variance candidates) go to the fastest
+    usable = sorted((c for c in rows if c.usable), key=lambda c: (c.efficiency, c.seconds_per_sample))
     best = usable[0].efficiency if usable else math.nan
     usable = [c._replace(relative=c.efficiency / best if best > 0 else math.inf if c.efficiency > 0 else 1.0)
               for c in usable]
@@ -239,7 +240,7 @@ def _recommend(ranked: list[Candidate], reference: str) -> tuple[str | None, str
         runner_up = (f"the runner-up {second.estimator} (variance {second.variance:.4g}, "
                      f"{1e6 * second.seconds_per_sample:.3g} µs per sample)")
         if second.efficiency == top.efficiency:  # both exact (zero variance): no factor to state
-            why += f"; tied with {runner_up}, listed first"
+            why += f"; tied in efficiency with {runner_up}, and the faster of the two"
         else:
             factor = second.efficiency / top.efficiency if top.efficiency > 0 else math.inf
             why += f"; {factor:.3g}× better than {runner_up}"
