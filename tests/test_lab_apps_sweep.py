@@ -187,3 +187,10 @@ def test_a_truncated_row_is_refused_with_its_line(tmp_path, swept):
     line = len(text[: len(text) // 2].splitlines())
     with pytest.raises(GradestError, match=f"line {line} is not a complete sweep row"):
         sw.measure(CONFIG, tmp_path)
+
+
+def test_the_highest_variance_claim_compares_iid_estimators_only():
+    rows = [_row("square", p, e, 10.0, v) for p in ("loc", "scale")
+            for e, v in (("score", 100.0), ("pathwise", 4.0), ("score+antithetic", 200.0))]
+    finding = next(f for f in sweep_findings(rows) if f.claim.startswith("Without a control variate"))
+    assert finding.verdict == AGREES, finding.evidence
