@@ -1,6 +1,7 @@
 """`gradest gaussian` from the command line: smoke runs (tiny --steps), results.json, bad input."""
 
 import json
+from html import unescape
 
 import pytest
 
@@ -133,3 +134,15 @@ def test_one_step_run_completes(tmp_path, capsys):
     result = json.loads((out / "results.json").read_text())
     text = " ".join(result["conclusions"])
     assert "still falling" in text and "not within 1 step" in text and "None" not in text
+
+
+def test_headerless_file_reproduces_without_a_column(tmp_path):
+    data = tmp_path / "my data.csv"
+    data.write_text("".join(f"{v}\n" for v in (1.2, 0.7, 2.5, 1.9, 1.1)))
+    out = tmp_path / "out"
+    assert main(["gaussian", "--data", str(data), "--out", str(out), "--steps", "5",
+                 "--samples-per-step", "2"]) == 0
+    html = unescape((out / "report.html").read_text())
+    assert "no header row" in html and "--column" not in html.split("Reproduce")[-1]
+    assert f"--data '{data}'" in html  # quoted: the path has a space
+    assert json.loads((out / "results.json").read_text())["data"]["n"] == 5

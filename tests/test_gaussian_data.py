@@ -84,7 +84,7 @@ def test_validate_rejects_constant_and_short_tensors():
 def test_one_column_without_header_reads_every_row(tmp_path):
     data = load_dataset(write(tmp_path, "1.5\n2.5\n4\n"))
     assert data.values.tolist() == [1.5, 2.5, 4.0]
-    assert "no header row" in data.source
+    assert data.column is None and "no header row" in data.described
 
 
 def test_numeric_first_row_of_several_columns_asks_for_a_header(tmp_path):

@@ -71,3 +71,4 @@ def test_locations_are_printed_to_a_fraction_of_the_spread():
     assert fmt_at(1e9 + 1.5e-3, 1e-3) == "1000000000.0015"  # 4 significant digits would print 1e+09
     assert fmt_at(5.2577, 1.8) == "5.2577"
     assert fmt_at(0.0, 1.0) == "0"
+    assert fmt_at(2.2253228678913042e20, 1.8) == "2.225e+20"  # a diverged fit: no false digits

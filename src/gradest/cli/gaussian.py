@@ -55,7 +55,7 @@ def gaussian_command(
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step).validate()
     check_out_dir(out)
     console.print(
-        f"data: n = {dataset.n}, x̄ = {dataset.mean:.6g}, v = {dataset.var_mle:.6g} ({dataset.source})"
+        f"data: n = {dataset.n}, x̄ = {dataset.mean:.6g}, v = {dataset.var_mle:.6g} ({dataset.described})"
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:

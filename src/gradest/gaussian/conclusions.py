@@ -28,7 +28,8 @@ def _g(x: float) -> str:
 
 def fmt_at(x: float, unit: float) -> str:
     """A location to ~1e-4 of the data's spread ``unit``: 1e9 ± 1e-3 data need more than 4 digits."""
-    if not (math.isfinite(x) and unit > 0.0) or x == 0.0:
+    # beyond ~13 orders above the spread float64 holds no digits worth printing (a diverged fit)
+    if not (math.isfinite(x) and unit > 0.0) or x == 0.0 or abs(x) > 1e13 * unit:
         return _g(x)
     digits = min(17, max(4, math.ceil(math.log10(abs(x) / unit)) + 4))
     return f"{x:.{digits}g}"

@@ -28,11 +28,17 @@ CONSTANT_TOL = 1e-12
 
 
 class Dataset(NamedTuple):
-    """values: float64 tensor [n]; source: where they came from (a path or the default's name)."""
+    """values: float64 tensor [n]; source: where they came from (a path or the default's name);
+    column: the header's name for them (None for a one-column file without a header row)."""
 
     values: torch.Tensor
     source: str
-    column: str
+    column: str | None
+
+    @property
+    def described(self) -> str:
+        """Where the values came from, in words: the source and the column (or the lack of a header)."""
+        return f"{self.source} ({'no header row' if self.column is None else f'column {self.column!r}'})"
 
     @property
     def n(self) -> int:
@@ -117,9 +123,9 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
         raise GradestError(f"{source} is empty; it needs a header row and at least 2 values")
     header = [h.strip() for h in rows[0]]
     _refuse_other_separators(header, source)
-    if len(header) == 1 and _is_number(header[0]) and column is None:
+    headerless = len(header) == 1 and _is_number(header[0]) and column is None
+    if headerless:
         header, rows = ["x"], [["x"], *rows]
-        source = f"{source} (no header row)"
     elif all(_is_number(h) for h in header) and column not in header:
         raise GradestError(
             f"{source} has no header row (its first row, {', '.join(header)}, is numbers); add a row "
@@ -151,7 +157,8 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
                 f"{source}, row {line}, column {name!r}: {cell!r} is not finite; remove NaN/inf values"
             )
         values.append(value)
-    return validate(torch.tensor(values, dtype=torch.float64), source, name)
+    data = validate(torch.tensor(values, dtype=torch.float64), source, name)
+    return data._replace(column=None) if headerless else data
 
 
 def _refuse_other_separators(header: list[str], source: str) -> None:

@@ -7,6 +7,7 @@ Everything is rendered in memory first and only then written, each file atomical
 from __future__ import annotations
 
 import os
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -122,7 +123,7 @@ def _question(results: Results) -> str:
             "loss, and which objectives recover it by SGD through the same stochastic node? Is the "
             "reparameterized estimate really less noisy than the score-function one — by how much, where, "
             "and why — and what does that do to SGD?"),
-        html.paragraph(f"Data: {d.n} values from {d.source} (column {d.column!r}); x̄ = {d.mean:.6g}, "
+        html.paragraph(f"Data: {d.n} values from {d.described}; x̄ = {d.mean:.6g}, "
                        f"v = (1/n)Σ(xᵢ − x̄)² = {d.var_mle:.6g} (so √v = {d.sd:.6g})."),
     )
 
@@ -241,9 +242,10 @@ def render(results: Results) -> dict[str, bytes | str]:
             "stderr_vs_samples.png": html.png_bytes(stderr_figure(results)),
             "trajectories.png": html.png_bytes(trajectory_figure(results))}
     s = results.settings
-    data_arg = "" if results.data.source.startswith("<default") else f" --data {results.data.source}"
-    if data_arg and results.data.column:
-        data_arg += f" --column {results.data.column}"
+    default = results.data.source.startswith("<default")
+    data_arg = "" if default else f" --data {shlex.quote(results.data.source)}"
+    if data_arg and results.data.column is not None:
+        data_arg += f" --column {shlex.quote(results.data.column)}"
     reproduce = (f"gradest gaussian{data_arg}"
                  f" --seed {s.seed} --steps {s.steps} --samples-per-step {s.samples_per_step}")
     page = html.page(
