@@ -194,3 +194,10 @@ def test_the_highest_variance_claim_compares_iid_estimators_only():
             for e, v in (("score", 100.0), ("pathwise", 4.0), ("score+antithetic", 200.0))]
     finding = next(f for f in sweep_findings(rows) if f.claim.startswith("Without a control variate"))
     assert finding.verdict == AGREES, finding.evidence
+
+
+def test_the_control_variate_claim_uses_a_control_variate_not_a_fixed_baseline():
+    rows = [_row("square", p, e, k, v) for p in ("loc", "scale") for k in (1.0, 5.0)
+            for e, v in (("score", 100.0), ("score-const=1", 500.0), ("score-delta", 0.0))]
+    finding = next(f for f in sweep_findings(rows) if f.claim.startswith("A control variate"))
+    assert finding.verdict == AGREES and "score-delta" in finding.evidence, finding.evidence

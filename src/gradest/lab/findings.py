@@ -85,7 +85,10 @@ def sweep_findings(rows: Sequence) -> list[Finding]:
     out.append(_fraction_claim(
         "The measure-valued estimator has lower variance than the score function.",
         var, rows, "mvd", "score", have("mvd", "score"), 0.8))
-    cv = next((e for e in sorted(ests) if e.startswith("score-") and e != "score"), None)
+    # a control variate of the survey's kind first (delta method, then the optimal baseline); a fixed
+    # baseline such as score-const=B is no control variate the claim is about
+    cv = next((e for kind in ("score-delta", "score-optb", "score-loo") for e in sorted(iid)
+               if e.split("=")[0] == kind), None)
     out.append(_fraction_claim(
         "A control variate lowers the score function's variance.",
         var, rows, cv or "score-…", "score", cv is not None and have("score"), 0.8))
