@@ -90,3 +90,13 @@ def test_divergence_is_reported_with_the_fix(data):
     config = blr.BLRConfig(steps=20, lr=5.0, log_every=5, variance_samples=10)
     with pytest.raises(blr.GradestError, match=r"diverged at step .*smaller --lr"):
         blr.train("score", config, data)
+
+
+def test_the_highest_variance_claim_ignores_samplers_and_hand_set_baselines():
+    def stats(var):
+        return {"var_loc": var, "var_logscale": var, "elbo": -100.0, "heldout_ll": -0.2}
+
+    summary = {"score": stats(100.0), "pathwise": stats(1.0), "score+antithetic": stats(300.0),
+               "score-const=-100": stats(900.0)}
+    finding = next(f for f in blr_findings(summary) if f.claim.startswith("The score function without"))
+    assert finding.verdict == AGREES, finding.evidence
