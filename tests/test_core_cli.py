@@ -180,3 +180,8 @@ def test_json_path_that_cannot_be_a_file_exits_2_before_running(tmp_path, capsys
     err = capsys.readouterr().err
     assert err.startswith("error: --json") and len(err.strip().splitlines()) == 1
     assert blocker.read_text() == "keep"
+
+
+def test_seed_beyond_64_bits_is_a_usage_error_not_a_traceback(capsys):
+    assert main(["compare", "--seed", str(2**64), "--samples", "100"]) == 2
+    assert "Traceback" not in capsys.readouterr().err

@@ -97,7 +97,8 @@ def compare_command(
         typer.Option(help="Repeatable: " + "; ".join(f"{n}: {s}" for n, s in available().items())),
     ] = None,
     samples: Annotated[int, typer.Option(min=2, help="Samples per estimator.")] = 100_000,
-    seed: Annotated[int, typer.Option(help="Seed of the torch.Generator.")] = 0,
+    # torch seeds are 64-bit; the range leaves room for the offsets some commands add to the seed
+    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Seed of the torch.Generator.")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here (atomically).")
     ] = None,

@@ -34,7 +34,8 @@ def gaussian_command(
         "gradest-out/gaussian"
     ),
     seed: Annotated[
-        int, typer.Option(help="Seed of every torch.Generator used (same seed, same report).")
+        int, typer.Option(min=0, max=2**62,
+                          help="Seed of every torch.Generator used (same seed, same report).")
     ] = 0,
     steps: Annotated[int, typer.Option(min=1, help="SGD steps per fit.")] = _DEFAULTS.steps,
     samples_per_step: Annotated[
