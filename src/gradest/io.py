@@ -12,13 +12,32 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from gradest.errors import GradestError
+
 
 def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
-    """Write ``data`` to ``path`` atomically, creating parent folders."""
+    """Write ``data`` to ``path`` atomically, creating parent folders.
+
+    Raises:
+        GradestError: the path is a folder, a file stands where a parent folder must be, or the
+            folder cannot be written; nothing is left behind.
+    """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.is_dir():
+        raise GradestError(f"cannot write {path}: it is a folder; give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):
+        raise GradestError(
+            f"cannot create the folder {path.parent}: a file stands in its path; choose another location"
+        ) from None
+    except OSError as err:
+        raise GradestError(f"cannot create the folder {path.parent}: {err.strerror}") from None
     payload = data.encode("utf-8") if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as err:
+        raise GradestError(f"cannot write in {path.parent}: {err.strerror}") from None
     try:
         # mkstemp creates 0600 files; give the result the mode an ordinary open() would
         os.fchmod(fd, 0o666 & ~_umask())

@@ -1,0 +1,39 @@
+"""Atomic writes: complete files or nothing, and bad destinations as one-line errors."""
+
+import os
+
+import pytest
+
+from gradest.errors import GradestError
+from gradest.io import write_atomic, write_json
+
+
+def test_writes_complete_file_with_ordinary_mode_and_no_leftovers(tmp_path):
+    target = tmp_path / "a" / "b" / "out.json"
+    write_json(target, {"x": [1, 2]})
+    assert target.read_text() == '{\n  "x": [\n    1,\n    2\n  ]\n}\n'
+    assert oct(os.stat(target).st_mode & 0o777) == oct(0o666 & ~_umask())
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]
+
+
+def test_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "out.json"
+    write_atomic(target, "old")
+    with pytest.raises(ValueError, match="Out of range float values"):
+        write_json(target, {"x": float("nan")})
+    assert target.read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.json"]
+
+
+def test_bad_destinations_are_gradest_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GradestError, match="it is a folder"):
+        write_atomic(tmp_path, "x")
+    with pytest.raises(GradestError, match="a file stands in its path"):
+        write_atomic(tmp_path / "file" / "sub" / "out.txt", "x")
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
