@@ -117,3 +117,16 @@ def test_unresolvable_spread_is_not_called_constant():
         validate(values)
     tiny = validate(torch.tensor([1e-20, 2e-20, 4e-20]))  # small in absolute terms, well resolved
     assert tiny.n == 3
+
+
+def test_latin1_and_utf16_exports_are_read_and_binary_is_refused(tmp_path):
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("id,température\n1,36.5\n2,37.1\n".encode("latin-1"))
+    assert load_dataset(latin, column="température").values.tolist() == [36.5, 37.1]
+    utf16 = tmp_path / "utf16.csv"
+    utf16.write_bytes("x\r\n1.5\r\n2\r\n".encode("utf-16"))
+    assert load_dataset(utf16).values.tolist() == [1.5, 2.0]
+    binary = tmp_path / "image.csv"
+    binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
+    with pytest.raises(GradestError, match="not a text file"):
+        load_dataset(binary)

@@ -11,6 +11,7 @@ constant data) raises :class:`~gradest.errors.GradestError` with a one-line mess
 
 from __future__ import annotations
 
+import codecs
 import csv
 import functools
 import math
@@ -88,10 +89,24 @@ def load_dataset(path: str | Path | None = None, column: str | None = None) -> D
     if not path.is_file():
         raise GradestError(f"data file not found: {path}; give a CSV file with a header row")
     try:
-        text = path.read_text(encoding="utf-8-sig")
-    except (OSError, UnicodeDecodeError) as err:
-        raise GradestError(f"could not read {path}: {err}") from None
-    return parse_csv(text, column, str(path))
+        raw = path.read_bytes()
+    except OSError as err:
+        raise GradestError(f"could not read {path}: {err.strerror or err}") from None
+    return parse_csv(decode(raw, path), column, str(path))
+
+
+def decode(raw: bytes, path: Path) -> str:
+    """CSV bytes as text: UTF-8 (with or without BOM), UTF-16 with a BOM (Excel's "Unicode text"), or
+    else Latin-1 (Windows exports of accented headers); binary content is refused."""
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        text = raw.decode("latin-1")
+    if "\x00" in text:
+        raise GradestError(f"{path} is not a text file (it holds binary data); give a CSV file")
+    return text
 
 
 def _cell(raw: str) -> str:
