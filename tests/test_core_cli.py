@@ -85,6 +85,11 @@ def test_other_families(tmp_path):
     (["--cost", "nofile.py:f"], "not found"),
     (["--cost", "nomodule_xyz:f"], "could not import"),
     (["--param", "loc"], "NAME=VALUE"),
+    (["--param", "loc=[]", "--param", "scale=[]"], "is empty"),
+    (["--param", "loc=true", "--param", "scale=1"], "not a number"),
+    (["--param", "loc=1", "--param", "loc=2", "--param", "scale=1"], "given twice"),
+    (["--param", "loc=[0,1]", "--param", "scale=1"], "one shape, got loc [2], scale []; repeat the smaller"),
+    (["--param", "loc=[0,1]", "--param", "scale=[1,1,1]"], "one shape"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "never.json"

@@ -46,10 +46,25 @@ class Family(NamedTuple):
                     f"parameter {key}={value.tolist()} of {self.name} is out of range: "
                     f"{_describe(constraint)}"
                 )
+        # one shape for all: the estimators draw per-sample copies of each parameter, and a broadcast
+        # scalar would make "the gradient of scale" ambiguous (one shared value, or one per coordinate)
+        shapes = {tuple(v.shape) for v in params.values()}
+        if len(shapes) > 1:
+            widest = max(params.values(), key=lambda v: v.numel())
+            given = ", ".join(f"{k} {list(v.shape)}" for k, v in params.items())
+            raise GradestError(
+                f"parameters of {self.name} must all have one shape, got {given}; repeat the "
+                f"smaller ones, e.g. {_example(widest.shape)}"
+            )
         try:
             self.build(**params)
-        except ValueError as err:
+        except (ValueError, RuntimeError) as err:
             raise GradestError(f"invalid parameters for {self.name}: {str(err).splitlines()[0]}") from None
+
+
+def _example(shape: torch.Size) -> str:
+    """``[1, 1]``-style literal of a parameter of this shape, for messages."""
+    return str(torch.ones(shape, dtype=torch.int64).tolist()).replace(" ", "")
 
 
 def _describe(constraint: D.constraints.Constraint) -> str:

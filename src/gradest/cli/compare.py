@@ -31,12 +31,31 @@ def parse_param(text: str) -> tuple[str, torch.Tensor]:
         raise GradestError(f"--param expects NAME=VALUE (e.g. loc=1 or loc=[0,1,2]), got {text!r}")
     try:
         value = json.loads(raw)
+        if _has_bool(value):  # JSON true/false would pass as 1.0/0.0
+            raise TypeError
         tensor = torch.tensor(value, dtype=torch.float64)
     except (json.JSONDecodeError, TypeError, ValueError):
         raise GradestError(
             f"--param {name}: {raw!r} is not a number or a JSON list of numbers"
         ) from None
+    if tensor.numel() == 0:
+        raise GradestError(f"--param {name}: {raw!r} is empty; give at least one number")
     return name.strip(), tensor
+
+
+def _has_bool(value) -> bool:
+    return isinstance(value, bool) or (isinstance(value, list) and any(_has_bool(v) for v in value))
+
+
+def parse_params(texts: list[str]) -> dict[str, torch.Tensor]:
+    """Every ``--param``; a name given twice is an error (the second would silently win)."""
+    params: dict[str, torch.Tensor] = {}
+    for text in texts:
+        name, value = parse_param(text)
+        if name in params:
+            raise GradestError(f"--param {name} is given twice; give each parameter once")
+        params[name] = value
+    return params
 
 
 def check_json_path(path: Path) -> None:
@@ -111,7 +130,7 @@ def compare_command(
     if json_path is not None:
         check_json_path(json_path)
     family = get_family(dist)
-    params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))
+    params = parse_params(param or ["loc=1", "scale=1"])
     family.check(params)
     f = load_cost(cost, k)
     estimators = estimator or ["pathwise", "score", "score-loo"]
