@@ -160,6 +160,9 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
     values = []
     for line, row in enumerate(rows[1:], start=2):
         cell = row[index].strip() if index < len(row) else ""
+        if not cell:
+            raise GradestError(f"{source}, row {line}, column {name!r}: '' is not a number (the cell is "
+                               "empty); fill it in or remove the row")
         try:
             value = float(cell)
         except ValueError:
