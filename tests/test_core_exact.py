@@ -141,3 +141,15 @@ def test_quadrature_refuses_a_feature_its_nodes_step_over():
     cost = named_cost("exp", 1.0)
     with pytest.raises(GradestError, match="does not resolve"):
         exact_grad(lambda x: cost(x), Normal, {"loc": t(0.0), "scale": t(1e3)})
+
+
+@pytest.mark.parametrize("loc,scale", [(0.0, 3.0), (3.0, 5.0)])
+def test_quadrature_of_a_heavy_tailed_cost_is_kept_and_honest(loc, scale):
+    # f = e^{2x}: E f = e^{2μ + 2σ²}, ∂μ = 2 E f, ∂σ = 4σ E f. Its score-function estimates are so heavy
+    # tailed that a finite sample understates their spread: the check must not refuse a right answer,
+    # and f overflows at nodes whose weight underflows to 0 (they are dropped, not turned into NaN)
+    params = {"loc": t(loc), "scale": t(scale)}
+    got = exact_grad(lambda x: torch.exp(2 * x), Normal, params)
+    mean = math.exp(2 * loc + 2 * scale**2)
+    for key, truth in (("loc", 2 * mean), ("scale", 4 * scale * mean)):
+        assert abs(float(got.grads[key]) - truth) <= float(got.error[key]) <= 1e-9 * truth

@@ -25,7 +25,6 @@ from torch.distributions import Distribution, Independent, Normal
 
 from gradest.costs import Cost
 from gradest.errors import GradestError
-from gradest.estimators import get_estimator
 from gradest.estimators.base import Builder, build, check_params, joint_log_prob
 
 METHODS = ("closed-form", "quadrature", "enumeration")
@@ -62,46 +61,6 @@ def _closed_form(f, dist):
     if not isinstance(f, Cost) or f.normal_mean is None or parts is None:
         return None
     return f.expectation_normal(*parts), None
-
-
-def _quadrature_value(f, dist, loc, order):
-    """L_n, and a linear form whose gradient is Σ_i w_i |f(x_i)| |∇ log p(x_i)|, at Gauss–Hermite order n.
-
-    log p(x_i; θ) is written through z = (√2 σ₀ t_i − (μ − μ₀)) / σ, which equals √2 t_i at θ₀ exactly
-    and has the derivatives of (x_i − μ)/σ: forming x_i − μ by subtraction would lose the digits of
-    σ t_i to the rounding of x_i when σ ≪ |μ|.
-    """
-    dims = loc.numel()
-    t, w = roots_hermite(order)  # stable for high orders, unlike numpy's hermgauss
-    t = torch.as_tensor(t, dtype=loc.dtype, device=loc.device)
-    w = torch.as_tensor(w, dtype=loc.dtype, device=loc.device)
-    nodes = torch.cartesian_prod(*[t] * dims).reshape(-1, dims)
-    weights = torch.cartesian_prod(*[w] * dims).reshape(-1, dims).prod(1) / math.pi ** (dims / 2)
-    mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
-    offset = math.sqrt(2.0) * sigma.detach() * nodes  # x_i − μ₀, exact in t_i
-    with torch.no_grad():
-        x = (mu.detach() + offset).reshape(len(nodes), *loc.shape)
-        fx = f(x)
-    if not bool(torch.isfinite(fx).all()):
-        bad = ~torch.isfinite(fx)
-        out = (offset / sigma.detach()).abs().max(1).values[bad]  # standard deviations from μ
-        nearest = int(out.argmin())
-        raise GradestError(
-            f"f is NaN or inf at {int(bad.sum())} of the {len(nodes)} quadrature nodes (the nearest at x = "
-            f"{x.reshape(len(nodes), -1)[bad][nearest].tolist()}, {float(out[nearest]):.3g} standard "
-            "deviations out): Gauss–Hermite needs f finite on the whole real line; compare "
-            "estimators against each other instead"
-        )
-    z = (offset - (mu - mu.detach())) / sigma
-    logp = (-0.5 * z**2 - torch.log(sigma)).sum(1)
-    # value Σ w f, gradient Σ w f ∇log p: the detach is the score identity, not an approximation
-    value = (weights * fx * (1.0 + logp - logp.detach())).sum()
-    # Σ_i w_i |f_i| |∂ log p_i / ∂(μ_j, σ_j)| as the gradient of a linear function of (μ, σ), so that
-    # autograd carries it through the builder to the parameters
-    size = weights.unsqueeze(1) * fx.abs().reshape(-1, 1) / sigma.detach()
-    zd = z.detach()
-    magnitude = (size * zd.abs()).sum(0) @ mu + (size * (zd**2 - 1.0).abs()).sum(0) @ sigma
-    return value, magnitude
 
 
 def _enumeration(f, dist):
@@ -148,7 +107,7 @@ def exact_grad(
         for name in METHODS if method == "auto" else (method,):
             if name == "quadrature":
                 if _quadrature_applies(dist):
-                    return _quadrature(f, dist_builder, params, leaves, dist)
+                    return _quadrature(f, dist, leaves)
                 continue
             result = _closed_form(f, dist) if name == "closed-form" else _enumeration(f, dist)
             if result is None:
@@ -169,54 +128,143 @@ def _quadrature_applies(dist: Distribution) -> bool:
     return parts is not None and parts[0].numel() <= 3
 
 
-def _quadrature(f, dist_builder, params, leaves, dist) -> ExactGradient:
+class _Rule(NamedTuple):
+    """One Gauss–Hermite evaluation: L_n with autograd to θ, and the same sums in (μ, σ) coordinates."""
+
+    value: torch.Tensor  # L_n; its gradient is Σ w f ∇θ log p
+    magnitude: torch.Tensor  # a linear form whose gradient is Σ w |f| |∇θ log p| (rounding bound)
+    weights: torch.Tensor  # [nodes]
+    fx: torch.Tensor  # [nodes]
+    z: torch.Tensor  # [nodes, D], (x − μ)/σ at the nodes, exact
+
+    def locscale_grad(self) -> torch.Tensor:
+        """∂L/∂(μ_j, σ_j) as [2, D]: Σ w f z/σ and Σ w f (z² − 1)/σ."""
+        wf = (self.weights * self.fx).unsqueeze(1)
+        return torch.stack([(wf * self.z).sum(0), (wf * (self.z**2 - 1.0)).sum(0)])
+
+
+def _quadrature_value(f, dist, loc, order) -> _Rule:
+    """Gauss–Hermite of order n per coordinate.
+
+    log p(x_i; θ) is written through z = (√2 σ₀ t_i − (μ − μ₀)) / σ, which equals √2 t_i at θ₀ exactly
+    and has the derivatives of (x_i − μ)/σ: forming x_i − μ by subtraction would lose the digits of
+    σ t_i to the rounding of x_i when σ ≪ |μ|.
+    """
+    dims = loc.numel()
+    t, w = roots_hermite(order)  # stable for high orders, unlike numpy's hermgauss
+    t = torch.as_tensor(t, dtype=loc.dtype, device=loc.device)
+    w = torch.as_tensor(w, dtype=loc.dtype, device=loc.device)
+    nodes = torch.cartesian_prod(*[t] * dims).reshape(-1, dims)
+    weights = torch.cartesian_prod(*[w] * dims).reshape(-1, dims).prod(1) / math.pi ** (dims / 2)
+    # nodes whose weight underflows to 0 contribute nothing, and f may overflow there (exp(2x) at 70 σ)
+    keep = weights > 0
+    nodes, weights = nodes[keep], weights[keep]
+    mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
+    offset = math.sqrt(2.0) * sigma.detach() * nodes  # x_i − μ₀, exact in t_i
+    with torch.no_grad():
+        x = (mu.detach() + offset).reshape(len(nodes), *loc.shape)
+        fx = f(x)
+    if not bool(torch.isfinite(fx).all()):
+        bad = ~torch.isfinite(fx)
+        out = (offset / sigma.detach()).abs().max(1).values[bad]  # standard deviations from μ
+        nearest = int(out.argmin())
+        raise GradestError(
+            f"f is NaN or inf at {int(bad.sum())} of the {len(nodes)} quadrature nodes (the nearest at x = "
+            f"{x.reshape(len(nodes), -1)[bad][nearest].tolist()}, {float(out[nearest]):.3g} standard "
+            "deviations out): Gauss–Hermite needs f finite on the whole real line; compare "
+            "estimators against each other instead"
+        )
+    z = (offset - (mu - mu.detach())) / sigma
+    logp = (-0.5 * z**2 - torch.log(sigma)).sum(1)
+    # value Σ w f, gradient Σ w f ∇log p: the detach is the score identity, not an approximation
+    value = (weights * fx * (1.0 + logp - logp.detach())).sum()
+    zd = z.detach()
+    return _Rule(value, _abs_linear_form(weights * fx.abs(), zd, mu, sigma), weights, fx, zd)
+
+
+def _abs_linear_form(wf: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
+                     sigma: torch.Tensor) -> torch.Tensor:
+    """A linear function of (μ, σ) whose gradient is Σ_i wf_i |∂ log p_i / ∂(μ_j, σ_j)|, so that autograd
+    carries such a bound through the builder to the parameters."""
+    size = wf.unsqueeze(1) / sigma.detach()
+    return (size * z.abs()).sum(0) @ mu + (size * (z**2 - 1.0).abs()).sum(0) @ sigma
+
+
+def _quadrature(f, dist, leaves) -> ExactGradient:
     r"""Gauss–Hermite at orders n, n/2, n/4, checked against a score-function Monte Carlo estimate.
 
     error_k = |g_n − g_{n/2}| + |g_{n/2} − g_{n/4}| + R · n_nodes · ε · Σ_i w_i |f(x_i)| |∂_k log p(x_i)|:
-    the order differences plus a worst-case bound on the rounding of the sum. Both rules can miss a feature of
-    f narrower than their node spacing (exp(−x²) under σ = 10³ is 0 at every node): the Monte Carlo
-    estimate, with its own standard error, catches that, and a quadrature gradient that disagrees
-    with it is refused rather than reported with an error bar it does not have (a feature carrying
-    less than about 1/CHECK_SAMPLES of the probability can escape both).
+    the order differences plus a worst-case bound on the rounding of the sum. Every rule can miss a
+    feature of f narrower than its node spacing (exp(−x²) under σ = 10³ is 0 at every node): a Monte
+    Carlo estimate, with its own standard error, catches that, and a quadrature gradient that
+    disagrees with it is refused rather than reported with an error bar it does not have (a feature
+    carrying less than about 1/CHECK_SAMPLES of the probability can escape both).
     """
     loc = _normal_parts(dist)[0]
     order = QUADRATURE_ORDER[loc.numel()]
-    value, magnitude = _quadrature_value(f, dist, loc, order)
-    grads = _grad(value, leaves)
-    # orders n/2 and n/4: where the rule has not converged the two differences stay alike, and their
-    # sum covers an n-point error that a single difference can understate
-    coarser = [_grad(_quadrature_value(f, dist, loc, order // d)[0], leaves) for d in (2, 4)]
-    rounding = _grad(magnitude, leaves)
-    scale = ROUNDING_SAFETY * order ** loc.numel() * torch.finfo(loc.dtype).eps
+    rules = [_quadrature_value(f, dist, loc, order // d) for d in (1, 2, 4)]
+    grads, *coarser = (_grad(r.value, leaves) for r in rules)
+    rounding = _grad(rules[0].magnitude, leaves)
+    scale = ROUNDING_SAFETY * len(rules[0].weights) * torch.finfo(loc.dtype).eps
     error = {k: (grads[k] - coarser[0][k]).abs() + (coarser[0][k] - coarser[1][k]).abs()
              + scale * rounding[k].abs() for k in leaves}
-    _check_against_monte_carlo(f, dist_builder, params, grads, error)
-    return ExactGradient(grads, value.detach(), "quadrature", error)
+    # the same error in (μ, σ) coordinates, where the Monte Carlo check runs
+    sigma0 = _normal_parts(dist)[1].reshape(-1).detach()
+    ls = [r.locscale_grad() / sigma0 for r in rules]
+    ls_error = (ls[0] - ls[1]).abs() + (ls[1] - ls[2]).abs()
+    widen = _check_against_monte_carlo(f, dist, loc.shape, rules[0], ls[0], ls_error)
+    if widen is not None:
+        mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
+        extra = _grad(widen[0] @ mu + widen[1] @ sigma, leaves)
+        error = {k: error[k] + extra[k].abs() for k in leaves}
+    return ExactGradient(grads, rules[0].value.detach(), "quadrature", error)
 
 
-def _check_against_monte_carlo(f, dist_builder, params, grads, error) -> None:
-    """Refuse a gap to Monte Carlo beyond CHECK_Z standard errors; widen the error beyond AGREE_Z."""
-    per = get_estimator("score-loo").per_sample(f, dist_builder, params, CHECK_SAMPLES,
-                                                torch.Generator().manual_seed(CHECK_SEED))
-    for k, g in grads.items():
-        est = per.grads[k].detach()
-        mean, stderr = est.mean(0), est.std(0) / math.sqrt(est.shape[0])
-        gap = (g - mean).abs()
-        bad = gap > CHECK_Z * stderr + error[k]
-        if bool(bad.any()):
-            i = int(bad.reshape(-1).nonzero()[0])
-            raise GradestError(
-                f"quadrature does not resolve this f at these parameters: for {k} it gives "
-                f"{float(g.reshape(-1)[i]):.6g} (± {float(error[k].reshape(-1)[i]):.2g}) but a "
-                f"score-function Monte Carlo check with {CHECK_SAMPLES} samples gives "
-                f"{float(mean.reshape(-1)[i]):.6g} ± {float(stderr.reshape(-1)[i]):.2g}; f varies on a "
-                "scale the Gauss–Hermite nodes step over (a narrow feature under a wide Normal): use a "
-                "named cost with a closed form, or compare estimators against each other"
-            )
-        # a gap beyond the Monte Carlo noise is evidence the nodes missed part of f: widen the error
-        # to what the check can vouch for instead of keeping the rule's own (then too small) estimate
-        doubtful = gap > AGREE_Z * stderr + error[k]
-        error[k] = torch.where(doubtful, gap + AGREE_Z * stderr, error[k])
+def _check_against_monte_carlo(f, dist, shape, rule: _Rule, grad: torch.Tensor,
+                               error: torch.Tensor) -> torch.Tensor | None:
+    """Compare ∂L/∂(μ, σ) with a score-function estimate (leave-one-out baseline) on CHECK_SAMPLES draws.
+
+    The standard error is the larger of the sample's and the one the quadrature predicts, Var =
+    Σ w (f − L)² s² − g²: for a heavy-tailed f (exp(x) under a wide Normal) the sample spread of a
+    finite Monte Carlo run is far below its true value, and would raise false alarms.
+    Returns None when the two agree within AGREE_Z standard errors (beyond the rule's own error);
+    the [2, D] widening of the error when they agree only within CHECK_Z; raises beyond that.
+    """
+    mu, sigma = (p.reshape(-1).detach() for p in _normal_parts(dist))
+    generator = torch.Generator(device=mu.device).manual_seed(CHECK_SEED)
+    eps = torch.randn(CHECK_SAMPLES, mu.numel(), generator=generator, dtype=mu.dtype, device=mu.device)
+    with torch.no_grad():
+        fx = f((mu + sigma * eps).reshape(CHECK_SAMPLES, *shape))
+    if not bool(torch.isfinite(fx).all()):
+        return None  # the estimators report a non-finite f on their own samples
+    baseline = (fx.sum() - fx) / (CHECK_SAMPLES - 1)
+    scores = torch.stack([eps, eps**2 - 1.0]) / sigma  # [2, N, D]
+    terms = (fx - baseline).unsqueeze(1) * scores
+    mean = terms.mean(1)
+    value = (rule.weights * rule.fx).sum()
+    quad_scores = torch.stack([rule.z, rule.z**2 - 1.0]) / sigma
+    quad_var = (rule.weights.unsqueeze(1) * ((rule.fx - value) ** 2).unsqueeze(1) * quad_scores**2).sum(1)
+    variance = torch.maximum(terms.var(1), quad_var - grad**2)
+    stderr = (variance.clamp(min=0.0) / CHECK_SAMPLES).sqrt()
+    gap = (grad - mean).abs()
+    bad = gap > CHECK_Z * stderr + error
+    if bool(bad.any()):
+        which, coord = (int(i) for i in bad.nonzero()[0])
+        name = ("μ", "σ")[which] + (f"[{coord}]" if mu.numel() > 1 else "")
+        raise GradestError(
+            f"quadrature does not resolve this f at these parameters: for ∂L/∂{name} it gives "
+            f"{float(grad[which, coord]):.6g} (± {float(error[which, coord]):.2g}) but a "
+            f"score-function Monte Carlo check with {CHECK_SAMPLES} samples gives "
+            f"{float(mean[which, coord]):.6g} ± {float(stderr[which, coord]):.2g}; f varies on a scale "
+            "the Gauss–Hermite nodes step over (a narrow feature under a wide Normal): use a named cost "
+            "with a closed form, or compare estimators against each other"
+        )
+    # a gap beyond the Monte Carlo noise is evidence the nodes missed part of f: widen the error to
+    # what the check can vouch for instead of keeping the rule's own (then too small) estimate
+    doubtful = gap > AGREE_Z * stderr + error
+    if not bool(doubtful.any()):
+        return None
+    return torch.where(doubtful, gap + AGREE_Z * stderr, torch.zeros_like(gap))
 
 
 def _why_not(method: str, f, dist: Distribution) -> str:
