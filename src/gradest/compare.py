@@ -73,6 +73,12 @@ def compare(
         if on_estimator is not None:
             on_estimator(est.name)
         per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed))
+        if not all(bool(torch.isfinite(g).all()) for g in per_sample.grads.values()):
+            # f was finite (the estimators check it), so the estimator's own settings made them so
+            raise GradestError(
+                f"{est.name}: its per-sample gradient estimates are NaN or inf although f is finite; "
+                "check the estimator's settings (a finite baseline, e.g. score-const=0, or score-loo)"
+            )
         summaries.append(summarize(per_sample, exact))
     return Comparison(dict(config or {}), exact, note, summaries)
 
