@@ -28,6 +28,10 @@ def test_no_argument_run_writes_every_file(default_run):
     assert html.count("data:image/png;base64,") == 3  # self-contained: every plot embedded
     for heading in ("The question", "Derivation", "Gradient check", "Variance", "Fits by SGD", "Conclusions"):
         assert heading in html
+    # the answer comes before the working: the short answer sits between the question and the derivation
+    assert html.index("The question") < html.index("Short answer") < html.index("Derivation")
+    answer = html[html.index("Short answer"):html.index("Derivation")]
+    assert "For σ in particular" in answer and "nll with exact" in answer
     assert "http" not in html.replace("http-equiv", "")  # nothing fetched from the network
 
 

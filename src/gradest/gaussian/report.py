@@ -128,6 +128,23 @@ def _question(results: Results) -> str:
     )
 
 
+#: the conclusions that answer the question's three parts, by their opening words, in the question's order
+SHORT_ANSWER = ("For σ in particular", "squared:", "nll with", "crps with", "elbo with",
+                "Single-sample variance for μ", "squared with score")
+
+
+def _short_answer(results: Results) -> str:
+    """The conclusions that answer the question, first of each kind, before the working that backs them."""
+    picked = [next((c for c in results.conclusions if c.startswith(opening)), None)
+              for opening in SHORT_ANSWER]
+    items = "".join(f"<li>{html.paragraph(c)}</li>" for c in picked if c is not None)
+    return html.section(
+        "Short answer",
+        html.paragraph("Computed from this run; the sections below derive and check each number."),
+        f"<ul>{items}</ul>",
+    )
+
+
 def _derivation() -> str:
     return html.section(
         "Derivation",
@@ -251,6 +268,7 @@ def render(results: Results) -> dict[str, bytes | str]:
     page = html.page(
         "The reparameterization trick, worked on fitting N(μ, σ²)",
         _question(results),
+        _short_answer(results),
         _derivation(),
         _checks(results),
         _variances(results, pngs),
