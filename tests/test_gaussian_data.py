@@ -130,3 +130,13 @@ def test_latin1_and_utf16_exports_are_read_and_binary_is_refused(tmp_path):
     binary.write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\xff\xfe")
     with pytest.raises(GradestError, match="not a text file"):
         load_dataset(binary)
+
+
+def test_decimal_commas_are_refused_not_truncated(tmp_path):
+    # "1,5" under a one-column header would otherwise read as 1
+    with pytest.raises(GradestError, match=r"row 2 has 2 cells .*decimal comma"):
+        load_dataset(write(tmp_path, "x\n1,5\n2,25\n3,0\n"))
+
+
+def test_trailing_commas_add_no_column(tmp_path):
+    assert load_dataset(write(tmp_path, "x,\n1,\n2,\n4,\n")).values.tolist() == [1.0, 2.0, 4.0]

@@ -137,6 +137,8 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
     if not rows:
         raise GradestError(f"{source} is empty; it needs a header row and at least 2 values")
     header = [h.strip() for h in rows[0]]
+    while len(header) > 1 and not header[-1]:  # trailing commas (spreadsheet exports) add empty columns
+        header.pop()
     _refuse_other_separators(header, source)
     headerless = len(header) == 1 and _is_number(header[0]) and column is None
     if headerless:
@@ -159,6 +161,12 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
     name = header[index]
     values = []
     for line, row in enumerate(rows[1:], start=2):
+        if any(row[len(header):]):
+            # "1,5" under a one-column header: a decimal comma, which would silently read as 1
+            raise GradestError(
+                f"{source}, row {line} has {len(row)} cells ({', '.join(row)}) under a header of "
+                f"{len(header)}; if a value uses a decimal comma write it with '.', or quote it"
+            )
         cell = row[index].strip() if index < len(row) else ""
         if not cell:
             raise GradestError(f"{source}, row {line}, column {name!r}: '' is not a number (the cell is "
