@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from gradest.cli.app import app
 from gradest.gaussian import Settings, check_out_dir, load_dataset, run, write_outputs
+from gradest.gaussian.conclusions import fmt_at
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()
@@ -56,7 +57,8 @@ def gaussian_command(
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step).validate()
     check_out_dir(out)
     console.print(
-        f"data: n = {dataset.n}, x̄ = {dataset.mean:.6g}, v = {dataset.var_mle:.6g} ({dataset.described})"
+        f"data: n = {dataset.n}, x̄ = {fmt_at(dataset.mean, dataset.sd)}, v = {dataset.var_mle:.6g} "
+        f"({dataset.described})"
     )
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
                   console=console, transient=False) as bar:

@@ -123,7 +123,7 @@ def _question(results: Results) -> str:
             "loss, and which objectives recover it by SGD through the same stochastic node? Is the "
             "reparameterized estimate really less noisy than the score-function one — by how much, where, "
             "and why — and what does that do to SGD?"),
-        html.paragraph(f"Data: {d.n} values from {d.described}; x̄ = {d.mean:.6g}, "
+        html.paragraph(f"Data: {d.n} values from {d.described}; x̄ = {fmt_at(d.mean, d.sd)}, "
                        f"v = (1/n)Σ(xᵢ − x̄)² = {d.var_mle:.6g} (so √v = {d.sd:.6g})."),
     )
 
