@@ -90,7 +90,7 @@ def test_other_families(tmp_path):
     (["--param", "loc=1", "--param", "loc=2", "--param", "scale=1"], "given twice"),
     (["--param", "loc=[0,1]", "--param", "scale=1"], "one shape, got loc [2], scale []; repeat the smaller"),
     (["--param", "loc=[0,1]", "--param", "scale=[1,1,1]"], "one shape"),
-    (["--estimator", "score-const=nan"], "NaN or inf although f is finite"),
+    (["--estimator", "score-const=nan"], "must be a finite number"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, message):
     out = tmp_path / "never.json"

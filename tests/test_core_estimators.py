@@ -257,3 +257,23 @@ def test_family_checks_name_accepted_parameters():
     with pytest.raises(GradestError, match="must lie in"):
         gradest.get_family("bernoulli").check({"probs": t(1.5)})
     gradest.get_family("bernoulli").check({"logits": t(1.5)})
+
+
+def test_score_function_refuses_a_support_that_moves_with_the_parameters():
+    from torch.distributions import Uniform
+
+    params = {"low": t(0.0), "high": t(2.0)}
+    for name in ("score", "score-loo"):
+        with pytest.raises(GradestError, match=r"support of Uniform moves.*pathwise"):
+            get_estimator(name).per_sample(lambda x: x, Uniform, params, 100, make_generator(0))
+    # pathwise applies: E x = (low + high)/2, so both gradients are 1/2
+    est = get_estimator("pathwise").per_sample(lambda x: x, Uniform, params, 1000, make_generator(0))
+    assert_unbiased(est, {"low": t(0.5), "high": t(0.5)})
+    # independent products of a fixed-support family are not refused
+    def builder(loc, scale):
+        return Independent(Normal(loc, scale), 1)
+
+    get_estimator("score").per_sample(named_cost("cos", 1.0), builder,
+                                      {"loc": torch.zeros(2), "scale": torch.ones(2)}, 100, make_generator(0))
+    with pytest.raises(GradestError, match="finite number"):
+        get_estimator("score-const=nan")

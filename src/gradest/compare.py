@@ -10,12 +10,11 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import torch
-from torch.distributions import constraints
 
 from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
-from gradest.estimators.base import Builder, build
+from gradest.estimators.base import Builder, build, support_moves_with_parameters
 from gradest.exact import ExactGradient, exact_grad
 from gradest.rng import make_generator
 
@@ -91,8 +90,7 @@ def _refuse_moving_support(dist_builder: Builder, params: Mapping[str, torch.Ten
     not contain: those estimators would return a biased number without saying so.
     """
     dist = build(dist_builder, {k: v.detach() for k, v in params.items()})
-    declared = getattr(type(dist), "support", None)
-    if not isinstance(declared, constraints.dependent_property) or dist.support.is_discrete:
+    if not support_moves_with_parameters(dist):
         return
     wrong = [e.name for e in estimators if not e.name.startswith("pathwise")]
     if wrong:

@@ -40,7 +40,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 
 from gradest.errors import GradestError
 from gradest.estimators.sampling import (
@@ -142,6 +142,19 @@ def evaluate(f: Cost, x: torch.Tensor, num_samples: int) -> torch.Tensor:
     if not torch.isfinite(fx).all():
         raise GradestError("f returned NaN or inf on some samples; check f's domain")
     return fx
+
+
+def support_moves_with_parameters(dist: Distribution) -> bool:
+    """Whether the support of a continuous ``dist`` depends on its parameters (Uniform's [low, high]).
+
+    Then ∇θ ∫_{a(θ)}^{b(θ)} f p dx has boundary terms that E[f ∇θ log p] lacks, and score-function
+    or measure-valued estimates are biased. Independent and transformed distributions are judged
+    by their base distribution; discrete supports (Categorical's 0..K−1) do not move with θ.
+    """
+    while isinstance(dist, Independent | TransformedDistribution):
+        dist = dist.base_dist
+    declared = getattr(type(dist), "support", None)
+    return isinstance(declared, constraints.dependent_property) and not dist.support.is_discrete
 
 
 def joint_log_prob(dist: Distribution, x: torch.Tensor, num_samples: int) -> torch.Tensor:

@@ -10,6 +10,7 @@ value (stateful baselines are never shared). Adding an estimator = one module + 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -89,9 +90,12 @@ def get_estimator(spec: str | Estimator) -> Estimator:
 
 def _number(text: str, what: str) -> float:
     try:
-        return float(text)
+        value = float(text)
     except ValueError:
         raise GradestError(f"{what} must be a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise GradestError(f"{what} must be a finite number, got {text!r}")
+    return value
 
 
 @register("pathwise", "reparameterization: ∇θ f(g(ε; θ)); explicit or implicit (Gamma, Beta, …)")

@@ -17,7 +17,14 @@ from __future__ import annotations
 import torch
 from torch.distributions import Distribution
 
-from gradest.estimators.base import Cost, Estimator, evaluate, joint_log_prob
+from gradest.errors import GradestError
+from gradest.estimators.base import (
+    Cost,
+    Estimator,
+    evaluate,
+    joint_log_prob,
+    support_moves_with_parameters,
+)
 from gradest.estimators.baselines import NoBaseline
 
 
@@ -32,6 +39,12 @@ class ScoreFunction(Estimator):
     def _terms(
         self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
     ) -> tuple[torch.Tensor, torch.Tensor]:
+        if support_moves_with_parameters(dist):
+            raise GradestError(
+                f"the support of {type(dist).__name__} moves with its parameters, so the score-function "
+                "identity ∇E f = E[f ∇log p] misses the boundary terms and would be biased; use "
+                "'pathwise' instead"
+            )
         # detached draw: no path from θ through x
         x = self._draw(dist, num_samples, generator, reparameterized=False)
         with torch.no_grad():  # the score function never differentiates f
