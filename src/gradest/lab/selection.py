@@ -243,7 +243,11 @@ def _recommend(ranked: list[Candidate], reference: str) -> tuple[str | None, str
             why += f"; tied in efficiency with {runner_up}, and the faster of the two"
         else:
             factor = second.efficiency / top.efficiency if top.efficiency > 0 else math.inf
-            why += f"; {factor:.3g}× better than {runner_up}"
+            if factor < 1.1:  # seconds per sample vary by more than this between runs
+                why += (f"; only {factor:.2f}× better than {runner_up}: the two are about equally "
+                        "efficient, and a rerun may swap them")
+            else:
+                why += f"; {factor:.3g}× better than {runner_up}"
     if reference == "none":
         why += (". Unbiasedness not checked: no exact gradient and no pathwise estimator for this "
                 "problem to compare with.")
