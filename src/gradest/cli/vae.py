@@ -359,7 +359,7 @@ def compare_command(
         iwae_k=iwae_k,
     )
     configs = {
-        label: TrainConfig(**{**base.to_dict(), "hidden": base.hidden, "estimator": name, "k": kk}).check()
+        label: dataclasses.replace(base, estimator=name, k=kk).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
     if out.exists() and not out.is_dir():
