@@ -277,3 +277,13 @@ def test_score_function_refuses_a_support_that_moves_with_the_parameters():
                                       {"loc": torch.zeros(2), "scale": torch.ones(2)}, 100, make_generator(0))
     with pytest.raises(GradestError, match="finite number"):
         get_estimator("score-const=nan")
+
+
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_surrogate_of_parameters_without_gradients_is_just_the_estimate(estimator):
+    # nothing to differentiate: the surrogate is the Monte Carlo value of L, with no error
+    params = {"loc": t(0.5), "scale": t(1.0)}
+    f = named_cost("cos", 2.0)
+    loss = get_estimator(estimator).surrogate(f, Normal, params, 64, make_generator(0))
+    values = get_estimator(estimator).per_sample(f, Normal, params, 64, make_generator(0)).values
+    assert not loss.requires_grad and torch.allclose(loss, values.mean(), atol=1e-12)

@@ -38,7 +38,7 @@ class Pathwise(Estimator):
             )
         x = self._draw(dist, num_samples, generator, reparameterized=True)
         fx = evaluate(f, x, num_samples)
-        if not fx.requires_grad:
+        if x.requires_grad and not fx.requires_grad:  # (no parameter needing a gradient: nothing to check)
             raise GradestError(
                 "f has no gradient path from its input to its output (it detaches, rounds, "
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "
