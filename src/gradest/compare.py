@@ -15,7 +15,7 @@ import torch
 from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
-from gradest.estimators.base import Builder, build, support_moves_with_parameters
+from gradest.estimators.base import Builder, build
 from gradest.exact import ExactGradient, exact_grad
 from gradest.rng import make_generator
 
@@ -56,7 +56,6 @@ def compare(
     if not estimators:
         raise GradestError("give at least one estimator")
     resolved = [get_estimator(e) for e in estimators]
-    _refuse_moving_support(dist_builder, params, resolved)
     _refuse_beyond_memory(dist_builder, params, num_samples)
     try:
         exact, note = exact_grad(f, dist_builder, params), None
@@ -88,25 +87,6 @@ def compare(
             )
         summaries.append(summarize(per_sample, exact))
     return Comparison(dict(config or {}), exact, note, summaries)
-
-
-def _refuse_moving_support(dist_builder: Builder, params: Mapping[str, torch.Tensor],
-                           estimators: Sequence[Estimator]) -> None:
-    """Refuse score-function and measure-valued estimators where the support moves with θ (Uniform).
-
-    ∇θ ∫_{a(θ)}^{b(θ)} f p dx has boundary terms f(b) p(b) b′ − f(a) p(a) a′ that E[f ∇θ log p] does
-    not contain: those estimators would return a biased number without saying so.
-    """
-    dist = build(dist_builder, {k: v.detach() for k, v in params.items()})
-    if not support_moves_with_parameters(dist):
-        return
-    wrong = [e.name for e in estimators if not e.name.startswith("pathwise")]
-    if wrong:
-        raise GradestError(
-            f"{', '.join(wrong)}: the support of {type(dist).__name__} moves with its parameters, so the "
-            "score-function identity ∇E f = E[f ∇log p] misses the boundary terms and the estimate is "
-            "biased; use 'pathwise' instead"
-        )
 
 
 #: measured peak memory per sample of one estimator's run (samples, per-sample gradients and the
