@@ -2,7 +2,7 @@
 
 import pytest
 import torch
-from torch.distributions import Normal
+from torch.distributions import Independent, Normal
 
 import gradest
 from gradest.estimators import Pathwise, registry
@@ -15,8 +15,8 @@ PARAMS = {"loc": torch.tensor(1.0, dtype=torch.float64), "scale": torch.tensor(1
 class Doubled(Pathwise):
     """A user's estimator with a bug: twice the pathwise gradient."""
 
-    def _terms(self, f, dist, num_samples, generator):
-        terms, values = super()._terms(f, dist, num_samples, generator)
+    def _terms(self, cost, node, generator):
+        terms, values = super()._terms(cost, node, generator)
         return 2.0 * terms, values
 
 
@@ -128,10 +128,13 @@ def test_parameters_of_different_shapes_are_refused_with_the_fix():
 
 
 def test_a_cost_of_the_wrong_shape_is_reported_per_candidate_not_raised():
-    def per_coordinate(x):  # forgot to sum over the event dimension
+    def per_coordinate(x):  # forgot to sum over the event dimension of the joint distribution
         return x
 
+    def joint(loc, scale):
+        return Independent(Normal(loc, scale), 1)
+
     params = {"loc": torch.zeros(2, dtype=torch.float64), "scale": torch.ones(2, dtype=torch.float64)}
-    result = select(per_coordinate, Normal, params, ["pathwise", "mvd"], num_samples=100)
+    result = select(per_coordinate, joint, params, ["pathwise", "mvd"], num_samples=100)
     assert result.recommendation is None and "error" in result.reason
     assert all("one value per sample" in c.note for c in result.candidates)

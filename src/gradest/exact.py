@@ -25,7 +25,16 @@ from torch.distributions import Distribution, Independent, Normal
 
 from gradest.costs import Cost
 from gradest.errors import GradestError
-from gradest.estimators.base import Builder, build, check_params, joint_log_prob
+from gradest.estimators.base import (
+    BoundCost,
+    Builder,
+    _for_f,
+    _plain,
+    build,
+    check_params,
+    declared_parameters,
+    total,
+)
 
 METHODS = ("closed-form", "quadrature", "enumeration")
 #: Gauss–Hermite order per dimension count (the error estimate uses a half and a quarter of it)
@@ -77,9 +86,8 @@ def _enumeration(f, dist):
     flat = support.reshape(k, b, *event)
     index = torch.cartesian_prod(*[torch.arange(k)] * b).reshape(k**b, b)
     x = flat[index, torch.arange(b)].reshape(k**b, *batch, *event)
-    with torch.no_grad():
-        fx = f(x)
-    logp = joint_log_prob(dist, x, k**b)
+    fx = f(x)  # with its direct dependence on θ, if f declares it
+    logp = dist.log_prob(x).reshape(k**b, -1).sum(1)
     return (logp.exp() * fx).sum(), None
 
 
@@ -101,20 +109,48 @@ def exact_grad(
     if method != "auto" and method not in METHODS:
         raise GradestError(f"unknown method {method!r}; choose auto or one of {', '.join(METHODS)}")
     params = check_params(params)
+    declared = declared_parameters(f, tuple(params))
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
     with torch.enable_grad():
         dist = build(dist_builder, leaves)
+        cost = _TotalCost(f, declared, leaves, dist)
         for name in METHODS if method == "auto" else (method,):
             if name == "quadrature":
                 if _quadrature_applies(dist):
-                    return _quadrature(f, dist, leaves)
+                    return _quadrature(cost, dist, leaves)
                 continue
-            result = _closed_form(f, dist) if name == "closed-form" else _enumeration(f, dist)
+            if name == "closed-form":
+                result = None if declared else _closed_form(f, dist)
+            else:
+                result = _enumeration(cost, dist)
             if result is None:
                 continue
             value, _ = result
             return ExactGradient(_grad(value, leaves), value.detach(), name, None)
     raise GradestError(_why_not(method, f, dist))
+
+
+class _TotalCost:
+    """x [n, *B, *E] -> Σ_b f_b [n], with the declared parameters (live, so ∂f/∂θ is kept) bound."""
+
+    def __init__(self, f, declared, leaves, dist) -> None:
+        self.f, self.declared, self.leaves, self.dist = f, declared, leaves, dist
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        n = x.shape[0]
+        bound = BoundCost(self.f, self.declared, _for_f(_plain(self.leaves, n), self.dist, n), n,
+                          self.dist.batch_shape)
+        if not self.declared:
+            with torch.no_grad():
+                out = self.f(x)
+        else:
+            out = self.f(x, **{k: v for k, v in bound.for_f.items() if k in self.declared})
+        if not isinstance(out, torch.Tensor) or out.dim() == 0 or out.shape[0] != n:
+            return bound.check(out, n)  # raises the precise message
+        tail = tuple(out.shape[1:])
+        if tail != tuple(self.dist.batch_shape[: len(tail)]):
+            bound.check(out, n)
+        return total(out)
 
 
 def _grad(value: torch.Tensor, leaves: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -163,7 +199,7 @@ def _quadrature_value(f, dist, loc, order) -> _Rule:
     offset = math.sqrt(2.0) * sigma.detach() * nodes  # x_i − μ₀, exact in t_i
     with torch.no_grad():
         x = (mu.detach() + offset).reshape(len(nodes), *loc.shape)
-        fx = f(x)
+    fx = f(x)
     if not bool(torch.isfinite(fx).all()):
         bad = ~torch.isfinite(fx)
         out = (offset / sigma.detach()).abs().max(1).values[bad]  # standard deviations from μ
@@ -178,7 +214,7 @@ def _quadrature_value(f, dist, loc, order) -> _Rule:
     logp = (-0.5 * z**2 - torch.log(sigma)).sum(1)
     # value Σ w f, gradient Σ w f ∇log p: the detach is the score identity, not an approximation
     value = (weights * fx * (1.0 + logp - logp.detach())).sum()
-    zd = z.detach()
+    zd, fx = z.detach(), fx.detach()
     return _Rule(value, _abs_linear_form(weights * fx.abs(), zd, mu, sigma), weights, fx, zd)
 
 
@@ -234,7 +270,7 @@ def _check_against_monte_carlo(f, dist, shape, rule: _Rule, grad: torch.Tensor,
     generator = torch.Generator(device=mu.device).manual_seed(CHECK_SEED)
     eps = torch.randn(CHECK_SAMPLES, mu.numel(), generator=generator, dtype=mu.dtype, device=mu.device)
     with torch.no_grad():
-        fx = f((mu + sigma * eps).reshape(CHECK_SAMPLES, *shape))
+        fx = f((mu + sigma * eps).reshape(CHECK_SAMPLES, *shape)).detach()
     if not bool(torch.isfinite(fx).all()):
         return None  # the estimators report a non-finite f on their own samples
     baseline = (fx.sum() - fx) / (CHECK_SAMPLES - 1)

@@ -1,22 +1,45 @@
-"""Explicit randomness: every random draw in gradest comes from a caller's `torch.Generator`.
+r"""Explicit randomness: every random number in gradest comes from a caller's ``torch.Generator``.
 
-`torch.distributions` samples from the global generator and takes no `generator=` argument. To
-keep families, implicit reparameterization (Gamma, Beta, Dirichlet) and user distributions
-working unchanged, `draw` forks the global RNG state, seeds it from the caller's generator, runs
-the sampler, and restores the global state: the caller's generator alone decides the numbers,
-and the global RNG is left exactly as it was.
+``torch.distributions`` samples from the global generator and takes no ``generator=`` argument, so
+gradest draws the base noise itself, straight from the caller's generator, on the parameters'
+device and in their dtype:
+
+* location–scale and transformed families through ε: Normal x = μ + σε, MultivariateNormal
+  x = μ + Lε, LogNormal, HalfNormal, Gumbel, … (``TransformedDistribution`` applies its
+  transforms to a base draw), Laplace and Cauchy through their own formulas;
+* inverse-CDF families through uniforms: Uniform, Exponential, Geometric, Categorical (the
+  smallest k with u ≤ Σ_{j≤k} p_j), Bernoulli (u < p), relaxed (Concrete) families through
+  Gumbel noise;
+* Poisson and Binomial through torch's generator-aware samplers.
+
+Every formula is torch's own ``rsample``/``sample`` with ε taken from the generator, so the draws
+have the family's distribution and the same reparameterization path. A family without such a
+path (Gamma, Beta, Dirichlet, StudentT, Chi2 and user distributions, whose samplers have no
+generator argument) falls back to the global RNG: forked, seeded from the caller's generator on
+the parameters' device, sampled and restored, under a lock so that threads never interleave. The
+global RNG is left exactly as it was either way.
+
+Same generator state, same numbers — on a given device. A generator on another device than the
+parameters (a CPU generator for CUDA parameters) still works: its numbers are drawn where it lives
+and copied, which is reproducible but slower; ``make_generator(seed, device)`` avoids the copy.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from typing import TypeVar
 
 import torch
-
-T = TypeVar("T")
+import torch.distributions as D
+from torch.distributions.utils import clamp_probs
 
 _SEED_HIGH = 2**62
+_FALLBACK_LOCK = threading.Lock()
+
+Shape = torch.Size | tuple[int, ...]
+#: family sampler: (distribution, sample_shape, generator) -> x ``[*sample_shape, *batch, *event]``
+FamilySampler = Callable[[D.Distribution, torch.Size, torch.Generator], torch.Tensor]
+SAMPLERS: dict[type[D.Distribution], FamilySampler] = {}
 
 
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
@@ -26,25 +49,225 @@ def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Gener
     return gen
 
 
-def draw(generator: torch.Generator, sampler: Callable[[], T]) -> T:
-    """Run `sampler()` with the global RNG temporarily seeded from `generator`.
-
-    Args:
-        generator: the source of randomness; advanced by one draw per call.
-        sampler: a zero-argument callable that samples with the global RNG.
-    """
+def check_generator(generator: object) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
         raise TypeError(
             f"expected a torch.Generator, got {type(generator).__name__}; "
             "create one with gradest.make_generator(seed)"
         )
+    return generator
+
+
+def _same_device(a: torch.device, b: torch.device) -> bool:
+    return a.type == b.type and (a.type != "cuda" or (a.index or 0) == (b.index or 0))
+
+
+def _noise(fill: Callable[..., torch.Tensor], shape: Shape, generator: torch.Generator,
+           like: torch.Tensor) -> torch.Tensor:
+    """``fill(shape, generator=, device=, dtype=)`` on ``like``'s device and dtype."""
+    dtype = like.dtype if like.is_floating_point() else torch.get_default_dtype()
+    if _same_device(generator.device, like.device):
+        return fill(tuple(shape), generator=generator, device=like.device, dtype=dtype)
+    return fill(tuple(shape), generator=generator, device=generator.device, dtype=dtype).to(like.device)
+
+
+def normal(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Standard normal ε ``shape`` on ``like``'s device and dtype."""
+    return _noise(torch.randn, shape, generator, like)
+
+
+def uniform(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
+    """Uniform(0, 1) ``shape`` on ``like``'s device and dtype, with 0 excluded."""
+    u = _noise(torch.rand, shape, generator, like)
+    return u.clamp_min(torch.finfo(u.dtype).tiny)
+
+
+def _exponential(shape, *, generator, device, dtype):
+    return torch.empty(shape, device=device, dtype=dtype).exponential_(generator=generator)
+
+
+def _cauchy(shape, *, generator, device, dtype):
+    return torch.empty(shape, device=device, dtype=dtype).cauchy_(generator=generator)
+
+
+def sample(dist: D.Distribution, sample_shape: Shape, generator: torch.Generator,
+           reparameterized: bool) -> torch.Tensor:
+    """x ~ dist ``[*sample_shape, *batch_shape, *event_shape]`` from ``generator``.
+
+    ``reparameterized=True`` keeps the path from the parameters to x (``rsample``); False returns a
+    draw with no gradient (``sample``).
+    """
+    check_generator(generator)
+    sample_shape = torch.Size(sample_shape)
+    if not reparameterized:
+        with torch.no_grad():
+            return _sample(dist, sample_shape, generator, False).detach()
+    return _sample(dist, sample_shape, generator, True)
+
+
+def _sample(dist, sample_shape, generator, reparameterized):
+    for family in type(dist).__mro__:
+        sampler = SAMPLERS.get(family)
+        if sampler is not None:
+            return sampler(dist, sample_shape, generator)
+        if family is D.Distribution:
+            break
+    return _global_fallback(dist, sample_shape, generator, reparameterized)
+
+
+def _device_of(dist: D.Distribution) -> torch.device:
+    for value in vars(dist).values():
+        if isinstance(value, torch.Tensor):
+            return value.device
+        if isinstance(value, D.Distribution):
+            return _device_of(value)
+    return torch.device("cpu")
+
+
+def _global_fallback(dist, sample_shape, generator, reparameterized):
+    """torch's own sampler, run on the global RNG forked and seeded from ``generator`` (locked)."""
     seed = int(torch.randint(_SEED_HIGH, (1,), generator=generator, device=generator.device))
-    device = generator.device
+    device = _device_of(dist)
     on_cuda = device.type == "cuda"
-    devices = [device.index or 0] if on_cuda else []
-    with torch.random.fork_rng(devices=devices, device_type="cuda" if on_cuda else None):
-        if device.type == "cuda":
-            torch.cuda.manual_seed(seed)
+    index = device.index if device.index is not None else (torch.cuda.current_device() if on_cuda else 0)
+    with _FALLBACK_LOCK, torch.random.fork_rng(
+        devices=[index] if on_cuda else [], device_type="cuda" if on_cuda else None
+    ):
+        if on_cuda:
+            with torch.cuda.device(index):
+                torch.cuda.manual_seed(seed)
         else:
             torch.default_generator.manual_seed(seed)
-        return sampler()
+        if reparameterized and dist.has_rsample:
+            return dist.rsample(sample_shape)
+        return dist.sample(sample_shape)
+
+
+def register_sampler(*families: type[D.Distribution]):
+    """Decorator: the generator-aware sampler of ``families`` (and their subclasses)."""
+
+    def wrap(fn: FamilySampler) -> FamilySampler:
+        for family in families:
+            SAMPLERS[family] = fn
+        return fn
+
+    return wrap
+
+
+def _shape(dist: D.Distribution, sample_shape: torch.Size) -> torch.Size:
+    return sample_shape + dist.batch_shape + dist.event_shape
+
+
+@register_sampler(D.Normal)
+def _normal(dist, sample_shape, generator):
+    return dist.loc + dist.scale * normal(_shape(dist, sample_shape), generator, dist.loc)
+
+
+@register_sampler(D.MultivariateNormal)
+def _mvn(dist, sample_shape, generator):
+    eps = normal(_shape(dist, sample_shape), generator, dist.loc)
+    return dist.loc + (dist.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
+
+
+@register_sampler(D.Independent)
+def _independent(dist, sample_shape, generator):
+    return _sample(dist.base_dist, sample_shape, generator, True)
+
+
+@register_sampler(D.TransformedDistribution)
+def _transformed(dist, sample_shape, generator):
+    x = _sample(dist.base_dist, sample_shape, generator, True)
+    for transform in dist.transforms:
+        x = transform(x)
+    return x
+
+
+@register_sampler(D.Uniform)
+def _uniform(dist, sample_shape, generator):
+    u = _noise(torch.rand, _shape(dist, sample_shape), generator, dist.low)
+    return dist.low + u * (dist.high - dist.low)
+
+
+@register_sampler(D.Exponential)
+def _exponential_family(dist, sample_shape, generator):
+    return _noise(_exponential, _shape(dist, sample_shape), generator, dist.rate) / dist.rate
+
+
+@register_sampler(D.Laplace)
+def _laplace(dist, sample_shape, generator):
+    eps = torch.finfo(dist.loc.dtype).eps
+    u = 2.0 * _noise(torch.rand, _shape(dist, sample_shape), generator, dist.loc) - 1.0
+    u = u.clamp(min=eps - 1.0)
+    return dist.loc - dist.scale * u.sign() * torch.log1p(-u.abs())
+
+
+@register_sampler(D.Cauchy)
+def _cauchy_family(dist, sample_shape, generator):
+    return dist.loc + dist.scale * _noise(_cauchy, _shape(dist, sample_shape), generator, dist.loc)
+
+
+@register_sampler(D.Bernoulli)
+def _bernoulli(dist, sample_shape, generator):
+    probs = dist.probs
+    return (uniform(_shape(dist, sample_shape), generator, probs) < probs).to(probs.dtype)
+
+
+@register_sampler(D.Categorical)
+def _categorical(dist, sample_shape, generator):
+    probs = dist.probs.detach()
+    shape = sample_shape + dist.batch_shape
+    cdf = probs.cumsum(-1)
+    cdf = cdf / cdf[..., -1:]
+    u = uniform(shape, generator, probs).unsqueeze(-1)
+    # the smallest k with u ≤ F(k): P(k) = F(k) − F(k − 1) = p_k
+    index = torch.searchsorted(cdf.expand(*shape, cdf.shape[-1]).contiguous(), u.contiguous())
+    return index.squeeze(-1).clamp_max(probs.shape[-1] - 1)
+
+
+@register_sampler(D.OneHotCategorical)
+def _one_hot(dist, sample_shape, generator):
+    index = _categorical(dist._categorical, sample_shape, generator)
+    return torch.nn.functional.one_hot(index, dist.probs.shape[-1]).to(dist.probs.dtype)
+
+
+@register_sampler(D.Geometric)
+def _geometric(dist, sample_shape, generator):
+    u = uniform(_shape(dist, sample_shape), generator, dist.probs)
+    return (u.log() / (-dist.probs).log1p()).floor()
+
+
+@register_sampler(D.Poisson)
+def _poisson(dist, sample_shape, generator):
+    rate = dist.rate.detach().expand(_shape(dist, sample_shape)).contiguous()
+    if _same_device(generator.device, rate.device):
+        return torch.poisson(rate, generator=generator)
+    return torch.poisson(rate.to(generator.device), generator=generator).to(rate.device)
+
+
+@register_sampler(D.Binomial)
+def _binomial(dist, sample_shape, generator):
+    shape = _shape(dist, sample_shape)
+    count = dist.total_count.detach().expand(shape).contiguous()
+    probs = dist.probs.detach().expand(shape).contiguous()
+    if _same_device(generator.device, probs.device):
+        return torch.binomial(count, probs, generator=generator)
+    return torch.binomial(count.to(generator.device), probs.to(generator.device),
+                          generator=generator).to(probs.device)
+
+
+@register_sampler(D.relaxed_bernoulli.LogitRelaxedBernoulli)
+def _logit_relaxed_bernoulli(dist, sample_shape, generator):
+    u = clamp_probs(_noise(torch.rand, _shape(dist, sample_shape), generator, dist.logits))
+    return (u.log() - (-u).log1p() + dist.logits) / dist.temperature
+
+
+@register_sampler(D.relaxed_categorical.ExpRelaxedCategorical)
+def _exp_relaxed_categorical(dist, sample_shape, generator):
+    u = clamp_probs(_noise(torch.rand, _shape(dist, sample_shape), generator, dist.logits))
+    scores = (dist.logits - (-u.log()).log()) / dist.temperature
+    return scores - scores.logsumexp(-1, keepdim=True)
+
+
+def poisson(rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """x ~ Poisson(rate) elementwise (no gradient), from ``generator``, on ``rate``'s device."""
+    return _poisson(D.Poisson(rate.detach(), validate_args=False), torch.Size(()), generator)

@@ -1,4 +1,4 @@
-r"""The shared interface of every gradient estimator of L(θ) = E_{x~p(x;θ)}[f(x)].
+r"""The shared interface of every gradient estimator of L(θ) = E_{x~p(x;θ)}[Σ_b f_b(x; θ)].
 
 An estimator is a value with two views that agree exactly on the same random numbers:
 
@@ -6,61 +6,71 @@ An estimator is a value with two views that agree exactly on the same random num
   the ``num_samples`` single-sample estimates ĝ_n of ∇θ L as a tensor ``[num_samples, *param.shape]``
   (their mean is the estimate; their spread is the estimator's variance);
 * ``surrogate(...)`` returns a scalar whose value is the Monte Carlo estimate of L and whose
-  autograd gradient is the mean of the ĝ_n; use it with any torch optimizer.
+  autograd gradient is the mean of the ĝ_n; use it with any torch optimizer, with parameters
+  produced by a network, and with tensors inside f that need gradients of their own (a decoder):
+  they receive ∇ E f as well.
 
-Both views come from one hook, ``_terms``, which returns a vector s(θ) of ``num_samples`` terms
-where sample n's term depends on θ only through a private copy θ_n of the parameters, and
-∂s_n/∂θ_n = ĝ_n. Replicating θ along a leading sample axis (``expand``, no copy) turns one
-backward pass of Σ_n s_n into all N single-sample gradients at once — no loop over samples —
-and the surrogate is the mean of the same terms with the live parameters.
+The contract, shared by every estimator:
 
-Arguments shared by every estimator:
-    f: batched cost. Takes samples ``[N, *sample_shape]`` and returns ``[N]``.
-    dist_builder: callable ``dist_builder(**params) -> torch.distributions.Distribution``. It must
-        broadcast over a leading sample axis of the parameters, as every torch family does.
-    params: mapping name -> tensor of any shape.
-    num_samples: N ≥ 1 (estimators that need more say so).
-    generator: the ``torch.Generator`` all randomness comes from.
+    params: name -> floating-point tensor, all on one device, any shapes the builder broadcasts
+        (``loc [B, D]`` with a shared ``scale [D]`` is fine).
+    dist_builder: ``dist_builder(**params) -> torch.distributions.Distribution`` with batch shape
+        B and event shape E. For ``per_sample`` it must also broadcast over a leading sample axis
+        of the parameters (every torch family does; ``torch.diag`` does not, ``torch.diag_embed``
+        does) and must not mix that axis (``softmax(logits, 0)``); both are detected and refused.
+        ``surrogate`` needs neither.
+    f: ``f(x)`` or ``f(x, **some params)``: samples ``x [N, *B, *E]`` -> costs ``[N]`` (one per
+        sample) or ``[N, *B[:k]]`` (one per batch element, a per-datum cost; f_b may depend on the
+        element's own x_b only). The estimand is E[Σ_b f_b]. A cost that depends on θ declares the
+        parameters it uses by name (``def f(x, loc)`` or ``**params``): it then receives them with a
+        leading sample axis, shaped ``[N, 1, …, *param.shape]`` to broadcast against x, and both
+        views add the direct term E[∂f/∂θ]. A cost that uses a parameter without declaring it is
+        refused by ``per_sample`` (its direct term would be lost) with that fix.
+    num_samples: N ≥ ``min_samples``.
+    generator: the ``torch.Generator`` all randomness comes from (see :mod:`gradest.rng`).
 
-An estimator that computes its ĝ_n explicitly (measure-valued derivatives, control variates)
-returns s_n = f(x_n) + Σ_k ⟨φ_k,n − φ_k,n.detach(), ĝ_k,n⟩, with φ the family's own parameters
-(``loc``, ``scale``, …) or the replicas themselves: autograd's chain rule then carries ĝ to the
-builder's parameterization (log-scale, logits, …).
+With per-element costs the score-function family uses each element's own cost as the learning
+signal of that element's log-density, and baselines work per element, so an element's variance
+does not grow with the batch size.
 
-Every estimator has a ``sampler`` attribute (see :mod:`gradest.estimators.sampling`): ``None``
-draws with the family's own ``rsample``/``sample``; antithetic or quasi-Monte Carlo samplers draw
-through the inverse CDF and label samples with independent ``groups`` (in the per-sample record)
-so that the standard error of the mean stays correct.
+Both views come from one hook, ``_terms``, which returns a vector s(θ) of N terms with
+∂s_n/∂θ_n = ĝ_n, where θ_n is sample n's private copy of the parameters. ``per_sample`` replicates
+θ along a leading sample axis (``expand``, no copy) and takes one backward pass of Σ_n s_n; the
+surrogate builds the distribution once and draws ``sample_shape=(N,)`` from it. Both draw the same
+noise ``[N, *B, *E]`` from the generator, so they agree.
+
+An estimator that computes ĝ_n explicitly (measure-valued derivatives, control variates, the
+analytic scores) returns s_n = f(x_n) + Σ_k ⟨φ_k − φ_k.detach(), ĝ_k,n⟩ with φ the family's own
+parameters (``loc``, ``scale``, …): autograd's chain rule carries ĝ to the builder's
+parameterization (log-scale, logits, a network's weights).
 """
 
 from __future__ import annotations
 
+import inspect
+import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
 from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 
+from gradest import rng
 from gradest.errors import GradestError
-from gradest.estimators.sampling import (
-    Sampler,
-    iid_uniforms,
-    inverse_cdf,
-    open_unit,
-    sample_shape_numel,
-)
-from gradest.rng import draw
+from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
 
-Cost = Callable[[torch.Tensor], torch.Tensor]
+Cost = Callable[..., torch.Tensor]
 Builder = Callable[..., Distribution]
+REDUCTIONS = ("sum", "mean")
 
 
 class PerSampleGradients(NamedTuple):
     """Single-sample gradient estimates of one estimator call.
 
     grads: name -> ``[N, *param.shape]``; ``grads[k].mean(0)`` is the estimate of ∂L/∂θ_k.
-    values: ``[N]`` costs f(x_n) (their mean estimates L).
+    values: ``[N]`` total costs Σ_b f_b(x_n) (their mean estimates L).
     seconds: wall-clock time of the call.
     estimator: the estimator's name.
     groups: ``[N]`` integer labels, or None when the N estimates are i.i.d. Samples with different
@@ -88,6 +98,27 @@ class PerSampleGradients(NamedTuple):
         return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
 
 
+@dataclass(frozen=True)
+class Capabilities:
+    """What an estimator needs, as data (read by ``applicable``, ``select`` and the docs).
+
+    needs_rsample: the family must be reparameterizable (``has_rsample``).
+    differentiates_f: uses ∂f/∂x (f must be differentiable in x).
+    families: the families it has rules for (``Independent`` of them too); None: any family.
+    discrete: works for families with a discrete support.
+    fixed_support: the support must not move with θ (score-function identities).
+    """
+
+    needs_rsample: bool = False
+    differentiates_f: bool = False
+    families: tuple[type[Distribution], ...] | None = None
+    discrete: bool = True
+    fixed_support: bool = False
+
+
+# ── parameters, builders, costs ─────────────────────────────────────────────────────────────
+
+
 def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if not isinstance(params, Mapping) or not params:
         raise GradestError("params must be a non-empty mapping of name -> tensor")
@@ -106,6 +137,12 @@ def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not torch.isfinite(value).all():
             raise GradestError(f"parameter {name!r} contains NaN or inf: {value.tolist()}")
         out[name] = value
+    devices = {str(v.device) for v in out.values()}
+    if len(devices) > 1:
+        raise GradestError(
+            f"the parameters live on different devices ({', '.join(sorted(devices))}); move them to one "
+            "with .to(device)"
+        )
     return out
 
 
@@ -113,8 +150,8 @@ def build(dist_builder: Builder, params: Mapping[str, torch.Tensor]) -> Distribu
     """Call the builder, turning torch's constraint errors into a message naming the parameter."""
     try:
         dist = dist_builder(**params)
-    except (ValueError, TypeError) as err:
-        first = str(err).splitlines()[0]
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        first = str(err).splitlines()[0] if str(err) else type(err).__name__
         raise GradestError(f"could not build the distribution from {sorted(params)}: {first}") from None
     if not isinstance(dist, Distribution):
         raise GradestError(
@@ -129,37 +166,283 @@ def check_num_samples(num_samples: int, minimum: int = 1) -> int:
     return num_samples
 
 
-def evaluate(f: Cost, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """f(x) checked to be one finite value per sample."""
-    fx = f(x)
-    if not isinstance(fx, torch.Tensor):
-        raise GradestError(f"f must return a torch.Tensor, got {type(fx).__name__}")
-    if fx.shape != (num_samples,):
-        raise GradestError(
-            f"f must return one value per sample, shape [{num_samples}], got {list(fx.shape)}; "
-            "reduce over the event dimensions inside f (e.g. .sum(-1))"
-        )
-    if not torch.isfinite(fx).all():
-        raise GradestError("f returned NaN or inf on some samples; check f's domain")
-    return fx
+def declared_parameters(f: Cost, names: tuple[str, ...]) -> tuple[str, ...]:
+    """The parameter names f takes after x: named ones, or all of them for ``**params``."""
+    try:
+        signature = inspect.signature(f)
+    except (TypeError, ValueError):  # builtins and C functions: f(x) alone
+        return ()
+    args = list(signature.parameters.values())
+    positional = [a for a in args if a.kind in (a.POSITIONAL_ONLY, a.POSITIONAL_OR_KEYWORD)]
+    if not positional and not any(a.kind is a.VAR_POSITIONAL for a in args):
+        raise GradestError("f must take the samples as its first argument: f(x) or f(x, loc, …)")
+    if not positional:  # f(*args, **kwargs): a generic wrapper, called as f(x)
+        return ()
+    rest = args[1:]
+    if any(a.kind is a.VAR_KEYWORD for a in rest):
+        return names
+    declared = []
+    for a in rest:
+        if a.kind is a.VAR_POSITIONAL:
+            continue
+        if a.name in names:
+            declared.append(a.name)
+        elif a.default is a.empty:
+            raise GradestError(
+                f"f takes an argument {a.name!r} that is not a parameter ({', '.join(names)}); "
+                "give it a default or close over it"
+            )
+    return tuple(declared)
+
+
+def total(costs: torch.Tensor) -> torch.Tensor:
+    """Σ_b f_b per sample: ``[N, *C] -> [N]``."""
+    return costs.reshape(costs.shape[0], -1).sum(1)
+
+
+class BoundCost:
+    """f with its declared parameters bound and its output checked: ``cost(x) -> [n, *C]``.
+
+    With ``direct=True`` (n = N only) f receives the live per-sample parameters, so its output
+    carries the direct dependence on θ; with ``direct=False`` it receives detached copies (the
+    measure-valued and control-variate evaluations at perturbed points).
+    """
+
+    def __init__(self, f: Cost, declared: tuple[str, ...], for_f: dict[str, torch.Tensor],
+                 num_samples: int, batch_shape: torch.Size) -> None:
+        self.f = f
+        self.declared = declared
+        self.for_f = for_f
+        self.num_samples = num_samples
+        self.batch_shape = batch_shape
+        #: cost elements per sample (1 for a cost of shape [N]), known after the first call
+        self.elements: int | None = None
+
+    def __call__(self, x: torch.Tensor, direct: bool = True) -> torch.Tensor:
+        n = x.shape[0]
+        if not self.declared:
+            out = self.f(x)
+        else:
+            if direct and n != self.num_samples:
+                raise RuntimeError("the direct term is evaluated on the N samples only")
+            kwargs = {
+                k: (v if direct else v.detach()[:1].expand(n, *v.shape[1:]))
+                for k, v in self.for_f.items()
+                if k in self.declared
+            }
+            out = self.f(x, **kwargs)
+        out = self.check(out, n)
+        if n == self.num_samples:
+            self.elements = math.prod(out.shape[1:])
+        return out
+
+    def check(self, out: object, n: int) -> torch.Tensor:
+        if not isinstance(out, torch.Tensor):
+            raise GradestError(f"f must return a torch.Tensor, got {type(out).__name__}")
+        tail = tuple(out.shape[1:])
+        if out.dim() == 0 or out.shape[0] != n or tail != tuple(self.batch_shape[: len(tail)]):
+            per_element = f" or one per batch element, [{n}, {', '.join(map(str, self.batch_shape))}]" \
+                if len(self.batch_shape) else ""
+            raise GradestError(
+                f"f must return one value per sample, shape [{n}]{per_element}, got {list(out.shape)}; "
+                "reduce over the event dimensions inside f (e.g. .sum(-1))"
+            )
+        if not torch.isfinite(out).all():
+            raise GradestError("f returned NaN or inf on some samples; check f's domain")
+        return out
+
+
+def per_element(values: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:
+    """Sum ``values [N, *B]`` over the batch dimensions that ``costs [N, *C]`` does not have."""
+    n, c = costs.shape[0], costs.shape[1:]
+    return values.reshape(n, *c, -1).sum(-1)
+
+
+def broadcast_signal(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``weight [N, *C]`` with trailing singleton dims, to broadcast against ``like [N, *C, …]``."""
+    return weight.reshape(*weight.shape, *([1] * (like.dim() - weight.dim())))
+
+
+def chain(phi: torch.Tensor, g: torch.Tensor, num_samples: int) -> torch.Tensor:
+    """Σ ⟨φ − φ.detach(), ĝ⟩ per sample ``[N]``: value 0, gradient ĝ through φ (chain rule onwards).
+
+    φ: a family parameter, ``[N, *S]`` (replicated) or ``[*S]`` (shared); ĝ: ``[N, *S]``.
+    """
+    return ((phi - phi.detach()) * g).reshape(num_samples, -1).sum(1)
+
+
+# ── layouts: how parameters are replicated along the sample axis ───────────────────────────
+
+
+def _plain(params: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    return {k: v.expand(n, *v.shape) for k, v in params.items()}
+
+
+def _aligned(params: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """Right-aligned: a parameter of lower rank gets singleton axes after the sample axis."""
+    rank = max(v.dim() for v in params.values())
+    return {k: v.reshape(*([1] * (rank - v.dim())), *v.shape).expand(n, *([1] * (rank - v.dim())), *v.shape)
+            for k, v in params.items()}
+
+
+def _family_tensors(dist: Distribution, prefix: str = "") -> Iterator[tuple[str, torch.Tensor]]:
+    """The tensors a distribution was built from (its arg_constraints), recursing into parts."""
+    try:
+        names = list(dist.arg_constraints)
+    except NotImplementedError:
+        names = []
+    for name in names:
+        value = vars(dist).get(name)
+        if isinstance(value, torch.Tensor):
+            yield prefix + name, value
+    for name, value in vars(dist).items():
+        if isinstance(value, Distribution):
+            yield from _family_tensors(value, f"{prefix}{name}.")
+
+
+def _mixes(replicated: Distribution, single: Distribution, rows: int) -> str | None:
+    """The first family tensor whose replicated rows differ from the single build (None: none)."""
+    for (name, a), (_, b) in zip(_family_tensors(replicated), _family_tensors(single), strict=False):
+        try:
+            b = torch.broadcast_to(b, a.shape)
+        except RuntimeError:
+            return name
+        if a.shape[:1] != (rows,):
+            return name
+        eps = torch.finfo(a.dtype).eps if a.is_floating_point() else 0.0
+        tol = math.sqrt(eps) if eps else 0.0
+        a, b = a.detach(), b.detach()
+        if not torch.allclose(a, b, rtol=tol, atol=tol * (1.0 + float(b.abs().max()))):
+            return name
+    return None
+
+
+def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int
+              ) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
+    """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
+
+    Tries the plain layout (every parameter ``[N, *shape]``), then the right-aligned one (a shared
+    parameter of lower rank gets singleton axes), on a 2-replica probe: the builder must give batch
+    shape ``[2, *B]`` and the same family tensors in both rows as without replication.
+    """
+    single = build(dist_builder, params)
+    target = torch.Size((2, *single.batch_shape))
+    layouts = [_plain] if len({v.dim() for v in params.values()}) == 1 else [_plain, _aligned]
+    problems = []
+    for layout in layouts:
+        try:
+            probe = dist_builder(**layout(params, 2))
+        except Exception as err:  # any failure of the user's builder on replicas means: not this layout
+            problems.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+            continue
+        if not isinstance(probe, Distribution) or probe.batch_shape != target \
+                or probe.event_shape != single.event_shape:
+            shape = list(probe.batch_shape) if isinstance(probe, Distribution) else type(probe).__name__
+            problems.append(f"batch shape {shape} instead of {list(target)}")
+            continue
+        mixed = _mixes(probe, single, 2)
+        if mixed is not None:
+            raise GradestError(
+                f"the builder mixes the leading sample axis: built from 2 replicas of the parameters, "
+                f"its {mixed!r} differs from the one built from the parameters themselves (a softmax, "
+                "sum or mean over dim 0?); act on each sample alone with negative dims, e.g. "
+                "softmax(logits, -1)"
+            )
+        replicas = layout(params, num_samples)
+        return replicas, build(dist_builder, replicas), single
+    raise GradestError(
+        "per-sample gradients replicate the parameters along a leading sample axis, and the builder "
+        f"does not broadcast over it ({'; '.join(problems)}); write it with batched operations "
+        "(torch.diag_embed instead of torch.diag, x[..., None] instead of x[:, None]), or use "
+        "surrogate(), which does not replicate"
+    )
+
+
+def _graph_reaches(output: torch.Tensor, targets: list[torch.Tensor]) -> list[int]:
+    """Indices of ``targets`` (tensors needing gradients) that ``output``'s autograd graph reaches."""
+    nodes, leaves = {}, {}
+    for i, t in enumerate(targets):
+        if t.grad_fn is not None:
+            nodes[t.grad_fn] = i
+        elif t.requires_grad:
+            leaves[id(t)] = i
+    found, seen, stack = set(), set(), [output.grad_fn]
+    while stack:
+        node = stack.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        if node in nodes:
+            found.add(nodes[node])
+            continue
+        variable = getattr(node, "variable", None)
+        if variable is not None and id(variable) in leaves:
+            found.add(leaves[id(variable)])
+        stack.extend(n for n, _ in node.next_functions)
+    return sorted(found)
+
+
+class Node(NamedTuple):
+    """One stochastic node as an estimator's hook sees it.
+
+    dist: batch shape ``[N, *B]`` (``replicated``, per_sample) or ``[*B]`` (surrogate).
+    builder, params: to rebuild it (control variates need their own replicas).
+    """
+
+    dist: Distribution
+    num_samples: int
+    replicated: bool
+    batch_shape: torch.Size
+    event_shape: torch.Size
+    builder: Builder
+    params: dict[str, torch.Tensor]
+
+    @property
+    def sample_shape(self) -> torch.Size:
+        return torch.Size(()) if self.replicated else torch.Size((self.num_samples,))
+
+    def like(self) -> torch.Tensor:
+        """A parameter tensor: its device and dtype are those of everything the estimator makes."""
+        return next(iter(self.params.values()))
+
+    def per_sample(self, t: torch.Tensor) -> torch.Tensor:
+        """A family tensor as ``[N, *shape]`` (a view: replicated already, or expanded)."""
+        return t if self.replicated else t.expand(self.num_samples, *t.shape)
+
+
+def unwrap(dist: Distribution) -> Distribution:
+    """The family under ``Independent`` wrappers."""
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist
 
 
 def support_moves_with_parameters(dist: Distribution) -> bool:
     """Whether the support of a continuous ``dist`` depends on its parameters (Uniform's [low, high]).
 
     Then ∇θ ∫_{a(θ)}^{b(θ)} f p dx has boundary terms that E[f ∇θ log p] lacks, and score-function
-    or measure-valued estimates are biased. Independent and transformed distributions are judged
-    by their base distribution; discrete supports (Categorical's 0..K−1) do not move with θ.
+    or measure-valued estimates are biased. Independent wrappers are looked through; a transformed
+    distribution's support moves when its base's does or when a transform carries parameters
+    (Pareto = Exponential through exp and scale·x: its support [scale, ∞) moves).
     """
     while isinstance(dist, Independent | TransformedDistribution):
+        if isinstance(dist, TransformedDistribution) and not dist.support.is_discrete:
+            for t in dist.transforms:
+                if any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(t).values()):
+                    return True
         dist = dist.base_dist
     declared = getattr(type(dist), "support", None)
     return isinstance(declared, constraints.dependent_property) and not dist.support.is_discrete
 
 
-def joint_log_prob(dist: Distribution, x: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """log p(x_n; θ_n) summed over batch dimensions: ``[N]`` (independent coordinates multiply)."""
-    return dist.log_prob(x).reshape(num_samples, -1).sum(1)
+def is_discrete(dist: Distribution) -> bool:
+    try:
+        return bool(dist.support.is_discrete)
+    except NotImplementedError:
+        return False
+
+
+# ── the template ────────────────────────────────────────────────────────────────────────────
 
 
 class Estimator:
@@ -170,27 +453,34 @@ class Estimator:
     min_samples: int = 1
     #: Where the randomness of a sample comes from: None (the family's own sampler) or a Sampler.
     sampler: Sampler | None = None
+    capabilities: Capabilities = Capabilities()
 
-    def _draw(
-        self, dist: Distribution, num_samples: int, generator: torch.Generator, reparameterized: bool
-    ) -> torch.Tensor:
-        """x ~ p(x; θ) ``[N, ...]``: by rsample/sample, or through the inverse CDF of the sampler's u."""
+    # hooks and helpers for subclasses ------------------------------------------------------
+
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Return (terms s [N] with ∂s_n/∂θ_n = ĝ_n, total costs Σ_b f_b(x_n) [N] detached)."""
+        raise NotImplementedError
+
+    def _draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
+        """x ~ p(x; θ) ``[N, *B, *E]``: from the generator, or through the sampler's inverse CDF."""
         if self.sampler is None:
-            return draw(generator, dist.rsample if reparameterized else dist.sample)
-        u = self.sampler.uniforms(num_samples, sample_shape_numel(dist), generator)
-        x = inverse_cdf(dist, u, self.sampler)
+            return rng.sample(node.dist, node.sample_shape, generator, reparameterized)
+        dim = node.batch_shape.numel() * node.event_shape.numel()
+        u = self.sampler.uniforms(node.num_samples, dim, generator)
+        x = inverse_cdf(node, u, self.sampler)
         # detach for sample(): the score function must see no path from θ through x
         return x if reparameterized else x.detach()
 
-    def _uniforms(
-        self, num_samples: int, dim: int, generator: torch.Generator, dtype: torch.dtype
-    ) -> torch.Tensor:
-        """``[N, dim]`` uniforms in (0, 1) of ``dtype`` from the sampler (i.i.d. without one)."""
+    def _uniforms(self, num_samples: int, dim: int, generator: torch.Generator,
+                  like: torch.Tensor) -> torch.Tensor:
+        """``[N, dim]`` uniforms in (0, 1) on ``like``'s device and dtype (i.i.d. without a sampler)."""
         if self.sampler is None:
-            u = iid_uniforms(num_samples, dim, generator)
-        else:
-            u = self.sampler.uniforms(num_samples, dim, generator)
-        return open_unit(u, dtype)
+            return open_unit(rng.uniform((num_samples, dim), generator, like), like.dtype)
+        return open_unit(self.sampler.uniforms(num_samples, dim, generator).to(like.device), like.dtype)
+
+    def _groups(self, num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        return None if self.sampler is None else self.sampler.groups(num_samples).to(device)
 
     def _check_samples(self, num_samples: int) -> int:
         minimum = max(self.min_samples, getattr(self.sampler, "min_samples", 1))
@@ -199,17 +489,42 @@ class Estimator:
             self.sampler.check(num_samples)
         return num_samples
 
-    def _groups(self, num_samples: int) -> torch.Tensor | None:
-        return None if self.sampler is None else self.sampler.groups(num_samples)
+    # capability checks ---------------------------------------------------------------------
 
-    def _terms(
-        self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (terms s [N] with ∂s_n/∂θ_n = ĝ_n, costs f(x) [N] detached)."""
-        raise NotImplementedError
+    def _family_refusal(self, family: Distribution) -> str:
+        """Why a family outside ``capabilities.families`` is refused, naming the alternative."""
+        return (
+            f"{self.name} has rules for {', '.join(c.__name__ for c in self.capabilities.families)}, not "
+            f"{type(family).__name__}; use 'score' or 'score-loo' (any family) or 'pathwise' "
+            "(reparameterizable families) instead"
+        )
 
-    def _run(self, f, dist_builder, replicas, num_samples, generator):
-        return self._terms(f, build(dist_builder, replicas), num_samples, generator)
+    def applicable(self, dist: Distribution) -> str | None:
+        """Why this estimator does not apply to ``dist`` (with the alternative), or None if it does."""
+        caps = self.capabilities
+        family = unwrap(dist)
+        if caps.families is not None and not isinstance(family, caps.families):
+            return self._family_refusal(family)
+        if caps.needs_rsample and not dist.has_rsample:
+            return (
+                f"{self.name} needs a reparameterizable family, and {type(family).__name__} has no "
+                "rsample; use the score-function estimator ('score' or 'score-loo') instead"
+            )
+        if not caps.discrete and is_discrete(dist):
+            return f"{self.name} needs a continuous family; use 'score' or 'score-loo' instead"
+        if caps.fixed_support and support_moves_with_parameters(dist):
+            return (
+                f"the support of {type(family).__name__} moves with its parameters, so {self.name}'s "
+                "identity misses the boundary terms and would be biased; use 'pathwise' instead"
+            )
+        return None
+
+    def _require(self, dist: Distribution) -> None:
+        reason = self.applicable(dist)
+        if reason is not None:
+            raise GradestError(reason)
+
+    # the two views -------------------------------------------------------------------------
 
     def per_sample(
         self,
@@ -221,22 +536,38 @@ class Estimator:
     ) -> PerSampleGradients:
         """Single-sample estimates ``[num_samples, *param.shape]`` for each parameter (batched)."""
         start = time.perf_counter()
+        rng.check_generator(generator)
         params = check_params(params)
         num_samples = self._check_samples(num_samples)
+        declared = declared_parameters(f, tuple(params))
         # Detach: the per-sample view is a diagnostic and must not touch the caller's graph.
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
-        replicas = {k: v.expand(num_samples, *v.shape) for k, v in leaves.items()}
         with torch.enable_grad():
-            terms, values = self._run(f, dist_builder, replicas, num_samples, generator)
+            replicas, dist, single = replicate(dist_builder, leaves, num_samples)
+            self._require(single)
+            node = Node(dist, num_samples, True, single.batch_shape, single.event_shape,
+                        dist_builder, replicas)
+            cost = BoundCost(f, declared, _for_f(replicas, single, num_samples), num_samples,
+                             single.batch_shape)
+            terms, values = self._terms(cost, node, generator)
+            closed_over = _graph_reaches(terms, list(params.values()))
+            if closed_over:
+                name = list(params)[closed_over[0]]
+                raise GradestError(
+                    f"f uses the parameter {name!r} without declaring it, so its direct term ∂f/∂{name} "
+                    f"would be lost; declare it, e.g. def f(x, {name}): …, and gradest passes it "
+                    "(with a leading sample axis) and adds the term"
+                )
             grads = torch.autograd.grad(
                 terms.sum(), list(replicas.values()), allow_unused=True, materialize_grads=True
             )
         return PerSampleGradients(
-            grads=dict(zip(replicas, grads, strict=True)),
+            grads={k: g.reshape(num_samples, *params[k].shape)
+                   for k, g in zip(replicas, grads, strict=True)},
             values=values.detach(),
             seconds=time.perf_counter() - start,
             estimator=self.name,
-            groups=self._groups(num_samples),
+            groups=self._groups(num_samples, values.device),
         )
 
     def surrogate(
@@ -246,13 +577,43 @@ class Estimator:
         params: Mapping[str, torch.Tensor],
         num_samples: int,
         generator: torch.Generator,
+        reduction: str = "sum",
     ) -> torch.Tensor:
-        """Scalar: value = MC estimate of L, gradient = mean of the single-sample estimates."""
+        """Scalar: value = MC estimate of E[Σ_b f_b], gradient = mean of the single-sample estimates.
+
+        ``reduction="mean"`` divides both by the number of cost elements per sample (the batch
+        elements of a per-element cost; 1 for a cost of shape ``[N]``).
+        """
+        if reduction not in REDUCTIONS:
+            raise GradestError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
+        rng.check_generator(generator)
         params = check_params(params)
         num_samples = self._check_samples(num_samples)
-        replicas = {k: v.expand(num_samples, *v.shape) for k, v in params.items()}
-        terms, _ = self._run(f, dist_builder, replicas, num_samples, generator)
-        return terms.mean()
+        declared = declared_parameters(f, tuple(params))
+        dist = build(dist_builder, params)
+        self._require(dist)
+        node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
+        cost = BoundCost(f, declared, _for_f(_plain(params, num_samples), dist, num_samples),
+                         num_samples, dist.batch_shape)
+        terms, _ = self._terms(cost, node, generator)
+        loss = terms.mean()
+        if reduction == "mean" and cost.elements:
+            loss = loss / cost.elements
+        return loss
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
+
+
+def _for_f(replicas: Mapping[str, torch.Tensor], dist: Distribution, num_samples: int
+           ) -> dict[str, torch.Tensor]:
+    """The parameters as f receives them: ``[N, 1, …, *shape]``, broadcastable against x."""
+    rank = len(dist.batch_shape) + len(dist.event_shape)
+    out = {}
+    for k, v in replicas.items():
+        shape = v.shape[1:]
+        while len(shape) and shape[0] == 1 and len(shape) > rank:  # aligned replicas: drop extra ones
+            shape = shape[1:]
+        pad = max(rank - len(shape), 0)
+        out[k] = v.reshape(num_samples, *([1] * pad), *shape)
+    return out

@@ -1,17 +1,26 @@
-r"""Baselines b for the score-function estimator: ĝ_n = (f(x_n) − b_n) ∇θ log p(x_n; θ).
+r"""Baselines b for the score-function estimator: ĝ_n = Σ_b (f_b(x_n) − b_n,b) ∇θ log p(x_n,b; θ).
 
 Any b_n independent of x_n keeps the estimator unbiased, since E[∇θ log p(x; θ)] = 0; a good b_n
-close to E[f] lowers its variance. A baseline is a callable ``values [N] -> b [N]`` on the
-detached costs of the current batch.
+close to E[f] lowers its variance. A baseline is a callable ``(values [N, *C], groups) -> b [N, *C]``
+on the detached costs of the current call: with per-element costs (``C`` = the batch elements)
+it works per element, along the sample axis. ``groups`` labels dependent samples (antithetic
+pairs, quasi-Monte Carlo randomizations; None when i.i.d.).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from gradest.errors import GradestError
+
+
+class Baseline(Protocol):
+    min_samples: int
+
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor: ...
 
 
 class NoBaseline:
@@ -19,7 +28,7 @@ class NoBaseline:
 
     min_samples = 1
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros_like(values)
 
     def __repr__(self) -> str:
@@ -33,12 +42,12 @@ class Constant:
     value: float
     min_samples = 1
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return torch.full_like(values, float(self.value))
 
 
 class LeaveOneOut:
-    """b_n = (Σ_m f(x_m) − f(x_n)) / (N − 1): the mean of the other samples (RLOO).
+    """b_n,b = (Σ_m f_b(x_m) − f_b(x_n)) / (N − 1): the mean of the other samples, per element (RLOO).
 
     Unbiased, because b_n does not depend on x_n. Needs N ≥ 2. Kool et al. (2019). Given the
     sampler's groups (dependent samples), b_n is the mean outside x_n's group instead.
@@ -46,23 +55,23 @@ class LeaveOneOut:
     """
 
     min_samples = 2
-    #: takes the sampler's groups: with dependent samples, leave the whole group out
-    accepts_groups = True
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         n = values.shape[0]
         if groups is None:
-            return (values.sum() - values) / (n - 1)
+            return (values.sum(0) - values) / (n - 1)
         # An antithetic partner or a point of the same randomization depends on x_n, so leaving
         # only x_n out would bias the estimate: the baseline leaves its whole group out.
-        sums = torch.zeros(int(groups.max()) + 1, dtype=values.dtype).index_add_(0, groups, values)
-        counts = torch.bincount(groups).to(values.dtype)
-        if counts.numel() < 2:
+        size = int(groups.max()) + 1
+        sums = values.new_zeros(size, *values.shape[1:]).index_add_(0, groups, values)
+        counts = torch.bincount(groups, minlength=size).to(values.dtype)
+        if (counts > 0).sum() < 2:
             raise GradestError(
                 "the leave-one-out baseline needs at least 2 independent groups of samples "
                 "(antithetic pairs or randomizations); use more samples"
             )
-        return (values.sum() - sums[groups]) / (n - counts[groups])
+        counts = counts.reshape(size, *([1] * (values.dim() - 1)))
+        return (values.sum(0) - sums[groups]) / (n - counts[groups])
 
     def __repr__(self) -> str:
         return "LeaveOneOut()"
@@ -73,7 +82,8 @@ class MovingAverage:
     """b = bias-corrected exponential moving average of the mean cost of *earlier* calls.
 
     For training loops: the current batch is used only after b is read, so each estimate stays
-    unbiased. State lives in this object (the caller owns it); the first call uses b = 0.
+    unbiased. One number for all elements (a minibatch's elements change from step to step).
+    State lives in this object (the caller owns it); the first call uses b = 0.
     """
 
     decay: float = 0.9
@@ -89,7 +99,7 @@ class MovingAverage:
     def value(self) -> float:
         return 0.0 if self._count == 0 else self._raw / (1.0 - self.decay**self._count)
 
-    def __call__(self, values: torch.Tensor) -> torch.Tensor:
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         b = torch.full_like(values, self.value)
         self._raw = self.decay * self._raw + (1.0 - self.decay) * float(values.mean())
         self._count += 1

@@ -22,6 +22,9 @@ Controls:
 * ``ConstantControl``: h = 1, so ĝ_h is the score and c_k is the variance-optimal *constant
   baseline* per coordinate, b_k = Cov(f s_k, s_k)/Var(s_k), s = ∇θ log p (score function only).
 
+A cost that declares θ keeps its direct term ∂f/∂θ (added outside the combination; the control
+expands f at fixed θ).
+
 Requires: N ≥ 2 samples (2 independent groups with a sampler); for the delta method a Normal
 (or ``Independent`` Normal) and f twice differentiable at μ.
 
@@ -34,37 +37,44 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Distribution, Normal
 
 from gradest.errors import GradestError
-from gradest.estimators.base import Cost, Estimator, build
+from gradest.estimators.base import (
+    BoundCost,
+    Capabilities,
+    Estimator,
+    Node,
+    build,
+    chain,
+    replicate,
+    unwrap,
+)
 
-#: a fitted control: h (batched like f) and E_p[h] per sample ``[N]``, differentiable in θ
-Fitted = tuple[Cost, Callable[[Distribution], torch.Tensor]]
+#: a fitted control: h (x [N, ...] -> [N]) and E_p[h] per sample ``[N]``, differentiable in θ
+Fitted = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Distribution], torch.Tensor]]
 
 
 class DeltaMethod:
     """Taylor expansion of f at the mean of a diagonal Normal, of order 1 or 2."""
+
+    families = (Normal,)
+    differentiates_f = True
 
     def __init__(self, order: int = 2) -> None:
         if order not in (1, 2):
             raise GradestError(f"the delta method expands f to order 1 or 2, got {order!r}")
         self.order = order
 
-    def fit(self, f: Cost, dist: Distribution) -> Fitted:
-        family = dist.base_dist if isinstance(dist, Independent) else dist
-        if type(family) is not Normal:
-            raise GradestError(
-                f"the delta-method control variate needs a Normal (its closed-form E[h]), got "
-                f"{type(family).__name__}; use 'score-optb' or 'score-loo' for other families"
-            )
+    def fit(self, f: BoundCost, dist: Distribution, like: torch.Tensor) -> Fitted:
+        family = unwrap(dist)
         # Replicas share their values, so row 0 is the current μ; h is frozen at it.
         mu = family.loc.detach()[0]
         shape = mu.shape
         mu = mu.reshape(-1)
 
         def at(z: torch.Tensor) -> torch.Tensor:
-            return f(z.reshape(1, *shape)).sum()
+            return f(z.reshape(1, *shape), direct=False).sum()
 
         with torch.enable_grad():
             z = mu.clone().requires_grad_(True)
@@ -84,7 +94,7 @@ class DeltaMethod:
             return out if hess is None else out + 0.5 * ((delta @ hess) * delta).sum(1)
 
         def expectation(d: Distribution) -> torch.Tensor:
-            fam = d.base_dist if isinstance(d, Independent) else d
+            fam = unwrap(d)
             n = fam.loc.shape[0]
             delta = fam.loc.reshape(n, -1) - mu
             out = a + delta @ b
@@ -102,12 +112,15 @@ class DeltaMethod:
 class ConstantControl:
     """h = 1 (E[h] = 1): with the score function, a variance-optimal baseline per coordinate."""
 
-    def fit(self, f: Cost, dist: Distribution) -> Fitted:
+    families = None
+    differentiates_f = False
+
+    def fit(self, f: BoundCost, dist: Distribution, like: torch.Tensor) -> Fitted:
         def h(x: torch.Tensor) -> torch.Tensor:
-            return torch.ones(x.shape[0], dtype=x.dtype if x.is_floating_point() else None)
+            return like.new_ones(x.shape[0])
 
         def expectation(d: Distribution) -> torch.Tensor:
-            return torch.ones(d.batch_shape[0])
+            return like.new_ones(d.batch_shape[0])
 
         return h, expectation
 
@@ -138,9 +151,9 @@ def leave_group_out_coefficients(
         """Sums over each group's complement ``[G, P]``."""
         if groups is None:
             return t.sum(0) - t
-        return t.sum(0) - torch.zeros(size, t.shape[1], dtype=t.dtype).index_add_(0, groups, t)
+        return t.sum(0) - t.new_zeros(size, t.shape[1]).index_add_(0, groups, t)
 
-    own = torch.ones(n) if groups is None else torch.bincount(groups, minlength=size)
+    own = torch.ones(n, device=a.device) if groups is None else torch.bincount(groups, minlength=size)
     count = (n - own).to(a.dtype).unsqueeze(1)
     sa, sb, sab, sbb = split(a), split(b), split(a * b), split(b * b)
     cov = sab - sa * sb / count
@@ -166,6 +179,25 @@ class ControlVariate(Estimator):
         self.control = control
         self.name = name or f"{inner.name}-cv"
         self.min_samples = max(inner.min_samples, 2)
+        caps = inner.capabilities
+        families = control.families if caps.families is None else caps.families
+        if control.families is not None and caps.families is not None:
+            families = tuple(c for c in caps.families if issubclass(c, control.families))
+        self.capabilities = Capabilities(
+            needs_rsample=caps.needs_rsample,
+            differentiates_f=caps.differentiates_f or control.differentiates_f,
+            families=families,
+            discrete=caps.discrete,
+            fixed_support=caps.fixed_support,
+        )
+
+    def _family_refusal(self, family: Distribution) -> str:
+        if self.control.families is not None and not isinstance(family, self.control.families):
+            return (
+                f"the delta-method control variate needs a Normal (its closed-form E[h]), got "
+                f"{type(family).__name__}; use 'score-optb' or 'score-loo' for other families"
+            )
+        return self.inner._family_refusal(family)
 
     @property
     def sampler(self):
@@ -176,31 +208,41 @@ class ControlVariate(Estimator):
         # the base estimator draws the samples, so it is the one that needs the sampler
         self.inner.sampler = value
 
-    def _run(self, f, dist_builder, replicas, num_samples, generator):
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         # Per-sample gradients of f's and h's estimates are needed before combining them, so the
-        # estimator differentiates its own detached replicas here.
-        leaves = {k: v.detach().requires_grad_(True) for k, v in replicas.items()}
-        twin = torch.Generator(device=generator.device)
-        twin.set_state(generator.get_state())
+        # estimator differentiates its own detached replicas here (in both views).
+        n = node.num_samples
         with torch.enable_grad():
-            dist = build(dist_builder, leaves)
-            h, expectation = self.control.fit(f, dist)
-            terms_f, values = self.inner._terms(f, dist, num_samples, generator)
+            if node.replicated:
+                targets = {k: v.detach().requires_grad_(True) for k, v in node.params.items()}
+                dist = build(node.builder, targets)
+            else:
+                base = {k: v.detach().requires_grad_(True) for k, v in node.params.items()}
+                targets, dist, _ = replicate(node.builder, base, n)
+            inner_node = node._replace(dist=dist, replicated=True, params=targets)
+            h, expectation = self.control.fit(cost, dist, node.like().detach())
+            control_cost = BoundCost(h, (), {}, n, node.batch_shape)
+            twin = torch.Generator(device=generator.device)
+            twin.set_state(generator.get_state())
+            terms_f, values = self.inner._terms(cost, inner_node, generator)
             # the twin generator replays the same random numbers: ĝ_h is coupled with ĝ_f
-            terms_h, _ = self.inner._terms(h, dist, num_samples, twin)
-            targets = list(leaves.values())
-            g_f = _grads(terms_f.sum(), targets)
-            g_h = _grads(terms_h.sum(), targets)
-            g_e = _grads(expectation(dist).sum(), targets)
-        groups = self._groups(num_samples)
-        terms = values.detach()
-        for replica, gf, gh, ge in zip(replicas.values(), g_f, g_h, g_e, strict=True):
-            a = gf.reshape(num_samples, -1)
-            control = (gh - ge).reshape(num_samples, -1)  # zero mean: E[ĝ_h] = ∇θ E[h]
+            terms_h, _ = self.inner._terms(control_cost, inner_node, twin)
+            leaves = list(targets.values())
+            g_f = _grads(terms_f.sum(), leaves)
+            g_h = _grads(terms_h.sum(), leaves)
+            g_e = _grads(expectation(dist).sum(), leaves)
+        groups = self._groups(n, values.device)
+        # value f(x); the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the
+        # combination: terms_f depends on the caller's parameters only through f's arguments
+        terms = values.detach() + (terms_f - terms_f.detach())
+        for param, gf, gh, ge in zip(node.params.values(), g_f, g_h, g_e, strict=True):
+            a = gf.reshape(n, -1)
+            control = (gh - ge).reshape(n, -1)  # zero mean: E[ĝ_h] = ∇θ E[h]
             coeff = leave_group_out_coefficients(a, control, groups)
             g = (a - coeff * control).reshape(gf.shape)
-            # value f(x); gradient ĝ^cv (the detach keeps the combination a constant of the math)
-            terms = terms + ((replica - replica.detach()) * g.detach()).reshape(num_samples, -1).sum(1)
+            # gradient ĝ^cv (the detach keeps the combination a constant of the math)
+            terms = terms + chain(param, g.detach(), n)
         return terms, values.detach()
 
     def __repr__(self) -> str:

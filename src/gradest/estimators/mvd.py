@@ -21,7 +21,9 @@ Coupling (``coupled=True``, as in the paper and optax): W′ = W; N = U·M with 
 (then U·M ~ N(0, 1)); Gamma(2, λ) = x + E/λ and Poisson's x shared by p⁺ and p⁻, with x the
 base draw. Uncoupled draws are independent. Bernoulli's decomposition has no randomness to couple.
 
-Only values of f are used, never its derivative: f may be a black box; x may be discrete.
+Only values of f are used, never its derivative in x: f may be a black box; x may be discrete.
+The perturbed points are evaluated without gradients; a cost that declares θ gets its direct
+term ∂f/∂θ at the base draw x₀ (one more evaluation of f on the N base points).
 Gradients reach the user's parameterization through the chain rule from the family's own
 parameters (``loc``, ``scale``, ``rate``, ``probs``).
 
@@ -38,12 +40,13 @@ import math
 from collections.abc import Callable
 
 import torch
-from torch.distributions import Bernoulli, Distribution, Exponential, Independent, Normal, Poisson
+from torch.distributions import Bernoulli, Distribution, Exponential, Normal, Poisson
 
+from gradest import rng
 from gradest.errors import GradestError
-from gradest.estimators.base import Cost, Estimator, evaluate
+from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, chain, total, unwrap
 
-#: one rule: (estimator, f, family, N, generator) -> ([(family parameter, ĝ)], f(x₀))
+#: one rule: (estimator, cost, family, node, generator) -> ([(family tensor φ, ĝ [N, *φ's batch])], x₀)
 Rule = Callable[..., tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]
 
 _SQRT_2PI = math.sqrt(2.0 * math.pi)
@@ -57,119 +60,149 @@ def _exponential(u: torch.Tensor) -> torch.Tensor:
     return -torch.log1p(-u)
 
 
-def _evaluate(
-    f: Cost, x0: torch.Tensor, blocks: list[tuple[torch.Tensor, torch.Tensor]], shape: torch.Size
-) -> tuple[torch.Tensor, list[torch.Tensor]]:
-    """f at x₀ ``[N, D]`` and, per block (base, values), at base with coordinate d set to values[:, d].
+class _Points:
+    """f at the base draw x₀ and at perturbed copies of it, in ONE call of f.
 
-    Returns f(x₀) ``[N]`` and one ``[N, D]`` tensor per block, from ONE call of f on
-    ``N · (1 + len(blocks) · D)`` points.
+    ``evaluate(x0, blocks)``: per block ``values [N, D]``, row d of the block is x₀ with coordinate d
+    replaced by values[:, d]; returns one ``[N, D]`` tensor of total costs per block (detached).
+    f(x₀) comes from the same call, with gradients (its direct dependence on θ and on tensors of
+    its own); the perturbed points never carry a gradient to θ.
     """
-    n, d = x0.shape
-    diag = torch.arange(d)
-    parts = [x0.unsqueeze(1)]
-    for base, values in blocks:
-        points = base.unsqueeze(1).repeat(1, d, 1)  # [N, D, D]: row d is perturbed in coordinate d
-        points[:, diag, diag] = values
-        parts.append(points)
-    points = torch.cat(parts, 1)
-    k = points.shape[1]
-    fx = evaluate(f, points.reshape(n * k, *shape[1:]), n * k).reshape(n, k)
-    return fx[:, 0], [fx[:, 1 + j * d : 1 + (j + 1) * d] for j in range(len(blocks))]
+
+    def __init__(self, cost: BoundCost, node: Node) -> None:
+        self.cost = cost
+        self.node = node
+        self.fx0: torch.Tensor | None = None
+
+    def base(self, x0: torch.Tensor) -> torch.Tensor:
+        """Total f(x₀) ``[N]``, with gradients."""
+        if self.fx0 is None:
+            self.evaluate(x0, [])
+        return self.fx0
+
+    def evaluate(self, x0: torch.Tensor, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
+        n, d = x0.shape
+        diag = torch.arange(d, device=x0.device)
+        parts = [] if self.fx0 is not None else [x0.unsqueeze(1)]
+        for values in blocks:
+            points = x0.unsqueeze(1).repeat(1, d, 1)  # [N, D, D]: row d is perturbed in coordinate d
+            points[:, diag, diag] = values
+            parts.append(points)
+        if not parts:
+            return []
+        points = torch.cat(parts, 1)
+        k = points.shape[1]
+        shape = (*self.node.batch_shape, *self.node.event_shape)
+        # sample-major order: rows n·k … n·k + k − 1 belong to sample n
+        x = points.reshape(n * k, *shape)
+        with torch.enable_grad():
+            if self.fx0 is None and self.cost.declared:
+                fx = self._with_direct_term(x, n, k)
+            else:
+                fx = self.cost(x, direct=False)
+        fx = total(fx).reshape(n, k)
+        if self.fx0 is None:
+            self.fx0, fx = fx[:, 0], fx[:, 1:]
+        fx = fx.detach()
+        return [fx[:, j * d : (j + 1) * d] for j in range(len(blocks))]
+
+    def _with_direct_term(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
+        """f on all points, the base points (column 0) with the live parameters, the rest detached."""
+        cost = self.cost
+        kwargs = {}
+        for name in cost.declared:
+            live = cost.for_f[name]  # [N, …]
+            rest = live.detach().unsqueeze(1).expand(n, k - 1, *live.shape[1:])
+            kwargs[name] = torch.cat([live.unsqueeze(1), rest], 1).reshape(n * k, *live.shape[1:])
+        return cost.check(cost.f(x, **kwargs), n * k)
 
 
-def _flat(t: torch.Tensor, n: int) -> torch.Tensor:
-    return t.detach().reshape(n, -1)
+def _flat(node: Node, t: torch.Tensor) -> torch.Tensor:
+    return node.per_sample(t).detach().reshape(node.num_samples, -1)
 
 
-def _normal(est: MeasureValued, f: Cost, dist: Normal, n: int, generator: torch.Generator):
+def _shaped(node: Node, g: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return g.reshape(node.num_samples, *like.shape[1 if node.replicated else 0 :])
+
+
+def _normal(est, points: _Points, dist: Normal, node: Node, generator):
     loc, scale = dist.loc, dist.scale
-    shape = loc.shape
-    mu, sigma = _flat(loc, n), _flat(scale, n)
-    d = mu.shape[1]
+    mu, sigma = _flat(node, loc), _flat(node, scale)
+    n, d = mu.shape
     want_loc, want_scale = loc.requires_grad, scale.requires_grad
     # columns of u: ε | W, W′ (uncoupled) | |M| from E and Z, sign of M, U or N
     n_loc = (1 if est.coupled else 2) if want_loc else 0
     n_scale = 4 if want_scale else 0
-    u = est._uniforms(n, (1 + n_loc + n_scale) * d, generator, mu.dtype).reshape(n, -1, d)
+    u = est._uniforms(n, (1 + n_loc + n_scale) * d, generator, mu).reshape(n, -1, d)
     x0 = mu + sigma * _std_normal(u[:, 0])
     blocks = []
     if want_loc:
         w = (2.0 * _exponential(u[:, 1])).sqrt()  # Weibull(scale √2, shape 2), i.e. Rayleigh(1)
         w_neg = w if est.coupled else (2.0 * _exponential(u[:, 2])).sqrt()
-        blocks += [(x0, mu + sigma * w), (x0, mu - sigma * w_neg)]
+        blocks += [mu + sigma * w, mu - sigma * w_neg]
     if want_scale:
         s = u[:, 1 + n_loc :]
         # |M|² ~ χ²₃ = 2·Gamma(3/2) = 2·Exp + Z²; a fair sign makes it double-sided
         m = (2.0 * _exponential(s[:, 0]) + _std_normal(s[:, 1]) ** 2).sqrt()
         m = torch.where(s[:, 2] < 0.5, -m, m)
         normal = s[:, 3] * m if est.coupled else _std_normal(s[:, 3])
-        blocks += [(x0, mu + sigma * m), (x0, mu + sigma * normal)]
-    values, fs = _evaluate(f, x0, blocks, shape)
+        blocks += [mu + sigma * m, mu + sigma * normal]
+    fs = points.evaluate(x0, blocks)
     grads = []
     if want_loc:
-        grads.append((loc, ((fs[0] - fs[1]) / (_SQRT_2PI * sigma)).reshape(shape)))
+        grads.append((loc, _shaped(node, (fs[0] - fs[1]) / (_SQRT_2PI * sigma), loc)))
         fs = fs[2:]
     if want_scale:
-        grads.append((scale, ((fs[0] - fs[1]) / sigma).reshape(shape)))
-    return grads, values
+        grads.append((scale, _shaped(node, (fs[0] - fs[1]) / sigma, scale)))
+    return grads, x0
 
 
-def _exponential_rule(est: MeasureValued, f: Cost, dist: Exponential, n: int, generator):
+def _exponential_rule(est, points: _Points, dist: Exponential, node: Node, generator):
     rate = dist.rate
-    shape = rate.shape
-    lam = _flat(rate, n)
-    d = lam.shape[1]
+    lam = _flat(node, rate)
+    n, d = lam.shape
     if not rate.requires_grad:
-        u = est._uniforms(n, d, generator, lam.dtype)
-        values, _ = _evaluate(f, _exponential(u) / lam, [], shape)
-        return [], values
-    u = est._uniforms(n, (2 if est.coupled else 4) * d, generator, lam.dtype).reshape(n, -1, d)
+        return [], _exponential(est._uniforms(n, d, generator, lam)) / lam
+    u = est._uniforms(n, (2 if est.coupled else 4) * d, generator, lam).reshape(n, -1, d)
     x0 = _exponential(u[:, 0]) / lam
     if est.coupled:
         # p⁺ is the base draw itself; p⁻ = Gamma(2, λ) adds an independent Exp(λ) to it
-        values, (minus,) = _evaluate(f, x0, [(x0, x0 + _exponential(u[:, 1]) / lam)], shape)
-        plus = values.unsqueeze(1)
+        (minus,) = points.evaluate(x0, [x0 + _exponential(u[:, 1]) / lam])
+        plus = points.base(x0).detach().unsqueeze(1)
     else:
         gamma2 = (_exponential(u[:, 2]) + _exponential(u[:, 3])) / lam
-        values, (plus, minus) = _evaluate(
-            f, x0, [(x0, _exponential(u[:, 1]) / lam), (x0, gamma2)], shape
-        )
-    return [(rate, ((plus - minus) / lam).reshape(shape))], values
+        plus, minus = points.evaluate(x0, [_exponential(u[:, 1]) / lam, gamma2])
+    return [(rate, _shaped(node, (plus - minus) / lam, rate))], x0
 
 
-def _poisson(est: MeasureValued, f: Cost, dist: Poisson, n: int, generator):
+def _poisson(est, points: _Points, dist: Poisson, node: Node, generator):
     if est.sampler is not None:
         raise GradestError(
             f"sampler {est.sampler.name!r} draws through the inverse CDF, which torch has not for "
             "Poisson; use 'mvd' without a sampler suffix"
         )
     rate = dist.rate
-    shape = rate.shape
-    lam = _flat(rate, n)
-    x0 = torch.poisson(lam, generator=generator)
+    lam = _flat(node, rate)
+    x0 = rng.poisson(lam, generator)
     if not rate.requires_grad:
-        values, _ = _evaluate(f, x0, [], shape)
-        return [], values
+        return [], x0
     if est.coupled:
-        values, (plus,) = _evaluate(f, x0, [(x0, x0 + 1.0)], shape)
-        minus = values.unsqueeze(1)
+        (plus,) = points.evaluate(x0, [x0 + 1.0])
+        minus = points.base(x0).detach().unsqueeze(1)
     else:
-        fresh = torch.poisson(lam.repeat(2, 1), generator=generator).reshape(2, n, -1)
-        values, (plus, minus) = _evaluate(f, x0, [(x0, fresh[0] + 1.0), (x0, fresh[1])], shape)
-    return [(rate, (plus - minus).reshape(shape))], values
+        fresh = rng.poisson(lam.repeat(2, 1), generator).reshape(2, *lam.shape)
+        plus, minus = points.evaluate(x0, [fresh[0] + 1.0, fresh[1]])
+    return [(rate, _shaped(node, plus - minus, rate))], x0
 
 
-def _bernoulli(est: MeasureValued, f: Cost, dist: Bernoulli, n: int, generator):
+def _bernoulli(est, points: _Points, dist: Bernoulli, node: Node, generator):
     probs = dist.probs
-    shape = probs.shape
-    p = _flat(probs, n)
-    x0 = (est._uniforms(n, p.shape[1], generator, p.dtype) < p).to(p.dtype)
+    p = _flat(node, probs)
+    x0 = (est._uniforms(p.shape[0], p.shape[1], generator, p) < p).to(p.dtype)
     if not probs.requires_grad:
-        values, _ = _evaluate(f, x0, [], shape)
-        return [], values
-    values, (one, zero) = _evaluate(f, x0, [(x0, torch.ones_like(x0)), (x0, torch.zeros_like(x0))], shape)
-    return [(probs, (one - zero).reshape(shape))], values
+        return [], x0
+    one, zero = points.evaluate(x0, [torch.ones_like(x0), torch.zeros_like(x0)])
+    return [(probs, _shaped(node, one - zero, probs))], x0
 
 
 #: family -> its decomposition; add a family with one function and one line here
@@ -184,30 +217,34 @@ RULES: dict[type[Distribution], Rule] = {
 class MeasureValued(Estimator):
     """ĝ_n = c (f(x⁺_n) − f(x⁻_n)) per coordinate, coupled (paper) or with independent draws."""
 
+    capabilities = Capabilities(families=tuple(RULES), fixed_support=True)
+
     def __init__(self, coupled: bool = True, name: str | None = None) -> None:
         self.coupled = coupled
         self.name = name or ("mvd" if coupled else "mvd-uncoupled")
 
-    def _terms(
-        self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        family = dist.base_dist if isinstance(dist, Independent) else dist
-        rule = RULES.get(type(family))
-        if rule is None:
-            raise GradestError(
-                f"the measure-valued estimator has decompositions for "
-                f"{', '.join(c.__name__ for c in RULES)}, not {type(family).__name__}; use "
-                "'score' (any family) or 'pathwise' (reparameterizable families) instead"
-            )
-        # f is evaluated on detached points: the estimator never differentiates f
+    def _family_refusal(self, family: Distribution) -> str:
+        return (
+            f"the measure-valued estimator has decompositions for "
+            f"{', '.join(c.__name__ for c in RULES)}, not {type(family).__name__}; use "
+            "'score' (any family) or 'pathwise' (reparameterizable families) instead"
+        )
+
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        family = unwrap(node.dist)
+        rule = next(r for c, r in RULES.items() if isinstance(family, c))
+        points = _Points(cost, node)
+        # the perturbed points are evaluated without gradients: the estimator never differentiates f
         with torch.no_grad():
-            grads, values = rule(self, f, family, num_samples, generator)
-        terms = values
-        for param, g in grads:
+            grads, x0 = rule(self, points, family, node, generator)
+        fx = points.base(x0)
+        terms = fx
+        for phi, g in grads:
             # value f(x₀); gradient ĝ through the family's parameter, and by the chain rule
             # to whatever parameterization the builder used
-            terms = terms + ((param - param.detach()) * g).reshape(num_samples, -1).sum(1)
-        return terms, values
+            terms = terms + chain(phi, g, node.num_samples)
+        return terms, fx.detach()
 
     def __repr__(self) -> str:
         return f"MeasureValued(coupled={self.coupled}, name={self.name!r})"

@@ -1,14 +1,15 @@
 r"""Pathwise estimator (reparameterization trick).
 
-    ∇θ E_{p(x;θ)}[f(x)] = E_{p(ε)}[∇θ f(g(ε; θ))],   x = g(ε; θ)
+    ∇θ E_{p(x;θ)}[f(x; θ)] = E_{p(ε)}[∇θ f(g(ε; θ); θ)],   x = g(ε; θ)
 
-One sample's estimate is ∇θ f(x_n) with x_n drawn by ``rsample``, so the gradient flows through
-the sampler: explicitly for location-scale families (x = μ + σε), and implicitly for Gamma, Beta
-and Dirichlet, whose ``rsample`` differentiates the CDF (Figurnov et al., 2018). With an
-antithetic or quasi-Monte Carlo sampler, x = F⁻¹(u; θ) is the reparameterization instead.
+One sample's estimate is ∇θ f(x_n; θ) with x_n = g(ε_n; θ), so the gradient flows through the
+sampler: explicitly for location-scale families (x = μ + σε, ε from the caller's generator), and
+implicitly for Gamma, Beta and Dirichlet, whose ``rsample`` differentiates the CDF (Figurnov et
+al., 2018). With an antithetic or quasi-Monte Carlo sampler, x = F⁻¹(u; θ) is the
+reparameterization instead. A cost that declares θ gets its direct term from the same backward pass.
 
-Requires: the family has ``rsample`` (``has_rsample``); f differentiable in x almost everywhere.
-For discrete families or an f with no gradient path, use the score-function estimator.
+Requires: the family has ``rsample`` (``has_rsample``); f differentiable in x almost everywhere
+(an f with no gradient path from x is refused). For discrete families, use the score function.
 
 References: Kingma & Welling (2014); Rezende et al. (2014); Mohamed et al., JMLR 21 (2020) §5.
 """
@@ -16,32 +17,25 @@ References: Kingma & Welling (2014); Rezende et al. (2014); Mohamed et al., JMLR
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution
 
 from gradest.errors import GradestError
-from gradest.estimators.base import Cost, Estimator, evaluate
+from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, total
 
 
 class Pathwise(Estimator):
-    """ĝ_n = ∇θ f(x_n(θ)), x_n = rsample()."""
+    """ĝ_n = ∇θ f(x_n(θ); θ), x_n = g(ε_n; θ)."""
 
     name = "pathwise"
+    capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False)
 
-    def _terms(
-        self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if not dist.has_rsample:
-            raise GradestError(
-                f"the pathwise estimator needs a reparameterizable family, and "
-                f"{type(dist).__name__} has no rsample; use the score-function estimator "
-                "('score' or 'score-loo') instead"
-            )
-        x = self._draw(dist, num_samples, generator, reparameterized=True)
-        fx = evaluate(f, x, num_samples)
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        x = self._draw(node, generator, reparameterized=True)
+        fx = cost(x)
         if x.requires_grad and not fx.requires_grad:  # (no parameter needing a gradient: nothing to check)
             raise GradestError(
                 "f has no gradient path from its input to its output (it detaches, rounds, "
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "
                 "use the score-function estimator ('score' or 'score-loo') instead"
             )
-        return fx, fx.detach()
+        return total(fx), total(fx.detach())

@@ -25,7 +25,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Distribution, Independent
+from torch.distributions import Independent
 
 from gradest.errors import GradestError
 
@@ -43,11 +43,6 @@ def open_unit(u: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return _open_unit(u.to(dtype))
 
 
-def iid_uniforms(num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
-    """Independent Uniform(0, 1) draws ``[num_samples, dim]`` in float64."""
-    return _open_unit(torch.rand(num_samples, dim, generator=generator, dtype=torch.float64))
-
-
 class Antithetic:
     """Pairs (u, 1 − u): samples 2i and 2i + 1 form group i. Needs an even number of samples."""
 
@@ -63,7 +58,8 @@ class Antithetic:
 
     def uniforms(self, num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
         self.check(num_samples)
-        u = torch.rand(num_samples // 2, dim, generator=generator, dtype=torch.float64)
+        u = torch.rand(num_samples // 2, dim, generator=generator, dtype=torch.float64,
+                       device=generator.device)
         return _open_unit(torch.stack([u, 1.0 - u], dim=1).reshape(num_samples, dim))
 
     def groups(self, num_samples: int) -> torch.Tensor:
@@ -104,12 +100,13 @@ class QuasiMonteCarlo:
                 f"this estimator needs {dim} uniforms per sample; use +antithetic or no sampler"
             )
         per = num_samples // self.randomizations
-        seeds = torch.randint(_SEED_HIGH, (self.randomizations,), generator=generator).tolist()
+        seeds = torch.randint(_SEED_HIGH, (self.randomizations,), generator=generator,
+                              device=generator.device).tolist()
         blocks = [
             torch.quasirandom.SobolEngine(dim, scramble=True, seed=int(s)).draw(per, dtype=torch.float64)
             for s in seeds
         ]
-        return _open_unit(torch.cat(blocks))
+        return _open_unit(torch.cat(blocks).to(generator.device))
 
     def groups(self, num_samples: int) -> torch.Tensor:
         return torch.arange(num_samples) // (num_samples // self.randomizations)
@@ -147,21 +144,15 @@ SAMPLERS: dict[str, str] = {
 }
 
 
-def sample_shape_numel(dist: Distribution) -> int:
-    """Number of uniforms one sample needs: coordinates of a sample, without the leading axis."""
-    shape = dist.batch_shape + dist.event_shape
-    return math.prod(shape[1:])
-
-
-def inverse_cdf(dist: Distribution, u: torch.Tensor, sampler: Sampler) -> torch.Tensor:
-    """x = F⁻¹(u; θ), differentiable in θ, for ``u`` of shape ``[N, D]``; unwraps ``Independent``."""
-    base = dist.base_dist if isinstance(dist, Independent) else dist
-    shape = base.batch_shape + base.event_shape
-    params = [getattr(base, k) for k in base.arg_constraints if k in base.__dict__]
-    dtype = next((p.dtype for p in params if isinstance(p, torch.Tensor)), torch.get_default_dtype())
-    u = open_unit(u, dtype)
+def inverse_cdf(node, u: torch.Tensor, sampler: Sampler) -> torch.Tensor:
+    """x = F⁻¹(u; θ) ``[N, *B, *E]``, differentiable in θ, for ``u [N, D]``; unwraps ``Independent``."""
+    base = node.dist
+    while isinstance(base, Independent):
+        base = base.base_dist
+    like = node.like()
+    u = open_unit(u.to(like.device), like.dtype)
     try:
-        return base.icdf(u.reshape(shape))
+        return base.icdf(u.reshape(node.num_samples, *node.batch_shape, *node.event_shape))
     except NotImplementedError:
         raise GradestError(
             f"sampler {sampler.name!r} draws through the inverse CDF, and {type(base).__name__} has "

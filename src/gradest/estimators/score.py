@@ -1,61 +1,77 @@
 r"""Score-function estimator (REINFORCE, likelihood ratio).
 
-    ∇θ E_{p(x;θ)}[f(x)] = E_{p(x;θ)}[(f(x) − b) ∇θ log p(x; θ)]
+    ∇θ E_{p(x;θ)}[Σ_b f_b(x; θ)] = E_p[Σ_b (f_b(x; θ) − b_b) ∇θ log p(x_b; θ) + Σ_b ∇θ f_b(x; θ)]
 
-One sample's estimate is (f(x_n) − b_n) ∇θ log p(x_n; θ). Only f's values are used, never its
-derivative, so f may be discrete, non-differentiable or a black box; the family may be discrete.
-The baseline b_n (see :mod:`gradest.estimators.baselines`) must not depend on x_n.
+One sample's estimate is Σ_b (f_b(x_n) − b_n,b) ∇θ log p(x_n,b; θ): with a per-element cost each
+element's log-density is weighted by its own cost (and baseline), with a cost of shape ``[N]`` by
+the total. The last term, the direct dependence of f on θ, appears only for a cost that declares
+its parameters. The surrogate is the DiCE/Pyro form f + (f.detach() − b)(log p − log p.detach()).
 
-Requires: log p(x; θ) differentiable in θ. Variance grows with the spread of f and with the
-dimension of x, which is why baselines matter.
+Only f's values enter the learning signal, never ∂f/∂x, so f may be discrete, non-differentiable
+or a black box, and the family may be discrete. The baseline b_n (see
+:mod:`gradest.estimators.baselines`) must not depend on x_n.
 
-References: Williams (1992); Glynn (1990); Mohamed et al., JMLR 21 (2020) §4.
+Requires: log p(x; θ) differentiable in θ; a support that does not move with θ (else the identity
+misses boundary terms: refused); per-element costs f_b that depend on their own x_b only.
+∇θ log p comes in closed form for Normal, Bernoulli, Categorical, Exponential, Poisson and Gamma
+(:mod:`gradest.estimators.scores`), from autograd of ``log_prob`` otherwise.
+
+References: Williams (1992); Glynn (1990); Foerster et al. (2018, DiCE); Mohamed et al., JMLR 21
+(2020) §4.
 """
 
 from __future__ import annotations
 
 import torch
-from torch.distributions import Distribution
 
-from gradest.errors import GradestError
 from gradest.estimators.base import (
-    Cost,
+    BoundCost,
+    Capabilities,
     Estimator,
-    evaluate,
-    joint_log_prob,
-    support_moves_with_parameters,
+    Node,
+    broadcast_signal,
+    chain,
+    per_element,
+    total,
+    unwrap,
 )
-from gradest.estimators.baselines import NoBaseline
+from gradest.estimators.baselines import Baseline, NoBaseline
+from gradest.estimators.scores import analytic_score
+
+
+def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """Σ_b weight_b ⟨∇θ log p(x_b), ·⟩ as terms ``[N]`` (value 0): weight ``[N, *C]`` is a constant."""
+    n = node.num_samples
+    family = unwrap(node.dist)
+    scores = analytic_score(family, x)
+    if scores is not None:
+        out = 0.0
+        for phi, s in scores:
+            out = out + chain(phi, broadcast_signal(weight, s) * s, n)
+        return out
+    logp = per_element(node.dist.log_prob(x), weight)
+    return total(weight * (logp - logp.detach()))
 
 
 class ScoreFunction(Estimator):
-    """ĝ_n = (f(x_n) − b_n) ∇θ log p(x_n; θ)."""
+    """ĝ_n = Σ_b (f_b(x_n) − b_n,b) ∇θ log p(x_n,b; θ) [+ ∇θ f(x_n; θ)]."""
 
-    def __init__(self, baseline=None, name: str = "score") -> None:
+    capabilities = Capabilities(fixed_support=True)
+
+    def __init__(self, baseline: Baseline | None = None, name: str = "score") -> None:
         self.baseline = NoBaseline() if baseline is None else baseline
         self.name = name
-        self.min_samples = getattr(self.baseline, "min_samples", 1)
+        self.min_samples = self.baseline.min_samples
 
-    def _terms(
-        self, f: Cost, dist: Distribution, num_samples: int, generator: torch.Generator
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        if support_moves_with_parameters(dist):
-            raise GradestError(
-                f"the support of {type(dist).__name__} moves with its parameters, so the score-function "
-                "identity ∇E f = E[f ∇log p] misses the boundary terms and would be biased; use "
-                "'pathwise' instead"
-            )
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+               ) -> tuple[torch.Tensor, torch.Tensor]:
         # detached draw: no path from θ through x
-        x = self._draw(dist, num_samples, generator, reparameterized=False)
-        with torch.no_grad():  # the score function never differentiates f
-            fx = evaluate(f, x, num_samples)
-            if getattr(self.baseline, "accepts_groups", False):
-                weight = fx - self.baseline(fx, self._groups(num_samples))
-            else:
-                weight = fx - self.baseline(fx)
-        logp = joint_log_prob(dist, x, num_samples)
-        # Value f(x_n), gradient weight_n ∇ log p: the weight is a constant of the math.
-        return fx + weight * (logp - logp.detach()), fx
+        x = self._draw(node, generator, reparameterized=False)
+        fx = cost(x)  # a graph only where f depends on θ or on tensors of its own (a decoder)
+        signal = fx.detach()
+        with torch.no_grad():  # the learning signal is a constant of the math
+            weight = signal - self.baseline(signal, self._groups(node.num_samples, signal.device))
+        return total(fx) + score_terms(node, x, weight), total(signal)
 
     def __repr__(self) -> str:
         return f"ScoreFunction(baseline={self.baseline!r}, name={self.name!r})"
