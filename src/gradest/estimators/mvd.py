@@ -100,9 +100,9 @@ class _Points:
                 fx = self._with_direct_term(x, n, k)
             else:
                 fx = self.cost(x, direct=False)
-        fx = total(fx).reshape(n, k)
-        if self.fx0 is None:
-            self.fx0, fx = fx[:, 0], fx[:, 1:]
+            fx = total(fx).reshape(n, k)
+            if self.fx0 is None:
+                self.fx0, fx = fx[:, 0], fx[:, 1:]
         fx = fx.detach()
         return [fx[:, j * d : (j + 1) * d] for j in range(len(blocks))]
 
