@@ -33,22 +33,25 @@ With per-element costs the score-function family uses each element's own cost as
 signal of that element's log-density, and baselines work per element, so an element's variance
 does not grow with the batch size.
 
-Both views come from one hook, ``_terms``, which returns a vector s(θ) of N terms with
-∂s_n/∂θ_n = ĝ_n, where θ_n is sample n's private copy of the parameters. ``per_sample`` replicates
-θ along a leading sample axis (``expand``, no copy) and takes one backward pass of Σ_n s_n; the
-surrogate builds the distribution once and draws ``sample_shape=(N,)`` from it. Both draw the same
-noise ``[N, *B, *E]`` from the generator, so they agree.
+Both views come from one hook, ``_terms``, which returns a scalar S(θ) = Σ_n s_n whose terms
+satisfy ∂s_n/∂θ_n = ĝ_n, where θ_n is sample n's private copy of the parameters, together with
+the N total costs. ``per_sample`` replicates θ along a leading sample axis (``expand``, no copy)
+and takes one backward pass of S; the surrogate builds the distribution once, draws
+``sample_shape=(N,)`` from it and returns mean(f) + (S − S.detach())/N. Both draw the same noise
+``[N, *B, *E]`` from the generator, so they agree. S's own value is not used.
 
 An estimator that computes ĝ_n explicitly (measure-valued derivatives, control variates, the
-analytic scores) returns s_n = f(x_n) + Σ_k ⟨φ_k − φ_k.detach(), ĝ_k,n⟩ with φ the family's own
-parameters (``loc``, ``scale``, …): autograd's chain rule carries ĝ to the builder's
-parameterization (log-scale, logits, a network's weights).
+analytic scores) adds Σ_n ⟨φ_k, ĝ_k,n⟩ with ĝ detached and φ the family's own parameters
+(``loc``, ``scale``, …): autograd's chain rule carries ĝ to the builder's parameterization
+(log-scale, logits, a network's weights).
 """
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import math
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
@@ -197,7 +200,12 @@ def declared_parameters(f: Cost, names: tuple[str, ...]) -> tuple[str, ...]:
 
 def total(costs: torch.Tensor) -> torch.Tensor:
     """Σ_b f_b per sample: ``[N, *C] -> [N]``."""
-    return costs.reshape(costs.shape[0], -1).sum(1)
+    return costs if costs.dim() == 1 else costs.reshape(costs.shape[0], -1).sum(1)
+
+
+def carrier(costs: torch.Tensor) -> torch.Tensor | float:
+    """Σ_n Σ_b f_b(x_n) when f's output carries a gradient (of θ or of f's own tensors), else 0."""
+    return costs.sum() if costs.requires_grad else 0.0
 
 
 class BoundCost:
@@ -247,7 +255,8 @@ class BoundCost:
                 f"f must return one value per sample, shape [{n}]{per_element}, got {list(out.shape)}; "
                 "reduce over the event dimensions inside f (e.g. .sum(-1))"
             )
-        if not torch.isfinite(out).all():
+        # a finite sum implies finite terms; only then is the elementwise check needed
+        if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
             raise GradestError("f returned NaN or inf on some samples; check f's domain")
         return out
 
@@ -263,12 +272,16 @@ def broadcast_signal(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weight.reshape(*weight.shape, *([1] * (like.dim() - weight.dim())))
 
 
-def chain(phi: torch.Tensor, g: torch.Tensor, num_samples: int) -> torch.Tensor:
-    """Σ ⟨φ − φ.detach(), ĝ⟩ per sample ``[N]``: value 0, gradient ĝ through φ (chain rule onwards).
+def chain(phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """Σ_n ⟨φ_n, ĝ_n⟩ with ĝ a constant: its gradient is ĝ_n through φ_n (chain rule onwards).
 
-    φ: a family parameter, ``[N, *S]`` (replicated) or ``[*S]`` (shared); ĝ: ``[N, *S]``.
+    φ: a family parameter, ``[N, *S]`` (replicated: sample n's gradient lands in row n) or ``[*S]``
+    (shared: the sum over samples is taken first, which is all the surrogate needs); ĝ: ``[N, *S]``.
     """
-    return ((phi - phi.detach()) * g).reshape(num_samples, -1).sum(1)
+    g = g.detach()
+    if phi.dim() < g.dim():
+        return (phi * g.sum(0)).sum()
+    return (phi * g).sum()
 
 
 # ── layouts: how parameters are replicated along the sample axis ───────────────────────────
@@ -317,6 +330,21 @@ def _mixes(replicated: Distribution, single: Distribution, rows: int) -> str | N
     return None
 
 
+_VALIDATION_LOCK = threading.Lock()
+
+
+@contextlib.contextmanager
+def _validation_off() -> Iterator[None]:
+    """torch's argument validation off, for a build whose values were validated (N copies of them)."""
+    with _VALIDATION_LOCK:
+        previous = Distribution._validate_args
+        Distribution.set_default_validate_args(False)
+        try:
+            yield
+        finally:
+            Distribution.set_default_validate_args(previous)
+
+
 def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int
               ) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
     """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
@@ -349,7 +377,9 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
                 "softmax(logits, -1)"
             )
         replicas = layout(params, num_samples)
-        return replicas, build(dist_builder, replicas), single
+        with _validation_off():  # the single build validated these very values already
+            dist = build(dist_builder, replicas)
+        return replicas, dist, single
     raise GradestError(
         "per-sample gradients replicate the parameters along a leading sample axis, and the builder "
         f"does not broadcast over it ({'; '.join(problems)}); write it with batched operations "
@@ -458,8 +488,8 @@ class Estimator:
     # hooks and helpers for subclasses ------------------------------------------------------
 
     def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Return (terms s [N] with ∂s_n/∂θ_n = ĝ_n, total costs Σ_b f_b(x_n) [N] detached)."""
+               ) -> tuple[torch.Tensor | float, torch.Tensor]:
+        """Return (S = Σ_n s_n with ∂s_n/∂θ_n = ĝ_n, total costs Σ_b f_b(x_n) [N] detached)."""
         raise NotImplementedError
 
     def _draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
@@ -550,7 +580,8 @@ class Estimator:
             cost = BoundCost(f, declared, _for_f(replicas, single, num_samples), num_samples,
                              single.batch_shape)
             terms, values = self._terms(cost, node, generator)
-            closed_over = _graph_reaches(terms, list(params.values()))
+            closed_over = _graph_reaches(terms, list(params.values())) \
+                if isinstance(terms, torch.Tensor) else []
             if closed_over:
                 name = list(params)[closed_over[0]]
                 raise GradestError(
@@ -558,9 +589,11 @@ class Estimator:
                     f"would be lost; declare it, e.g. def f(x, {name}): …, and gradest passes it "
                     "(with a leading sample axis) and adds the term"
                 )
-            grads = torch.autograd.grad(
-                terms.sum(), list(replicas.values()), allow_unused=True, materialize_grads=True
-            )
+            targets = list(replicas.values())
+            if isinstance(terms, torch.Tensor) and terms.requires_grad:
+                grads = torch.autograd.grad(terms, targets, allow_unused=True, materialize_grads=True)
+            else:  # nothing depends on θ (e.g. rules that skip parameters not needing gradients)
+                grads = [torch.zeros_like(t) for t in targets]
         return PerSampleGradients(
             grads={k: g.reshape(num_samples, *params[k].shape)
                    for k, g in zip(replicas, grads, strict=True)},
@@ -595,8 +628,11 @@ class Estimator:
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
         cost = BoundCost(f, declared, _for_f(_plain(params, num_samples), dist, num_samples),
                          num_samples, dist.batch_shape)
-        terms, _ = self._terms(cost, node, generator)
-        loss = terms.mean()
+        terms, values = self._terms(cost, node, generator)
+        loss = values.mean()
+        if isinstance(terms, torch.Tensor) and terms.requires_grad:
+            # value: the Monte Carlo estimate; gradient: the mean of the single-sample estimates
+            loss = loss + (terms - terms.detach()) / num_samples
         if reduction == "mean" and cost.elements:
             loss = loss / cost.elements
         return loss

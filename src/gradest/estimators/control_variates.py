@@ -163,8 +163,8 @@ def leave_group_out_coefficients(
     return coeff if groups is None else coeff[groups]
 
 
-def _grads(output: torch.Tensor, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
-    if not output.requires_grad:
+def _grads(output: torch.Tensor | float, leaves: list[torch.Tensor]) -> list[torch.Tensor]:
+    if not isinstance(output, torch.Tensor) or not output.requires_grad:
         return [torch.zeros_like(v) for v in leaves]
     return list(
         torch.autograd.grad(output, leaves, retain_graph=True, allow_unused=True, materialize_grads=True)
@@ -229,20 +229,20 @@ class ControlVariate(Estimator):
             # the twin generator replays the same random numbers: ĝ_h is coupled with ĝ_f
             terms_h, _ = self.inner._terms(control_cost, inner_node, twin)
             leaves = list(targets.values())
-            g_f = _grads(terms_f.sum(), leaves)
-            g_h = _grads(terms_h.sum(), leaves)
+            g_f = _grads(terms_f, leaves)
+            g_h = _grads(terms_h, leaves)
             g_e = _grads(expectation(dist).sum(), leaves)
         groups = self._groups(n, values.device)
-        # value f(x); the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the
-        # combination: terms_f depends on the caller's parameters only through f's arguments
-        terms = values.detach() + (terms_f - terms_f.detach())
+        # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
+        # terms_f depends on the caller's parameters only through f's arguments
+        terms = terms_f if isinstance(terms_f, torch.Tensor) else torch.zeros((), device=values.device)
         for param, gf, gh, ge in zip(node.params.values(), g_f, g_h, g_e, strict=True):
             a = gf.reshape(n, -1)
             control = (gh - ge).reshape(n, -1)  # zero mean: E[ĝ_h] = ∇θ E[h]
             coeff = leave_group_out_coefficients(a, control, groups)
             g = (a - coeff * control).reshape(gf.shape)
             # gradient ĝ^cv (the detach keeps the combination a constant of the math)
-            terms = terms + chain(param, g.detach(), n)
+            terms = terms + chain(param, g)
         return terms, values.detach()
 
     def __repr__(self) -> str:

@@ -44,7 +44,16 @@ from torch.distributions import Bernoulli, Distribution, Exponential, Normal, Po
 
 from gradest import rng
 from gradest.errors import GradestError
-from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, chain, total, unwrap
+from gradest.estimators.base import (
+    BoundCost,
+    Capabilities,
+    Estimator,
+    Node,
+    carrier,
+    chain,
+    total,
+    unwrap,
+)
 
 #: one rule: (estimator, cost, family, node, generator) -> ([(family tensor φ, ĝ [N, *φ's batch])], x₀)
 Rule = Callable[..., tuple[list[tuple[torch.Tensor, torch.Tensor]], torch.Tensor]]
@@ -239,11 +248,11 @@ class MeasureValued(Estimator):
         with torch.no_grad():
             grads, x0 = rule(self, points, family, node, generator)
         fx = points.base(x0)
-        terms = fx
+        terms = carrier(fx)  # the direct term, where f depends on θ or on tensors of its own
         for phi, g in grads:
-            # value f(x₀); gradient ĝ through the family's parameter, and by the chain rule
-            # to whatever parameterization the builder used
-            terms = terms + chain(phi, g, node.num_samples)
+            # gradient ĝ through the family's parameter, and by the chain rule to whatever
+            # parameterization the builder used
+            terms = terms + chain(phi, g)
         return terms, fx.detach()
 
     def __repr__(self) -> str:

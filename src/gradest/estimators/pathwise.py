@@ -38,4 +38,4 @@ class Pathwise(Estimator):
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "
                 "use the score-function estimator ('score' or 'score-loo') instead"
             )
-        return total(fx), total(fx.detach())
+        return fx.sum(), total(fx.detach())

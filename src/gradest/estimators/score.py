@@ -29,7 +29,7 @@ from gradest.estimators.base import (
     Capabilities,
     Estimator,
     Node,
-    broadcast_signal,
+    carrier,
     chain,
     per_element,
     total,
@@ -40,17 +40,14 @@ from gradest.estimators.scores import analytic_score
 
 
 def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Σ_b weight_b ⟨∇θ log p(x_b), ·⟩ as terms ``[N]`` (value 0): weight ``[N, *C]`` is a constant."""
-    n = node.num_samples
+    """Σ_n Σ_b weight_n,b ⟨∇θ log p(x_n,b), ·⟩ as a gradient carrier: weight ``[N, *C]`` is a constant."""
     family = unwrap(node.dist)
-    scores = analytic_score(family, x)
+    rank = x.dim() - len(family.event_shape)  # [N, *batch] of the family
+    scores = analytic_score(family, x, weight.reshape(*weight.shape, *([1] * (rank - weight.dim()))))
     if scores is not None:
-        out = 0.0
-        for phi, s in scores:
-            out = out + chain(phi, broadcast_signal(weight, s) * s, n)
-        return out
+        return sum(chain(phi, g) for phi, g in scores)
     logp = per_element(node.dist.log_prob(x), weight)
-    return total(weight * (logp - logp.detach()))
+    return (weight * logp).sum()
 
 
 class ScoreFunction(Estimator):
@@ -70,8 +67,11 @@ class ScoreFunction(Estimator):
         fx = cost(x)  # a graph only where f depends on θ or on tensors of its own (a decoder)
         signal = fx.detach()
         with torch.no_grad():  # the learning signal is a constant of the math
-            weight = signal - self.baseline(signal, self._groups(node.num_samples, signal.device))
-        return total(fx) + score_terms(node, x, weight), total(signal)
+            if isinstance(self.baseline, NoBaseline):
+                weight = signal
+            else:
+                weight = signal - self.baseline(signal, self._groups(node.num_samples, signal.device))
+        return carrier(fx) + score_terms(node, x, weight), total(signal)
 
     def __repr__(self) -> str:
         return f"ScoreFunction(baseline={self.baseline!r}, name={self.name!r})"
