@@ -33,17 +33,17 @@ With per-element costs the score-function family uses each element's own cost as
 signal of that element's log-density, and baselines work per element, so an element's variance
 does not grow with the batch size.
 
-Both views come from one hook, ``_terms``, which returns a scalar S(θ) = Σ_n s_n whose terms
-satisfy ∂s_n/∂θ_n = ĝ_n, where θ_n is sample n's private copy of the parameters, together with
-the N total costs. ``per_sample`` replicates θ along a leading sample axis (``expand``, no copy)
-and takes one backward pass of S; the surrogate builds the distribution once, draws
-``sample_shape=(N,)`` from it and returns mean(f) + (S − S.detach())/N. Both draw the same noise
-``[N, *B, *E]`` from the generator, so they agree. S's own value is not used.
-
-An estimator that computes ĝ_n explicitly (measure-valued derivatives, control variates, the
-analytic scores) adds Σ_n ⟨φ_k, ĝ_k,n⟩ with ĝ detached and φ the family's own parameters
-(``loc``, ``scale``, …): autograd's chain rule carries ĝ to the builder's parameterization
-(log-scale, logits, a network's weights).
+Both views come from one hook, ``_terms``, which returns :class:`Terms`: a scalar S(θ) = Σ_n s_n
+whose gradient autograd computes (the pathwise path, a declared cost's direct term, a log-density),
+pairs (φ, ĝ_φ) of a family tensor and the explicit single-sample gradients with respect to it
+(measure-valued derivatives, control variates, analytic scores), and the N total costs. ĝ_n is
+∂s_n/∂θ_n plus ĝ_φ,n carried to θ_n by the chain rule, where θ_n is sample n's private copy of the
+parameters. ``per_sample`` replicates θ along a leading sample axis (``expand``, no copy) and
+takes ONE backward pass with the pairs' ĝ as output gradients; the surrogate builds the
+distribution once, draws ``sample_shape=(N,)`` from it and returns
+mean(f) + (S − S.detach() + Σ ⟨φ, Σ_n ĝ_φ,n⟩)/N with the pairs' sums taken before autograd sees
+them. Both draw the same noise ``[N, *B, *E]`` from the generator, so they agree. Autograd's chain
+rule carries every ĝ to the builder's parameterization (log-scale, logits, a network's weights).
 """
 
 from __future__ import annotations
@@ -272,16 +272,41 @@ def broadcast_signal(weight: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
     return weight.reshape(*weight.shape, *([1] * (like.dim() - weight.dim())))
 
 
-def chain(phi: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-    """Σ_n ⟨φ_n, ĝ_n⟩ with ĝ a constant: its gradient is ĝ_n through φ_n (chain rule onwards).
+class Terms(NamedTuple):
+    """What an estimator's hook returns (see the module docstring).
 
-    φ: a family parameter, ``[N, *S]`` (replicated: sample n's gradient lands in row n) or ``[*S]``
-    (shared: the sum over samples is taken first, which is all the surrogate needs); ĝ: ``[N, *S]``.
+    carrier: S = Σ_n s_n, or 0.0 when nothing in it depends on θ.
+    explicit: (φ, ĝ_φ) pairs: φ a family tensor (``[N, *S]`` replicated, ``[*S]`` shared), ĝ_φ
+        ``[N, *S]`` detached single-sample gradients with respect to it.
+    values: ``[N]`` total costs Σ_b f_b(x_n), detached.
     """
-    g = g.detach()
-    if phi.dim() < g.dim():
-        return (phi * g.sum(0)).sum()
-    return (phi * g).sum()
+
+    carrier: torch.Tensor | float
+    explicit: list[tuple[torch.Tensor, torch.Tensor]]
+    values: torch.Tensor
+
+    def gradients(self, targets: list[torch.Tensor], retain_graph: bool = False) -> list[torch.Tensor]:
+        """Per-sample gradients with respect to replicated ``targets``, in one backward pass."""
+        outputs, grads = [], []
+        if isinstance(self.carrier, torch.Tensor) and self.carrier.requires_grad:
+            outputs.append(self.carrier)
+            grads.append(torch.ones_like(self.carrier))
+        for phi, g in self.explicit:
+            if phi.requires_grad:
+                outputs.append(phi)
+                grads.append(g.detach().expand_as(phi))
+        if not outputs:
+            return [torch.zeros_like(t) for t in targets]
+        return list(torch.autograd.grad(outputs, targets, grads, retain_graph=retain_graph,
+                                        allow_unused=True, materialize_grads=True))
+
+    def scalar(self) -> torch.Tensor | float:
+        """S + Σ ⟨φ, Σ_n ĝ_φ,n⟩: its gradient is the sum of the single-sample estimates."""
+        out = self.carrier
+        for phi, g in self.explicit:
+            g = g.detach()
+            out = out + ((phi * g.sum(0)).sum() if phi.dim() < g.dim() else (phi * g).sum())
+        return out
 
 
 # ── layouts: how parameters are replicated along the sample axis ───────────────────────────
@@ -487,9 +512,8 @@ class Estimator:
 
     # hooks and helpers for subclasses ------------------------------------------------------
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
-               ) -> tuple[torch.Tensor | float, torch.Tensor]:
-        """Return (S = Σ_n s_n with ∂s_n/∂θ_n = ĝ_n, total costs Σ_b f_b(x_n) [N] detached)."""
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
+        """The single-sample estimates as :class:`Terms`, on the node's samples."""
         raise NotImplementedError
 
     def _draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
@@ -579,9 +603,10 @@ class Estimator:
                         dist_builder, replicas)
             cost = BoundCost(f, declared, _for_f(replicas, single, num_samples), num_samples,
                              single.batch_shape)
-            terms, values = self._terms(cost, node, generator)
-            closed_over = _graph_reaches(terms, list(params.values())) \
-                if isinstance(terms, torch.Tensor) else []
+            terms = self._terms(cost, node, generator)
+            values = terms.values
+            closed_over = _graph_reaches(terms.carrier, list(params.values())) \
+                if isinstance(terms.carrier, torch.Tensor) else []
             if closed_over:
                 name = list(params)[closed_over[0]]
                 raise GradestError(
@@ -589,11 +614,7 @@ class Estimator:
                     f"would be lost; declare it, e.g. def f(x, {name}): …, and gradest passes it "
                     "(with a leading sample axis) and adds the term"
                 )
-            targets = list(replicas.values())
-            if isinstance(terms, torch.Tensor) and terms.requires_grad:
-                grads = torch.autograd.grad(terms, targets, allow_unused=True, materialize_grads=True)
-            else:  # nothing depends on θ (e.g. rules that skip parameters not needing gradients)
-                grads = [torch.zeros_like(t) for t in targets]
+            grads = terms.gradients(list(replicas.values()))
         return PerSampleGradients(
             grads={k: g.reshape(num_samples, *params[k].shape)
                    for k, g in zip(replicas, grads, strict=True)},
@@ -628,11 +649,12 @@ class Estimator:
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
         cost = BoundCost(f, declared, _for_f(_plain(params, num_samples), dist, num_samples),
                          num_samples, dist.batch_shape)
-        terms, values = self._terms(cost, node, generator)
-        loss = values.mean()
-        if isinstance(terms, torch.Tensor) and terms.requires_grad:
+        terms = self._terms(cost, node, generator)
+        loss = terms.values.mean()
+        carried = terms.scalar()
+        if isinstance(carried, torch.Tensor) and carried.requires_grad:
             # value: the Monte Carlo estimate; gradient: the mean of the single-sample estimates
-            loss = loss + (terms - terms.detach()) / num_samples
+            loss = loss + (carried - carried.detach()) / num_samples
         if reduction == "mean" and cost.elements:
             loss = loss / cost.elements
         return loss

@@ -45,8 +45,8 @@ from gradest.estimators.base import (
     Capabilities,
     Estimator,
     Node,
+    Terms,
     build,
-    chain,
     replicate,
     unwrap,
 )
@@ -208,8 +208,7 @@ class ControlVariate(Estimator):
         # the base estimator draws the samples, so it is the one that needs the sampler
         self.inner.sampler = value
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
         # Per-sample gradients of f's and h's estimates are needed before combining them, so the
         # estimator differentiates its own detached replicas here (in both views).
         n = node.num_samples
@@ -225,25 +224,24 @@ class ControlVariate(Estimator):
             control_cost = BoundCost(h, (), {}, n, node.batch_shape)
             twin = torch.Generator(device=generator.device)
             twin.set_state(generator.get_state())
-            terms_f, values = self.inner._terms(cost, inner_node, generator)
+            terms_f = self.inner._terms(cost, inner_node, generator)
             # the twin generator replays the same random numbers: ĝ_h is coupled with ĝ_f
-            terms_h, _ = self.inner._terms(control_cost, inner_node, twin)
+            terms_h = self.inner._terms(control_cost, inner_node, twin)
             leaves = list(targets.values())
-            g_f = _grads(terms_f, leaves)
-            g_h = _grads(terms_h, leaves)
+            g_f = terms_f.gradients(leaves, retain_graph=True)
+            g_h = terms_h.gradients(leaves)
             g_e = _grads(expectation(dist).sum(), leaves)
-        groups = self._groups(n, values.device)
-        # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
-        # terms_f depends on the caller's parameters only through f's arguments
-        terms = terms_f if isinstance(terms_f, torch.Tensor) else torch.zeros((), device=values.device)
+        groups = self._groups(n, terms_f.values.device)
+        explicit = []
         for param, gf, gh, ge in zip(node.params.values(), g_f, g_h, g_e, strict=True):
             a = gf.reshape(n, -1)
             control = (gh - ge).reshape(n, -1)  # zero mean: E[ĝ_h] = ∇θ E[h]
             coeff = leave_group_out_coefficients(a, control, groups)
-            g = (a - coeff * control).reshape(gf.shape)
-            # gradient ĝ^cv (the detach keeps the combination a constant of the math)
-            terms = terms + chain(param, g)
-        return terms, values.detach()
+            # ĝ^cv through the caller's parameter (a constant of the math)
+            explicit.append((param, (a - coeff * control).reshape(gf.shape).detach()))
+        # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
+        # terms_f's carrier depends on the caller's parameters only through f's arguments
+        return Terms(terms_f.carrier, explicit, terms_f.values)
 
     def __repr__(self) -> str:
         return f"ControlVariate(inner={self.inner!r}, control={self.control!r}, name={self.name!r})"

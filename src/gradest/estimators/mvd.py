@@ -49,8 +49,8 @@ from gradest.estimators.base import (
     Capabilities,
     Estimator,
     Node,
+    Terms,
     carrier,
-    chain,
     total,
     unwrap,
 )
@@ -248,12 +248,9 @@ class MeasureValued(Estimator):
         with torch.no_grad():
             grads, x0 = rule(self, points, family, node, generator)
         fx = points.base(x0)
-        terms = carrier(fx)  # the direct term, where f depends on θ or on tensors of its own
-        for phi, g in grads:
-            # gradient ĝ through the family's parameter, and by the chain rule to whatever
-            # parameterization the builder used
-            terms = terms + chain(phi, g)
-        return terms, fx.detach()
+        # the direct term (where f depends on θ or on tensors of its own) by autograd; ĝ through the
+        # family's parameters, and by the chain rule to whatever parameterization the builder used
+        return Terms(carrier(fx), grads, fx.detach())
 
     def __repr__(self) -> str:
         return f"MeasureValued(coupled={self.coupled}, name={self.name!r})"

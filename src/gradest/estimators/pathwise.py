@@ -19,7 +19,7 @@ from __future__ import annotations
 import torch
 
 from gradest.errors import GradestError
-from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, total
+from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, total
 
 
 class Pathwise(Estimator):
@@ -38,4 +38,4 @@ class Pathwise(Estimator):
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "
                 "use the score-function estimator ('score' or 'score-loo') instead"
             )
-        return fx.sum(), total(fx.detach())
+        return Terms(fx.sum(), [], total(fx.detach()))

@@ -29,8 +29,8 @@ from gradest.estimators.base import (
     Capabilities,
     Estimator,
     Node,
+    Terms,
     carrier,
-    chain,
     per_element,
     total,
     unwrap,
@@ -39,15 +39,20 @@ from gradest.estimators.baselines import Baseline, NoBaseline
 from gradest.estimators.scores import analytic_score
 
 
-def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    """Σ_n Σ_b weight_n,b ⟨∇θ log p(x_n,b), ·⟩ as a gradient carrier: weight ``[N, *C]`` is a constant."""
+def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor
+                ) -> tuple[torch.Tensor | float, list[tuple[torch.Tensor, torch.Tensor]]]:
+    """Σ_b weight_b ∇θ log p(x_b) per sample, weight ``[N, *C]`` a constant: (carrier, explicit pairs).
+
+    In closed form for the families of :mod:`gradest.estimators.scores` (explicit pairs), else by
+    autograd of ``log_prob`` (the carrier Σ_n Σ_b weight_n,b log p(x_n,b)).
+    """
     family = unwrap(node.dist)
     rank = x.dim() - len(family.event_shape)  # [N, *batch] of the family
     scores = analytic_score(family, x, weight.reshape(*weight.shape, *([1] * (rank - weight.dim()))))
     if scores is not None:
-        return sum(chain(phi, g) for phi, g in scores)
+        return 0.0, scores
     logp = per_element(node.dist.log_prob(x), weight)
-    return (weight * logp).sum()
+    return (weight * logp).sum(), []
 
 
 class ScoreFunction(Estimator):
@@ -71,7 +76,8 @@ class ScoreFunction(Estimator):
                 weight = signal
             else:
                 weight = signal - self.baseline(signal, self._groups(node.num_samples, signal.device))
-        return carrier(fx) + score_terms(node, x, weight), total(signal)
+        score_carrier, explicit = score_terms(node, x, weight)
+        return Terms(carrier(fx) + score_carrier, explicit, total(signal))
 
     def __repr__(self) -> str:
         return f"ScoreFunction(baseline={self.baseline!r}, name={self.name!r})"
