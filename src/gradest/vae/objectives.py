@@ -19,22 +19,42 @@ log w_k = log p(z_k) + log p_θ(x|z_k) − log q_φ(z_k|x), w̃_k = w_k / Σ_j w
                L = log (1/K) Σ w_j and L_{−k} the same with w_k replaced by the geometric mean of the
                others (Mnih & Rezende, 2016)
 
+pathwise, stl, score and score-loo are the core estimators of :mod:`gradest.estimators` applied to
+the stochastic node q = Independent(Normal(μ, σ), 1) (batch: the images, event: the latent) with a
+per-image cost f(z) = log p_θ(x|z) ``[K, B]`` that closes over the decoder (stl: f(z, μ, σ) = log w
+with log q evaluated at detached μ, σ, so that only the path through z reaches φ). The core
+estimators give each image its own learning signal and the decoder ∇_θ E f. iwae, iwae-dreg and
+vimco need the K samples of an image together and stay written out here; all seven draw z from the
+generator the same way (:func:`gradest.rng.sample`: ε ``[K, *batch, L]``, z = μ + σ ε).
+
 Every gradient is unbiased for the gradient of its bound (ELBO for pathwise, stl, score, score-loo;
 IWAE_K for iwae, iwae-dreg, vimco), in encoder and decoder parameters alike. The loss is the mean
-over the batch of the negative surrogate (nats per image); its *value* is meaningful only for
-pathwise, stl and iwae, so every objective also returns the detached per-image ELBO and bound.
+over the batch of the negative surrogate (nats per image); its *value* is the negative bound's
+estimate except for iwae-dreg and vimco, so every objective also returns the detached per-image
+ELBO and bound.
+
+Each objective comes in two forms: ``fn(model, x, k, generator, baseline)`` encodes x and calls
+``from_encoding(model, x, loc, scale, k, generator, baseline)``, which takes the encoder's outputs
+(μ, σ) ``[*batch, L]``. The batch may have leading axes beyond the images' (``[R, B, L]`` against
+x ``[B, D]``: R independent repeats, see :mod:`gradest.vae.variance`); the loss is then the mean
+over all of them.
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
+from torch.distributions import Independent, Normal
 
+from gradest import rng
 from gradest.errors import GradestError
-from gradest.estimators.baselines import MovingAverage
+from gradest.estimators.baselines import LeaveOneOut, MovingAverage
+from gradest.estimators.pathwise import Pathwise
+from gradest.estimators.score import ScoreFunction
 from gradest.vae.model import VAE, bernoulli_log_prob, gaussian_kl, normal_log_prob
 
 
@@ -47,18 +67,30 @@ class Estimate(NamedTuple):
 
 
 ObjectiveFn = Callable[[VAE, torch.Tensor, int, torch.Generator, "MovingAverage | None"], Estimate]
+#: (model, x [B, D], loc [*batch, L], scale [*batch, L], k, generator, baseline) -> Estimate
+FromEncodingFn = Callable[
+    [VAE, torch.Tensor, torch.Tensor, torch.Tensor, int, torch.Generator, "MovingAverage | None"], Estimate
+]
 
 
 class Objective(NamedTuple):
-    fn: ObjectiveFn
+    fn: ObjectiveFn  # encode x, then from_encoding
+    from_encoding: FromEncodingFn  # the objective given the encoder's outputs (μ, σ)
     bound: str  # "elbo" or "iwae": the bound whose gradient the estimator is unbiased for
     min_k: int
     uses_baseline: bool
     summary: str
 
 
-def _noise(x: torch.Tensor, k: int, latent: int, generator: torch.Generator) -> torch.Tensor:
-    return torch.randn(k, x.shape[0], latent, generator=generator, device=x.device, dtype=x.dtype)
+def posterior(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
+    """q_φ(z|x) = N(μ, diag σ²): batch shape ``loc.shape[:-1]``, event shape [L]."""
+    # No argument validation: it would check σ > 0 on every step (σ = exp(·) is positive).
+    return Independent(Normal(loc, scale, validate_args=False), 1, validate_args=False)
+
+
+def _draw(loc, scale, k, generator, reparameterized):
+    """z ~ q ``[K, *batch, L]``, the noise straight from the generator (as the core draws it)."""
+    return rng.sample(posterior(loc, scale), (k,), generator, reparameterized)
 
 
 def _iwae(log_w: torch.Tensor) -> torch.Tensor:
@@ -66,38 +98,75 @@ def _iwae(log_w: torch.Tensor) -> torch.Tensor:
     return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
 
 
-def pathwise(model, x, k, generator, baseline=None) -> Estimate:
+def _core_elbo(estimator, model, x, loc, scale, k, generator) -> Estimate:
+    """ELBO = E_q[log p_θ(x|z)] − KL(q‖p): the core estimator for the expectation, the KL in closed form."""
+    seen = []
+
+    def log_likelihood(z):
+        out = bernoulli_log_prob(x, model.decoder(z))  # [K, *batch]: one cost per image
+        seen.append(out.detach())
+        return out
+
+    expected = estimator.surrogate(
+        log_likelihood, posterior, {"loc": loc, "scale": scale}, k, generator, reduction="mean"
+    )
+    kl = gaussian_kl(loc, scale)
+    elbo = seen[0].mean(0) - kl.detach()
+    return Estimate(kl.mean() - expected, elbo, elbo)
+
+
+_PATHWISE = Pathwise()
+_SCORE_LOO = ScoreFunction(LeaveOneOut(), name="score-loo")
+
+
+def pathwise(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     """−ELBO with the reparameterization trick and the Gaussian KL in closed form (Kingma & Welling)."""
-    loc, scale = model.encode(x)
-    z = loc + scale * _noise(x, k, model.latent, generator)
-    elbo = bernoulli_log_prob(x, model.decoder(z)).mean(0) - gaussian_kl(loc, scale)
-    value = elbo.detach()
-    return Estimate(-elbo.mean(), value, value)
+    return _core_elbo(_PATHWISE, model, x, loc, scale, k, generator)
 
 
-def stl(model, x, k, generator, baseline=None) -> Estimate:
+def stl(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     """−ELBO, reparameterized, with log q evaluated at detached (μ, σ): sticking the landing."""
-    loc, scale = model.encode(x)
-    z = loc + scale * _noise(x, k, model.latent, generator)
-    # Detached μ, σ in log q: only the path through z reaches φ; the score term is the one dropped.
-    log_w = model.log_joint(x, z) - normal_log_prob(z, loc.detach(), scale.detach())
-    elbo = log_w.detach().mean(0)
-    return Estimate(-log_w.mean(0).mean(), elbo, elbo)
+    seen = []
+
+    def log_weight(z, loc, scale):
+        # Detached μ, σ in log q: the direct term ∂f/∂φ (the score term) is zero and only the path
+        # through z reaches φ.
+        out = model.log_joint(x, z) - normal_log_prob(z, loc.detach(), scale.detach())
+        seen.append(out.detach())
+        return out
+
+    expected = _PATHWISE.surrogate(
+        log_weight, posterior, {"loc": loc, "scale": scale}, k, generator, reduction="mean"
+    )
+    elbo = seen[0].mean(0)
+    return Estimate(-expected, elbo, elbo)
 
 
-def iwae(model, x, k, generator, baseline=None) -> Estimate:
+def score(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
+    """−ELBO by REINFORCE in the encoder with a moving-average baseline (b = 0 without one).
+
+    The baseline reads earlier batches only, then absorbs this one: b is independent of z. It is
+    the caller's state (:func:`make_baseline`), so the estimator is built around it per call.
+    """
+    return _core_elbo(ScoreFunction(baseline), model, x, loc, scale, k, generator)
+
+
+def score_loo(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
+    """−ELBO by REINFORCE with the leave-one-out baseline over the K samples of each image."""
+    return _core_elbo(_SCORE_LOO, model, x, loc, scale, k, generator)
+
+
+def iwae(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     """−IWAE_K bound, reparameterized."""
-    loc, scale = model.encode(x)
-    z = loc + scale * _noise(x, k, model.latent, generator)
+    z = _draw(loc, scale, k, generator, True)
     log_w = model.log_weights(x, z, loc, scale)
     bound = _iwae(log_w)
     return Estimate(-bound.mean(), log_w.detach().mean(0), bound.detach())
 
 
-def iwae_dreg(model, x, k, generator, baseline=None) -> Estimate:
+def iwae_dreg(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     """−IWAE_K with doubly reparameterized encoder gradients."""
-    loc, scale = model.encode(x)
-    z = loc + scale * _noise(x, k, model.latent, generator)
+    z = _draw(loc, scale, k, generator, True)
     # Detached μ, σ in log q: as in STL, φ is reached only through z.
     log_w = model.log_joint(x, z) - normal_log_prob(z, loc.detach(), scale.detach())
     weights = torch.softmax(log_w.detach(), 0)  # w̃_k, constants of the estimator
@@ -109,66 +178,42 @@ def iwae_dreg(model, x, k, generator, baseline=None) -> Estimate:
     return Estimate(-surrogate.mean(), log_w.detach().mean(0), _iwae(log_w.detach()))
 
 
-def _sample_detached(model, x, k, generator):
-    """(μ, σ) and z ~ q drawn without a path from φ: the score function never differentiates z."""
-    loc, scale = model.encode(x)
-    return loc, scale, (loc + scale * _noise(x, k, model.latent, generator)).detach()
-
-
-def _reinforce(model, x, k, generator, baseline_fn) -> Estimate:
-    """ELBO = E_q[log p_θ(x|z)] − KL(q‖p): REINFORCE for the expectation, the KL in closed form."""
-    loc, scale, z = _sample_detached(model, x, k, generator)
-    log_lik = bernoulli_log_prob(x, model.decoder(z))  # [K, B], θ's path
-    log_q = normal_log_prob(z, loc, scale)  # [K, B], φ's score
-    kl = gaussian_kl(loc, scale)
-    signal = log_lik.detach()
-    # Gradient: ∇θ log p(x|z) for the decoder, (log p(x|z) − b) ∇φ log q − ∇φ KL for the encoder;
-    # the learning signal (log p(x|z) − b) is a constant of the math.
-    surrogate = (log_lik + (signal - baseline_fn(signal)) * log_q).mean(0) - kl
-    elbo = signal.mean(0) - kl.detach()
-    return Estimate(-surrogate.mean(), elbo, elbo)
-
-
-def score(model, x, k, generator, baseline=None) -> Estimate:
-    """−ELBO by REINFORCE in the encoder with a moving-average baseline (b = 0 without one)."""
-
-    def moving_average(signal):
-        # The baseline reads earlier batches only, then absorbs this one: b is independent of z.
-        return baseline(signal.reshape(-1)).reshape(signal.shape) if baseline is not None else 0.0
-
-    return _reinforce(model, x, k, generator, moving_average)
-
-
-def score_loo(model, x, k, generator, baseline=None) -> Estimate:
-    """−ELBO by REINFORCE with the leave-one-out baseline over the K samples of each image."""
-    return _reinforce(model, x, k, generator, lambda s: (s.sum(0, keepdim=True) - s) / (k - 1))
-
-
-def vimco(model, x, k, generator, baseline=None) -> Estimate:
+def vimco(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     """−IWAE_K with VIMCO's per-sample leave-one-out learning signals."""
-    loc, scale, z = _sample_detached(model, x, k, generator)
+    z = _draw(loc, scale, k, generator, False)  # no path from φ through z
     log_q = normal_log_prob(z, loc, scale)
     log_w = model.log_joint(x, z) - log_q
     lw = log_w.detach()
     bound = _iwae(lw)
-    # L_{-j}: w_j replaced by the geometric mean of the other weights, for all j at once [K(j), K(i), B].
+    # L_{-j}: w_j replaced by the geometric mean of the other weights, for all j at once [K(j), K(i), *batch].
     others = (lw.sum(0, keepdim=True) - lw) / (k - 1)
-    eye = torch.eye(k, dtype=torch.bool, device=lw.device).unsqueeze(-1)
+    eye = torch.eye(k, dtype=torch.bool, device=lw.device).reshape(k, k, *[1] * (lw.dim() - 1))
     loo = _iwae(torch.where(eye, others.unsqueeze(1), lw.unsqueeze(0)).transpose(0, 1))
-    signal = bound - loo  # [K, B], constants of the estimator
+    signal = bound - loo  # [K, *batch], constants of the estimator
     # _iwae(log_w) at the detached z gives θ Σ w̃ ∇θ log p and φ −Σ w̃ ∇φ log q (the direct term).
     surrogate = (signal * log_q).sum(0) + _iwae(log_w)
     return Estimate(-surrogate.mean(), lw.mean(0), bound)
 
 
+def _encode_then(from_encoding: FromEncodingFn, model, x, k, generator, baseline=None) -> Estimate:
+    loc, scale = model.encode(x)
+    return from_encoding(model, x, loc, scale, k, generator, baseline)
+
+
+def _objective(from_encoding: FromEncodingFn, bound: str, min_k: int, uses_baseline: bool,
+               summary: str) -> Objective:
+    return Objective(functools.partial(_encode_then, from_encoding), from_encoding, bound, min_k,
+                     uses_baseline, summary)
+
+
 OBJECTIVES: dict[str, Objective] = {
-    "pathwise": Objective(pathwise, "elbo", 1, False, "reparameterized ELBO, KL in closed form"),
-    "stl": Objective(stl, "elbo", 1, False, "reparameterized ELBO, sticking the landing"),
-    "iwae": Objective(iwae, "iwae", 1, False, "importance-weighted bound, reparameterized"),
-    "iwae-dreg": Objective(iwae_dreg, "iwae", 1, False, "IWAE with doubly reparameterized gradients"),
-    "score": Objective(score, "elbo", 1, True, "REINFORCE encoder, moving-average baseline"),
-    "score-loo": Objective(score_loo, "elbo", 2, False, "REINFORCE encoder, leave-one-out over K ≥ 2"),
-    "vimco": Objective(vimco, "iwae", 2, False, "VIMCO for the K-sample bound (K ≥ 2)"),
+    "pathwise": _objective(pathwise, "elbo", 1, False, "reparameterized ELBO, KL in closed form"),
+    "stl": _objective(stl, "elbo", 1, False, "reparameterized ELBO, sticking the landing"),
+    "iwae": _objective(iwae, "iwae", 1, False, "importance-weighted bound, reparameterized"),
+    "iwae-dreg": _objective(iwae_dreg, "iwae", 1, False, "IWAE with doubly reparameterized gradients"),
+    "score": _objective(score, "elbo", 1, True, "REINFORCE encoder, moving-average baseline"),
+    "score-loo": _objective(score_loo, "elbo", 2, False, "REINFORCE encoder, leave-one-out over K ≥ 2"),
+    "vimco": _objective(vimco, "iwae", 2, False, "VIMCO for the K-sample bound (K ≥ 2)"),
 }
 
 

@@ -382,7 +382,14 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
         xb = run.train[idx]
         if config.binarize == "dynamic":
             xb = binarize(xb, g_noise)
-        est = objective.fn(model, xb, config.k, g_noise, baseline)
+        try:
+            est = objective.fn(model, xb, config.k, g_noise, baseline)
+        except GradestError as err:
+            if not _non_finite(err):
+                raise
+            raise _diverged(
+                config, epoch, out, f"loss became non-finite at epoch {epoch}, step {step + 1}/{steps}"
+            ) from None
         if not torch.isfinite(est.loss + est.elbo.sum()):
             raise _diverged(
                 config,
@@ -407,6 +414,11 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
     return time.perf_counter() - start, -float(sum_elbo) / n, -float(sum_bound) / n
 
 
+def _non_finite(err: GradestError) -> bool:
+    """Whether the core estimators refused NaN/inf parameters (μ, σ) or costs: the run diverged."""
+    return "NaN or inf" in str(err)
+
+
 def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFiniteLoss:
     kept = (
         f"the checkpoint of epoch {epoch - 1} is kept in {out / CHECKPOINT}"
@@ -423,7 +435,8 @@ def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, second
     model.eval()
     test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + STREAM_EVAL, run.test.device))
     grad_var = grad_snr = None
-    if config.var_repeats >= 2:
+    # A non-finite test −ELBO stops the run (the caller says so): no gradients of a diverged model.
+    if config.var_repeats >= 2 and math.isfinite(test_elbo):
         gv = encoder_gradient_variance(
             model, objective, run.var_batch, config.k, config.var_repeats, g_diag, baseline
         )
