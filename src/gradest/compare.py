@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gradest.device import device_of, resolve_device
 from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
@@ -51,12 +52,22 @@ def compare(
     seed: int,
     config: Mapping[str, Any] | None = None,
     on_estimator: Callable[[str], None] | None = None,
+    device: str | torch.device | None = None,
 ) -> Comparison:
-    """Run every estimator once with ``num_samples`` samples and summarise against the exact gradient."""
+    """Run every estimator once with ``num_samples`` samples and summarise against the exact gradient.
+
+    device: where the parameters, the generators and so the samples live (``cpu``, ``cuda``,
+    ``cuda:N``); the parameters are moved there. None: the parameters' own device.
+    """
     if not estimators:
         raise GradestError("give at least one estimator")
     resolved = [get_estimator(e) for e in estimators]
-    _refuse_beyond_memory(dist_builder, params, num_samples)
+    if device is None:
+        device = device_of(params.values())
+    else:
+        device = resolve_device(device)
+        params = {name: value.to(device) for name, value in params.items()}
+    _refuse_beyond_memory(dist_builder, params, num_samples, device)
     try:
         exact, note = exact_grad(f, dist_builder, params), None
     except GradestError as err:
@@ -77,8 +88,8 @@ def compare(
         # A throwaway copy pays the first-call costs (autograd, thread pools) outside the timing
         # and leaves stateful baselines of the measured estimator untouched.
         copy.deepcopy(est).per_sample(f, dist_builder, params, min(num_samples, WARM_UP_SAMPLES),
-                                      make_generator(seed))
-        per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed))
+                                      make_generator(seed, device))
+        per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed, device))
         if not all(bool(torch.isfinite(g).all()) for g in per_sample.grads.values()):
             # f was finite (the estimators check it), so the estimator's own settings made them so
             raise GradestError(
@@ -106,10 +117,19 @@ def available_memory() -> int | None:
     return None
 
 
+def available_gpu_memory(device: torch.device) -> int | None:
+    """Free memory of the GPU ``device`` in bytes, or None where CUDA cannot say."""
+    try:
+        return int(torch.cuda.mem_get_info(device)[0])
+    except (RuntimeError, AssertionError, ValueError):
+        return None
+
+
 def _refuse_beyond_memory(dist_builder: Builder, params: Mapping[str, torch.Tensor],
-                          num_samples: int) -> None:
+                          num_samples: int, device: torch.device | None = None) -> None:
     """Refuse a run that would not fit in memory, before it starts (the kernel would kill it silently)."""
-    available = available_memory()
+    on_gpu = device is not None and device.type == "cuda"
+    available = available_gpu_memory(device) if on_gpu else available_memory()
     if available is None:
         return
     dist = build(dist_builder, {k: v.detach() for k, v in params.items()})
@@ -118,8 +138,9 @@ def _refuse_beyond_memory(dist_builder: Builder, params: Mapping[str, torch.Tens
     if need > available:
         # half of what would fill memory: the estimate is rough and the machine runs other things
         fits = max(2, available // (2 * (BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * numbers)))
+        where = f" on {device}" if on_gpu else ""
         raise GradestError(
             f"--samples {num_samples} needs about {need / 2**30:.1f} GiB, more than the "
-            f"{available / 2**30:.1f} GiB available; use at most about {fits} samples (the standard "
+            f"{available / 2**30:.1f} GiB available{where}; use at most about {fits} samples (the standard "
             "error falls like 1/√N, so 4× fewer samples only doubles it)"
         )

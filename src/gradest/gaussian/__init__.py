@@ -10,9 +10,33 @@ conclusions computed from the numbers (:mod:`.conclusions`), and the report (:mo
     write_outputs(results, "gradest-out/gaussian")
 """
 
-from gradest.gaussian.data import Dataset, default_dataset, load_dataset
-from gradest.gaussian.report import check_out_dir, write_outputs
-from gradest.gaussian.walkthrough import Results, Settings, run
+import importlib
 
 __all__ = ["Dataset", "Results", "Settings", "check_out_dir", "default_dataset", "load_dataset", "run",
            "write_outputs"]
+
+#: the public names, loaded on first use (PEP 562): the report imports matplotlib and the
+#: objectives scipy, which `gradest --help` and `from gradest.gaussian.settings import ...` skip
+_LAZY = {
+    "Dataset": "gradest.gaussian.data",
+    "default_dataset": "gradest.gaussian.data",
+    "load_dataset": "gradest.gaussian.data",
+    "check_out_dir": "gradest.gaussian.report",
+    "write_outputs": "gradest.gaussian.report",
+    "Results": "gradest.gaussian.walkthrough",
+    "run": "gradest.gaussian.walkthrough",
+    "Settings": "gradest.gaussian.settings",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradest.gaussian' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

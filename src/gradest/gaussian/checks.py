@@ -27,6 +27,9 @@ from gradest.gaussian import closed_form as cf
 from gradest.gaussian.data import Dataset
 from gradest.rng import make_generator
 
+#: where the parameters and generators live: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a torch.device
+Device = str | torch.device
+
 
 class Estimate(NamedTuple):
     """One estimator's numbers for one parameter at one point."""
@@ -73,15 +76,17 @@ def stats_of(data: Dataset) -> cf.Stats:
 
 
 def single_sample_estimates(
-    data: Dataset, mu: float, sigma: float, samples: int, seed: int
+    data: Dataset, mu: float, sigma: float, samples: int, seed: int, device: Device = "cpu"
 ) -> dict[str, dict[str, torch.Tensor]]:
-    """``[samples]`` single-sample estimates per estimator and parameter (batched, one y each)."""
+    """``[samples]`` single-sample estimates per estimator and parameter (batched, one y each), on
+    ``device`` (parameters and generators there)."""
     f = squared_loss(data)
-    params = {"loc": torch.tensor(mu, dtype=torch.float64), "scale": torch.tensor(sigma, dtype=torch.float64)}
+    params = {"loc": torch.tensor(mu, dtype=torch.float64, device=device),
+              "scale": torch.tensor(sigma, dtype=torch.float64, device=device)}
     best = cf.best_baseline(stats_of(data), mu, sigma)
 
     def run(estimator):
-        grads = estimator.per_sample(f, Normal, params, samples, make_generator(seed)).grads
+        grads = estimator.per_sample(f, Normal, params, samples, make_generator(seed, device)).grads
         return {"mu": grads["loc"], "sigma": grads["scale"]}
 
     for_mu = run(ScoreFunction(Constant(best.mu), name="score-baseline"))
@@ -101,17 +106,18 @@ def variance_se(samples: torch.Tensor) -> float:
     return math.sqrt(max(m4 - m2**2, 0.0) / samples.shape[0])
 
 
-def check_point(data: Dataset, mu: float, sigma: float, samples: int, seed: int) -> PointCheck:
+def check_point(data: Dataset, mu: float, sigma: float, samples: int, seed: int,
+                device: Device = "cpu") -> PointCheck:
     """Gradient and variance check of every estimator at (μ, σ)."""
     stats = stats_of(data)
     exact = cf.gradient(stats, mu, sigma)
-    draws = single_sample_estimates(data, mu, sigma, samples, seed)
+    draws = single_sample_estimates(data, mu, sigma, samples, seed, device)
     estimates = {}
     for name, per_param in draws.items():
         variance = cf.single_sample_variance(name, stats, mu, sigma)
         estimates[name] = {}
         for param, g in per_param.items():
-            truth = torch.tensor(getattr(exact, param), dtype=torch.float64)
+            truth = torch.tensor(getattr(exact, param), dtype=torch.float64, device=g.device)
             s = param_stats(g, truth)
             estimates[name][param] = Estimate(
                 mean=float(s.mean), stderr=float(s.stderr), z=float(s.z), variance=float(s.variance),
@@ -133,11 +139,11 @@ def check_points(data: Dataset) -> list[tuple[str, float, float]]:
 
 
 def stderr_curve(data: Dataset, mu: float, sigma: float, samples: int, seed: int,
-                 sizes: Sequence[int] | None = None) -> StderrCurve:
+                 sizes: Sequence[int] | None = None, device: Device = "cpu") -> StderrCurve:
     """Measured and exact standard error of an N-sample mean, for N in a geometric grid."""
     stats = stats_of(data)
     exact_grad = cf.gradient(stats, mu, sigma)
-    draws = single_sample_estimates(data, mu, sigma, samples, seed)
+    draws = single_sample_estimates(data, mu, sigma, samples, seed, device)
     if sizes is None:
         # at least 20 disjoint batches at the largest size, so the measured RMS is itself stable
         top = max(1, samples // 20)
@@ -171,7 +177,8 @@ class VarianceSweep(NamedTuple):
     measured: dict[str, dict[str, list[float]]]
 
 
-def variance_sweep(data: Dataset, mu: float, samples: int, seed: int) -> VarianceSweep:
+def variance_sweep(data: Dataset, mu: float, samples: int, seed: int,
+                   device: Device = "cpu") -> VarianceSweep:
     """Var ĝ against σ ∈ [0.01 s, 10 s] at μ (exact curves, measured points every half decade)."""
     stats = stats_of(data)
     sigmas = np.geomspace(0.01, 10.0, 121) * data.sd
@@ -183,7 +190,7 @@ def variance_sweep(data: Dataset, mu: float, samples: int, seed: int) -> Varianc
             exact[name][p] = [float(v) for v in np.broadcast_to(getattr(values, p), sigmas.shape)]
     measured = {name: {p: [] for p in cf.PARAMS} for name in cf.ESTIMATORS}
     for k, sigma in enumerate(measured_at):
-        draws = single_sample_estimates(data, mu, float(sigma), samples, seed + k)
+        draws = single_sample_estimates(data, mu, float(sigma), samples, seed + k, device)
         for name, per_param in draws.items():
             for p, g in per_param.items():
                 measured[name][p].append(float(g.var(correction=1)))

@@ -120,8 +120,9 @@ def fit(
     """
     start = time.perf_counter()
     est = get_estimator(estimator) if objective.stochastic else None
-    generator = make_generator(settings.seed)
     params = objective.init()
+    # the generator lives where the objective's parameters do (see the objective's device)
+    generator = make_generator(settings.seed, next(iter(params.values())).device)
     mu_path = np.full(settings.steps + 1, np.nan)
     sigma_path = np.full(settings.steps + 1, np.nan)
     mu_path[0], sigma_path[0] = objective.readout(params)

@@ -29,6 +29,9 @@ from gradest.gaussian import elbo as elbo_mod
 from gradest.gaussian.closed_form import Pair
 from gradest.gaussian.data import Dataset
 
+#: where an objective's parameters live: ``"cpu"``, ``"cuda"``, ``"cuda:N"`` or a torch.device
+Device = str | torch.device
+
 #: σ is kept ≥ this fraction of the data's spread (projected SGD), far below the 1% tolerance
 SIGMA_FLOOR = 1e-4
 #: step-size scale of both parameters of ``squared``: the inverse of the curvature 2 of E f / n, so
@@ -67,12 +70,12 @@ def _start(data: Dataset) -> tuple[float, float]:
     return data.mean + 2.0 * data.sd, 2.0 * data.sd
 
 
-def _location_scale_init(data: Dataset):
+def _location_scale_init(data: Dataset, device: Device):
     mu0, sigma0 = _start(data)
 
     def init():
-        return {"loc": torch.tensor(mu0, dtype=torch.float64, requires_grad=True),
-                "scale": torch.tensor(sigma0, dtype=torch.float64, requires_grad=True)}
+        return {"loc": torch.tensor(mu0, dtype=torch.float64, device=device, requires_grad=True),
+                "scale": torch.tensor(sigma0, dtype=torch.float64, device=device, requires_grad=True)}
 
     return init
 
@@ -90,37 +93,39 @@ def _readout_loc_scale(params) -> tuple[float, float]:
     return float(params["loc"].detach()), float(params["scale"].detach())
 
 
-def _scalar(value: float) -> torch.Tensor:
-    return torch.tensor(value, dtype=torch.float64)
+def _scalar(value: float, device: Device) -> torch.Tensor:
+    return torch.tensor(value, dtype=torch.float64, device=device)
 
 
-def squared(data: Dataset) -> Objective:
+def squared(data: Dataset, device: Device = "cpu") -> Objective:
     """The question's loss; the σ-gradient 2σ (per point) drives σ to 0 geometrically."""
 
     def loss(params, estimator: Estimator, samples, generator):
         return estimator.surrogate(data.sum_squares, Normal, params, samples, generator) / data.n
 
-    return Objective("squared", _location_scale_init(data), loss,
-                     {"loc": _scalar(SQUARED_STEP_SCALE), "scale": _scalar(SQUARED_STEP_SCALE)},
+    return Objective("squared", _location_scale_init(data, device), loss,
+                     {"loc": _scalar(SQUARED_STEP_SCALE, device),
+                      "scale": _scalar(SQUARED_STEP_SCALE, device)},
                      _floor_sigma(data),
                      _readout_loc_scale, Pair(data.mean, 0.0))
 
 
-def crps(data: Dataset) -> Objective:
+def crps(data: Dataset, device: Device = "cpu") -> Objective:
     """CRPS through the sampler with pairs (y, y'); target is the closed-form CRPS minimiser."""
-    f = crps_mod.crps_cost(data.values)
+    f = crps_mod.crps_cost(data.values.to(device))
 
     def loss(params, estimator: Estimator, samples, generator):
         return estimator.surrogate(f, crps_mod.pair_builder, params, samples, generator)
 
     # Curvatures at the optimum (Normal data): 1/(√π σ) in μ, 1/(2√π σ) in σ.
     sd = data.sd
-    scales = {"loc": _scalar(math.sqrt(math.pi) * sd), "scale": _scalar(2.0 * math.sqrt(math.pi) * sd)}
-    return Objective("crps", _location_scale_init(data), loss, scales, _floor_sigma(data),
+    scales = {"loc": _scalar(math.sqrt(math.pi) * sd, device),
+              "scale": _scalar(2.0 * math.sqrt(math.pi) * sd, device)}
+    return Objective("crps", _location_scale_init(data, device), loss, scales, _floor_sigma(data),
                      _readout_loc_scale, crps_mod.crps_minimiser(data.values.numpy()))
 
 
-def elbo(data: Dataset) -> Objective:
+def elbo(data: Dataset, device: Device = "cpu") -> Objective:
     """VI with q over (m, log s); the fit's (μ, σ) are (μ_m, e^{μ_ℓ})."""
     prior = elbo_mod.weak_prior(data)
     f = elbo_mod.neg_log_joint(data, prior)
@@ -131,9 +136,10 @@ def elbo(data: Dataset) -> Objective:
     # step scales below (curvatures at the optimum ∝ 1/n) are right for any n; starting much wider
     # makes the first steps on the log-scales O(n) and diverges on large data.
     def init():
-        return {"loc": torch.tensor([mu0, math.log(sigma0)], dtype=torch.float64, requires_grad=True),
+        return {"loc": torch.tensor([mu0, math.log(sigma0)], dtype=torch.float64, device=device,
+                                    requires_grad=True),
                 "log_scale": torch.tensor([math.log(data.sd / math.sqrt(n)), -0.5 * math.log(2.0 * n)],
-                                          dtype=torch.float64, requires_grad=True)}
+                                          dtype=torch.float64, device=device, requires_grad=True)}
 
     def loss(params, estimator: Estimator, samples, generator):
         expected = estimator.surrogate(f, elbo_mod.q_builder, params, samples, generator)
@@ -145,15 +151,15 @@ def elbo(data: Dataset) -> Objective:
 
     # Curvatures of −ELBO/n: 1/s² (μ_m), 2 (μ_ℓ), and ≈ 2/n for both log-scales (stepped at a fifth
     # of the inverse curvature: score-function noise on them otherwise throws q's scales out of range).
-    scales = {"loc": torch.tensor([data.var_mle, 0.5], dtype=torch.float64),
-              "log_scale": torch.tensor([0.1 * n, 0.1 * n], dtype=torch.float64)}
+    scales = {"loc": torch.tensor([data.var_mle, 0.5], dtype=torch.float64, device=device),
+              "log_scale": torch.tensor([0.1 * n, 0.1 * n], dtype=torch.float64, device=device)}
     best_q = elbo_mod.best_gaussian_q(data, prior)
     return Objective("elbo", init, loss, scales, None, readout,
                      elbo_mod.exact_posterior(data, prior).target(),
                      family_optimum=Pair(float(best_q[0]), math.exp(float(best_q[1]))))
 
 
-def nll(data: Dataset) -> Objective:
+def nll(data: Dataset, device: Device = "cpu") -> Objective:
     """Maximum likelihood with exact gradients: the reference answer, σ̂² = mean(x²) − x̄²."""
     xbar, v = data.mean, data.var_mle
 
@@ -164,12 +170,13 @@ def nll(data: Dataset) -> Objective:
         return torch.log(sigma) + 0.5 * math.log(2.0 * math.pi) + (v + (xbar - mu) ** 2) / (2.0 * sigma**2)
 
     # Curvatures at the MLE: 1/v (μ) and 2/v (σ).
-    scales = {"loc": _scalar(data.var_mle), "scale": _scalar(0.5 * data.var_mle)}
-    return Objective("nll", _location_scale_init(data), loss, scales, _floor_sigma(data),
+    scales = {"loc": _scalar(data.var_mle, device), "scale": _scalar(0.5 * data.var_mle, device)}
+    return Objective("nll", _location_scale_init(data, device), loss, scales, _floor_sigma(data),
                      _readout_loc_scale, Pair(data.mean, data.sd), stochastic=False)
 
 
-OBJECTIVES: dict[str, Callable[[Dataset], Objective]] = {
+#: name -> builder(data, device="cpu"): the objective with its parameters and step scales on ``device``
+OBJECTIVES: dict[str, Callable[..., Objective]] = {
     "squared": squared,
     "crps": crps,
     "elbo": elbo,

@@ -264,7 +264,8 @@ def render(results: Results) -> dict[str, bytes | str]:
     if data_arg and results.data.column is not None:
         data_arg += f" --column {shlex.quote(results.data.column)}"
     reproduce = (f"gradest gaussian{data_arg}"
-                 f" --seed {s.seed} --steps {s.steps} --samples-per-step {s.samples_per_step}")
+                 f" --seed {s.seed} --steps {s.steps} --samples-per-step {s.samples_per_step}"
+                 + ("" if s.device == "cpu" else f" --device {s.device}"))
     page = html.page(
         "The reparameterization trick, worked on fitting N(μ, σ²)",
         _question(results),

@@ -14,47 +14,17 @@ from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from gradest.diagnostics import to_json_value
-from gradest.errors import GradestError
 from gradest.gaussian import checks as ck
 from gradest.gaussian.conclusions import conclusions
 from gradest.gaussian.data import Dataset
 from gradest.gaussian.fits import FitResult, FitSettings, fit
 from gradest.gaussian.objectives import OBJECTIVES
+from gradest.gaussian.settings import Settings
 
 #: (label, done, total) -> None: called as the run progresses
 Progress = Callable[[str, int, int], None]
 
 _SEED_CHECKS, _SEED_CURVE, _SEED_SWEEP, _SEED_FITS = 0, 100, 200, 1000
-
-
-class Settings(NamedTuple):
-    """steps and samples_per_step are per fit; check_samples per estimator and check point."""
-
-    seed: int = 0
-    steps: int = 3000
-    samples_per_step: int = 64
-    eta: float = 0.1
-    check_samples: int = 20_000
-    sweep_samples: int = 10_000
-    fit_estimators: tuple[str, ...] = ("pathwise", "score-loo")
-    #: (objective, estimator) pairs fitted in addition, at the same settings: plain REINFORCE on the
-    #: question's own loss, to show what an unreduced score-function variance does to SGD
-    extra_fits: tuple[tuple[str, str], ...] = (("squared", "score"),)
-
-    def validate(self) -> Settings:
-        if self.steps < 1:
-            raise GradestError(f"--steps must be ≥ 1, got {self.steps}")
-        if self.samples_per_step < 2:
-            raise GradestError(
-                "--samples-per-step must be ≥ 2 (the leave-one-out baseline needs 2), "
-                f"got {self.samples_per_step}"
-            )
-        unknown = [name for name, _ in self.extra_fits if name not in OBJECTIVES]
-        if unknown:
-            raise GradestError(f"unknown objective(s) {unknown}; choose from {', '.join(OBJECTIVES)}")
-        if self.check_samples < 40 or self.sweep_samples < 2:
-            raise GradestError("check_samples must be ≥ 40 and sweep_samples ≥ 2")
-        return self
 
 
 class Results(NamedTuple):
@@ -117,17 +87,18 @@ def run(data: Dataset, settings: Settings | None = None, progress: Progress | No
     settings = (settings or Settings()).validate()
     start = time.perf_counter()
     report = progress or (lambda label, done, total: None)
+    device = settings.device
     points = ck.check_points(data)
     checks = []
     for k, (label, mu, sigma) in enumerate(points):
         report("gradient and variance checks", k, len(points) + 2)
         seed = settings.seed + _SEED_CHECKS + k
-        checks.append((label, ck.check_point(data, mu, sigma, settings.check_samples, seed)))
+        checks.append((label, ck.check_point(data, mu, sigma, settings.check_samples, seed, device)))
     report("gradient and variance checks", len(points), len(points) + 2)
     at = (data.mean + data.sd, data.sd)
-    curve = ck.stderr_curve(data, *at, settings.check_samples, settings.seed + _SEED_CURVE)
+    curve = ck.stderr_curve(data, *at, settings.check_samples, settings.seed + _SEED_CURVE, device=device)
     report("gradient and variance checks", len(points) + 1, len(points) + 2)
-    sweep = ck.variance_sweep(data, at[0], settings.sweep_samples, settings.seed + _SEED_SWEEP)
+    sweep = ck.variance_sweep(data, at[0], settings.sweep_samples, settings.seed + _SEED_SWEEP, device)
     report("gradient and variance checks", len(points) + 2, len(points) + 2)
 
     fit_settings = FitSettings(settings.steps, settings.samples_per_step, settings.eta,
@@ -135,7 +106,7 @@ def run(data: Dataset, settings: Settings | None = None, progress: Progress | No
     plan = [(name, estimator) for name in OBJECTIVES
             for estimator in (settings.fit_estimators if name != "nll" else ("exact",))]
     plan += [pair for pair in settings.extra_fits if pair not in plan]
-    objectives = {name: OBJECTIVES[name](data) for name in dict.fromkeys(name for name, _ in plan)}
+    objectives = {name: OBJECTIVES[name](data, device) for name in dict.fromkeys(name for name, _ in plan)}
     fits = []
     for name, estimator in plan:
         label = f"fit {name} ({estimator})"

@@ -52,7 +52,8 @@ def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Fin
             rp.math(f"x ~ N(μ = {config.loc:g}, σ² = {config.scale:g}²),  costs "
                     f"{', '.join(config.costs)},  k ∈ {{{', '.join(f'{k:g}' for k in config.ks)}}}\n"
                     f"estimators: {', '.join(config.estimators)};  N = {config.samples} samples "
-                    f"per cell, seed {config.seed}"),
+                    f"per cell, seed {config.seed}"
+                    + ("" if config.device == "cpu" else f", on {config.device}")),
             rp.paragraph("Variance means the variance of ONE single-sample estimate ĝ of ∂/∂μ or "
                          "∂/∂σ of E f(x). Exact values by numerical integration over the "
                          "estimators' base distributions (Normal, Rayleigh, double-sided Maxwell)."),

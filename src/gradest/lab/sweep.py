@@ -28,6 +28,7 @@ import torch
 from torch.distributions import Normal
 
 from gradest.costs import named_cost
+from gradest.device import resolve_device
 from gradest.diagnostics import effective_variance
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
@@ -59,6 +60,9 @@ class SweepConfig:
     seed: int = 0
     #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: unchanged
     threads: int | None = 1
+    #: where the parameters and the generators live: cpu, cuda or cuda:N (not part of a row's key:
+    #: a sweep resumed on another device keeps the rows it has, measured on the first)
+    device: str = "cpu"
 
     def __post_init__(self) -> None:
         # a repeated cost, k or estimator is one cell, measured and reported once
@@ -94,6 +98,7 @@ class SweepConfig:
             except GradestError as err:
                 raise GradestError(f"{name} with --samples {self.samples}: {err}") from None
         check_threads(self.threads)
+        resolve_device(self.device)
 
     def cells(self) -> list[tuple[str, float, str]]:
         return [(c, float(k), e) for c in self.costs for k in self.ks for e in self.estimators]
@@ -185,12 +190,13 @@ def _exact_variance(estimator: str, cost: str, k: float, param: str, loc: float,
 def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> list[SweepRow]:
     """Both parameters' rows of one cell (one estimator call of ``config.samples`` samples)."""
     f = named_cost(cost, k)
-    params = {"loc": torch.tensor(config.loc, dtype=torch.float64),
-              "scale": torch.tensor(config.scale, dtype=torch.float64)}
+    device = resolve_device(config.device)
+    params = {"loc": torch.tensor(config.loc, dtype=torch.float64, device=device),
+              "scale": torch.tensor(config.scale, dtype=torch.float64, device=device)}
     exact = exact_grad(f, Normal, params)
     with intra_op_threads(config.threads):
         per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
-                                                  make_generator(config.seed))
+                                                  make_generator(config.seed, device))
     groups = getattr(per, "groups", None)
     rows = []
     for param in PARAMS:
