@@ -58,7 +58,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
+from torch.distributions import Distribution, Independent, constraints
 
 from gradest import rng
 from gradest.errors import GradestError
@@ -473,21 +473,22 @@ def unwrap(dist: Distribution) -> Distribution:
 
 
 def support_moves_with_parameters(dist: Distribution) -> bool:
-    """Whether the support of a continuous ``dist`` depends on its parameters (Uniform's [low, high]).
+    """Whether the support of a continuous ``dist`` depends on parameters that need gradients.
 
     Then ∇θ ∫_{a(θ)}^{b(θ)} f p dx has boundary terms that E[f ∇θ log p] lacks, and score-function
-    or measure-valued estimates are biased. Independent wrappers are looked through; a transformed
-    distribution's support moves when its base's does or when a transform carries parameters
-    (Pareto = Exponential through exp and scale·x: its support [scale, ∞) moves).
+    or measure-valued estimates are biased. Judged on the support constraint itself: Uniform's
+    interval(low, high) and Pareto's [scale, ∞) carry their parameters; the real line, the positive
+    half-line and every discrete support do not (Gumbel, LogNormal, Categorical pass).
     """
-    while isinstance(dist, Independent | TransformedDistribution):
-        if isinstance(dist, TransformedDistribution) and not dist.support.is_discrete:
-            for t in dist.transforms:
-                if any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(t).values()):
-                    return True
-        dist = dist.base_dist
-    declared = getattr(type(dist), "support", None)
-    return isinstance(declared, constraints.dependent_property) and not dist.support.is_discrete
+    try:
+        support = dist.support
+    except NotImplementedError:
+        return False
+    if support.is_discrete:
+        return False
+    while isinstance(support, constraints.independent):
+        support = support.base_constraint
+    return any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(support).values())
 
 
 def is_discrete(dist: Distribution) -> bool:
