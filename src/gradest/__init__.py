@@ -17,6 +17,8 @@ Two views of every estimator, on the same random numbers::
     loss = est.surrogate(f, Normal, params, 64, gen)                # train with loss.backward()
 """
 
+import importlib
+
 from gradest.costs import Cost, load_cost, named_cost
 from gradest.diagnostics import EstimatorSummary, ParamStats, param_stats, summarize
 from gradest.errors import GradestError
@@ -40,9 +42,7 @@ from gradest.estimators import (
     get_estimator,
     register,
 )
-from gradest.exact import ExactGradient, exact_grad
 from gradest.families import FAMILIES, get_family
-from gradest.lab import Selection, select
 from gradest.rng import make_generator
 
 __version__ = "0.1.0"
@@ -83,3 +83,25 @@ __all__ = [
     "select",
     "summarize",
 ]
+
+#: public names loaded on first use (PEP 562): exact.py and the lab import scipy, which
+#: ``import gradest`` (and so every ``gradest`` command, ``--help`` included) should not pay for
+_LAZY = {
+    "ExactGradient": "gradest.exact",
+    "exact_grad": "gradest.exact",
+    "Selection": "gradest.lab.selection",
+    "select": "gradest.lab.selection",
+}
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'gradest' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # later look-ups skip __getattr__
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

@@ -23,12 +23,14 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
 from gradest.estimators.base import PerSampleGradients
-from gradest.exact import ExactGradient
+
+if TYPE_CHECKING:  # gradest.exact imports scipy: loaded where an exact gradient is used, not here
+    from gradest.exact import ExactGradient
 
 
 class ParamStats(NamedTuple):
@@ -119,6 +121,8 @@ def summarize(
     exact: ExactGradient | Mapping[str, torch.Tensor] | None = None,
 ) -> EstimatorSummary:
     """One record per estimator: statistics per parameter, and seconds per sample."""
+    from gradest.exact import ExactGradient
+
     truth = exact.grads if isinstance(exact, ExactGradient) else exact
     params = {
         name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None))
