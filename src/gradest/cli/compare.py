@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import torch
 import typer
@@ -14,12 +14,15 @@ from rich.console import Console
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.compare import Comparison, compare
+from gradest.cli.options import Device
 from gradest.costs import NAMED_COSTS, load_cost
 from gradest.errors import GradestError
 from gradest.estimators import available
 from gradest.families import FAMILIES, get_family
 from gradest.io import write_json
+
+if TYPE_CHECKING:  # the library is imported by the command, not by `gradest --help`
+    from gradest.compare import Comparison
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
@@ -121,12 +124,17 @@ def compare_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here (atomically).")
     ] = None,
+    device: Device = "cpu",
 ) -> None:
     """Estimate ∇θ E_p(x;θ)\\[f(x)] with several estimators and check them against the exact gradient.
 
     Example: gradest compare --dist normal --param loc=1 --param scale=1 --cost cos --k 2
     --estimator pathwise --estimator score --estimator score-loo --samples 100000 --json out.json
     """
+    from gradest.compare import compare
+    from gradest.device import resolve_device
+
+    where = resolve_device(device)
     if json_path is not None:
         check_json_path(json_path)
     family = get_family(dist)
@@ -135,10 +143,12 @@ def compare_command(
     f = load_cost(cost, k)
     estimators = estimator or ["pathwise", "score", "score-loo"]
     config = {"dist": family.name, "params": {n: v.tolist() for n, v in params.items()},
-              "cost": cost, "k": k, "estimators": estimators, "samples": samples, "seed": seed}
+              "cost": cost, "k": k, "estimators": estimators, "samples": samples, "seed": seed,
+              "device": str(where)}
     with console.status("estimating…") as status:
         result = compare(f, family.build, params, estimators, samples, seed, config,
-                         on_estimator=lambda name: status.update(f"estimating with {name}…"))
+                         on_estimator=lambda name: status.update(f"estimating with {name}…"),
+                         device=where)
     console.print(render(result))
     if result.exact is None:
         console.print(f"[yellow]no exact gradient:[/] {result.exact_note}")

@@ -14,8 +14,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
-from gradest.gaussian import Settings, check_out_dir, load_dataset, run, write_outputs
-from gradest.gaussian.conclusions import fmt_at
+from gradest.cli.options import Device
+from gradest.gaussian.settings import Settings
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()
@@ -42,6 +42,7 @@ def gaussian_command(
     samples_per_step: Annotated[
         int, typer.Option(min=2, help="Samples of the stochastic node per SGD step, for every estimator.")
     ] = _DEFAULTS.samples_per_step,
+    device: Device = "cpu",
 ) -> None:
     """Fit N(μ, σ²) to data through a stochastic node y ~ N(μ, σ²), and answer with numbers and plots.
 
@@ -53,8 +54,13 @@ def gaussian_command(
 
     Example: gradest gaussian --data heights.csv --column cm --out report-dir --seed 1
     """
+    from gradest.gaussian.conclusions import fmt_at
+    from gradest.gaussian.data import load_dataset
+    from gradest.gaussian.report import check_out_dir, write_outputs
+    from gradest.gaussian.walkthrough import run
+
     dataset = load_dataset(data, column)
-    settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step).validate()
+    settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step, device=device).validate()
     check_out_dir(out)
     console.print(
         f"data: n = {dataset.n}, x̄ = {fmt_at(dataset.mean, dataset.sd)}, v = {dataset.var_mle:.6g} "

@@ -14,6 +14,7 @@ from rich.table import Table
 
 from gradest.cli.app import app
 from gradest.cli.compare import parse_param
+from gradest.cli.options import Device
 from gradest.costs import NAMED_COSTS, load_cost
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
@@ -67,6 +68,7 @@ def sweep_command(
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
         "gradest-out/sweep"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    device: Device = "cpu",
 ) -> None:
     """Single-sample gradient variance over k for costs of x ~ N(μ, σ²): the survey's Gaussian figure.
 
@@ -90,7 +92,7 @@ def sweep_command(
     config = SweepConfig(
         costs=tuple(cost or DEFAULT_COSTS), ks=tuple(_floats(k, "--k") or DEFAULT_KS),
         loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or DEFAULT_ESTIMATORS),
-        samples=samples, seed=seed, threads=_threads(threads),
+        samples=samples, seed=seed, threads=_threads(threads), device=device,
     )
     with _progress() as progress:
         task = progress.add_task("sweep", total=len(config.cells()))

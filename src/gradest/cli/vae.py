@@ -6,7 +6,7 @@ import dataclasses
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
@@ -14,24 +14,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradest.cli.app import app
+from gradest.cli.options import Device
 from gradest.errors import GradestError
 from gradest.io import write_json
-from gradest.rng import make_generator
-from gradest.vae.data import absolute_spec
-from gradest.vae.evaluate import evaluate
+
+# The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
+# library are imported by the commands that use them, so `gradest --help` stays quick.
 from gradest.vae.objectives import OBJECTIVES, get_objective
-from gradest.vae.report import compare_report, run_report
-from gradest.vae.train import (
-    CHECKPOINT,
-    CONFIG,
-    STREAM_EVAL,
-    SUMMARY,
-    NonFiniteLoss,
-    TrainConfig,
-    load_checkpoint,
-    load_run,
-    train,
-)
+
+if TYPE_CHECKING:
+    from gradest.vae.train import TrainConfig
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 vae_app = typer.Typer(
@@ -75,7 +67,6 @@ Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Images per Adam step.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
 Seed = Annotated[int, typer.Option(help="Seed of every generator: split, init, shuffling, noise.")]
-Device = Annotated[str, typer.Option(help="cpu, or cuda when a GPU is available.")]
 VarRepeats = Annotated[
     int,
     typer.Option(
@@ -102,6 +93,8 @@ def _progress() -> Progress:
 
 
 def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
+    from gradest.vae.train import NonFiniteLoss, train
+
     tasks: dict[int, int] = {}
     with _progress() as progress:
 
@@ -198,6 +191,9 @@ def train_command(
 
     Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
     """
+    from gradest.vae.report import run_report
+    from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, load_checkpoint
+
     if epochs is None:
         # A stopped run continues to the epochs it was started for, not to the default.
         epochs = TrainConfig.from_dict(load_checkpoint(out)["config"]).epochs if resume else 30
@@ -233,6 +229,9 @@ def train_command(
 
 def _check_resume_options(config: TrainConfig, out: Path) -> None:
     """--resume uses the saved options: one given with another value is an error, not ignored."""
+    from gradest.vae.data import absolute_spec
+    from gradest.vae.train import CONFIG, TrainConfig
+
     path = out / CONFIG
     if not path.is_file():
         return  # train() names the missing checkpoint
@@ -267,6 +266,10 @@ def eval_command(
 
     Example: gradest vae eval runs/dreg --iwae-k 1000 --json runs/dreg/eval.json
     """
+    from gradest.rng import make_generator
+    from gradest.vae.evaluate import evaluate
+    from gradest.vae.train import STREAM_EVAL, load_run
+
     if iwae_k < 1:
         raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
     if json_path is not None and json_path.is_dir():
@@ -338,6 +341,9 @@ def compare_command(
 
     Example: gradest vae compare --estimator pathwise --estimator score --estimator vimco:5 --epochs 10
     """
+    from gradest.vae.report import compare_report
+    from gradest.vae.train import CHECKPOINT, SUMMARY, NonFiniteLoss, TrainConfig
+
     specs = [_parse_spec(s, k) for s in (estimator or _COMPARE_DEFAULT)]
     runs: dict[str, Path] = {}
     for name, kk in specs:

@@ -1,0 +1,46 @@
+"""`import gradest` and `gradest --help` stay light: scipy and matplotlib load only where they are used."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+HEAVY = {"scipy", "matplotlib", "sklearn", "mlxtend"}
+
+LOADED = "print(json.dumps(sorted({m.split('.')[0] for m in sys.modules})))"
+
+
+def top_level_modules(code: str) -> set[str]:
+    """Top-level packages in sys.modules after running ``code`` in a fresh interpreter."""
+    proc = subprocess.run([sys.executable, "-c", f"{code}\nimport json, sys\n{LOADED}"],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 0, proc.stderr
+    return set(json.loads(proc.stdout.strip().splitlines()[-1]))
+
+
+def test_import_gradest_loads_neither_scipy_nor_matplotlib():
+    loaded = top_level_modules("import gradest")
+    assert "gradest" in loaded and "torch" in loaded
+    assert not loaded & (HEAVY | {"rich", "typer"}), sorted(loaded & (HEAVY | {"rich", "typer"}))
+
+
+def test_help_loads_neither_scipy_nor_matplotlib():
+    code = ("import contextlib, io\nfrom gradest.cli import main\n"
+            "with contextlib.redirect_stdout(io.StringIO()):\n"
+            "    assert main(['--help']) == 0\n"
+            "    for command in ('compare', 'sweep', 'advise', 'blr', 'gaussian', 'vae'):\n"
+            "        assert main([command, '--help']) == 0")
+    loaded = top_level_modules(code)
+    assert not loaded & HEAVY, sorted(loaded & HEAVY)
+
+
+def test_lazy_public_names_still_resolve():
+    code = ("import gradest\nfrom gradest import Selection, select, exact_grad, ExactGradient\n"
+            "from gradest.lab.selection import Selection as S, select as s\n"
+            "from gradest.exact import ExactGradient as E, exact_grad as e\n"
+            "assert (Selection, select, ExactGradient, exact_grad) == (S, s, E, e)\n"
+            "assert {'select', 'Selection', 'exact_grad'} <= set(dir(gradest))\n"
+            "import gradest.gaussian as g, gradest.gaussian.walkthrough as w\n"
+            "assert g.Settings is w.Settings and g.run is w.run")
+    assert "scipy" in top_level_modules(code)  # now they are used, they are loaded
