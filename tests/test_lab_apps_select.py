@@ -15,8 +15,8 @@ PARAMS = {"loc": torch.tensor(1.0, dtype=torch.float64), "scale": torch.tensor(1
 class Doubled(Pathwise):
     """A user's estimator with a bug: twice the pathwise gradient."""
 
-    def _terms(self, cost, node, generator):
-        terms = super()._terms(cost, node, generator)
+    def terms(self, cost, node, generator):
+        terms = super().terms(cost, node, generator)
         return terms._replace(carrier=2.0 * terms.carrier)
 
 
@@ -71,13 +71,13 @@ def test_inapplicable_estimators_are_listed_not_ranked():
 
 def test_pilots_run_on_the_requested_threads_and_restore_the_setting(monkeypatch):
     seen = []
-    original = Pathwise._terms
+    original = Pathwise.terms
 
     def spy(self, *args):
         seen.append(torch.get_num_threads())
         return original(self, *args)
 
-    monkeypatch.setattr(Pathwise, "_terms", spy)
+    monkeypatch.setattr(Pathwise, "terms", spy)
     before = torch.get_num_threads()
     select(gradest.named_cost("cos", 1.0), Normal, PARAMS, ["pathwise"], num_samples=100, threads=1)
     assert set(seen) == {1}

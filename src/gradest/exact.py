@@ -20,7 +20,6 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from scipy.special import roots_hermite
 from torch.distributions import Distribution, Independent, Normal
 
 from gradest.costs import Cost
@@ -28,11 +27,11 @@ from gradest.errors import GradestError
 from gradest.estimators.base import (
     BoundCost,
     Builder,
-    _for_f,
-    _plain,
     build,
     check_params,
+    cost_arguments,
     declared_parameters,
+    plain_replicas,
     total,
 )
 
@@ -138,8 +137,8 @@ class _TotalCost:
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         n = x.shape[0]
-        bound = BoundCost(self.f, self.declared, _for_f(_plain(self.leaves, n), self.dist, n), n,
-                          self.dist.batch_shape)
+        arguments = cost_arguments(plain_replicas(self.leaves, n), self.dist, n)
+        bound = BoundCost(self.f, self.declared, arguments, n, self.dist.batch_shape)
         if not self.declared:
             with torch.no_grad():
                 out = self.f(x)
@@ -186,6 +185,8 @@ def _quadrature_value(f, dist, loc, order) -> _Rule:
     and has the derivatives of (x_i − μ)/σ: forming x_i − μ by subtraction would lose the digits of
     σ t_i to the rounding of x_i when σ ≪ |μ|.
     """
+    from scipy.special import roots_hermite  # scipy loads only when quadrature runs
+
     dims = loc.numel()
     t, w = roots_hermite(order)  # stable for high orders, unlike numpy's hermgauss
     t = torch.as_tensor(t, dtype=loc.dtype, device=loc.device)

@@ -33,7 +33,7 @@ With per-element costs the score-function family uses each element's own cost as
 signal of that element's log-density, and baselines work per element, so an element's variance
 does not grow with the batch size.
 
-Both views come from one hook, ``_terms``, which returns :class:`Terms`: a scalar S(θ) = Σ_n s_n
+Both views come from one hook, ``terms``, which returns :class:`Terms`: a scalar S(θ) = Σ_n s_n
 whose gradient autograd computes (the pathwise path, a declared cost's direct term, a log-density),
 pairs (φ, ĝ_φ) of a family tensor and the explicit single-sample gradients with respect to it
 (measure-valued derivatives, control variates, analytic scores), and the N total costs. ĝ_n is
@@ -140,6 +140,12 @@ def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         if not torch.isfinite(value).all():
             raise GradestError(f"parameter {name!r} contains NaN or inf: {value.tolist()}")
         out[name] = value
+    dtypes = {str(v.dtype).removeprefix("torch.") for v in out.values()}
+    if len(dtypes) > 1:
+        raise GradestError(
+            f"the parameters have different dtypes ({', '.join(sorted(dtypes))}), and torch would compute "
+            "at the lower precision without a word; convert them to one, e.g. .to(torch.float64)"
+        )
     devices = {str(v.device) for v in out.values()}
     if len(devices) > 1:
         raise GradestError(
@@ -312,7 +318,7 @@ class Terms(NamedTuple):
 # ── layouts: how parameters are replicated along the sample axis ───────────────────────────
 
 
-def _plain(params: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+def plain_replicas(params: Mapping[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
     return {k: v.expand(n, *v.shape) for k, v in params.items()}
 
 
@@ -380,7 +386,7 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
     """
     single = build(dist_builder, params)
     target = torch.Size((2, *single.batch_shape))
-    layouts = [_plain] if len({v.dim() for v in params.values()}) == 1 else [_plain, _aligned]
+    layouts = [plain_replicas] if len({v.dim() for v in params.values()}) == 1 else [plain_replicas, _aligned]
     problems = []
     for layout in layouts:
         try:
@@ -502,7 +508,22 @@ def is_discrete(dist: Distribution) -> bool:
 
 
 class Estimator:
-    """Template for estimators: subclasses implement ``_terms`` (see the module docstring)."""
+    """Template for estimators: a subclass implements the public hook ``terms`` and declares
+    ``capabilities``; ``per_sample`` and ``surrogate`` do the rest (checks, replication, backward).
+
+    A new estimator (registered with :func:`gradest.register`) implements::
+
+        def terms(self, cost, node, generator) -> Terms:
+            x = self.draw(node, generator, reparameterized=...)   # [N, *B, *E] from the generator
+            fx = cost(x)                                          # [N] or [N, *C], checked
+            ...
+            return Terms(carrier, [(φ, ĝ_φ), ...], total(fx.detach()))
+
+    where ``carrier`` is a scalar whose autograd gradient with respect to sample n's parameters is
+    that sample's estimate (or the part of it autograd computes), and the (φ, ĝ_φ) pairs hand
+    explicit single-sample gradients with respect to family tensors φ (``node.dist``'s ``loc``,
+    ``probs``, …) to the chain rule. ``node.replicated`` tells whether φ carries the sample axis.
+    """
 
     name: str = "estimator"
     #: Smallest number of samples the estimator accepts.
@@ -513,11 +534,11 @@ class Estimator:
 
     # hooks and helpers for subclasses ------------------------------------------------------
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
+    def terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
         """The single-sample estimates as :class:`Terms`, on the node's samples."""
         raise NotImplementedError
 
-    def _draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
+    def draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
         """x ~ p(x; θ) ``[N, *B, *E]``: from the generator, or through the sampler's inverse CDF."""
         if self.sampler is None:
             return rng.sample(node.dist, node.sample_shape, generator, reparameterized)
@@ -527,17 +548,17 @@ class Estimator:
         # detach for sample(): the score function must see no path from θ through x
         return x if reparameterized else x.detach()
 
-    def _uniforms(self, num_samples: int, dim: int, generator: torch.Generator,
+    def uniforms(self, num_samples: int, dim: int, generator: torch.Generator,
                   like: torch.Tensor) -> torch.Tensor:
         """``[N, dim]`` uniforms in (0, 1) on ``like``'s device and dtype (i.i.d. without a sampler)."""
         if self.sampler is None:
             return open_unit(rng.uniform((num_samples, dim), generator, like), like.dtype)
         return open_unit(self.sampler.uniforms(num_samples, dim, generator).to(like.device), like.dtype)
 
-    def _groups(self, num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+    def groups(self, num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
         return None if self.sampler is None else self.sampler.groups(num_samples).to(device)
 
-    def _check_samples(self, num_samples: int) -> int:
+    def check_samples(self, num_samples: int) -> int:
         minimum = max(self.min_samples, getattr(self.sampler, "min_samples", 1))
         num_samples = check_num_samples(num_samples, minimum)
         if self.sampler is not None:
@@ -546,7 +567,7 @@ class Estimator:
 
     # capability checks ---------------------------------------------------------------------
 
-    def _family_refusal(self, family: Distribution) -> str:
+    def family_refusal(self, family: Distribution) -> str:
         """Why a family outside ``capabilities.families`` is refused, naming the alternative."""
         return (
             f"{self.name} has rules for {', '.join(c.__name__ for c in self.capabilities.families)}, not "
@@ -559,7 +580,7 @@ class Estimator:
         caps = self.capabilities
         family = unwrap(dist)
         if caps.families is not None and not isinstance(family, caps.families):
-            return self._family_refusal(family)
+            return self.family_refusal(family)
         if caps.needs_rsample and not dist.has_rsample:
             return (
                 f"{self.name} needs a reparameterizable family, and {type(family).__name__} has no "
@@ -574,7 +595,7 @@ class Estimator:
             )
         return None
 
-    def _require(self, dist: Distribution) -> None:
+    def require(self, dist: Distribution) -> None:
         reason = self.applicable(dist)
         if reason is not None:
             raise GradestError(reason)
@@ -593,18 +614,18 @@ class Estimator:
         start = time.perf_counter()
         rng.check_generator(generator)
         params = check_params(params)
-        num_samples = self._check_samples(num_samples)
+        num_samples = self.check_samples(num_samples)
         declared = declared_parameters(f, tuple(params))
         # Detach: the per-sample view is a diagnostic and must not touch the caller's graph.
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
             replicas, dist, single = replicate(dist_builder, leaves, num_samples)
-            self._require(single)
+            self.require(single)
             node = Node(dist, num_samples, True, single.batch_shape, single.event_shape,
                         dist_builder, replicas)
-            cost = BoundCost(f, declared, _for_f(replicas, single, num_samples), num_samples,
+            cost = BoundCost(f, declared, cost_arguments(replicas, single, num_samples), num_samples,
                              single.batch_shape)
-            terms = self._terms(cost, node, generator)
+            terms = self.terms(cost, node, generator)
             values = terms.values
             closed_over = _graph_reaches(terms.carrier, list(params.values())) \
                 if isinstance(terms.carrier, torch.Tensor) else []
@@ -616,13 +637,15 @@ class Estimator:
                     "(with a leading sample axis) and adds the term"
                 )
             grads = terms.gradients(list(replicas.values()))
+        if values.device.type == "cuda":  # kernels run asynchronously: time them to completion
+            torch.cuda.synchronize(values.device)
         return PerSampleGradients(
             grads={k: g.reshape(num_samples, *params[k].shape)
                    for k, g in zip(replicas, grads, strict=True)},
             values=values.detach(),
             seconds=time.perf_counter() - start,
             estimator=self.name,
-            groups=self._groups(num_samples, values.device),
+            groups=self.groups(num_samples, values.device),
         )
 
     def surrogate(
@@ -643,14 +666,14 @@ class Estimator:
             raise GradestError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         rng.check_generator(generator)
         params = check_params(params)
-        num_samples = self._check_samples(num_samples)
+        num_samples = self.check_samples(num_samples)
         declared = declared_parameters(f, tuple(params))
         dist = build(dist_builder, params)
-        self._require(dist)
+        self.require(dist)
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
-        cost = BoundCost(f, declared, _for_f(_plain(params, num_samples), dist, num_samples),
+        cost = BoundCost(f, declared, cost_arguments(plain_replicas(params, num_samples), dist, num_samples),
                          num_samples, dist.batch_shape)
-        terms = self._terms(cost, node, generator)
+        terms = self.terms(cost, node, generator)
         loss = terms.values.mean()
         carried = terms.scalar()
         if isinstance(carried, torch.Tensor) and carried.requires_grad:
@@ -664,7 +687,7 @@ class Estimator:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
-def _for_f(replicas: Mapping[str, torch.Tensor], dist: Distribution, num_samples: int
+def cost_arguments(replicas: Mapping[str, torch.Tensor], dist: Distribution, num_samples: int
            ) -> dict[str, torch.Tensor]:
     """The parameters as f receives them: ``[N, 1, …, *shape]``, broadcastable against x."""
     rank = len(dist.batch_shape) + len(dist.event_shape)

@@ -191,13 +191,13 @@ class ControlVariate(Estimator):
             fixed_support=caps.fixed_support,
         )
 
-    def _family_refusal(self, family: Distribution) -> str:
+    def family_refusal(self, family: Distribution) -> str:
         if self.control.families is not None and not isinstance(family, self.control.families):
             return (
                 f"the delta-method control variate needs a Normal (its closed-form E[h]), got "
                 f"{type(family).__name__}; use 'score-optb' or 'score-loo' for other families"
             )
-        return self.inner._family_refusal(family)
+        return self.inner.family_refusal(family)
 
     @property
     def sampler(self):
@@ -208,7 +208,7 @@ class ControlVariate(Estimator):
         # the base estimator draws the samples, so it is the one that needs the sampler
         self.inner.sampler = value
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
+    def terms(self, cost: BoundCost, node: Node, generator: torch.Generator) -> Terms:
         # Per-sample gradients of f's and h's estimates are needed before combining them, so the
         # estimator differentiates its own detached replicas here (in both views).
         n = node.num_samples
@@ -224,14 +224,14 @@ class ControlVariate(Estimator):
             control_cost = BoundCost(h, (), {}, n, node.batch_shape)
             twin = torch.Generator(device=generator.device)
             twin.set_state(generator.get_state())
-            terms_f = self.inner._terms(cost, inner_node, generator)
+            terms_f = self.inner.terms(cost, inner_node, generator)
             # the twin generator replays the same random numbers: ĝ_h is coupled with ĝ_f
-            terms_h = self.inner._terms(control_cost, inner_node, twin)
+            terms_h = self.inner.terms(control_cost, inner_node, twin)
             leaves = list(targets.values())
             g_f = terms_f.gradients(leaves, retain_graph=True)
             g_h = terms_h.gradients(leaves)
             g_e = _grads(expectation(dist).sum(), leaves)
-        groups = self._groups(n, terms_f.values.device)
+        groups = self.groups(n, terms_f.values.device)
         explicit = []
         for param, gf, gh, ge in zip(node.params.values(), g_f, g_h, g_e, strict=True):
             a = gf.reshape(n, -1)

@@ -142,7 +142,7 @@ def _normal(est, points: _Points, dist: Normal, node: Node, generator):
     # columns of u: ε | W, W′ (uncoupled) | |M| from E and Z, sign of M, U or N
     n_loc = (1 if est.coupled else 2) if want_loc else 0
     n_scale = 4 if want_scale else 0
-    u = est._uniforms(n, (1 + n_loc + n_scale) * d, generator, mu).reshape(n, -1, d)
+    u = est.uniforms(n, (1 + n_loc + n_scale) * d, generator, mu).reshape(n, -1, d)
     x0 = mu + sigma * _std_normal(u[:, 0])
     blocks = []
     if want_loc:
@@ -171,8 +171,8 @@ def _exponential_rule(est, points: _Points, dist: Exponential, node: Node, gener
     lam = _flat(node, rate)
     n, d = lam.shape
     if not rate.requires_grad:
-        return [], _exponential(est._uniforms(n, d, generator, lam)) / lam
-    u = est._uniforms(n, (2 if est.coupled else 4) * d, generator, lam).reshape(n, -1, d)
+        return [], _exponential(est.uniforms(n, d, generator, lam)) / lam
+    u = est.uniforms(n, (2 if est.coupled else 4) * d, generator, lam).reshape(n, -1, d)
     x0 = _exponential(u[:, 0]) / lam
     if est.coupled:
         # p⁺ is the base draw itself; p⁻ = Gamma(2, λ) adds an independent Exp(λ) to it
@@ -207,7 +207,7 @@ def _poisson(est, points: _Points, dist: Poisson, node: Node, generator):
 def _bernoulli(est, points: _Points, dist: Bernoulli, node: Node, generator):
     probs = dist.probs
     p = _flat(node, probs)
-    x0 = (est._uniforms(p.shape[0], p.shape[1], generator, p) < p).to(p.dtype)
+    x0 = (est.uniforms(p.shape[0], p.shape[1], generator, p) < p).to(p.dtype)
     if not probs.requires_grad:
         return [], x0
     one, zero = points.evaluate(x0, [torch.ones_like(x0), torch.zeros_like(x0)])
@@ -232,14 +232,14 @@ class MeasureValued(Estimator):
         self.coupled = coupled
         self.name = name or ("mvd" if coupled else "mvd-uncoupled")
 
-    def _family_refusal(self, family: Distribution) -> str:
+    def family_refusal(self, family: Distribution) -> str:
         return (
             f"the measure-valued estimator has decompositions for "
             f"{', '.join(c.__name__ for c in RULES)}, not {type(family).__name__}; use "
             "'score' (any family) or 'pathwise' (reparameterizable families) instead"
         )
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+    def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:
         family = unwrap(node.dist)
         rule = next(r for c, r in RULES.items() if isinstance(family, c))

@@ -28,9 +28,9 @@ class Pathwise(Estimator):
     name = "pathwise"
     capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False)
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+    def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        x = self._draw(node, generator, reparameterized=True)
+        x = self.draw(node, generator, reparameterized=True)
         fx = cost(x)
         if x.requires_grad and not fx.requires_grad:  # (no parameter needing a gradient: nothing to check)
             raise GradestError(

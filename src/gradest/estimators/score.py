@@ -65,17 +65,17 @@ class ScoreFunction(Estimator):
         self.name = name
         self.min_samples = self.baseline.min_samples
 
-    def _terms(self, cost: BoundCost, node: Node, generator: torch.Generator
+    def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:
         # detached draw: no path from θ through x
-        x = self._draw(node, generator, reparameterized=False)
+        x = self.draw(node, generator, reparameterized=False)
         fx = cost(x)  # a graph only where f depends on θ or on tensors of its own (a decoder)
         signal = fx.detach()
         with torch.no_grad():  # the learning signal is a constant of the math
             if isinstance(self.baseline, NoBaseline):
                 weight = signal
             else:
-                weight = signal - self.baseline(signal, self._groups(node.num_samples, signal.device))
+                weight = signal - self.baseline(signal, self.groups(node.num_samples, signal.device))
         score_carrier, explicit = score_terms(node, x, weight)
         return Terms(carrier(fx) + score_carrier, explicit, total(signal))
 
