@@ -88,8 +88,8 @@ def test_other_families(tmp_path):
     (["--param", "loc=[]", "--param", "scale=[]"], "is empty"),
     (["--param", "loc=true", "--param", "scale=1"], "not a number"),
     (["--param", "loc=1", "--param", "loc=2", "--param", "scale=1"], "given twice"),
-    (["--param", "loc=[0,1]", "--param", "scale=1"], "one shape, got loc [2], scale []; repeat the smaller"),
-    (["--param", "loc=[0,1]", "--param", "scale=[1,1,1]"], "one shape"),
+    (["--param", "loc=[0,1]", "--param", "scale=[1,1,1]"],
+     "do not broadcast: loc [2], scale [3]; give them one shape"),
     (["--estimator", "score-const=nan"], "must be a finite number"),
 ])
 def test_bad_input_exit_2_one_line_nothing_written(tmp_path, capsys, args, message):

@@ -55,8 +55,8 @@ def test_bad_outputs_and_families_exit_2_with_the_fix(tmp_path, capsys):
     assert "k ≥ 0" in capsys.readouterr().err
     assert main(["advise", "--dist", "gamma"]) == 2
     assert "--param concentration=VALUE --param rate=VALUE" in capsys.readouterr().err
-    assert main(["advise", "--param", "loc=[0,1]", "--param", "scale=1"]) == 2
-    assert "one shape" in capsys.readouterr().err
+    assert main(["advise", "--param", "loc=[0,1]", "--param", "scale=[1,1,1]"]) == 2
+    assert "do not broadcast" in capsys.readouterr().err
     assert main(["blr", "--estimator", "score", "--estimator", "score", "--out", str(tmp_path / "b")]) == 2
     assert "given twice" in capsys.readouterr().err
 

@@ -121,10 +121,15 @@ def test_without_any_reference_the_reason_says_unbiasedness_was_not_checked():
     assert "not checked" in result.reason
 
 
-def test_parameters_of_different_shapes_are_refused_with_the_fix():
-    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64), "scale": torch.tensor(1.0)}
-    with pytest.raises(gradest.GradestError, match=r"one shape.*scale"):
-        select(gradest.named_cost("cos", 1.0), Normal, params, ["pathwise"], num_samples=100)
+def test_a_shared_scalar_parameter_is_ranked_like_any_other():
+    # loc [2] beside one scale shared by both coordinates: the gradient of scale is one number
+    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64), "scale": torch.tensor(1.0, dtype=torch.float64)}
+    f = gradest.named_cost("cos", 1.0)
+    result = select(f, Normal, params, ["pathwise", "score-loo"], num_samples=2000, seed=0)
+    assert result.recommendation in ("pathwise", "score-loo")
+    assert all(c.usable and not c.biased for c in result.candidates)
+    exact = gradest.exact_grad(f, Normal, params)
+    assert exact.grads["scale"].shape == ()
 
 
 def test_a_cost_of_the_wrong_shape_is_reported_per_candidate_not_raised():

@@ -46,16 +46,17 @@ class Family(NamedTuple):
                     f"parameter {key}={value.tolist()} of {self.name} is out of range: "
                     f"{_describe(constraint)}"
                 )
-        # one shape for all: the estimators draw per-sample copies of each parameter, and a broadcast
-        # scalar would make "the gradient of scale" ambiguous (one shared value, or one per coordinate)
-        shapes = {tuple(v.shape) for v in params.values()}
-        if len(shapes) > 1:
+        # shapes must broadcast; a parameter of lower rank is shared (scale=1 beside loc=[0, 1] is one
+        # scale for both coordinates, and its gradient is the gradient of that one number)
+        try:
+            torch.broadcast_shapes(*(v.shape for v in params.values()))
+        except RuntimeError:
             widest = max(params.values(), key=lambda v: v.numel())
             given = ", ".join(f"{k} {list(v.shape)}" for k, v in params.items())
             raise GradestError(
-                f"parameters of {self.name} must all have one shape, got {given}; repeat the "
-                f"smaller ones, e.g. {_example(widest.shape)}"
-            )
+                f"parameters of {self.name} have shapes that do not broadcast: {given}; give them one "
+                f"shape, e.g. {_example(widest.shape)}, or a scalar to share one value"
+            ) from None
         try:
             self.build(**params)
         except (ValueError, RuntimeError) as err:

@@ -381,16 +381,20 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
     """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
 
     Tries the plain layout (every parameter ``[N, *shape]``), then the right-aligned one (a shared
-    parameter of lower rank gets singleton axes), on a 2-replica probe: the builder must give batch
-    shape ``[2, *B]`` and the same family tensors in both rows as without replication.
+    parameter of lower rank gets singleton axes), on a probe of R replicas (R ≥ 2, a size no axis
+    has): the builder must give batch shape ``[R, *B]`` and the same family tensors in every row as
+    without replication.
     """
     single = build(dist_builder, params)
-    target = torch.Size((2, *single.batch_shape))
+    # probe with a replica count no axis has, so that broadcasting cannot succeed by coincidence
+    sizes = {n for v in params.values() for n in v.shape} | set(single.batch_shape) | set(single.event_shape)
+    rows = next(r for r in range(2, 3 + len(sizes)) if r not in sizes)
+    target = torch.Size((rows, *single.batch_shape))
     layouts = [plain_replicas] if len({v.dim() for v in params.values()}) == 1 else [plain_replicas, _aligned]
     problems = []
     for layout in layouts:
         try:
-            probe = dist_builder(**layout(params, 2))
+            probe = dist_builder(**layout(params, rows))
         except Exception as err:  # any failure of the user's builder on replicas means: not this layout
             problems.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
             continue
@@ -399,10 +403,10 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
             shape = list(probe.batch_shape) if isinstance(probe, Distribution) else type(probe).__name__
             problems.append(f"batch shape {shape} instead of {list(target)}")
             continue
-        mixed = _mixes(probe, single, 2)
+        mixed = _mixes(probe, single, rows)
         if mixed is not None:
             raise GradestError(
-                f"the builder mixes the leading sample axis: built from 2 replicas of the parameters, "
+                f"the builder mixes the leading sample axis: built from {rows} replicas of the parameters, "
                 f"its {mixed!r} differs from the one built from the parameters themselves (a softmax, "
                 "sum or mean over dim 0?); act on each sample alone with negative dims, e.g. "
                 "softmax(logits, -1)"
@@ -410,6 +414,9 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
         replicas = layout(params, num_samples)
         with _validation_off():  # the single build validated these very values already
             dist = build(dist_builder, replicas)
+        if dist.batch_shape != (num_samples, *single.batch_shape):
+            problems.append(f"batch shape {list(dist.batch_shape)} with {num_samples} replicas")
+            break
         return replicas, dist, single
     raise GradestError(
         "per-sample gradients replicate the parameters along a leading sample axis, and the builder "

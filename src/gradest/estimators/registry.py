@@ -55,6 +55,14 @@ def available() -> dict[str, str]:
     }
 
 
+def requires_argument(name: str) -> bool:
+    """Whether the registered estimator ``name`` needs ``=VALUE`` (``score-const=B``)."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise GradestError(f"unknown estimator {name!r}; choose one of: {', '.join(available())}")
+    return entry.required
+
+
 def available_samplers() -> dict[str, str]:
     """Sampler suffix -> one-line summary (``NAME+SUFFIX`` works with every estimator)."""
     return dict(SAMPLERS)

@@ -26,8 +26,8 @@ import torch
 from gradest.diagnostics import effective_variance, mean_stderr, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
-from gradest.estimators.base import Builder
-from gradest.estimators.registry import available, available_samplers
+from gradest.estimators.base import Builder, build, check_params
+from gradest.estimators.registry import available, available_samplers, requires_argument
 from gradest.exact import exact_grad
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
@@ -82,12 +82,8 @@ def default_candidates() -> list[str]:
     names = []
     for spec in available():
         name, _, _ = spec.partition("=")
-        if name in _TRAINING_ONLY:
-            continue
-        try:
-            get_estimator(name)
-        except GradestError:
-            continue  # needs an argument (e.g. score-const=B): only when asked for
+        if name in _TRAINING_ONLY or requires_argument(name):
+            continue  # (an argument such as score-const=B is asked for, never guessed)
         names.append(name)
     return names + [f"{n}+{s}" for s in available_samplers() for n in names]
 
@@ -159,19 +155,10 @@ def select(
     if num_samples < 2:
         raise GradestError(f"num_samples must be ≥ 2 to measure a variance, got {num_samples}")
     check_threads(threads)
-    shapes = {k: list(torch.as_tensor(v).shape) for k, v in params.items()}
-    if len({str(s) for s in shapes.values()}) > 1:
-        # the estimators replicate every parameter along a leading sample axis, where a scalar no
-        # longer broadcasts against a vector: ask for the full shape instead of failing mid-pilot
-        first, *_ = (k for k, s in shapes.items() if len(s) == max(len(t) for t in shapes.values()))
-        raise GradestError(
-            "the parameters must all have one shape, got "
-            + ", ".join(f"{k} {s}" for k, s in shapes.items())
-            + f"; repeat the smaller ones to the shape of {first}, e.g. a list of {first}'s length"
-        )
     specs = list(estimators) if estimators else default_candidates()
     if not specs:
         raise GradestError("no candidate estimators; give at least one")
+    dist = build(dist_builder, check_params(params))
     pilots: dict[str, _Pilot | str] = {}
     for spec in specs:
         est = get_estimator(spec)
@@ -180,6 +167,12 @@ def select(
             label += "'"
         if on_estimator is not None:
             on_estimator(label)
+        # what the estimator needs is data (its capabilities): no pilot for what cannot apply
+        reason = est.applicable(dist)
+        if reason is not None:
+            pilots[label] = reason
+            continue
+        # a GradestError now is about this input (f's shape or values), reported per candidate
         try:
             with intra_op_threads(threads):
                 pilots[label] = _pilot(est, f, dist_builder, params, num_samples, seed)
