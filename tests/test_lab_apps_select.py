@@ -123,7 +123,8 @@ def test_without_any_reference_the_reason_says_unbiasedness_was_not_checked():
 
 def test_a_shared_scalar_parameter_is_ranked_like_any_other():
     # loc [2] beside one scale shared by both coordinates: the gradient of scale is one number
-    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64), "scale": torch.tensor(1.0, dtype=torch.float64)}
+    params = {"loc": torch.tensor([0.2, 1.0], dtype=torch.float64),
+              "scale": torch.tensor(1.0, dtype=torch.float64)}
     f = gradest.named_cost("cos", 1.0)
     result = select(f, Normal, params, ["pathwise", "score-loo"], num_samples=2000, seed=0)
     assert result.recommendation in ("pathwise", "score-loo")

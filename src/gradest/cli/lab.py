@@ -114,7 +114,8 @@ def sweep_command(
 def advise_command(
     dist: Annotated[str, typer.Option(help=f"Family: {', '.join(FAMILIES)}.")] = "normal",
     param: Annotated[list[str] | None, typer.Option(
-        help="NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]); shapes that broadcast (a scalar is shared). "
+        help="NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]); shapes that broadcast "
+             "(a scalar is shared). "
              "Default loc=1, scale=1 (normal only); e.g. --dist gamma --param concentration=2 "
              "--param rate=3.")] = None,
     cost: Annotated[str, typer.Option(help=(
