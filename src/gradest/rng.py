@@ -212,21 +212,24 @@ def _bernoulli(dist, sample_shape, generator):
     return (uniform(_shape(dist, sample_shape), generator, probs) < probs).to(probs.dtype)
 
 
-@register_sampler(D.Categorical)
-def _categorical(dist, sample_shape, generator):
-    probs = dist.probs.detach()
-    shape = sample_shape + dist.batch_shape
+def _category(probs: torch.Tensor, shape: torch.Size, generator: torch.Generator) -> torch.Tensor:
+    """The smallest k with u ≤ F(k) for u ~ U(0, 1): P(k) = F(k) − F(k − 1) = p_k. ``shape`` excludes K."""
+    probs = probs.detach()
     cdf = probs.cumsum(-1)
     cdf = cdf / cdf[..., -1:]
     u = uniform(shape, generator, probs).unsqueeze(-1)
-    # the smallest k with u ≤ F(k): P(k) = F(k) − F(k − 1) = p_k
     index = torch.searchsorted(cdf.expand(*shape, cdf.shape[-1]).contiguous(), u.contiguous())
     return index.squeeze(-1).clamp_max(probs.shape[-1] - 1)
 
 
+@register_sampler(D.Categorical)
+def _categorical(dist, sample_shape, generator):
+    return _category(dist.probs, sample_shape + dist.batch_shape, generator)
+
+
 @register_sampler(D.OneHotCategorical)
 def _one_hot(dist, sample_shape, generator):
-    index = _categorical(dist._categorical, sample_shape, generator)
+    index = _category(dist.probs, sample_shape + dist.batch_shape, generator)
     return torch.nn.functional.one_hot(index, dist.probs.shape[-1]).to(dist.probs.dtype)
 
 

@@ -58,7 +58,7 @@ def _bernoulli(dist, x, w):
 
 @_rule(D.Categorical)
 def _categorical(dist, x, w):
-    k = dist._num_events
+    k = dist.param_shape[-1]
     one_hot = torch.nn.functional.one_hot(x.long(), k)
     w = w.unsqueeze(-1)
     if _stored(dist, "logits"):
