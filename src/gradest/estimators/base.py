@@ -110,6 +110,8 @@ class Capabilities:
     families: the families it has rules for (``Independent`` of them too); None: any family.
     discrete: works for families with a discrete support.
     fixed_support: the support must not move with θ (score-function identities).
+    biased: biased by design (continuous relaxations of discrete variables): its mean is not
+        ∇θ L, and reports say so beside the measured bias.
     """
 
     needs_rsample: bool = False
@@ -117,6 +119,7 @@ class Capabilities:
     families: tuple[type[Distribution], ...] | None = None
     discrete: bool = True
     fixed_support: bool = False
+    biased: bool = False
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
