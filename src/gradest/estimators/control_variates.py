@@ -189,6 +189,7 @@ class ControlVariate(Estimator):
             families=families,
             discrete=caps.discrete,
             fixed_support=caps.fixed_support,
+            biased=caps.biased,
         )
 
     def family_refusal(self, family: Distribution) -> str:

@@ -160,11 +160,14 @@ def select(
         raise GradestError("no candidate estimators; give at least one")
     dist = build(dist_builder, check_params(params))
     pilots: dict[str, _Pilot | str] = {}
+    by_design: set[str] = set()
     for spec in specs:
         est = get_estimator(spec)
         label = est.name
         while label in pilots:  # two values with one name (e.g. a subclass keeping its parent's)
             label += "'"
+        if est.capabilities.biased:
+            by_design.add(label)
         if on_estimator is not None:
             on_estimator(label)
         # what the estimator needs is data (its capabilities): no pilot for what cannot apply
@@ -211,6 +214,9 @@ def select(
         biased = z > z_bound  # NaN (no reference) is False; +inf (an uncovered gap) is True
         eff = p.variance * p.seconds_per_sample
         note = f"BIASED: |z| = {z:.4g} > {z_bound:.2f} against {reference}" if biased else ""
+        if name in by_design:  # never recommended, whatever this pilot could resolve
+            biased = True
+            note = f"BIASED by design (a relaxation; |z| = {z:.4g} against {reference})"
         rows.append(Candidate(name, True, p.variance, p.seconds_per_sample, eff, math.nan, z, biased, note))
     # ties (several exact, zero-variance candidates) go to the fastest
     usable = sorted((c for c in rows if c.usable), key=lambda c: (c.efficiency, c.seconds_per_sample))
