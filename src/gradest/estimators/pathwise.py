@@ -8,8 +8,9 @@ implicitly for Gamma, Beta and Dirichlet, whose ``rsample`` differentiates the C
 al., 2018). With an antithetic or quasi-Monte Carlo sampler, x = F⁻¹(u; θ) is the
 reparameterization instead. A cost that declares θ gets its direct term from the same backward pass.
 
-Requires: the family has ``rsample`` (``has_rsample``); f differentiable in x almost everywhere
-(an f with no gradient path from x is refused). For discrete families, use the score function.
+Requires: the family has ``rsample`` (``has_rsample``); f differentiable in x almost everywhere.
+An f with no gradient path from x is refused (it detaches, rounds or thresholds x) unless it is
+constant in x, whose pathwise gradient is zero. For discrete families, use the score function.
 
 References: Kingma & Welling (2014); Rezende et al. (2014); Mohamed et al., JMLR 21 (2020) §5.
 """
@@ -22,6 +23,17 @@ from gradest.errors import GradestError
 from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, total
 
 
+def _constant_in_x(cost: BoundCost, x: torch.Tensor, fx: torch.Tensor) -> bool:
+    """Whether f gives the same values at shifted and scaled copies of x (then ∇ = 0 is right).
+
+    Tells a cost that ignores x (its pathwise gradient is zero) from one that detaches, rounds or
+    thresholds x (no gradient path, though its expectation moves with θ: refused).
+    """
+    with torch.no_grad():
+        return all(torch.equal(cost(moved, direct=False), fx.detach())
+                   for moved in (x + 1.0, x - 1.0, 2.0 * x, -x))
+
+
 class Pathwise(Estimator):
     """ĝ_n = ∇θ f(x_n(θ); θ), x_n = g(ε_n; θ)."""
 
@@ -32,7 +44,8 @@ class Pathwise(Estimator):
                ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.draw(node, generator, reparameterized=True)
         fx = cost(x)
-        if x.requires_grad and not fx.requires_grad:  # (no parameter needing a gradient: nothing to check)
+        # (no parameter needing a gradient: nothing to check; a cost constant in x: zero gradient)
+        if x.requires_grad and not fx.requires_grad and not _constant_in_x(cost, x.detach(), fx):
             raise GradestError(
                 "f has no gradient path from its input to its output (it detaches, rounds, "
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "
