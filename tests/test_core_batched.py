@@ -22,8 +22,6 @@ from test_core_support import (
     assert_value_unbiased,
     assert_views_agree,
     get_estimator,
-    is_control_variate,
-    is_measure_valued,
     per_sample,
     surrogate,
     usable_specs,
@@ -87,19 +85,7 @@ def test_surrogate_equals_the_per_sample_mean_on_the_same_seed(spec, builder_nam
         assert_views_agree(est, loss, grads)
 
 
-REDUCTION_MEAN_BUG = (
-    "bug: reduction='mean' is ignored by the measure-valued estimators (mvd, mvd-uncoupled, "
-    "mvd-delta) for per-element costs: they evaluate f on N·k points at once, so BoundCost.elements "
-    "is never set and the surrogate is not divided by the number of cost elements"
-)
-
-
-@pytest.mark.parametrize(
-    "spec",
-    [pytest.param(s, marks=pytest.mark.xfail(strict=True, raises=AssertionError,
-                                                           reason=REDUCTION_MEAN_BUG))
-     if is_measure_valued(s) else s for s in SPECS],
-)
+@pytest.mark.parametrize("spec", SPECS)
 def test_reduction_mean_divides_by_the_cost_elements(spec):
     for builder_name, builder in BUILDERS.items():
         for _, f, elements in variants(builder_name, "square", 0.7):
@@ -186,17 +172,19 @@ def mvn(loc, scale):
 
 MVN_PARAMS = {"loc": t(0.3, -0.5), "scale": t(0.7, 1.2)}
 MVN_SPECS = usable_specs(mvn, MVN_PARAMS)
-SURROGATE_BUG = (
-    "bug: the control-variate estimators (score-optb, *-delta) re-replicate the parameters inside "
-    "surrogate(), so surrogate refuses a builder that does not broadcast over (or mixes) the sample "
-    "axis, although the contract says surrogate needs neither"
-)
+def replicates(spec: str) -> bool:
+    """Control variates fit their coefficients on per-sample gradients, in surrogate() too."""
+    return get_estimator(spec).capabilities.replicates
 
 
-def _cv_xfail(specs):
-    return [pytest.param(s, marks=pytest.mark.xfail(strict=True, raises=GradestError,
-                                                           reason=SURROGATE_BUG))
-            if is_control_variate(s) else s for s in specs]
+def _not_replicating(specs):
+    return [s for s in specs if not replicates(s)]
+
+
+@pytest.mark.parametrize("spec", [s for s in MVN_SPECS if replicates(s)])
+def test_estimators_that_replicate_say_so_in_surrogate(spec):
+    with pytest.raises(GradestError, match="the builder does not broadcast over it"):
+        surrogate(spec, named_cost("cos", 1.0), mvn, MVN_PARAMS, 20, seed=0)
 
 
 @pytest.mark.parametrize("spec", applicable_specs(mvn, MVN_PARAMS))
@@ -206,7 +194,7 @@ def test_per_sample_refuses_a_builder_that_does_not_broadcast(spec):
     assert "torch.diag_embed" in str(err.value) and "surrogate()" in str(err.value)
 
 
-@pytest.mark.parametrize("spec", _cv_xfail(MVN_SPECS))
+@pytest.mark.parametrize("spec", _not_replicating(MVN_SPECS))
 def test_surrogate_accepts_a_builder_that_does_not_broadcast(spec):
     f = named_cost("cos", 1.0)
     loss, grads = surrogate(spec, f, mvn, MVN_PARAMS, N, seed=5)
@@ -249,7 +237,7 @@ def test_a_builder_on_the_last_axis_gives_the_enumeration_gradient(spec):
     assert_value_unbiased(est, exact.value)
 
 
-@pytest.mark.parametrize("spec", _cv_xfail(CAT_SPECS))
+@pytest.mark.parametrize("spec", _not_replicating(CAT_SPECS))
 def test_surrogate_accepts_a_builder_that_mixes_the_sample_axis(spec):
     loss, grads = surrogate(spec, _cat_cost, mixing, CAT_PARAMS, N_VIEWS, seed=7)
     assert_views_agree(per_sample(spec, _cat_cost, per_row, CAT_PARAMS, N_VIEWS, seed=7), loss, grads)
@@ -272,7 +260,7 @@ def test_per_sample_refuses_a_normal_builder_that_mixes_the_sample_axis(spec):
         per_sample(spec, named_cost("cos", 1.0), centred, CENTRED, 20, seed=0)
 
 
-@pytest.mark.parametrize("spec", _cv_xfail(applicable_specs(centred_per_row, CENTRED)))
+@pytest.mark.parametrize("spec", _not_replicating(applicable_specs(centred_per_row, CENTRED)))
 def test_surrogate_accepts_a_normal_builder_that_mixes_the_sample_axis(spec):
     f = named_cost("cos", 1.0)
     loss, grads = surrogate(spec, f, centred, CENTRED, N_VIEWS, seed=8)

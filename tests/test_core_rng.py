@@ -133,15 +133,6 @@ def test_threads_get_the_serial_numbers_and_leave_the_global_rng(name, spec):
     assert not torch.equal(serial[0].values, serial[1].values)
 
 
-VALIDATION_BUG = (
-    "bug: per_sample turns torch's argument validation off process-wide (Distribution."
-    "set_default_validate_args(False) in base._validation_off) while it builds the replicated "
-    "distribution, so another thread's distributions go unvalidated meanwhile: Normal(0, -1) is "
-    "accepted there (the lock serializes gradest's own toggles only)"
-)
-
-
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=VALIDATION_BUG)
 def test_per_sample_leaves_other_threads_validation_on():
     def slow_builder(loc, scale):  # a builder that takes time (a network, here a sleep)
         time.sleep(0.002)
@@ -356,11 +347,6 @@ def test_mixed_dtypes_are_refused():
 
 # ── CUDA ────────────────────────────────────────────────────────────────────────────────────
 
-STDERR_DEVICE_BUG = (
-    "bug (from reading diagnostics.mean_stderr, not run here): with groups it allocates its sums with "
-    "torch.zeros(...) on the CPU and index_adds CUDA samples into them, so per_sample(...).stderr() "
-    "of a sampler-suffixed estimator (+antithetic, +qmc) fails on CUDA"
-)
 
 
 def _on_cuda(params):
@@ -430,7 +416,6 @@ def test_stderr_on_cuda():
 
 
 @cuda
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason=STDERR_DEVICE_BUG)
 def test_stderr_of_grouped_samples_on_cuda():
     _collect(_check_stderr_on_cuda, [s for s in SPECS if "+" in s])
 

@@ -25,13 +25,8 @@ from gradest.estimators.mvd import MeasureValued
 #: (``score-const=B``). A required argument registered later without an entry here gets "1".
 REQUIRED_ARGUMENTS = {"b": "0.5"}
 
-#: the message of a sampler that needs an inverse CDF the family lacks (see SAMPLER_GAP_BUG)
+#: the message of a sampler that needs an inverse CDF the family lacks
 SAMPLER_GAP = "draws through the inverse CDF"
-SAMPLER_GAP_BUG = (
-    "bug: applicable() accepts a sampler-suffixed estimator (+antithetic, +qmc) on a family with no "
-    "inverse CDF (Bernoulli, Categorical, MultivariateNormal, Gamma, Poisson), and per_sample then "
-    "raises; applicable() should refuse it"
-)
 
 
 def _base_specs() -> list[str]:
@@ -65,7 +60,7 @@ def applicable_specs(builder, params, specs=SPECS) -> list[str]:
 
 def sampler_gap(spec, builder, params) -> bool:
     """Whether ``spec``'s sampler fails for want of an inverse CDF although ``applicable`` accepted
-    it (SAMPLER_GAP_BUG): probed with a tiny surrogate (which draws without replicating)."""
+    it: probed with a tiny surrogate (which draws without replicating)."""
     if get_estimator(spec).sampler is None:
         return False
     try:

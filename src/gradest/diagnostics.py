@@ -87,7 +87,8 @@ def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> to
     counts = torch.bincount(groups, minlength=size).to(samples.dtype)
     if size < 2:
         return torch.full_like(samples.mean(0), math.nan)
-    sums = torch.zeros(size, *samples.shape[1:], dtype=samples.dtype).index_add_(0, groups, samples)
+    groups = groups.to(samples.device)
+    sums = samples.new_zeros(size, *samples.shape[1:]).index_add_(0, groups, samples)
     shape = (size,) + (1,) * (samples.dim() - 1)
     share = (counts / n).reshape(shape)
     means = sums / counts.reshape(shape)

@@ -18,7 +18,8 @@ The contract, shared by every estimator:
         B and event shape E. For ``per_sample`` it must also broadcast over a leading sample axis
         of the parameters (every torch family does; ``torch.diag`` does not, ``torch.diag_embed``
         does) and must not mix that axis (``softmax(logits, 0)``); both are detected and refused.
-        ``surrogate`` needs neither.
+        ``surrogate`` needs neither, except for estimators with ``capabilities.replicates`` (control
+        variates fit their coefficients on per-sample gradients).
     f: ``f(x)`` or ``f(x, **some params)``: samples ``x [N, *B, *E]`` -> costs ``[N]`` (one per
         sample) or ``[N, *B[:k]]`` (one per batch element, a per-datum cost; f_b may depend on the
         element's own x_b only). The estimand is E[Σ_b f_b]. A cost that depends on θ declares the
@@ -48,20 +49,18 @@ rule carries every ĝ to the builder's parameterization (log-scale, logits, a ne
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import math
-import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
-from torch.distributions import Distribution, Independent, constraints
+from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 
 from gradest import rng
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
 
 Cost = Callable[..., torch.Tensor]
@@ -112,6 +111,8 @@ class Capabilities:
     fixed_support: the support must not move with θ (score-function identities).
     biased: biased by design (continuous relaxations of discrete variables): its mean is not
         ∇θ L, and reports say so beside the measured bias.
+    replicates: needs per-sample gradients inside ``surrogate`` too (control variates fit their
+        coefficients on them), so the builder must broadcast over the sample axis there as well.
     """
 
     needs_rsample: bool = False
@@ -120,6 +121,7 @@ class Capabilities:
     discrete: bool = True
     fixed_support: bool = False
     biased: bool = False
+    replicates: bool = False
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
@@ -140,8 +142,14 @@ def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 f"parameter {name!r} must be a floating-point tensor to be differentiated, "
                 f"got dtype {value.dtype}; use torch.tensor(..., dtype=torch.float64)"
             )
-        if not torch.isfinite(value).all():
-            raise GradestError(f"parameter {name!r} contains NaN or inf: {value.tolist()}")
+        finite = torch.isfinite(value)
+        if not finite.all():
+            bad = int((~finite).sum())
+            raise NonFiniteError(
+                f"parameter {name!r} contains NaN or inf ({bad} of {value.numel()} values"
+                f"{', shape ' + str(list(value.shape)) if value.dim() else ''}); a diverged run, or the "
+                "parameters need checking before the call"
+            )
         out[name] = value
     dtypes = {str(v.dtype).removeprefix("torch.") for v in out.values()}
     if len(dtypes) > 1:
@@ -180,6 +188,29 @@ def check_num_samples(num_samples: int, minimum: int = 1) -> int:
 
 def declared_parameters(f: Cost, names: tuple[str, ...]) -> tuple[str, ...]:
     """The parameter names f takes after x: named ones, or all of them for ``**params``."""
+    code = getattr(f, "__code__", None)
+    if code is not None and not getattr(f, "__defaults__", None) and not getattr(f, "__kwdefaults__", None) \
+            and not hasattr(f, "__wrapped__"):
+        # a closure made anew each step shares its code object: inspect it once
+        return _declared_by_code(code, names, f)
+    return _declared(f, names)
+
+
+_DECLARED_CACHE: dict[tuple[object, tuple[str, ...]], tuple[str, ...]] = {}
+
+
+def _declared_by_code(code: object, names: tuple[str, ...], f: Cost) -> tuple[str, ...]:
+    key = (code, names)
+    found = _DECLARED_CACHE.get(key)
+    if found is None:
+        found = _declared(f, names)
+        if len(_DECLARED_CACHE) > 1024:
+            _DECLARED_CACHE.clear()
+        _DECLARED_CACHE[key] = found
+    return found
+
+
+def _declared(f: Cost, names: tuple[str, ...]) -> tuple[str, ...]:
     try:
         signature = inspect.signature(f)
     except (TypeError, ValueError):  # builtins and C functions: f(x) alone
@@ -249,8 +280,7 @@ class BoundCost:
             }
             out = self.f(x, **kwargs)
         out = self.check(out, n)
-        if n == self.num_samples:
-            self.elements = math.prod(out.shape[1:])
+        self.elements = math.prod(out.shape[1:])  # per sample, whatever the number of points
         return out
 
     def check(self, out: object, n: int) -> torch.Tensor:
@@ -266,7 +296,7 @@ class BoundCost:
             )
         # a finite sum implies finite terms; only then is the elementwise check needed
         if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
-            raise GradestError("f returned NaN or inf on some samples; check f's domain")
+            raise NonFiniteError("f returned NaN or inf on some samples; check f's domain")
         return out
 
 
@@ -364,21 +394,6 @@ def _mixes(replicated: Distribution, single: Distribution, rows: int) -> str | N
     return None
 
 
-_VALIDATION_LOCK = threading.Lock()
-
-
-@contextlib.contextmanager
-def _validation_off() -> Iterator[None]:
-    """torch's argument validation off, for a build whose values were validated (N copies of them)."""
-    with _VALIDATION_LOCK:
-        previous = Distribution._validate_args
-        Distribution.set_default_validate_args(False)
-        try:
-            yield
-        finally:
-            Distribution.set_default_validate_args(previous)
-
-
 def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int
               ) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
     """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
@@ -415,8 +430,7 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
                 "softmax(logits, -1)"
             )
         replicas = layout(params, num_samples)
-        with _validation_off():  # the single build validated these very values already
-            dist = build(dist_builder, replicas)
+        dist = build(dist_builder, replicas)
         if dist.batch_shape != (num_samples, *single.batch_shape):
             problems.append(f"batch shape {list(dist.batch_shape)} with {num_samples} replicas")
             break
@@ -507,6 +521,13 @@ def support_moves_with_parameters(dist: Distribution) -> bool:
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(support).values())
 
 
+def has_inverse_cdf(dist: Distribution) -> bool:
+    """Whether torch implements ``icdf`` for the family under ``Independent`` and transform wrappers."""
+    while isinstance(dist, Independent | TransformedDistribution):
+        dist = dist.base_dist
+    return type(dist).icdf is not Distribution.icdf
+
+
 def is_discrete(dist: Distribution) -> bool:
     try:
         return bool(dist.support.is_discrete)
@@ -541,6 +562,8 @@ class Estimator:
     #: Where the randomness of a sample comes from: None (the family's own sampler) or a Sampler.
     sampler: Sampler | None = None
     capabilities: Capabilities = Capabilities()
+    #: whether a sampler's uniforms reach x through the family's inverse CDF (``draw``)
+    draws_through_inverse_cdf: bool = True
 
     # hooks and helpers for subclasses ------------------------------------------------------
 
@@ -598,6 +621,11 @@ class Estimator:
             )
         if not caps.discrete and is_discrete(dist):
             return f"{self.name} needs a continuous family; use 'score' or 'score-loo' instead"
+        if self.sampler is not None and self.draws_through_inverse_cdf and not has_inverse_cdf(dist):
+            return (
+                f"sampler {self.sampler.name!r} draws through the inverse CDF, and {type(family).__name__} "
+                f"has none in torch.distributions; drop the '+{self.sampler.name}' suffix for this family"
+            )
         if caps.fixed_support and support_moves_with_parameters(dist):
             return (
                 f"the support of {type(family).__name__} moves with its parameters, so {self.name}'s "

@@ -190,7 +190,9 @@ class ControlVariate(Estimator):
             discrete=caps.discrete,
             fixed_support=caps.fixed_support,
             biased=caps.biased,
+            replicates=True,
         )
+        self.draws_through_inverse_cdf = inner.draws_through_inverse_cdf
 
     def family_refusal(self, family: Distribution) -> str:
         if self.control.families is not None and not isinstance(family, self.control.families):

@@ -227,6 +227,17 @@ class MeasureValued(Estimator):
     """ĝ_n = c (f(x⁺_n) − f(x⁻_n)) per coordinate, coupled (paper) or with independent draws."""
 
     capabilities = Capabilities(families=tuple(RULES), fixed_support=True)
+    # the rules turn a sampler's uniforms into draws themselves (Poisson refuses samplers)
+    draws_through_inverse_cdf = False
+
+    def applicable(self, dist: Distribution) -> str | None:
+        reason = super().applicable(dist)
+        if reason is None and self.sampler is not None and isinstance(unwrap(dist), Poisson):
+            return (
+                f"sampler {self.sampler.name!r} draws through the inverse CDF, which torch has not for "
+                f"Poisson; drop the '+{self.sampler.name}' suffix for this family"
+            )
+        return reason
 
     def __init__(self, coupled: bool = True, name: str | None = None) -> None:
         self.coupled = coupled

@@ -32,8 +32,9 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gradest.device import resolve_device
 from gradest.diagnostics import to_json_value
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.baselines import MovingAverage
 from gradest.io import write_atomic, write_json
 from gradest.rng import make_generator
@@ -130,27 +131,6 @@ class TrainResult(NamedTuple):
     metrics: list[dict[str, Any]]
     evaluation: Evaluation
     out: Path
-
-
-def resolve_device(name: str) -> torch.device:
-    """``cpu``, ``cuda`` or ``cuda:N``, checked to exist."""
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise GradestError(f"--device {name!r} is not a device; use cpu or cuda") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise GradestError(
-            f"--device {name}: CUDA is not available (this PyTorch build or machine has no GPU); "
-            "use --device cpu"
-        )
-    if device.type not in ("cpu", "cuda"):
-        raise GradestError(f"--device {name!r}: only cpu and cuda are supported")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise GradestError(
-            f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "
-            f"cuda:{torch.cuda.device_count() - 1}"
-        )
-    return device
 
 
 def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
@@ -384,9 +364,7 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
             xb = binarize(xb, g_noise)
         try:
             est = objective.fn(model, xb, config.k, g_noise, baseline)
-        except GradestError as err:
-            if not _non_finite(err):
-                raise
+        except NonFiniteError:
             raise _diverged(
                 config, epoch, out, f"loss became non-finite at epoch {epoch}, step {step + 1}/{steps}"
             ) from None
@@ -412,11 +390,6 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
         raise _diverged(config, epoch, out, f"parameters became inf/NaN during epoch {epoch}")
     return time.perf_counter() - start, -float(sum_elbo) / n, -float(sum_bound) / n
-
-
-def _non_finite(err: GradestError) -> bool:
-    """Whether the core estimators refused NaN/inf parameters (μ, σ) or costs: the run diverged."""
-    return "NaN or inf" in str(err)
 
 
 def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFiniteLoss:
