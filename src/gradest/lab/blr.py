@@ -279,7 +279,7 @@ def run_blr(
         counts = (("--samples", config.num_samples), ("--variance-samples", config.variance_samples))
         for what, count in counts:
             try:
-                est._check_samples(count)
+                est.check_samples(count)
             except GradestError as err:
                 raise GradestError(f"{name} with {what} {count}: {err}") from None
     start = time.perf_counter()

@@ -94,7 +94,7 @@ class SweepConfig:
             # here, before any work
             estimator = get_estimator(name)
             try:
-                estimator._check_samples(self.samples)
+                estimator.check_samples(self.samples)
             except GradestError as err:
                 raise GradestError(f"{name} with --samples {self.samples}: {err}") from None
         check_threads(self.threads)
