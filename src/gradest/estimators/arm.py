@@ -68,7 +68,7 @@ class ARM(Estimator):
         b_anti = (1.0 - u < p).to(u.dtype)
         fb, fa = cost(b), cost(b_anti)  # with gradients only where f depends on θ or tensors of its own
         with torch.no_grad():  # the difference is a constant of the math
-            diff = broadcast_signal(fa.detach() - fb.detach(), b)
+            diff = broadcast_signal((fa.detach() - fb.detach()).to(u.dtype), b)
             if self.disarm:
                 sign = 1.0 - 2.0 * b  # (−1)^b
                 g = 0.5 * diff * sign * (b != b_anti).to(u.dtype) * torch.sigmoid(ell.detach().abs())

@@ -36,6 +36,7 @@ import math
 from dataclasses import dataclass
 
 import torch
+from torch.distributions import Categorical
 
 from gradest.errors import GradestError
 from gradest.estimators import concrete
@@ -97,12 +98,13 @@ class _Relaxed(Estimator):
         self._temperature = None if self.schedule is not None else concrete.check_temperature(value)
 
     def family_refusal(self, family) -> str:
+        indices = ""
+        if isinstance(family, Categorical):
+            indices = (" (its samples are indices, which f cannot take relaxed; build the node as "
+                       "OneHotCategorical so that f receives one-hot vectors)")
         return (
-            f"{self.name} relaxes Bernoulli and one-hot samples, not {type(family).__name__}"
-            + (" (its samples are indices, which f cannot take relaxed; build the node as "
-               "OneHotCategorical so that f receives one-hot vectors)" if type(family).__name__ ==
-               "Categorical" else "")
-            + "; use 'unordered-set' (Categorical), 'score' or 'score-loo' (any family) instead"
+            f"{self.name} relaxes Bernoulli and one-hot samples, not {type(family).__name__}{indices}; "
+            "use 'unordered-set' (Categorical), 'score' or 'score-loo' (any family) instead"
         )
 
     def surrogate(self, *args, **kwargs) -> torch.Tensor:
