@@ -187,3 +187,101 @@ def _pathwise_delta(arg: str | None) -> Estimator:
 )
 def _score_optb(_: str | None) -> Estimator:
     return ControlVariate(ScoreFunction(), ConstantControl())
+
+
+# ── discrete latent variables: relaxations, antithetic pairs, REBAR/RELAX, sets, enumeration ───
+
+
+def _temperature(arg: str | None) -> float:
+    value = 0.5 if arg is None else _number(arg, "the temperature")
+    if value <= 0.0:
+        raise GradestError(f"the temperature must be positive, got {arg!r}")
+    return value
+
+
+@register(
+    "gumbel-softmax",
+    "Concrete relaxation: ∇θ f(softmax((ℓ + g)/τ)), τ = 0.5 unless given; biased "
+    "(Bernoulli, OneHotCategorical)",
+    argument="temp",
+)
+def _gumbel_softmax(arg: str | None) -> Estimator:
+    from gradest.estimators.relaxed import GumbelSoftmax
+
+    return GumbelSoftmax(_temperature(arg))
+
+
+@register("straight-through", "forward the hard sample, backward ∇θ p (Bengio et al.); biased "
+          "(Bernoulli, OneHotCategorical)")
+def _straight_through(_: str | None) -> Estimator:
+    from gradest.estimators.relaxed import StraightThrough
+
+    return StraightThrough()
+
+
+@register(
+    "gumbel-st",
+    "straight-through Gumbel: forward the hard sample, backward through the relaxation at τ = 0.5 "
+    "unless given; biased (Bernoulli, OneHotCategorical)",
+    argument="temp",
+)
+def _gumbel_st(arg: str | None) -> Estimator:
+    from gradest.estimators.relaxed import StraightThrough
+
+    return StraightThrough(_temperature(arg))
+
+
+@register("rebar", "score function with the Concrete relaxation as control variate (η = 1, λ = 0.5); "
+          "Bernoulli")
+def _rebar(_: str | None) -> Estimator:
+    from gradest.estimators.rebar import Rebar
+
+    return Rebar()
+
+
+@register("relax", "REBAR with a control network trained in surrogate calls to minimise the variance; "
+          "Bernoulli")
+def _relax(_: str | None) -> Estimator:
+    from gradest.estimators.relax import Relax
+
+    return Relax()
+
+
+@register("arm", "augment-REINFORCE-merge: (f(b̃) − f(b))(u − ½) on an antithetic pair; Bernoulli")
+def _arm(_: str | None) -> Estimator:
+    from gradest.estimators.arm import ARM
+
+    return ARM()
+
+
+@register("disarm", "ARM with u integrated out given the antithetic pair (lower variance); Bernoulli")
+def _disarm(_: str | None) -> Estimator:
+    from gradest.estimators.arm import ARM
+
+    return ARM(disarm=True)
+
+
+@register(
+    "unordered-set",
+    "k draws without replacement per Categorical, unordered set estimator with its baseline "
+    "(k = 4 unless given, 2 to 8)",
+    argument="k",
+)
+def _unordered_set(arg: str | None) -> Estimator:
+    from gradest.estimators.unordered_set import UnorderedSet
+
+    if arg is None:
+        return UnorderedSet()
+    try:
+        k = int(arg)
+    except ValueError:
+        raise GradestError(f"the set size k must be an integer, got {arg!r}") from None
+    return UnorderedSet(k)
+
+
+@register("enumerate", "the exact sum over the support: zero variance (Bernoulli, Categorical; small "
+          "supports)")
+def _enumerate(_: str | None) -> Estimator:
+    from gradest.estimators.enumeration import Enumerate
+
+    return Enumerate()
