@@ -153,7 +153,7 @@ def test_bernoulli_products_against_enumeration(spec, problem):
 @pytest.mark.parametrize("problem", CATEGORICAL, ids=[p.label for p in CATEGORICAL])
 def test_categorical_products_against_enumeration(spec, problem):
     exact = exact_grad(problem.f, problem.builder, problem.params, method="enumeration")
-    est = run(spec, problem, N // 4, 12)
+    est = run(spec, problem, N, 12)
     check_unbiased(est, exact.grads)
 
 
