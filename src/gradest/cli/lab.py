@@ -200,7 +200,9 @@ def blr_command(
     Gaussian q initialised at μ = 0, log σ = 0, analytic KL, plain SGD with cosine decay, batch 32,
     50 posterior samples per step. Logs ELBO, accuracy and the gradient variance (mean and max over
     dimensions, for μ and log σ) every LOG_EVERY steps; reports held-out log-likelihood on a fixed
-    20% split. Writes OUT/metrics.csv, OUT/summary.json, OUT/blr.png and OUT/report.html.
+    20% split. Writes OUT/metrics.csv, OUT/summary.json, OUT/blr.png, OUT/report.html and
+    OUT/monitor.jsonl (the gradient monitor's records per logged step: variance with its standard
+    error, SNR and mean-gradient norm for μ, log σ and both). Measuring changes nothing in the run.
 
     Example: gradest blr --estimator pathwise --estimator score-delta --steps 500 --out runs/blr
     """

@@ -15,7 +15,10 @@ z-scoring uses the training statistics only.
 Every ``log_every`` steps we log the ELBO on the whole training set (an estimate from fixed common
 draws ε, so curves differ only through μ and ρ), the training accuracy of the posterior-mean
 classifier, and the variance of ONE single-sample gradient estimate of the data term for μ and ρ
-on that step's minibatch — its mean and maximum over the D dimensions.
+on that step's minibatch — its mean and maximum over the D dimensions. The variance is measured by
+:class:`gradest.monitor.GradientMonitor` on ``variance_samples`` single-sample estimates of
+``per_sample`` (one backward pass), which restores the estimator's state afterwards: a score-ema
+baseline is advanced by training steps only, so the run does not depend on ``log_every``.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.io import write_atomic
 from gradest.lab.threads import check_threads, intra_op_threads
+from gradest.monitor import GradientMonitor, GroupStats
 from gradest.rng import make_generator
 
 #: pathwise, score function and measure-valued, each without and with the delta-method control
@@ -127,6 +131,8 @@ class BLRRun(NamedTuple):
     estimator: str
     log: dict[str, np.ndarray]  # LOG_COLUMNS -> values at the logged steps
     final: dict[str, float]
+    #: the monitor's records: groups loc, log_scale and all at every logged step
+    monitor: tuple[GroupStats, ...] = ()
 
 
 def _elbo(loc, log_scale, data: BLRData, eps: torch.Tensor) -> float:
@@ -163,7 +169,12 @@ def train(
     log_scale = torch.zeros(dim, dtype=torch.float64, requires_grad=True)
     # Common draws for the logged ELBO: curves of different estimators compare like with like.
     eval_eps = torch.randn(EVAL_SAMPLES, dim, generator=make_generator(config.seed + 1), dtype=torch.float64)
-    var_gen = make_generator(config.seed + 2)
+    monitor = GradientMonitor(
+        {"loc": loc, "log_scale": log_scale},
+        estimates_fn=lambda f, generator, repeats: est.per_sample(
+            f, variational, {"loc": loc.detach(), "log_scale": log_scale.detach()}, repeats, generator),
+        repeats=config.variance_samples, every=config.log_every, seed=make_generator(config.seed + 2),
+        state=[est])
     log: dict[str, list[float]] = {c: [] for c in LOG_COLUMNS}
     start = time.perf_counter()
     for step in range(config.steps + 1):
@@ -175,7 +186,7 @@ def train(
             return scale * log_likelihood(w, xb, yb)
 
         if step % config.log_every == 0 or step == config.steps:
-            _log(log, step, est, f, loc, log_scale, data, eval_eps, config.variance_samples, var_gen)
+            _log(log, step, monitor.measure(step, f), loc, log_scale, data, eval_eps)
         if step == config.steps:
             break
         lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
@@ -209,29 +220,21 @@ def train(
         "seconds": seconds,
         "steps": config.steps,
     }
-    return BLRRun(est.name, arrays, final)
+    return BLRRun(est.name, arrays, final, tuple(monitor.records))
 
 
-def _log(log, step, est, f, loc, log_scale, data, eval_eps, variance_samples, gen) -> None:
+def _log(log, step, records: list[GroupStats], loc, log_scale, data, eval_eps) -> None:
     with torch.no_grad():
         elbo = _elbo(loc, log_scale, data, eval_eps)
         acc = _accuracy(loc, data.x_train, data.y_train)
-    per = est.per_sample(f, variational, {"loc": loc.detach(), "log_scale": log_scale.detach()},
-                         variance_samples, gen)
-    groups = getattr(per, "groups", None)
-    var = {}
-    for name in ("loc", "log_scale"):
-        g = per.grads[name]
-        if groups is None:
-            var[name] = g.var(0)
-        else:  # dependent samples (antithetic, QMC): the i.i.d.-equivalent variance
-            from gradest.diagnostics import effective_variance
-
-            var[name] = effective_variance(g, groups)
+    # the monitor's variance is the trace over a group's coordinates; dependent samples
+    # (antithetic, QMC) give the i.i.d.-equivalent variance
+    var = {r.group: r for r in records}
     for key, value in (("step", step), ("elbo", elbo), ("accuracy", acc),
-                       ("var_mean_loc", float(var["loc"].mean())), ("var_max_loc", float(var["loc"].max())),
-                       ("var_mean_logscale", float(var["log_scale"].mean())),
-                       ("var_max_logscale", float(var["log_scale"].max()))):
+                       ("var_mean_loc", var["loc"].variance / var["loc"].size),
+                       ("var_max_loc", var["loc"].variance_max),
+                       ("var_mean_logscale", var["log_scale"].variance / var["log_scale"].size),
+                       ("var_max_logscale", var["log_scale"].variance_max)):
         log[key].append(value)
 
 
@@ -259,7 +262,8 @@ def run_blr(
     out_dir: Path,
     on_step: Callable[[str, int, int], None] | None = None,
 ) -> BLRResult:
-    """Train once per estimator; write metrics.csv, summary.json, blr.png and report.html."""
+    """Train once per estimator; write metrics.csv, summary.json, blr.png, report.html and
+    monitor.jsonl (the gradient monitor's records: variance, its standard error and SNR per group)."""
     from gradest import report as rp
     from gradest.lab.findings import blr_findings
     from gradest.lab.plots import blr_figure
@@ -307,5 +311,8 @@ def run_blr(
              "findings": [f._asdict() for f in findings]}, indent=2, allow_nan=False) + "\n"),
         write_atomic(out_dir / "blr.png", png),
         write_atomic(out_dir / "report.html", blr_page(cfg, summary, png, findings, seconds)),
+        write_atomic(out_dir / "monitor.jsonl", "".join(
+            json.dumps(r.to_json({"estimator": run.estimator}), allow_nan=False) + "\n"
+            for run in runs for r in run.monitor)),
     ]
     return BLRResult(runs, summary, findings, paths)
