@@ -131,7 +131,8 @@ def test_declared_parameters_in_both_views(name, spec):
     est = per_sample(spec, case.f, case.builder, case.params, N, seed=21)
     for k, v in case.params.items():
         assert est.grads[k].shape == (N, *v.shape)
-    assert_unbiased(est, reference(name))
+    if not get_estimator(spec).capabilities.biased:  # relaxations: only the two views must agree
+        assert_unbiased(est, reference(name))
     loss, grads = surrogate(spec, case.f, case.builder, case.params, N, seed=21)
     assert_views_agree(est, loss, grads)
 
