@@ -108,3 +108,19 @@ def test_optimal_baseline_on_a_discrete_family_matches_enumeration():
     exact = exact_grad(f, Bernoulli, params, method="enumeration")
     z = summarize(per_sample, exact).params["probs"].z
     assert (z.abs() <= Z_TOL).all(), z
+
+
+@pytest.mark.parametrize("estimator", ["score-delta", "mvd-delta", "pathwise-delta", "score-optb"])
+def test_surrogate_through_a_builder_with_its_own_graph(estimator):
+    # a log-scale builder: the control's and f's estimates share exp(log σ)'s saved tensors, which the
+    # caller's backward needs once more
+    def builder(loc, log_scale):
+        return Normal(loc, log_scale.exp())
+
+    params = {"loc": t(0.3, -0.2), "log_scale": t(0.1, -0.4)}
+    f = named_cost("cos", 1.5)
+    per = get_estimator(estimator).per_sample(f, builder, params, 500, make_generator(4))
+    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
+    get_estimator(estimator).surrogate(f, builder, leaves, 500, make_generator(4)).backward()
+    for k, g in per.mean().items():
+        torch.testing.assert_close(leaves[k].grad, g, rtol=1e-10, atol=1e-14)

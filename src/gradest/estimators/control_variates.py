@@ -231,8 +231,10 @@ class ControlVariate(Estimator):
             # the twin generator replays the same random numbers: ĝ_h is coupled with ĝ_f
             terms_h = self.inner.terms(control_cost, inner_node, twin)
             leaves = list(targets.values())
+            # retained: the three share the builder's graph, and terms_f's carrier is backpropagated
+            # again by the caller (its direct term)
             g_f = terms_f.gradients(leaves, retain_graph=True)
-            g_h = terms_h.gradients(leaves)
+            g_h = terms_h.gradients(leaves, retain_graph=True)
             g_e = _grads(expectation(dist).sum(), leaves)
         groups = self.groups(n, terms_f.values.device)
         explicit = []
