@@ -49,6 +49,7 @@ rule carries every ĝ to the builder's parameterization (log-scale, logits, a ne
 
 from __future__ import annotations
 
+import functools
 import inspect
 import math
 import time
@@ -430,7 +431,11 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
                 "softmax(logits, -1)"
             )
         replicas = layout(params, num_samples)
-        dist = build(dist_builder, replicas)
+        if isinstance(dist_builder, type) and issubclass(dist_builder, Distribution):
+            # a torch family: the single build validated these very values, N copies need no check
+            dist = build(functools.partial(dist_builder, validate_args=False), replicas)
+        else:
+            dist = build(dist_builder, replicas)
         if dist.batch_shape != (num_samples, *single.batch_shape):
             problems.append(f"batch shape {list(dist.batch_shape)} with {num_samples} replicas")
             break

@@ -43,9 +43,10 @@ def _stored(dist: D.Distribution, name: str) -> bool:
 def _normal(dist, x, w):
     loc, scale = dist.loc.detach(), dist.scale.detach()
     z = (x - loc) / scale
-    wz = w * z
-    # w z/σ and w (z² − 1)/σ, in as few passes over the samples as the algebra allows
-    return [(dist.loc, wz / scale), (dist.scale, (wz * z - w) / scale)]
+    u = w / scale
+    g_loc = u * z
+    # w z/σ and w (z² − 1)/σ = g_loc z − w/σ, in as few passes over the samples as the algebra allows
+    return [(dist.loc, g_loc), (dist.scale, g_loc * z - u)]
 
 
 @_rule(D.Bernoulli)
