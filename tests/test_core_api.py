@@ -8,11 +8,15 @@ PUBLIC = {
     "NoBaseline", "Constant", "LeaveOneOut", "MovingAverage",
     "ControlVariate", "DeltaMethod", "ConstantControl", "Antithetic", "QuasiMonteCarlo",
     "available", "available_samplers", "get_estimator", "register",
+    # the hook a new estimator implements, and what it declares
+    "Terms", "Node", "BoundCost", "Capabilities",
     # problems, exact gradients, diagnostics
     "Cost", "named_cost", "load_cost", "FAMILIES", "get_family", "ExactGradient", "exact_grad",
     "EstimatorSummary", "ParamStats", "param_stats", "summarize", "select", "Selection",
+    # monitoring any training loop
+    "GradientMonitor",
     # plumbing
-    "GradestError", "make_generator", "__version__",
+    "GradestError", "NonFiniteError", "make_generator", "rng", "__version__",
 }
 
 

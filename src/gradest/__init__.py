@@ -19,11 +19,14 @@ Two views of every estimator, on the same random numbers::
 
 import importlib
 
+from gradest import rng
 from gradest.costs import Cost, load_cost, named_cost
 from gradest.diagnostics import EstimatorSummary, ParamStats, param_stats, summarize
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators import (
     Antithetic,
+    BoundCost,
+    Capabilities,
     Constant,
     ConstantControl,
     ControlVariate,
@@ -33,10 +36,12 @@ from gradest.estimators import (
     MeasureValued,
     MovingAverage,
     NoBaseline,
+    Node,
     Pathwise,
     PerSampleGradients,
     QuasiMonteCarlo,
     ScoreFunction,
+    Terms,
     available,
     available_samplers,
     get_estimator,
@@ -50,6 +55,8 @@ __version__ = "0.1.0"
 __all__ = [
     "FAMILIES",
     "Antithetic",
+    "BoundCost",
+    "Capabilities",
     "Constant",
     "ConstantControl",
     "ControlVariate",
@@ -59,16 +66,20 @@ __all__ = [
     "EstimatorSummary",
     "ExactGradient",
     "GradestError",
+    "GradientMonitor",
     "LeaveOneOut",
     "MeasureValued",
     "MovingAverage",
     "NoBaseline",
+    "Node",
+    "NonFiniteError",
     "ParamStats",
     "Pathwise",
     "PerSampleGradients",
     "QuasiMonteCarlo",
     "ScoreFunction",
     "Selection",
+    "Terms",
     "__version__",
     "available",
     "available_samplers",
@@ -80,6 +91,7 @@ __all__ = [
     "named_cost",
     "param_stats",
     "register",
+    "rng",
     "select",
     "summarize",
 ]
@@ -91,6 +103,7 @@ _LAZY = {
     "exact_grad": "gradest.exact",
     "Selection": "gradest.lab.selection",
     "select": "gradest.lab.selection",
+    "GradientMonitor": "gradest.monitor",
 }
 
 
