@@ -20,7 +20,7 @@ from collections.abc import Callable, Mapping
 from typing import NamedTuple
 
 import torch
-from torch.distributions import Distribution, Independent, Normal
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal, OneHotCategorical
 
 from gradest.costs import Cost
 from gradest.errors import GradestError
@@ -71,11 +71,31 @@ def _closed_form(f, dist):
     return f.expectation_normal(*parts), None
 
 
+def _probability(family: Distribution, x: torch.Tensor) -> torch.Tensor:
+    """p(x) elementwise ``[M, *batch]``, from the probabilities themselves where the family has them.
+
+    torch's log_prob clamps probabilities to [ε, 1 − ε], so exp(log_prob) has a zero derivative at
+    probs = 0 or 1; Σ_x p(x) f(x) written with p itself keeps the true one (f(1) − f(0) for a
+    Bernoulli at p = 1).
+    """
+    if isinstance(family, Bernoulli):
+        return torch.where(x == 1, family.probs, 1.0 - family.probs)
+    if isinstance(family, OneHotCategorical):
+        return (family.probs * x).sum(-1)
+    if isinstance(family, Categorical):
+        probs = family.probs.expand(*x.shape, family.probs.shape[-1])
+        return probs.gather(-1, x.long().unsqueeze(-1)).squeeze(-1)
+    return family.log_prob(x).exp()
+
+
 def _enumeration(f, dist):
-    if not dist.has_enumerate_support:
+    family = dist
+    while isinstance(family, Independent):  # a product of finite supports is one too
+        family = family.base_dist
+    if not family.has_enumerate_support:
         return None
-    support = dist.enumerate_support(expand=True)  # [K, *batch, *event]
-    k, batch, event = support.shape[0], dist.batch_shape, dist.event_shape
+    support = family.enumerate_support(expand=True)  # [K, *batch, *event] of the family
+    k, batch, event = support.shape[0], family.batch_shape, family.event_shape
     b = math.prod(batch)
     if k**b > MAX_SUPPORT:
         raise GradestError(
@@ -83,11 +103,11 @@ def _enumeration(f, dist):
             "use a Monte Carlo estimate with many samples instead"
         )
     flat = support.reshape(k, b, *event)
-    index = torch.cartesian_prod(*[torch.arange(k)] * b).reshape(k**b, b)
-    x = flat[index, torch.arange(b)].reshape(k**b, *batch, *event)
+    index = torch.cartesian_prod(*[torch.arange(k, device=support.device)] * b).reshape(k**b, b)
+    x = flat[index, torch.arange(b, device=support.device)].reshape(k**b, *batch, *event)
     fx = f(x)  # with its direct dependence on θ, if f declares it
-    logp = dist.log_prob(x).reshape(k**b, -1).sum(1)
-    return (logp.exp() * fx).sum(), None
+    p = _probability(family, x).reshape(k**b, -1).prod(1)
+    return (p * fx).sum(), None
 
 
 def exact_grad(

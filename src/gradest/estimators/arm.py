@@ -46,7 +46,7 @@ from gradest.estimators.base import (
 class ARM(Estimator):
     """ĝ_ℓ = (f(b̃) − f(b)) (u − ½) (ARM) or its conditional expectation given (b, b̃) (DisARM)."""
 
-    capabilities = Capabilities(families=(Bernoulli,))
+    capabilities = Capabilities(families=(Bernoulli,), interior=True)
     draws_through_inverse_cdf = False  # (the sampler's uniforms are u itself)
 
     def __init__(self, disarm: bool = False, name: str | None = None) -> None:

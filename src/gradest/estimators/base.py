@@ -59,6 +59,7 @@ from typing import NamedTuple
 
 import torch
 from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
+from torch.distributions.utils import clamp_probs
 
 from gradest import rng
 from gradest.errors import GradestError, NonFiniteError
@@ -114,6 +115,9 @@ class Capabilities:
         ∇θ L, and reports say so beside the measured bias.
     replicates: needs per-sample gradients inside ``surrogate`` too (control variates fit their
         coefficients on them), so the builder must broadcast over the sample axis there as well.
+    interior: needs the probabilities of a discrete family given as ``probs`` strictly inside
+        (0, 1): at 0 or 1 one outcome is never drawn (and torch clamps log p), so a likelihood-ratio
+        estimate of the derivative there is 0 whatever f is.
     """
 
     needs_rsample: bool = False
@@ -123,6 +127,7 @@ class Capabilities:
     fixed_support: bool = False
     biased: bool = False
     replicates: bool = False
+    interior: bool = False
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
@@ -526,6 +531,16 @@ def support_moves_with_parameters(dist: Distribution) -> bool:
     return any(isinstance(v, torch.Tensor) and v.requires_grad for v in vars(support).values())
 
 
+def at_the_boundary(family: Distribution) -> bool:
+    """Whether a discrete family was given ``probs`` at 0 or 1, or so near that torch clamps them
+    (within its dtype's ε, where log p and its derivative are those of the clamped value)."""
+    probs = vars(family).get("probs")
+    if not isinstance(probs, torch.Tensor) or not is_discrete(family):
+        return False
+    probs = probs.detach()
+    return bool((clamp_probs(probs) != probs).any())
+
+
 def has_inverse_cdf(dist: Distribution) -> bool:
     """Whether torch implements ``icdf`` for the family under ``Independent`` and transform wrappers."""
     while isinstance(dist, Independent | TransformedDistribution):
@@ -630,6 +645,14 @@ class Estimator:
             return (
                 f"sampler {self.sampler.name!r} draws through the inverse CDF, and {type(family).__name__} "
                 f"has none in torch.distributions; drop the '+{self.sampler.name}' suffix for this family"
+            )
+        if caps.interior and at_the_boundary(family):
+            return (
+                f"{type(family).__name__} has probabilities at 0 or 1 (or within torch's clamp of them), "
+                f"where {self.name} never "
+                "sees the other outcome and estimates the derivative as 0; use 'mvd' (measure-valued: "
+                "f(1) − f(0) per coordinate) or the exact gradient (gradest.exact_grad, enumeration), "
+                "or keep the probabilities inside (0, 1)"
             )
         if caps.fixed_support and support_moves_with_parameters(dist):
             return (

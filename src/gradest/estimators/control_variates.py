@@ -191,6 +191,7 @@ class ControlVariate(Estimator):
             fixed_support=caps.fixed_support,
             biased=caps.biased,
             replicates=True,
+            interior=caps.interior,
         )
         self.draws_through_inverse_cdf = inner.draws_through_inverse_cdf
 

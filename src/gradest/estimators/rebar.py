@@ -88,7 +88,7 @@ class Control(torch.nn.Module):
 class Rebar(Estimator):
     """ĝ_ℓ = [f(b) − c(z̃)](b − p) + ∇ℓ c(z) − ∇ℓ c(z̃), c(z) = η f(σ(z/λ))."""
 
-    capabilities = Capabilities(families=(Bernoulli,), differentiates_f=True)
+    capabilities = Capabilities(families=(Bernoulli,), differentiates_f=True, interior=True)
     draws_through_inverse_cdf = False  # (the sampler's uniforms are u and v themselves)
 
     def __init__(self, eta: float = 1.0, temperature: float = 0.5, learn: bool = False, lr: float = 1e-2,

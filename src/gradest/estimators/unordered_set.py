@@ -84,7 +84,7 @@ def set_probabilities(p: torch.Tensor, rest: torch.Tensor
 class UnorderedSet(Estimator):
     """ĝ = Σ_{s∈S} ∇p(s) R(S, s) [f(s) − B_s] over a set S of k draws without replacement."""
 
-    capabilities = Capabilities(families=(Categorical, OneHotCategorical))
+    capabilities = Capabilities(families=(Categorical, OneHotCategorical), interior=True)
     draws_through_inverse_cdf = False  # (the sampler's uniforms become the Gumbel noise)
 
     def __init__(self, k: int = 4, name: str = "unordered-set") -> None:
