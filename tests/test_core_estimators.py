@@ -305,3 +305,16 @@ def test_pathwise_gradient_of_a_cost_constant_in_x_is_zero_and_a_detaching_cost_
     with pytest.raises(GradestError, match="no gradient path"):
         get_estimator("pathwise").per_sample(lambda x: 3.0 + x.detach(), Normal, params, 64,
                                              make_generator(0))
+
+
+def test_a_finite_f_with_a_non_finite_derivative_is_refused_by_per_sample():
+    # where() picks 0 on x ≤ 0, but sqrt's NaN there still reaches the gradient (0 · NaN)
+    def f(x):
+        return torch.where(x > 0, torch.sqrt(x), torch.zeros_like(x))
+
+    params = {"loc": t(0.0), "scale": t(1.0)}
+    with pytest.raises(GradestError, match=r"gradients of 'loc' are NaN or inf on \d+ of 100 samples"):
+        get_estimator("pathwise").per_sample(f, Normal, params, 100, make_generator(0))
+    # the score function never differentiates f: a finite estimate
+    est = get_estimator("score").per_sample(f, Normal, params, 100, make_generator(0))
+    assert all(bool(torch.isfinite(g).all()) for g in est.grads.values())

@@ -703,6 +703,16 @@ class Estimator:
                     "(with a leading sample axis) and adds the term"
                 )
             grads = terms.gradients(list(replicas.values()))
+        for name, g in zip(replicas, grads, strict=True):
+            # a finite sum implies finite terms; only then is the elementwise check needed
+            if not torch.isfinite(g.sum()) and not torch.isfinite(g).all():
+                bad = int((~torch.isfinite(g)).reshape(num_samples, -1).any(1).sum())
+                raise NonFiniteError(
+                    f"the single-sample gradients of {name!r} are NaN or inf on {bad} of {num_samples} "
+                    "samples although f is finite there: f's derivative is not (sqrt or log at 0, abs "
+                    "in a pow, a where() with an inf branch); make f's derivative finite, or use a "
+                    "score-function estimator, which never differentiates f"
+                )
         if values.device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(values.device)
         return PerSampleGradients(
