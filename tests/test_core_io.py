@@ -37,3 +37,27 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_a_symlink_is_written_through_and_stays_a_link(tmp_path):
+    target = tmp_path / "real.json"
+    target.write_text("old")
+    link = tmp_path / "link.json"
+    link.symlink_to(target)
+    write_atomic(link, "new")
+    assert link.is_symlink() and os.readlink(link) == str(target)
+    assert target.read_text() == "new"
+
+
+def test_a_special_file_is_refused_not_replaced(tmp_path):
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
+    with pytest.raises(GradestError, match="special file"):
+        write_atomic(fifo, "x")
+    assert fifo.exists() and not fifo.is_file()
+    # a link to a special file (as /dev/stdout is) is refused the same way
+    link = tmp_path / "stdout"
+    link.symlink_to(fifo)
+    with pytest.raises(GradestError, match="special file"):
+        write_atomic(link, "x")
+    assert link.is_symlink()

@@ -1,7 +1,9 @@
 """Atomic file output: a reader (or a crash) never sees a half-written file.
 
 Every file gradest writes goes through ``write_atomic``: the bytes land in a temporary file in
-the target's folder, are flushed to disk, and replace the target in one ``os.replace``.
+the target's folder, are flushed to disk, and replace the target in one ``os.replace``. A symbolic
+link is written through (its target is replaced, the link stays); a special file (a device, a
+pipe, ``/dev/stdout``) is refused, since replacing it would destroy it.
 """
 
 from __future__ import annotations
@@ -25,6 +27,13 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     path = Path(path)
     if path.is_dir():
         raise GradestError(f"cannot write {path}: it is a folder; give a file path")
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))  # write through the link: the link stays a link
+    if path.exists() and not path.is_file():
+        raise GradestError(
+            f"cannot write {path}: it is a special file (a device or a pipe), which an atomic write "
+            "would replace; give a regular file path"
+        )
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except (FileExistsError, NotADirectoryError):
