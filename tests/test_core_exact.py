@@ -153,3 +153,19 @@ def test_quadrature_of_a_heavy_tailed_cost_is_kept_and_honest(loc, scale):
     mean = math.exp(2 * loc + 2 * scale**2)
     for key, truth in (("loc", 2 * mean), ("scale", 4 * scale * mean)):
         assert abs(float(got.grads[key]) - truth) <= float(got.error[key]) <= 1e-9 * truth
+
+
+def test_z_is_taken_against_the_reference_error_too():
+    from gradest.diagnostics import summarize
+    from gradest.estimators.base import PerSampleGradients
+
+    grads = {"loc": torch.tensor([1.0, 1.2, 0.8, 1.1, 0.9], dtype=torch.float64)}
+    per = PerSampleGradients(grads, torch.zeros(5, dtype=torch.float64), 0.0, "x")
+    se = float(grads["loc"].std() / 5**0.5)
+    half = torch.tensor(0.5, dtype=torch.float64)
+    closed = gradest.ExactGradient({"loc": half}, torch.tensor(0.0), "closed-form", None)
+    quad = closed._replace(method="quadrature", error={"loc": half})
+    z_closed = float(summarize(per, closed).params["loc"].z)
+    z_quad = float(summarize(per, quad).params["loc"].z)
+    assert z_closed == pytest.approx(0.5 / se)
+    assert z_quad == pytest.approx(0.5 / (se**2 + 0.25) ** 0.5)

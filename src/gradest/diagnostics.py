@@ -68,12 +68,18 @@ def to_json_value(value: torch.Tensor | float | None) -> Any:
     return float(value) if math.isfinite(value) else None
 
 
-def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor) -> torch.Tensor:
-    """(mean − exact) / stderr; a zero-variance estimate that is exact up to rounding gives 0."""
+def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor,
+            error: torch.Tensor | None = None) -> torch.Tensor:
+    """(mean − exact) / √(stderr² + error²): against the reference's total uncertainty.
+
+    ``error`` is the reference's own error estimate (quadrature), None for a closed form or an
+    enumeration. A zero-variance estimate that is exact up to rounding gives 0.
+    """
     diff = mean - exact.to(mean)
+    scale = stderr if error is None else (stderr**2 + error.to(mean) ** 2).sqrt()
     tiny = 64 * torch.finfo(mean.dtype).eps * (1.0 + exact.to(mean).abs())
-    exact_hit = (stderr == 0) & (diff.abs() <= tiny)
-    return torch.where(exact_hit, torch.zeros_like(diff), diff / stderr)
+    exact_hit = (scale == 0) & (diff.abs() <= tiny)
+    return torch.where(exact_hit, torch.zeros_like(diff), diff / scale)
 
 
 def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
@@ -102,18 +108,20 @@ def effective_variance(samples: torch.Tensor, groups: torch.Tensor | None = None
 
 
 def param_stats(
-    samples: torch.Tensor, exact: torch.Tensor | None = None, groups: torch.Tensor | None = None
+    samples: torch.Tensor, exact: torch.Tensor | None = None, groups: torch.Tensor | None = None,
+    error: torch.Tensor | None = None,
 ) -> ParamStats:
     """Statistics of one parameter's single-sample estimates ``[N, *shape]``.
 
     groups: the sampler's ``[N]`` labels of independent groups (None for i.i.d. samples).
+    error: the exact reference's own error estimate (z is taken against both uncertainties).
     """
     n = samples.shape[0]
     mean = samples.mean(0)
     variance = samples.var(0, correction=1) if n > 1 else torch.full_like(mean, math.nan)
     stderr = (variance / n).sqrt() if groups is None else mean_stderr(samples, groups)
     snr = mean.abs() / variance.sqrt()
-    z = None if exact is None else z_score(mean, stderr, exact)
+    z = None if exact is None else z_score(mean, stderr, exact, error)
     return ParamStats(mean, variance, stderr, snr, z)
 
 
@@ -125,8 +133,10 @@ def summarize(
     from gradest.exact import ExactGradient
 
     truth = exact.grads if isinstance(exact, ExactGradient) else exact
+    errors = (exact.error or {}) if isinstance(exact, ExactGradient) else {}
     params = {
-        name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None))
+        name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None),
+                          errors.get(name))
         for name, g in estimate.grads.items()
     }
     return EstimatorSummary(
