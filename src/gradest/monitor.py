@@ -404,6 +404,17 @@ class GradientMonitor:
         total = 0.0 if self._first is None or self._last is None else self._last - self._first
         return Overhead(self._seconds, total)
 
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """The monitor's random state — its generator and the stream of its global-RNG seeds — for a
+        checkpoint: a training run resumed with :meth:`load_state_dict` measures as the
+        uninterrupted run would have."""
+        return {"generator": self.generator.get_state(), "fork_seeds": self._fork_seeds.get_state()}
+
+    def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Restore what :meth:`state_dict` returned (the states may come back on any device)."""
+        self.generator.set_state(state["generator"].cpu())
+        self._fork_seeds.set_state(state["fork_seeds"].cpu())
+
     def close(self) -> None:
         """Flush and close a TensorBoard writer the monitor opened (JSONL needs nothing)."""
         if self._writer is not None:

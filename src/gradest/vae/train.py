@@ -4,17 +4,28 @@ Each epoch shuffles the training images (``torch.randperm`` from the data genera
 Adam step per batch on the objective's surrogate loss, then records in ``OUT/metrics.jsonl``
 
     epoch, train_neg_elbo, train_neg_bound (batch averages over the epoch), test_neg_elbo, test_kl
-    (nats per image), seconds (the training pass), grad_var, grad_snr (see gradest.vae.variance)
+    (nats per image), seconds (the training pass, the monitor's time left out), monitor_seconds,
+    grad_var, grad_snr (the encoder's gradient variance and SNR at the epoch's last measurement)
 
-and writes ``OUT/checkpoint.pt`` atomically: model, optimizer, baseline, generator states and
-metrics. ``resume=True`` continues from it and reproduces the uninterrupted run number for number.
+and writes ``OUT/checkpoint.pt`` atomically: model, optimizer, baseline, generator states, metrics
+and the monitor's records. ``resume=True`` continues from it and reproduces the uninterrupted run
+number for number.
+
+The gradient variance is measured by :class:`gradest.monitor.GradientMonitor` after every
+``monitor_every`` Adam steps (default: the steps of an epoch, so at each epoch's end), with
+``var_repeats`` = R estimates (:func:`gradest.vae.variance.repeat_gradients`) on a fixed batch of
+``var_batch`` training images; ``OUT/monitor.jsonl`` holds one record per measurement and group
+(encoder, decoder, all: variance, its standard error, SNR, mean-gradient norm; ``step`` counts the
+Adam steps so far) and is rewritten with the checkpoint, so it always matches it. Measuring changes
+nothing in the run: the same seed gives the same weights with any ``monitor_every`` and
+``var_repeats``, or none.
 A NaN/inf loss, or inf/NaN weights or test −ELBO at an epoch's end, stops training with
 :class:`NonFiniteLoss`; the checkpoint of the last good epoch stays. At the end,
 ``OUT/summary.json`` holds the test figures of :mod:`gradest.vae.evaluate`.
 
 Randomness: four generators derived from the seed — setup (train/test split, fixed binarization,
-initialisation), data (shuffling), noise (z and dynamic binarization) and diagnostics (gradient
-variance) — plus a fresh evaluation generator for every test evaluation.
+initialisation), data (shuffling), noise (z and dynamic binarization) and diagnostics (the
+monitor's gradient estimates) — plus a fresh evaluation generator for every test evaluation.
 """
 
 from __future__ import annotations
@@ -37,17 +48,19 @@ from gradest.diagnostics import to_json_value
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.baselines import MovingAverage
 from gradest.io import write_atomic, write_json
+from gradest.monitor import GradientMonitor
 from gradest.rng import make_generator
 from gradest.vae.data import ImageData, absolute_spec, binarize, check_binarize, load_images
 from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
 from gradest.vae.model import VAE
-from gradest.vae.objectives import get_objective, make_baseline
-from gradest.vae.variance import encoder_gradient_variance
+from gradest.vae.objectives import Objective, get_objective, make_baseline
+from gradest.vae.variance import repeat_gradients
 
 CHECKPOINT = "checkpoint.pt"
 METRICS = "metrics.jsonl"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
+MONITOR = "monitor.jsonl"
 # Offsets of the derived seeds: one stream per purpose, so that e.g. tracking variance never
 # shifts the noise training draws.
 STREAM_SETUP, STREAM_DATA, STREAM_NOISE, STREAM_DIAG, STREAM_EVAL = range(5)
@@ -68,7 +81,8 @@ class TrainConfig:
     lr: float = 1e-3
     seed: int = 0
     device: str = "cpu"
-    var_repeats: int = 10  # R estimates per epoch for grad_var; 0 turns tracking off
+    var_repeats: int = 10  # R estimates per monitor measurement (--monitor-repeats); 0 turns it off
+    monitor_every: int | None = None  # Adam steps between measurements; None: once per epoch
     var_batch: int = 128
     iwae_k: int = 1000
     baseline_decay: float = 0.9
@@ -90,7 +104,9 @@ class TrainConfig:
         if any(h < 1 for h in self.hidden):
             raise GradestError(f"--hidden sizes must be ≥ 1, got {list(self.hidden)}")
         if self.var_repeats == 1 or self.var_repeats < 0:
-            raise GradestError(f"--var-repeats must be 0 (off) or ≥ 2, got {self.var_repeats}")
+            raise GradestError(f"--monitor-repeats must be 0 (off) or ≥ 2, got {self.var_repeats}")
+        if self.monitor_every is not None and self.monitor_every < 1:
+            raise GradestError(f"--monitor-every must be ≥ 1 (Adam steps), got {self.monitor_every}")
         if not self.lr > 0:
             raise GradestError(f"--lr must be positive, got {self.lr}")
         if not 0 <= self.baseline_decay < 1:
@@ -293,6 +309,8 @@ def train(
     g_noise = make_generator(config.seed + STREAM_NOISE, device)
     g_diag = make_generator(config.seed + STREAM_DIAG, device)
     metrics: list[dict[str, Any]] = []
+    records: list[dict[str, Any]] = []  # the monitor's, as JSON (monitor.jsonl)
+    saved_monitor: dict[str, Any] = {}
     start_epoch = 1
     if state is not None:
         model.load_state_dict(state["model"])
@@ -303,17 +321,26 @@ def train(
         g_noise.set_state(state["generators"]["noise"].cpu())
         g_diag.set_state(state["generators"]["diag"].cpu())
         metrics = list(state["metrics"])
+        saved_monitor = state.get("monitor") or {}  # absent from checkpoints written before the monitor
+        records = list(saved_monitor.get("records", []))
         start_epoch = int(state["epoch"]) + 1
+    # After the restore: the monitor's loss must see the baseline object that training updates.
+    steps = -(-run.train.shape[0] // config.batch_size)
+    monitor = _monitor(config, run, model, objective, baseline, g_diag, steps)
+    if monitor is not None and saved_monitor.get("state") is not None:
+        monitor.load_state_dict(saved_monitor["state"])
     write_json(out / CONFIG, config.to_dict())
 
     # Disk latency (fsync of an ~8 MB checkpoint) overlaps the next epoch; leaving the block waits
     # for the writes, so even a NaN stop leaves the last good checkpoint complete on disk.
     with _BackgroundWriter() as writer:
         for epoch in range(start_epoch, config.epochs + 1):
-            seconds, neg_elbo_train, neg_bound_train = _train_pass(
-                config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step
+            seconds, neg_elbo_train, neg_bound_train, measured, monitor_seconds = _train_pass(
+                config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step,
+                monitor,
             )
-            record = _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds)
+            records += measured
+            record = _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds)
             if not math.isfinite(record["test_neg_elbo"]):
                 raise _diverged(
                     config, epoch, out, f"test −ELBO became {record['test_neg_elbo']} after epoch {epoch}"
@@ -334,10 +361,17 @@ def train(
                         "diag": g_diag.get_state(),
                     },
                     "metrics": metrics,
+                    "monitor": {
+                        "records": records,
+                        "state": None if monitor is None else monitor.state_dict(),
+                    },
                 }
             )
             # Checkpoint first: metrics.jsonl never lists an epoch whose weights were not saved.
-            writer.write([(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics))])
+            files = [(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics))]
+            if monitor is not None or records:
+                files.append((out / MONITOR, _metrics_text(records)))
+            writer.write(files)
             if on_epoch is not None:
                 on_epoch(record)
 
@@ -348,11 +382,34 @@ def train(
     return TrainResult(model, metrics, evaluation, out)
 
 
-def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step):
-    """One epoch of Adam steps: (seconds, −ELBO and −bound averaged over the training images)."""
+def _monitor(config: TrainConfig, run: Setup, model: VAE, objective: Objective,
+             baseline: MovingAverage | None, g_diag: torch.Generator, steps: int) -> GradientMonitor | None:
+    """The run's gradient monitor on the fixed batch (None with ``var_repeats`` 0)."""
+    if config.var_repeats < 2:
+        return None
+
+    def estimates(x: torch.Tensor, generator: torch.Generator, repeats: int) -> dict[str, torch.Tensor]:
+        try:
+            return repeat_gradients(model, objective, x, config.k, repeats, generator, baseline)
+        except NonFiniteError:  # a diverging model: recorded as null; training decides whether to stop
+            return {n: torch.full((repeats, *p.shape), math.nan, dtype=p.dtype, device=p.device)
+                    for n, p in model.named_parameters() if p.requires_grad}
+
+    return GradientMonitor(model, estimates_fn=estimates, every=config.monitor_every or steps,
+                           repeats=config.var_repeats, batch=run.var_batch,
+                           state=[] if baseline is None else [baseline], seed=g_diag)
+
+
+def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step,
+                monitor=None):
+    """One epoch of Adam steps: (seconds without the monitor's, −ELBO and −bound averaged over the
+    training images, the monitor's records as JSON, the monitor's seconds or None without one)."""
     n = run.train.shape[0]
     steps = -(-n // config.batch_size)
     device = run.train.device
+    done = (epoch - 1) * steps  # Adam steps before this epoch
+    measured: list[dict[str, Any]] = []
+    monitor_start = None if monitor is None else monitor.overhead().monitor_seconds
     model.train()
     order = torch.randperm(n, generator=g_data).to(device)
     sum_elbo = torch.zeros((), device=device)
@@ -381,6 +438,10 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
         # batch, as the classic PyTorch example does); metrics stay per image.
         (est.loss * xb.shape[0]).backward()
         optimizer.step()
+        if monitor is not None:
+            # Measures after every monitor.every Adam steps, at the parameters the next step starts from.
+            for r in monitor.step(done + step + 1) or ():
+                measured.append({"epoch": epoch, **r.to_json()})
         sum_elbo += est.elbo.sum()
         sum_bound += est.bound.sum()
         if on_step is not None:
@@ -389,7 +450,10 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
     # the checkpoint about to be written.
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
         raise _diverged(config, epoch, out, f"parameters became inf/NaN during epoch {epoch}")
-    return time.perf_counter() - start, -float(sum_elbo) / n, -float(sum_bound) / n
+    seconds = time.perf_counter() - start
+    monitor_seconds = None if monitor is None else monitor.overhead().monitor_seconds - monitor_start
+    return seconds - (monitor_seconds or 0.0), -float(sum_elbo) / n, -float(sum_bound) / n, measured, \
+        monitor_seconds
 
 
 def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFiniteLoss:
@@ -404,23 +468,21 @@ def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFinit
     )
 
 
-def _epoch_record(config, run, model, objective, baseline, g_diag, epoch, seconds) -> dict[str, Any]:
+def _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds) -> dict[str, Any]:
     model.eval()
     test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + STREAM_EVAL, run.test.device))
-    grad_var = grad_snr = None
-    # A non-finite test −ELBO stops the run (the caller says so): no gradients of a diverged model.
-    if config.var_repeats >= 2 and math.isfinite(test_elbo):
-        gv = encoder_gradient_variance(
-            model, objective, run.var_batch, config.k, config.var_repeats, g_diag, baseline
-        )
-        grad_var, grad_snr = to_json_value(gv.trace), to_json_value(gv.snr)
+    # The encoder's figures at the epoch's last measurement (by default the epoch's end, as before
+    # the monitor); null where no measurement fell into the epoch.
+    encoder = [r for r in measured if r["group"] == "encoder"]
+    last = encoder[-1] if encoder else {}
     return {
         "epoch": epoch,
         "test_neg_elbo": test_elbo,
         "test_kl": test_kl,
         "seconds": seconds,
-        "grad_var": grad_var,
-        "grad_snr": grad_snr,
+        "monitor_seconds": monitor_seconds,
+        "grad_var": last.get("variance"),
+        "grad_snr": last.get("snr"),
     }
 
 
@@ -437,6 +499,11 @@ def write_summary(out: Path, config: TrainConfig, evaluation: Evaluation, metric
         summary["train_neg_elbo"] = metrics[-1]["train_neg_elbo"]
         summary["grad_var"] = metrics[-1]["grad_var"]
         summary["seconds_per_epoch"] = sum(m["seconds"] for m in metrics) / len(metrics)
+        monitored = [m["monitor_seconds"] for m in metrics if m.get("monitor_seconds") is not None]
+        if monitored:
+            # The monitor's share of the training time (training passes and measurements together).
+            summary["monitor_seconds"] = sum(monitored)
+            summary["monitor_share"] = sum(monitored) / (sum(m["seconds"] for m in metrics) + sum(monitored))
     summary = {k: to_json_value(v) if isinstance(v, float) else v for k, v in summary.items()}
     write_json(out / SUMMARY, summary)
     return summary
