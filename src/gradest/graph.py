@@ -342,11 +342,13 @@ class Graph:
         out["+".join(pathwise) or "direct"] = sum(self._per_particle(c.value) for c in self.costs.values())
         return out
 
-    def per_node(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]) -> NodeGradients:
+    def per_node(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+                 mode: str | None = None) -> NodeGradients:
         """Single-particle gradients of each group with respect to ``params``, batched.
 
-        Rows of the identity go through one backward pass per chunk (``is_grads_batched``); the
-        graph is retained, so ``surrogate().backward()`` still works afterwards.
+        ``mode``: how :func:`jacobian_rows` differentiates (default: forward for fewer parameter
+        coordinates than rows, else reverse). The graph is retained, so ``surrogate().backward()``
+        still works afterwards.
         """
         if not isinstance(params, Mapping):
             params = {f"param{i}": p for i, p in enumerate(params)}
@@ -356,7 +358,7 @@ class Graph:
         names, targets = list(params), list(params.values())
         n = self.num_samples
         rows = torch.cat([r.reshape(n) for r in groups.values()])
-        jac = jacobian_rows(rows, targets)
+        jac = jacobian_rows(rows, targets, mode)
         out = {}
         for i, group in enumerate(groups):
             out[group] = {k: j[i * n:(i + 1) * n].detach() for k, j in zip(names, jac, strict=True)}
@@ -367,9 +369,41 @@ class Graph:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self.nodes)}, costs={list(self.costs)})"
 
 
-def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor]) -> list[torch.Tensor]:
-    """∂rows_r/∂target for every row r: ``[R, *target.shape]`` each, in batched backward passes."""
-    r = rows.shape[0]
+def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | None = None
+                  ) -> list[torch.Tensor]:
+    """∂rows_r/∂target for every row r: ``[R, *target.shape]`` each.
+
+    ``"reverse"``: one backward pass per row, batched (``is_grads_batched``), O(R) passes;
+    ``"forward"``: one Jacobian-vector product per parameter coordinate, J e_j = ∂⟨J^T u, e_j⟩/∂u
+    (a backward pass through the backward pass, linear in u), O(Σ numel) passes. Default: the one
+    with fewer passes. Either way the passes run in chunks of ``CHUNK``.
+    """
+    sizes = [t.numel() for t in targets]
+    r, d = rows.shape[0], sum(sizes)
+    mode = mode or ("forward" if d < r else "reverse")
+    if mode == "forward":
+        u = torch.zeros_like(rows, requires_grad=True)
+        vjp = torch.autograd.grad(rows, targets, u, retain_graph=True, create_graph=True, allow_unused=True)
+        linear = [(g, t) for g, t in zip(vjp, targets, strict=True) if g is not None and g.requires_grad]
+        columns = []
+        for start in range(0, d, CHUNK):
+            stop = min(start + CHUNK, d)
+            eye = torch.zeros(stop - start, d, dtype=rows.dtype, device=rows.device)
+            eye[torch.arange(stop - start), torch.arange(start, stop)] = 1.0
+            if not linear:
+                columns.append(torch.zeros(stop - start, r, dtype=rows.dtype, device=rows.device))
+                continue
+            tangents = dict(zip((id(t) for t in targets), eye.split(sizes, dim=1), strict=True))
+            (jv,) = torch.autograd.grad(
+                [g for g, _ in linear], u,
+                [tangents[id(t)].reshape(stop - start, *t.shape) for _, t in linear],
+                retain_graph=True, allow_unused=True, is_grads_batched=True)
+            columns.append(torch.zeros(stop - start, r, dtype=rows.dtype, device=rows.device)
+                           if jv is None else jv)
+        jac = torch.cat(columns).T  # [R, d]
+        return [part.reshape(r, *t.shape) for part, t in zip(jac.split(sizes, dim=1), targets, strict=True)]
+    if mode != "reverse":
+        raise GradestError(f"mode must be 'forward' or 'reverse', got {mode!r}")
     parts: list[list[torch.Tensor]] = [[] for _ in targets]
     for start in range(0, r, CHUNK):
         stop = min(start + CHUNK, r)
