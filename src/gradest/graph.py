@@ -156,7 +156,17 @@ class Graph:
     ``with gradest.graph(generator, num_samples=N) as g:``, then ``z = g.sample(name, dist,
     estimator)`` for each node and ``g.cost(name, tensor)`` for each cost, in the order the code
     computes them; afterwards ``g.surrogate()`` (train with its ``backward()``; higher orders with
-    ``create_graph=True``) and ``g.per_node(params)`` / :func:`attribute` (diagnostics).
+    ``create_graph=True``) and ``g.per_node(params)`` / :func:`attribute` (diagnostics)::
+
+        with gradest.graph(gen, num_samples=64) as g:
+            z1 = g.sample("z1", Bernoulli(logits=a), "score-loo")              # [64]
+            z2 = g.sample("z2", Normal(loc + w * z1, scale), "pathwise")       # [64]
+            g.cost("c", (z2 - 1.0) ** 2)
+        g.surrogate().backward()
+        attribute(g.per_node({"a": a, "loc": loc})).nodes   # {"z1": …, "z2": …}; from gradest.graph
+
+    By default a node's parents, and a cost's, are every node sampled before it; ``parents=``
+    narrows them (``parents=()``: a root), which lowers the variance where the code allows it.
     """
 
     def __init__(self, generator: torch.Generator, num_samples: int = 1) -> None:
@@ -247,9 +257,7 @@ class Graph:
         value = self._draw(name, dist, batched, estimator == "pathwise")
         log_prob = None
         if estimator != "pathwise":
-            log_prob = dist.log_prob(value)
-            log_prob = log_prob.expand(self.num_samples, *log_prob.shape[1:]) if log_prob.dim() else \
-                log_prob.expand(self.num_samples)
+            log_prob = dist.log_prob(value)  # [N, *B]
         self.nodes[name] = StochasticNode(name, estimator, value, log_prob, ancestors)
         return value
 
