@@ -12,7 +12,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from torch.distributions import Bernoulli, Categorical, Normal
+from torch.distributions import Bernoulli, Categorical, Normal, OneHotCategorical
 
 from conftest import Z_TOL
 from gradest.errors import GradestError
@@ -289,3 +289,16 @@ def test_per_element_cost_against_a_scalar_node_broadcasts():
         g.cost("c", z.unsqueeze(-1) * torch.tensor([1.0, 2.0]))
     (ga,) = torch.autograd.grad(g.surrogate(), a)
     assert torch.allclose(ga, (3.0 * z * (z - torch.sigmoid(a.detach()))).mean(), rtol=1e-12)
+
+
+def test_enumeration_of_one_hot_nodes_and_its_bound():
+    logits = torch.tensor([0.2, -0.3, 0.5])
+
+    def model(g):
+        z = g.sample("z", OneHotCategorical(logits=logits))
+        g.cost("c", (z * torch.tensor([1.0, 4.0, 9.0])).sum(-1))
+
+    want = (logits.softmax(-1) * torch.tensor([1.0, 4.0, 9.0])).sum()
+    assert torch.allclose(enumerate_graph(model), want, rtol=1e-14)
+    with pytest.raises(GradestError, match="more than max_support = 2"):
+        enumerate_graph(model, max_support=2)
