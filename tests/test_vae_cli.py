@@ -52,8 +52,9 @@ def test_train_eval_and_report(tmp_path: Path, capsys) -> None:
     page = (out / "report.html").read_text()
     # Self-contained: every picture is inline, nothing is fetched.
     assert not re.search(r"""(src|href)=["']?https?:""", page)
-    assert page.count("data:image/png;base64,") == 5  # curves, variance, reconstructions, samples, latent
-    assert "Latent space" in page
+    # curves, variance, monitor, reconstructions, samples, latent
+    assert page.count("data:image/png;base64,") == 6
+    assert "Latent space" in page and "Gradient monitor" in page
     assert main(["vae", "eval", str(out), "--iwae-k", "16", "--json", str(tmp_path / "e.json")]) == 0
     result = json.loads((tmp_path / "e.json").read_text())
     assert result["iwae_k"] == 16 and result["estimator"] == "iwae-dreg"
@@ -105,6 +106,8 @@ def test_compare_renders_all_estimators(tmp_path: Path) -> None:
         (["--dataset", "cifar"], "choose digits, mnist5k or mnist:DIR"),
         (["--estimator", "vimco:5"], "write --estimator vimco --k 5"),
         (["--device", "cuda:x"], "is not a device"),
+        (["--monitor-every", "0"], "--monitor-every must be ≥ 1"),
+        (["--monitor-repeats", "1"], "--monitor-repeats must be 0 (off) or ≥ 2"),
     ],
 )
 def test_train_errors_are_one_line(tmp_path: Path, capsys, args: list[str], message: str) -> None:
@@ -136,8 +139,32 @@ def test_resume_refuses_options_that_differ_from_the_saved_run(tmp_path: Path, c
     capsys.readouterr()
     assert main(["vae", "train", "--resume", "--epochs", "2", "--estimator", "score", "--out", out]) == 2
     assert "--estimator score differs from the run's saved pathwise" in capsys.readouterr().err
+    assert main(["vae", "train", "--resume", "--epochs", "2", "--monitor-every", "3", "--out", out]) == 2
+    assert "--monitor-every 3 differs from the run's saved once per epoch" in capsys.readouterr().err
     # The saved options themselves, repeated, are accepted.
     assert main(["vae", "train", "--resume", *TINY, "--var-repeats", "0", "--out", out]) == 0
+
+
+def test_monitor_options_are_saved_and_checked_on_resume(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = ["vae", "train", *TINY, "--monitor-every", "4", "--out", str(out)]
+    assert main([*args[:-4], "--epochs", "1", *args[-4:]]) == 0
+    printed = capsys.readouterr().out
+    assert re.search(r"gradient monitor: R = 3 estimates every 4 steps on 128 images took [\d.]+% of the "
+                     r"training time", printed)
+    saved = json.loads((out / "config.json").read_text())
+    assert (saved["monitor_every"], saved["var_repeats"]) == (4, 3)
+    for option, value, was in (("--monitor-every", "2", "4"), ("--monitor-repeats", "5", "3")):
+        assert main(["vae", "train", "--resume", "--epochs", "2", option, value, "--out", str(out)]) == 2
+        assert f"{option} {value} differs from the run's saved {was}" in capsys.readouterr().err
+    same = ["--monitor-every", "4", "--monitor-repeats", "3"]
+    assert main(["vae", "train", "--resume", "--epochs", "2", *same, "--out", str(out)]) == 0
+    rows = [json.loads(line) for line in (out / "monitor.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if r["group"] == "all"] == [4, 8, 12]
+    assert {r["group"] for r in rows} == {"encoder", "decoder", "all"}
+    summary = json.loads((out / "summary.json").read_text())
+    assert 0 < summary["monitor_share"] < 1
+    assert "gradient monitor: R = 3 estimates every 4 steps" in capsys.readouterr().out
 
 
 def test_compare_into_a_used_folder_names_the_fix(tmp_path: Path, capsys) -> None:

@@ -30,8 +30,8 @@ vae_app = typer.Typer(
     name="vae",
     help=(
         "Variational autoencoders trained with the gradient estimator of your choice "
-        "(pathwise ELBO, STL, IWAE, DReG, score function, leave-one-out, VIMCO), with the encoder "
-        "gradient's variance tracked every epoch."
+        "(pathwise ELBO, STL, IWAE, DReG, score function, leave-one-out, VIMCO), with the gradient's "
+        "variance (encoder, decoder, all) measured by gradest's gradient monitor while training."
     ),
     no_args_is_help=True,
 )
@@ -70,9 +70,21 @@ Seed = Annotated[int, typer.Option(help="Seed of every generator: split, init, s
 VarRepeats = Annotated[
     int,
     typer.Option(
+        "--monitor-repeats",
+        "--var-repeats",  # its name before the monitor
         help=(
-            "R repeated encoder-gradient estimates on a fixed batch each epoch for grad_var and grad_snr; "
-            "0 turns tracking off (faster)."
+            "R gradient estimates per measurement of the gradient monitor, on a fixed batch (variance, "
+            "SNR of the encoder's, decoder's and all gradients in monitor.jsonl; the encoder's are "
+            "grad_var, grad_snr in metrics.jsonl); 0 turns monitoring off (faster)."
+        ),
+    ),
+]
+MonitorEvery = Annotated[
+    int | None,
+    typer.Option(
+        help=(
+            "Measure the gradient variance after every N Adam steps (default: once per epoch, at its "
+            "end). Measuring changes nothing in the run."
         )
     ),
 ]
@@ -175,6 +187,7 @@ def train_command(
     seed: Seed = 0,
     device: Device = "cpu",
     var_repeats: VarRepeats = 10,
+    monitor_every: MonitorEvery = None,
     iwae_k: IwaeK = 1000,
     baseline_decay: Decay = 0.9,
     resume: Annotated[
@@ -210,6 +223,7 @@ def train_command(
         seed=seed,
         device=device,
         var_repeats=var_repeats,
+        monitor_every=monitor_every,
         iwae_k=iwae_k,
         baseline_decay=baseline_decay,
     )
@@ -224,7 +238,26 @@ def train_command(
     report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))
-    console.print(f"wrote {out}/metrics.jsonl, summary.json, checkpoint.pt and {report}")
+    monitored = _monitor_line(summary, out)
+    if monitored:
+        console.print(monitored)
+    files = "metrics.jsonl, monitor.jsonl" if monitored else "metrics.jsonl"
+    console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}")
+
+
+def _monitor_line(summary: dict, out: Path) -> str:
+    """The gradient monitor's cost, one line ('' for a run without monitoring)."""
+    from gradest.vae.train import CONFIG, TrainConfig
+
+    share = summary.get("monitor_share")
+    if share is None:
+        return ""
+    config = TrainConfig.from_dict(json.loads((out / CONFIG).read_text()))  # the run's own options
+    every = "once per epoch" if config.monitor_every is None else f"every {config.monitor_every} steps"
+    return (
+        f"gradient monitor: R = {config.var_repeats} estimates {every} on {config.var_batch} images took "
+        f"{share:.1%} of the training time ({summary['monitor_seconds']:.2f} s)"
+    )
 
 
 def _check_resume_options(config: TrainConfig, out: Path) -> None:
@@ -240,10 +273,16 @@ def _check_resume_options(config: TrainConfig, out: Path) -> None:
     given = dataclasses.replace(config, dataset=absolute_spec(config.dataset)).to_dict()
     for name, value in given.items():
         if name not in ("epochs", "device") and value != default[name] and value != saved[name]:
+            option = _OPTION_NAMES.get(name, name.replace("_", "-"))
+            was = "once per epoch" if name == "monitor_every" and saved[name] is None else saved[name]
             raise GradestError(
-                f"--{name.replace('_', '-')} {value} differs from the run's saved {saved[name]}; --resume "
+                f"--{option} {value} differs from the run's saved {was}; --resume "
                 "continues the run with its saved options (only --epochs and --device may change)"
             )
+
+
+#: TrainConfig fields whose option has another name
+_OPTION_NAMES = {"var_repeats": "monitor-repeats"}
 
 
 @vae_app.command(name="eval")
@@ -335,6 +374,7 @@ def compare_command(
     seed: Seed = 0,
     device: Device = "cpu",
     var_repeats: VarRepeats = 10,
+    monitor_every: MonitorEvery = None,
     iwae_k: IwaeK = 100,
 ) -> None:
     """Train several estimators on the same data and seed, and render one report with all curves.
@@ -362,6 +402,7 @@ def compare_command(
         seed=seed,
         device=device,
         var_repeats=var_repeats,
+        monitor_every=monitor_every,
         iwae_k=iwae_k,
     )
     configs = {

@@ -1,8 +1,10 @@
 r"""Pictures and self-contained HTML reports of VAE runs (one run, or several side by side).
 
 Figures: learning curves (−ELBO per image, train and test), encoder-gradient variance tr Cov(ĝ) per
-epoch (log scale), test images above their reconstructions E[x|z = μ_φ(x)], samples E[x|z], z ~ p(z),
-and, for a 2-D latent space, the posterior means μ_φ(x) of the test images coloured by digit.
+epoch (log scale), the gradient monitor's variance and SNR per parameter group (encoder, decoder,
+all) against the Adam step (:func:`gradest.monitor.plot` of ``monitor.jsonl``), test images above
+their reconstructions E[x|z = μ_φ(x)], samples E[x|z], z ~ p(z), and, for a 2-D latent space, the
+posterior means μ_φ(x) of the test images coloured by digit.
 """
 
 from __future__ import annotations
@@ -18,14 +20,16 @@ from matplotlib.ticker import MaxNLocator
 
 from gradest import report as html
 from gradest.io import write_atomic
+from gradest.monitor import plot, read_jsonl
 from gradest.rng import make_generator
-from gradest.vae.train import CONFIG, METRICS, SUMMARY, TrainConfig, load_run, read_metrics
+from gradest.vae.train import CONFIG, METRICS, MONITOR, SUMMARY, TrainConfig, load_run, read_metrics
 
 REPORT = "report.html"
 _BOUND_TEXT = (
     "−ELBO(x) = −E_q(z|x)[log p(x|z)] + KL(q(z|x) ‖ p(z))      (nats per image; lower is better)\n"
     "NLL_K(x) = −E[log (1/K) Σ_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)      (IWAE; → −log p(x))\n"
-    "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over repeated estimates on one batch"
+    "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over R repeated estimates on one batch\n"
+    "monitor: the same per parameter group (encoder φ, decoder θ, all), SNR = ‖mean ĝ‖ / √tr Cov(ĝ)"
 )
 
 
@@ -109,6 +113,7 @@ def _summary_rows(summaries: Mapping[str, dict[str, Any]]) -> list[list[object]]
             s.get("active_units"),
             s.get("grad_var"),
             s.get("seconds_per_epoch"),
+            s.get("monitor_share"),
         ]
         for name, s in summaries.items()
     ]
@@ -124,6 +129,7 @@ _SUMMARY_HEAD = [
     "active units",
     "final grad_var",
     "s/epoch",
+    "monitor share",
 ]
 
 
@@ -163,6 +169,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
             ),
         ),
         _variance_section({config.estimator: metrics}),
+        *_monitor_section({config.estimator: out}, config),
         html.section(
             "Reconstructions",
             html.figure(
@@ -199,6 +206,32 @@ def _variance_section(runs: Mapping[str, Sequence[dict[str, Any]]]) -> str:
             variance_curves(runs), "trace of the encoder gradient's covariance on a fixed batch (log scale)"
         ),
     )
+
+
+def _monitor_section(runs: Mapping[str, str | Path], config: TrainConfig) -> list[str]:
+    """The monitor's plot of the runs ``label -> folder`` (one line style per group); none without records."""
+    records = []
+    for label, folder in runs.items():
+        path = Path(folder) / MONITOR
+        if path.is_file():
+            records += [{**r, "run": label} for r in read_jsonl(path)]
+    if not records:
+        return []
+    every = "once per epoch" if config.monitor_every is None else f"every {config.monitor_every} Adam steps"
+    caption = (
+        f"R = {config.var_repeats} gradient estimates {every} on a fixed batch of {config.var_batch} "
+        "training images, per parameter group; shaded: ± 2 standard errors (log scales)"
+    )
+    shares = [s.get("monitor_share") for s in (_read_summary(Path(f)) for f in runs.values())]
+    shares = [s for s in shares if s is not None]
+    if shares:
+        caption += "; the monitor took " + (
+            f"{shares[0]:.1%}" if len(shares) == 1 else f"{min(shares):.1%}–{max(shares):.1%}"
+        ) + " of the training time"
+    series = ("run",) if len(runs) > 1 else ()
+    title = "Gradient variance while training" + ("" if series else f": {next(iter(runs))}")
+    figure = plot(records, title=title, series=series)
+    return [html.section("Gradient monitor", html.figure(html.png_bytes(figure), caption))]
 
 
 def compare_report(
@@ -241,6 +274,7 @@ def compare_report(
             html.figure(learning_curves(metrics), "−ELBO per image; dashed: training, solid: test"),
         ),
         _variance_section(metrics),
+        *_monitor_section(runs, first),
     ]
     return write_atomic(out / REPORT, html.page("VAE estimators compared", *parts))
 
