@@ -91,7 +91,7 @@ def three_nodes(g, theta, estimator="score"):
     a0, a1, a2, b0, b1, w, c0, c1, c2 = cols
     logits1 = torch.stack([a0, a1, a2], -1)
     z1 = g.sample("z1", Categorical(logits=logits1), estimator, batched=batched)
-    g.cost("early", torch.tensor([0.5, -1.0, 2.0])[z1] * (1.0 + 0.0 * a0))
+    g.cost("early", torch.tensor([0.5, -1.0, 2.0])[z1])
     bits = torch.stack([b0 + w * z1, b1 - w * z1], -1)  # [N, 2]
     z2 = g.sample("z2", Bernoulli(logits=bits), estimator)
     shift = z2.sum(-1, keepdim=True)
@@ -272,6 +272,8 @@ def test_refusals_name_the_fix():
         g.cost("c", torch.zeros(4, 5))
         with pytest.raises(GradestError, match="does not line up"):
             g.rows()
+        with pytest.raises(GradestError, match=r"batched=True needs a batch shape starting with N = 4"):
+            g.sample("w", Bernoulli(logits=torch.zeros(3)), batched=True)
     with pytest.raises(GradestError, match="closed"):
         g.sample("w", Bernoulli(logits=p))
     with graph(gen, 1) as one, pytest.raises(GradestError, match="score-loo needs num_samples ≥ 2"):
@@ -302,3 +304,15 @@ def test_enumeration_of_one_hot_nodes_and_its_bound():
     assert torch.allclose(enumerate_graph(model), want, rtol=1e-14)
     with pytest.raises(GradestError, match="more than max_support = 2"):
         enumerate_graph(model, max_support=2)
+
+
+def test_the_costs_own_gradient_is_named_after_the_pathwise_nodes():
+    loc = torch.tensor(0.3, requires_grad=True)
+    with graph(make_generator(8), 16) as g:
+        x = g.sample("x", Normal(loc, 1.0), "pathwise")
+        b = g.sample("b", Bernoulli(logits=x))
+        y = g.sample("y", Normal(x + b, 1.0), "pathwise")
+        g.cost("c", y**2)
+    found = g.per_node({"loc": loc})
+    assert list(found.grads) == ["b", "x+y"]
+    assert torch.allclose(found.total["loc"].mean(0), torch.autograd.grad(g.surrogate(), loc)[0], rtol=1e-12)
