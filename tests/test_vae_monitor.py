@@ -165,3 +165,24 @@ def test_a_checkpoint_from_before_the_monitor_resumes(tmp_path: Path) -> None:
     result = train(TINY, tmp_path, resume=True)
     assert [r["step"] for r in read_jsonl(tmp_path / "monitor.jsonl")] == [2 * STEPS] * 3
     assert result.metrics[1]["grad_var"] > 0
+
+
+@pytest.mark.parametrize("labels", [None, torch.tensor([0, 0, 1, 1, 2, 2, 3, 3])])
+def test_group_records_are_the_statistics_of_their_concatenated_estimates(labels) -> None:
+    """The monitor sums each parameter's parts per group; the same as the group's estimates at once."""
+    from gradest.estimators.base import PerSampleGradients
+    from gradest.monitor import GradientMonitor, gradient_statistics
+
+    model = VAE.mlp(6, (4,), 2, make_generator(0))
+    gen = make_generator(1)
+    grads = {n: torch.randn(8, *p.shape, generator=gen) * (1 + i) + i for i, (n, p) in
+             enumerate(model.named_parameters())}
+    out = grads if labels is None else PerSampleGradients(grads, torch.zeros(8), 0.0, "test", labels)
+    monitor = GradientMonitor(model, estimates_fn=lambda batch, generator, repeats: out, repeats=8, batch=0)
+    for record in monitor.measure(0):
+        prefix = "" if record.group == "all" else record.group + "."
+        flat = torch.cat([g.reshape(8, -1) for n, g in grads.items() if n.startswith(prefix)], 1)
+        want = gradient_statistics(flat, labels)
+        assert record.size == flat.shape[1]
+        for key in want._fields:
+            assert getattr(record, key) == pytest.approx(getattr(want, key), rel=1e-12), key

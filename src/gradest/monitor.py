@@ -181,6 +181,30 @@ def _deviations(estimates: torch.Tensor, mean: torch.Tensor, groups: torch.Tenso
     return math.sqrt(n * g) * (counts[:, None] / n) * (sums / counts[:, None] - mean)
 
 
+class _Sums(NamedTuple):
+    """The additive parts of the statistics of some coordinates: a group's are the sums (for
+    ``variance_max`` the maximum) of its parameters', so no coordinate is processed twice."""
+
+    mean_sq: torch.Tensor  # ‖ḡ‖²
+    variance: torch.Tensor  # Σ_p of the per-coordinate variances
+    variance_max: torch.Tensor
+    gram: torch.Tensor  # [U, U] Gram matrix of the centred independent units
+
+
+def _sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> _Sums:
+    if estimates.dim() != 2 or estimates.shape[0] < 2:
+        raise GradestError(f"need R ≥ 2 estimates as [R, P], got shape {list(estimates.shape)}")
+    if estimates.device.type != "mps":  # MPS has no float64
+        estimates = estimates.to(torch.float64)
+    mean = estimates.mean(0)
+    dev = _deviations(estimates, mean, groups)
+    if dev.shape[0] < 2:
+        raise GradestError("the estimates form a single group of dependent samples; draw more groups")
+    per_coordinate = (dev * dev).sum(0) / (dev.shape[0] - 1)
+    most = per_coordinate.max() if per_coordinate.numel() else per_coordinate.new_tensor(-math.inf)
+    return _Sums(mean.square().sum(), per_coordinate.sum(), most, dev @ dev.T)
+
+
 def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = None) -> Statistics:
     """Mean-gradient norm, variance (trace of the covariance), its standard error, SNR.
 
@@ -189,27 +213,26 @@ def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = N
         groups: ``[R]`` labels of dependent estimates (antithetic pairs, quasi-Monte Carlo
             randomizations), or None when the R estimates are independent.
     """
-    if estimates.dim() != 2 or estimates.shape[0] < 2:
-        raise GradestError(f"need R ≥ 2 estimates as [R, P], got shape {list(estimates.shape)}")
-    if estimates.device.type != "mps":  # MPS has no float64
-        estimates = estimates.to(torch.float64)
-    mean = estimates.mean(0)
-    dev = _deviations(estimates, mean, groups)
-    units = dev.shape[0]
-    if units < 2:
-        raise GradestError("the estimates form a single group of dependent samples; draw more groups")
+    return _statistics([_sums(estimates, groups)])
+
+
+def _statistics(parts: Sequence[_Sums]) -> Statistics:
+    """The statistics of the coordinates of ``parts`` together (the module docstring's formulas)."""
+    if len(parts) == 1:
+        mean_sq, variance, most, gram = parts[0]
+    else:
+        mean_sq, variance, gram = (sum(p[i] for p in parts) for i in (0, 1, 3))
+        most = torch.stack([p.variance_max for p in parts]).max()
+    units = gram.shape[0]
     n = units - 1
-    per_coordinate = (dev * dev).sum(0) / n
-    variance = per_coordinate.sum()
-    gram = dev @ dev.T
     spread = gram.diagonal().var(correction=1) * (units / n) ** 2
     frobenius = (gram * gram).sum() / n**2
     trace_sq = n**2 / ((n - 1) * (n + 2)) * (frobenius - variance**2 / n) if n >= 2 else frobenius
     stderr = (spread / units + 2 * trace_sq.clamp_min(0) / (units * n)).sqrt()
-    norm = float(mean.norm())
+    norm = math.sqrt(float(mean_sq))
     var = float(variance)
     snr = norm / math.sqrt(var) if var > 0 else (math.inf if norm > 0 else math.nan)
-    return Statistics(norm, var, float(stderr), float(per_coordinate.max()), snr)
+    return Statistics(norm, var, float(stderr), float(most), snr)
 
 
 # ── parameter groups ─────────────────────────────────────────────────────────────────────────
@@ -383,10 +406,10 @@ class GradientMonitor:
                                "to the monitor")
         grads, labels, path = self._draw(batch)
         repeats = int(next(iter(grads.values())).shape[0])
-        stats = {
-            group: gradient_statistics(torch.cat([grads[n].reshape(repeats, -1) for n in members], 1), labels)
-            for group, members in self.groups.items()
-        }
+        # each parameter's parts once, then summed per group ("all" repeats no work)
+        parts = {id(p): _sums(grads[n].reshape(repeats, -1), labels) for n, p in self.named.items()}
+        stats = {group: _statistics([parts[id(p)] for p in members.values()])
+                 for group, members in self.groups.items()}
         device = next(iter(grads.values())).device
         if device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(device)
