@@ -191,18 +191,36 @@ class _Sums(NamedTuple):
     gram: torch.Tensor  # [U, U] Gram matrix of the centred independent units
 
 
+#: numbers per block on the CPU (2 MB in float64): a large parameter's float64 copy and its
+#: deviations stay in cache, one block at a time
+_CPU_BLOCK = 1 << 18
+
+
 def _sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> _Sums:
     if estimates.dim() != 2 or estimates.shape[0] < 2:
         raise GradestError(f"need R ≥ 2 estimates as [R, P], got shape {list(estimates.shape)}")
-    if estimates.device.type != "mps":  # MPS has no float64
-        estimates = estimates.to(torch.float64)
-    mean = estimates.mean(0)
-    dev = _deviations(estimates, mean, groups)
-    if dev.shape[0] < 2:
-        raise GradestError("the estimates form a single group of dependent samples; draw more groups")
-    per_coordinate = (dev * dev).sum(0) / (dev.shape[0] - 1)
-    most = per_coordinate.max() if per_coordinate.numel() else per_coordinate.new_tensor(-math.inf)
-    return _Sums(mean.square().sum(), per_coordinate.sum(), most, dev @ dev.T)
+    dtype = estimates.dtype if estimates.device.type == "mps" else torch.float64  # MPS has no float64
+    width = max(_CPU_BLOCK // estimates.shape[0], 1) if estimates.device.type == "cpu" else \
+        max(estimates.shape[1], 1)
+    parts = []
+    for block in estimates.split(width, dim=1) if estimates.shape[1] else [estimates]:
+        block = block.to(dtype)
+        mean = block.mean(0)
+        dev = _deviations(block, mean, groups)
+        if dev.shape[0] < 2:
+            raise GradestError("the estimates form a single group of dependent samples; draw more groups")
+        per_coordinate = torch.einsum("up,up->p", dev, dev) / (dev.shape[0] - 1)
+        most = per_coordinate.max() if per_coordinate.numel() else per_coordinate.new_tensor(-math.inf)
+        parts.append(_Sums(mean.square().sum(), per_coordinate.sum(), most, dev @ dev.T))
+    return _added(parts)
+
+
+def _added(parts: Sequence[_Sums]) -> _Sums:
+    """The parts of the coordinates of ``parts`` together."""
+    if len(parts) == 1:
+        return parts[0]
+    mean_sq, variance, gram = (sum(p[i] for p in parts) for i in (0, 1, 3))
+    return _Sums(mean_sq, variance, torch.stack([p.variance_max for p in parts]).max(), gram)
 
 
 def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = None) -> Statistics:
@@ -218,11 +236,7 @@ def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = N
 
 def _statistics(parts: Sequence[_Sums]) -> Statistics:
     """The statistics of the coordinates of ``parts`` together (the module docstring's formulas)."""
-    if len(parts) == 1:
-        mean_sq, variance, most, gram = parts[0]
-    else:
-        mean_sq, variance, gram = (sum(p[i] for p in parts) for i in (0, 1, 3))
-        most = torch.stack([p.variance_max for p in parts]).max()
+    mean_sq, variance, most, gram = _added(parts)
     units = gram.shape[0]
     n = units - 1
     spread = gram.diagonal().var(correction=1) * (units / n) ** 2
