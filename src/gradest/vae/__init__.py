@@ -18,7 +18,7 @@ from gradest.vae.evaluate import Evaluation, evaluate
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
 from gradest.vae.objectives import OBJECTIVES, Estimate, Objective, get_objective
 from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics, train
-from gradest.vae.variance import GradientVariance, encoder_gradient_variance
+from gradest.vae.variance import GradientVariance, encoder_gradient_variance, repeat_gradients
 
 __all__ = [
     "OBJECTIVES",
@@ -40,5 +40,6 @@ __all__ = [
     "load_run",
     "read_idx",
     "read_metrics",
+    "repeat_gradients",
     "train",
 ]

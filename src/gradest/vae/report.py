@@ -199,7 +199,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
 def _variance_section(runs: Mapping[str, Sequence[dict[str, Any]]]) -> str:
     tracked = any(m.get("grad_var") is not None for ms in runs.values() for m in ms)
     if not tracked:
-        return html.section("Gradient variance", html.paragraph("not tracked (--var-repeats 0)"))
+        return html.section("Gradient variance", html.paragraph("not measured (--monitor-repeats 0)"))
     return html.section(
         "Gradient variance",
         html.figure(
