@@ -186,3 +186,19 @@ def test_group_records_are_the_statistics_of_their_concatenated_estimates(labels
         assert record.size == flat.shape[1]
         for key in want._fields:
             assert getattr(record, key) == pytest.approx(getattr(want, key), rel=1e-12), key
+
+
+def test_a_non_finite_measurement_is_null_and_training_goes_on(tmp_path: Path, monkeypatch) -> None:
+    from gradest.errors import NonFiniteError
+    from gradest.vae import objectives
+
+    real = objectives.OBJECTIVES["pathwise"]
+
+    def non_finite(*args, **kwargs):
+        raise NonFiniteError("the cost is NaN")
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", real._replace(from_encoding=non_finite))
+    result = train(dataclasses.replace(TINY, epochs=1), tmp_path)
+    rows = read_jsonl(tmp_path / "monitor.jsonl")
+    assert len(rows) == 3 and all(r["variance"] is None and r["snr"] is None for r in rows)
+    assert result.metrics[0]["grad_var"] is None and math.isfinite(result.metrics[0]["test_neg_elbo"])
