@@ -170,7 +170,10 @@ def _summary_table(rows: dict[str, dict]) -> Table:
 @vae_app.command(name="train")
 def train_command(
     out: Annotated[
-        Path, typer.Option(help="Run folder: metrics.jsonl, checkpoint.pt, summary.json, report.html.")
+        Path,
+        typer.Option(
+            help="Run folder: metrics.jsonl, monitor.jsonl, checkpoint.pt, summary.json, report.html."
+        ),
     ] = Path("gradest-out/vae"),
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",

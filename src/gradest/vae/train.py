@@ -269,7 +269,7 @@ def train(
 
     Args:
         config: the run; with ``resume`` only its ``epochs`` (and ``device``) override the saved one.
-        out: the run folder (metrics.jsonl, checkpoint.pt, summary.json, config.json).
+        out: the run folder (metrics.jsonl, monitor.jsonl, checkpoint.pt, summary.json, config.json).
         model: your own ``VAE(encoder, decoder, latent)``; default the MLP of ``config``.
         on_step(epoch, step, steps), on_epoch(record), on_phase(text): progress callbacks.
     """
