@@ -159,3 +159,29 @@ def test_extreme_rates_and_probabilities_match_closed_forms(estimator):
                           50_000, make_generator(13))
     assert_unbiased(bern, exact_grad(lambda x: torch.exp(x.sum(1)) + 3.0 * x[:, 0] * x[:, 1], Bernoulli,
                                      probs, method="enumeration"))
+
+
+def test_large_parameters_are_evaluated_in_chunks_with_the_same_numbers(monkeypatch):
+    import gradest.estimators.mvd as mvd
+
+    calls = []
+
+    def f(x):
+        calls.append(x.shape[0])
+        return torch.cos(x).sum(-1)
+
+    params = {"loc": torch.linspace(-1, 1, 6, dtype=torch.float64), "scale": t(*[0.7] * 6)}
+
+    def builder(loc, scale):
+        return Independent(Normal(loc, scale), 1)
+
+    whole = get_estimator("mvd").per_sample(f, builder, params, 40, make_generator(3))
+    assert calls == [40 * (1 + 4 * 6)]
+    calls.clear()
+    # a budget of 5 samples' points: f(x₀) on all 40 samples, then the perturbations 5 samples at a time
+    monkeypatch.setattr(mvd, "POINTS_BUDGET", 5 * (1 + 4 * 6) * 6 * 8)
+    chunked = get_estimator("mvd").per_sample(f, builder, params, 40, make_generator(3))
+    assert calls == [40] + [5 * 4 * 6] * 8
+    for k in params:
+        assert torch.equal(whole.grads[k], chunked.grads[k])
+    assert torch.equal(whole.values, chunked.values)

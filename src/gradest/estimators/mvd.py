@@ -70,7 +70,8 @@ def _exponential(u: torch.Tensor) -> torch.Tensor:
 
 
 class _Points:
-    """f at the base draw x₀ and at perturbed copies of it, in ONE call of f.
+    """f at the base draw x₀ and at perturbed copies of it, in ONE call of f (in chunks of samples
+    when the N·(2D + 1)·D points would exceed ``POINTS_BUDGET`` bytes).
 
     ``evaluate(x0, blocks)``: per block ``values [N, D]``, row d of the block is x₀ with coordinate d
     replaced by values[:, d]; returns one ``[N, D]`` tensor of total costs per block (detached).
@@ -91,6 +92,9 @@ class _Points:
 
     def evaluate(self, x0: torch.Tensor, blocks: list[torch.Tensor]) -> list[torch.Tensor]:
         n, d = x0.shape
+        per_sample = (1 + len(blocks) * d) * d * x0.element_size()  # bytes of one sample's points
+        if blocks and n * per_sample > POINTS_BUDGET:
+            return self._in_chunks(x0, blocks, max(1, POINTS_BUDGET // per_sample))
         diag = torch.arange(d, device=x0.device)
         parts = [] if self.fx0 is not None else [x0.unsqueeze(1)]
         for values in blocks:
@@ -115,6 +119,17 @@ class _Points:
         fx = fx.detach()
         return [fx[:, j * d : (j + 1) * d] for j in range(len(blocks))]
 
+    def _in_chunks(self, x0: torch.Tensor, blocks: list[torch.Tensor], rows: int) -> list[torch.Tensor]:
+        """The same values, with the perturbed points built and evaluated ``rows`` samples at a time
+        (the N·(2D + 1)·D points of a large parameter would not fit in memory at once)."""
+        self.base(x0)  # f(x₀) with its gradients, on all N samples in one call
+        parts = []
+        for start in range(0, x0.shape[0], rows):
+            chunk = _Points(self.cost, self.node)
+            chunk.fx0 = self.fx0[start : start + rows]  # (already known: not evaluated again)
+            parts.append(chunk.evaluate(x0[start : start + rows], [b[start : start + rows] for b in blocks]))
+        return [torch.cat(block) for block in zip(*parts, strict=True)]
+
     def _with_direct_term(self, x: torch.Tensor, n: int, k: int) -> torch.Tensor:
         """f on all points, the base points (column 0) with the live parameters, the rest detached."""
         cost = self.cost
@@ -124,6 +139,10 @@ class _Points:
             rest = live.detach().unsqueeze(1).expand(n, k - 1, *live.shape[1:])
             kwargs[name] = torch.cat([live.unsqueeze(1), rest], 1).reshape(n * k, *live.shape[1:])
         return cost.check(cost.f(x, **kwargs), n * k)
+
+
+#: bytes of perturbed points built at once; beyond it they are evaluated in chunks of samples
+POINTS_BUDGET = 2**28
 
 
 def _flat(node: Node, t: torch.Tensor) -> torch.Tensor:
