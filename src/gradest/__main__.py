@@ -1,3 +1,5 @@
 from gradest.cli import run
 
-run()
+# guarded: Dask's worker processes (gradest sweep --workers N) re-import the main module on start
+if __name__ == "__main__":
+    run()

@@ -30,6 +30,14 @@ def _threads(value: int) -> int | None:
     return None if value == 0 else value
 
 
+Workers = Annotated[int | None, typer.Option(
+    min=1, help="Run the cells as tasks on a local Dask cluster of this many worker processes (one "
+                "thread each); same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
+Scheduler = Annotated[str | None, typer.Option(
+    help="Run the cells on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers need "
+         "gradest installed); same rows, same order as a serial run.")]
+
+
 def _progress() -> Progress:
     return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
                     TimeElapsedColumn(), console=console, transient=False)
@@ -69,6 +77,8 @@ def sweep_command(
         "gradest-out/sweep"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
     device: Device = "cpu",
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Single-sample gradient variance over k for costs of x ~ N(μ, σ²): the survey's Gaussian figure.
 
@@ -79,8 +89,9 @@ def sweep_command(
 
     Example: gradest sweep --cost square --cost exp --cost cos --k 0.1,0.5,1,2,3,5,10
     --param loc=1 --param scale=1 --estimator pathwise --estimator score --estimator mvd
-    --samples 100000 --seed 0 --out runs/sweep
+    --samples 100000 --seed 0 --out runs/sweep (add --workers 4 to run the cells on 4 local processes)
     """
+    from gradest.lab.parallel import cell_map
     from gradest.lab.sweep import DEFAULT_COSTS, DEFAULT_ESTIMATORS, DEFAULT_KS, SweepConfig, run_sweep
 
     values = {"loc": 1.0, "scale": 1.0}
@@ -94,13 +105,13 @@ def sweep_command(
         loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or DEFAULT_ESTIMATORS),
         samples=samples, seed=seed, threads=_threads(threads), device=device,
     )
-    with _progress() as progress:
+    with cell_map(workers, scheduler) as cells, _progress() as progress:
         task = progress.add_task("sweep", total=len(config.cells()))
 
         def on_cell(done: int, total: int, label: str) -> None:
             progress.update(task, completed=done, total=total, description=f"sweep: {label}")
 
-        result = run_sweep(config, out, on_cell)
+        result = run_sweep(config, out, on_cell, cell_map=cells)
     table = Table(title="Findings of Mohamed et al. (2020), checked on this sweep")
     for col in ("claim", "ours", "evidence"):
         table.add_column(col)
@@ -132,6 +143,8 @@ def advise_command(
         Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
     ] = None,
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Recommend an estimator for ∇θ E_p(x;θ)[f(x)] from a pilot run of every applicable one.
 
@@ -142,6 +155,7 @@ def advise_command(
 
     Example: gradest advise --dist normal --param loc=1 --param scale=1 --cost cos --k 5
     """
+    from gradest.lab.parallel import cell_map
     from gradest.lab.selection import select
 
     family = get_family(dist)
@@ -158,10 +172,10 @@ def advise_command(
         blocked = next((p for p in json_path.parents if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise GradestError(f"--json {json_path}: {blocked} is a file, not a folder")
-    with console.status("pilot runs…") as status:
+    with cell_map(workers, scheduler) as cells, console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),
-                        threads=_threads(threads))
+                        threads=_threads(threads), cell_map=cells)
     table = Table(title=f"Estimators ranked by efficiency (pilot: {samples} samples each)")
     for col in ("rank", "estimator", "variance", "µs/sample", "efficiency", "vs best", "max |z|", "note"):
         table.add_column(col, justify="left" if col in ("estimator", "note") else "right")

@@ -29,6 +29,7 @@ from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder, build, check_params
 from gradest.estimators.registry import available, available_samplers, requires_argument
 from gradest.exact import exact_grad
+from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
@@ -112,6 +113,15 @@ def _pilot(est: Estimator, f, dist_builder, params, num_samples, seed) -> _Pilot
     return _Pilot(mean, stderr, variance, seconds / per.num_samples)
 
 
+def _guarded_pilot(est: Estimator, f, dist_builder, params, num_samples, seed, threads) -> _Pilot | str:
+    # a GradestError is about this input (f's shape or values): reported per candidate, in its row
+    try:
+        with intra_op_threads(threads):
+            return _pilot(est, f, dist_builder, params, num_samples, seed)
+    except GradestError as err:
+        return str(err)
+
+
 def _max_abs_z(pilot: _Pilot, ref_mean, ref_stderr) -> float:
     """max |z| over coordinates; +inf for a gap where no uncertainty covers it (a zero-variance estimate
     off the reference, e.g. the pathwise gradient of a piecewise-constant f, which is 0 everywhere)."""
@@ -136,6 +146,7 @@ def select(
     seed: int = 0,
     on_estimator: Callable[[str], None] | None = None,
     threads: int | None = 1,
+    cell_map: CellMap = serial_map,
 ) -> Selection:
     """Pilot-run every candidate and rank by efficiency = single-sample variance × seconds per sample.
 
@@ -148,6 +159,9 @@ def select(
         seed: every candidate's generator is seeded with it.
         threads: torch intra-op threads during the pilots (restored after; None: unchanged).
             One thread by default: the pilots' tensors are small and the timings reproducible.
+        cell_map: where the pilots run (:mod:`gradest.lab.parallel`): one after the other here by
+            default, or as Dask tasks. Each pilot is seeded by ``seed`` alone, so means, variances
+            and bias checks are the same wherever it runs; only the timings are the worker's.
 
     Returns:
         A :class:`Selection`: the most efficient unbiased candidate, why, and the ranked table.
@@ -159,8 +173,9 @@ def select(
     if not specs:
         raise GradestError("no candidate estimators; give at least one")
     dist = build(dist_builder, check_params(params))
-    pilots: dict[str, _Pilot | str] = {}
+    pilots: dict[str, _Pilot | str | None] = {}
     by_design: set[str] = set()
+    jobs: list[tuple[str, Estimator]] = []
     for spec in specs:
         est = get_estimator(spec)
         label = est.name
@@ -168,19 +183,20 @@ def select(
             label += "'"
         if est.capabilities.biased:
             by_design.add(label)
-        if on_estimator is not None:
-            on_estimator(label)
         # what the estimator needs is data (its capabilities): no pilot for what cannot apply
         reason = est.applicable(dist)
-        if reason is not None:
-            pilots[label] = reason
-            continue
-        # a GradestError now is about this input (f's shape or values), reported per candidate
-        try:
-            with intra_op_threads(threads):
-                pilots[label] = _pilot(est, f, dist_builder, params, num_samples, seed)
-        except GradestError as err:
-            pilots[label] = str(err)
+        pilots[label] = reason  # None: its pilot, below, fills the place (the table keeps this order)
+        if reason is None:
+            jobs.append((label, est))
+        elif on_estimator is not None:
+            on_estimator(label)
+    # the pilots are independent cells: run here one by one, or as Dask tasks (timed on a worker)
+    results = cell_map(_guarded_pilot, [(est, f, dist_builder, params, num_samples, seed, threads)
+                                        for _, est in jobs])
+    for label, _ in jobs:
+        if on_estimator is not None:
+            on_estimator(label)  # serially: before its pilot starts; on Dask: while it is awaited
+        pilots[label] = next(results)
 
     exact = None
     # After the pilots: they check f (one value per sample, a precise error per candidate), and

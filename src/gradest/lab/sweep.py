@@ -10,6 +10,8 @@ matters only where an estimate is exact up to rounding (a control variate with h
 Every cell uses a generator seeded with the sweep's seed (common random numbers across cells, and
 the same numbers whatever the order), so a resumed sweep gives exactly the rows a single run gives.
 The CSV is rewritten atomically after each cell: an interrupted sweep resumes from its rows.
+Cells can run as Dask tasks (:mod:`gradest.lab.parallel`); their rows are still written in grid
+order, so a distributed sweep writes the file a serial one writes.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
 from gradest.io import write_atomic
 from gradest.lab import variance_exact as vx
+from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
@@ -238,11 +241,15 @@ def measure(
     config: SweepConfig,
     out_dir: Path,
     on_cell: Callable[[int, int, str], None] | None = None,
+    cell_map: CellMap = serial_map,
 ) -> list[SweepRow]:
     """Measure every cell not already in ``out_dir/sweep.csv``; rewrite the CSV after each cell.
 
     Rows of other configurations already in the file are kept (a sweep can be extended).
     ``on_cell(done, total, label)`` reports progress, counting resumed cells as done.
+    ``cell_map`` runs the cells (:mod:`gradest.lab.parallel`: here, or as Dask tasks); whichever
+    runs them, the rows are written in grid order with the same numbers, since each cell's
+    generator is seeded by the sweep's seed alone.
     """
     path = Path(out_dir) / CSV_NAME
     rows = read_rows(path)
@@ -257,10 +264,18 @@ def measure(
     finished = len(cells) - len(todo)
     if on_cell is not None:
         on_cell(finished, len(cells), "resumed" if finished else "start")
-    for cost, k, est in todo:
-        new = measure_cell(config, cost, k, est)
-        rows = [r for r in rows if r.key() not in {n.key() for n in new}] + new
-        write_atomic(path, rows_to_csv(rows))
+    text = rows_to_csv(rows)
+    # ``measure_cell`` looked up here, at call time: a test may replace it
+    results = cell_map(measure_cell, [(config, cost, k, est) for cost, k, est in todo])
+    for (cost, k, est), new in zip(todo, results, strict=True):
+        if any(n.key() in have for n in new):  # half a cell was in the file: its rows replaced
+            rows = [r for r in rows if r.key() not in {n.key() for n in new}] + new
+            text = rows_to_csv(rows)
+        else:  # the usual case: the text grows by this cell's rows, not formatted again
+            rows += new
+            text += rows_to_csv(new).partition("\n")[2]
+        have.update(n.key() for n in new)
+        write_atomic(path, text)
         finished += 1
         if on_cell is not None:
             on_cell(finished, len(cells), f"{cost} k={k:g} {est}")
@@ -322,8 +337,12 @@ def run_sweep(
     out_dir: Path,
     on_cell: Callable[[int, int, str], None] | None = None,
     curve_points: int = 60,
+    cell_map: CellMap = serial_map,
 ) -> SweepResult:
-    """Run (or resume) the sweep and write ``sweep.csv``, ``sweep.png`` and ``report.html``."""
+    """Run (or resume) the sweep and write ``sweep.csv``, ``sweep.png`` and ``report.html``.
+
+    ``cell_map``: where the cells run (see :func:`measure`); the figure and report are drawn here.
+    """
     from gradest import report as rp
     from gradest.lab.findings import sweep_findings
     from gradest.lab.plots import sweep_figure
@@ -331,7 +350,7 @@ def run_sweep(
 
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    rows = measure(config, out_dir, on_cell)
+    rows = measure(config, out_dir, on_cell, cell_map)
     curves = exact_curves(config, curve_points)
     png = rp.png_bytes(sweep_figure(rows, curves, config.costs, config.estimators))
     figure = write_atomic(out_dir / "sweep.png", png)
