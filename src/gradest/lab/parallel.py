@@ -134,8 +134,9 @@ def cell_map(
             yield DaskMap(client)
         return
     with (
+        # the scheduler's HTTP server on a free port: 8787 may be another cluster's
         distributed.LocalCluster(n_workers=workers, threads_per_worker=1, processes=processes,
-                                 dashboard_address=None) as cluster,
+                                 dashboard_address=":0") as cluster,
         distributed.Client(cluster) as client,
     ):
         yield DaskMap(client)
