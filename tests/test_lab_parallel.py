@@ -166,6 +166,18 @@ def test_a_killed_workers_cells_are_retried_and_yielded_once(tmp_path):
 
 
 @needs_dask
+def test_grouped_cells_come_back_one_by_one_in_order(local):
+    cells, _ = local
+    assert cells._group_size(12) == 1 and cells._group_size(1000) == 1000 // (8 * 2)
+    grouped = DaskMap(cells.client, cells_per_task=5)
+    assert list(grouped(_square, [(i,) for i in range(12)])) == [i * i for i in range(12)]
+
+
+def _square(i: int) -> int:
+    return i * i
+
+
+@needs_dask
 def test_an_error_in_a_cell_reaches_the_client(local):
     cells, _ = local
     with pytest.raises(GradestError, match="bad cell"):

@@ -5,7 +5,8 @@ arguments (never by the worker that runs it), so they can run anywhere and in an
 the same numbers. A :class:`CellMap` is how the library runs them: ``cell_map(fn, items)`` yields
 ``fn(*item)`` for every item, **in the order of the items**, as soon as each is available. The
 serial map computes them one after the other, here; :class:`DaskMap` submits them all as Dask
-tasks and buffers results that finish out of order until the ones before them are in, so a caller
+tasks (consecutive small cells grouped into one task, since a task costs Dask milliseconds) and
+buffers results that finish out of order until the ones before them are in, so a caller
 that writes each result as it comes (the sweep's resumable CSV) writes the same file a serial run
 writes, prefix by prefix.
 
@@ -61,19 +62,46 @@ def dask_available() -> bool:
     return True
 
 
-class DaskMap:
-    """A :class:`CellMap` over a ``distributed.Client``: every cell a task, results in cell order."""
+#: tasks per worker when cells are grouped: enough for the load to balance, few enough that Dask's
+#: few milliseconds per task do not outweigh small cells
+TASKS_PER_WORKER = 8
 
-    def __init__(self, client) -> None:
+
+def _run_group(fn: Callable[..., Any], items: Sequence[tuple]) -> list[Any]:
+    return [fn(*item) for item in items]
+
+
+class DaskMap:
+    """A :class:`CellMap` over a ``distributed.Client``: cells grouped into tasks, results in cell order.
+
+    Args:
+        client: a connected ``distributed.Client``.
+        cells_per_task: consecutive cells run as one task. Default: as many as give each worker
+            about :data:`TASKS_PER_WORKER` tasks (one cell per task for fewer cells than that), since
+            a Dask task costs milliseconds while a small sweep cell takes about as long.
+    """
+
+    def __init__(self, client, cells_per_task: int | None = None) -> None:
+        if cells_per_task is not None and cells_per_task < 1:
+            raise GradestError(f"cells_per_task must be ≥ 1, got {cells_per_task}")
         self.client = client
+        self.cells_per_task = cells_per_task
+
+    def _group_size(self, cells: int) -> int:
+        if self.cells_per_task is not None:
+            return self.cells_per_task
+        workers = max(len(self.client.scheduler_info().get("workers", {})), 1)
+        return max(cells // (TASKS_PER_WORKER * workers), 1)
 
     def __call__(self, fn: Callable[..., Any], items: Sequence[tuple]) -> Iterator[Any]:
         distributed = _distributed()
         _ship_file_modules_by_value()
-        # pure=False: two equal cells are still two tasks (a rerun must not be served from a cache)
-        futures = [self.client.submit(fn, *item, pure=False) for item in items]
+        size = self._group_size(len(items))
+        groups = [items[i:i + size] for i in range(0, len(items), size)]
+        # pure=False: two equal groups are still two tasks (a rerun must not be served from a cache)
+        futures = [self.client.submit(_run_group, fn, group, pure=False) for group in groups]
         position = {fut.key: i for i, fut in enumerate(futures)}
-        ready: dict[int, Any] = {}
+        ready: dict[int, list[Any]] = {}
         following = 0
         try:
             for fut in distributed.as_completed(futures):
@@ -81,7 +109,7 @@ class DaskMap:
                 ready[position[fut.key]] = fut.result()
                 fut.release()  # the worker may forget it: the client holds the only copy now
                 while following in ready:
-                    yield ready.pop(following)
+                    yield from ready.pop(following)
                     following += 1
         finally:
             # a consumer that stops early (an error, Ctrl-C, a closed generator) leaves no work queued
