@@ -7,6 +7,7 @@ rerun cannot reproduce, so the cell function is wrapped to zero them: what is co
 
 import dataclasses
 import functools
+import json
 import os
 import sys
 
@@ -188,3 +189,22 @@ def _raise_on_two(i: int) -> int:
     if i == 2:
         raise GradestError("bad cell")
     return i
+
+
+@needs_dask
+def test_blr_on_dask_gives_the_serial_runs(local, tmp_path):
+    from gradest.lab import blr
+
+    cells, _ = local
+    config = blr.BLRConfig(steps=10, log_every=5, num_samples=4, variance_samples=8)
+    serial = blr.run_blr(["pathwise", "score"], config, tmp_path / "serial")
+    steps = []
+    dask = blr.run_blr(["pathwise", "score"], config, tmp_path / "dask", cell_map=cells,
+                       on_step=lambda *a: steps.append(a))
+    untimed_ = lambda r: {e: {k: v for k, v in s.items() if k != "seconds"}  # noqa: E731
+                          for e, s in r.summary.items()}
+    assert untimed_(dask) == untimed_(serial)
+    assert steps == [("pathwise", 0, 10), ("score", 1, 10)]
+    records = lambda where: [{k: v for k, v in json.loads(line).items() if k != "seconds"}  # noqa: E731
+                             for line in (tmp_path / where / "monitor.jsonl").read_text().splitlines()]
+    assert records("dask") == records("serial") and records("serial")

@@ -207,6 +207,8 @@ def blr_command(
         help="Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/blr"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Bayesian logistic regression on breast cancer (569 × 30) by VI, one run per estimator.
 
@@ -221,18 +223,19 @@ def blr_command(
     Example: gradest blr --estimator pathwise --estimator score-delta --steps 500 --out runs/blr
     """
     from gradest.lab.blr import DEFAULT_ESTIMATORS, BLRConfig, run_blr
+    from gradest.lab.parallel import cell_map
 
     config = BLRConfig(steps=steps, batch_size=batch, num_samples=samples, lr=lr, log_every=log_every,
                        variance_samples=variance_samples, seed=seed, threads=_threads(threads))
     names = list(estimator or DEFAULT_ESTIMATORS)
     start = time.perf_counter()
-    with _progress() as progress:
+    with cell_map(workers, scheduler) as runs, _progress() as progress:
         task = progress.add_task("blr", total=steps * len(names))
 
         def on_step(name: str, index: int, step: int) -> None:
             progress.update(task, completed=index * steps + step, description=f"blr: {name}")
 
-        result = run_blr(names, config, out, on_step)
+        result = run_blr(names, config, out, on_step, cell_map=runs)
     table = Table(title="Bayesian logistic regression: final metrics")
     for col in ("estimator", "ELBO", "held-out log-lik", "held-out acc", "var μ", "var log σ", "s"):
         table.add_column(col, justify="left" if col == "estimator" else "right")

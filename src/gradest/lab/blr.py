@@ -41,6 +41,7 @@ from gradest.diagnostics import to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.io import write_atomic
+from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.monitor import GradientMonitor, GroupStats
 from gradest.rng import make_generator
@@ -256,14 +257,23 @@ def metrics_csv(runs: Sequence[BLRRun]) -> str:
     return buf.getvalue()
 
 
+def _train_cell(name: str, config: BLRConfig, data: BLRData) -> BLRRun:
+    with intra_op_threads(config.threads):
+        return train(name, config, data)
+
+
 def run_blr(
     estimators: Sequence[str],
     config: BLRConfig,
     out_dir: Path,
     on_step: Callable[[str, int, int], None] | None = None,
+    cell_map: CellMap = serial_map,
 ) -> BLRResult:
     """Train once per estimator; write metrics.csv, summary.json, blr.png, report.html and
-    monitor.jsonl (the gradient monitor's records: variance, its standard error and SNR per group)."""
+    monitor.jsonl (the gradient monitor's records: variance, its standard error and SNR per group).
+
+    ``cell_map`` runs the trainings (:mod:`gradest.lab.parallel`): here one after the other, or one
+    Dask task per estimator, with the same numbers (only the seconds differ)."""
     from gradest import report as rp
     from gradest.lab.findings import blr_findings
     from gradest.lab.plots import blr_figure
@@ -289,13 +299,22 @@ def run_blr(
     start = time.perf_counter()
     data = load_data()
     runs = []
-    for index, name in enumerate(estimators):
-        def step_cb(step, name=name, index=index):
-            if on_step is not None:
-                on_step(name, index, step)
+    if cell_map is serial_map:
+        for index, name in enumerate(estimators):
+            def step_cb(step, name=name, index=index):
+                if on_step is not None:
+                    on_step(name, index, step)
 
-        with intra_op_threads(config.threads):
-            runs.append(train(name, config, data, step_cb))
+            with intra_op_threads(config.threads):
+                runs.append(train(name, config, data, step_cb))
+    else:
+        # each run is seeded by config.seed alone: on a worker it gives the serial run's numbers;
+        # progress is reported per finished run (a worker's steps are not seen from here)
+        results = cell_map(_train_cell, [(name, config, data) for name in estimators])
+        for index, (name, run) in enumerate(zip(estimators, results, strict=True)):
+            runs.append(run)
+            if on_step is not None:
+                on_step(name, index, config.steps)
     summary = {r.estimator: r.final for r in runs}
     findings = blr_findings(summary)
     out_dir = Path(out_dir)
