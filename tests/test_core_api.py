@@ -13,8 +13,8 @@ PUBLIC = {
     # problems, exact gradients, diagnostics
     "Cost", "named_cost", "load_cost", "FAMILIES", "get_family", "ExactGradient", "exact_grad",
     "EstimatorSummary", "ParamStats", "param_stats", "summarize", "select", "Selection",
-    # monitoring any training loop
-    "GradientMonitor",
+    # monitoring any training loop; stochastic computation graphs and per-node attribution
+    "GradientMonitor", "graph", "Graph", "NodeGradients", "attribute", "Attribution", "enumerate_graph",
     # plumbing
     "GradestError", "NonFiniteError", "make_generator", "rng", "__version__",
 }

@@ -48,6 +48,7 @@ from gradest.estimators import (
     register,
 )
 from gradest.families import FAMILIES, get_family
+from gradest.graph import Attribution, Graph, NodeGradients, attribute, enumerate_graph, graph
 from gradest.rng import make_generator
 
 __version__ = "0.1.0"
@@ -55,6 +56,7 @@ __version__ = "0.1.0"
 __all__ = [
     "FAMILIES",
     "Antithetic",
+    "Attribution",
     "BoundCost",
     "Capabilities",
     "Constant",
@@ -67,11 +69,13 @@ __all__ = [
     "ExactGradient",
     "GradestError",
     "GradientMonitor",
+    "Graph",
     "LeaveOneOut",
     "MeasureValued",
     "MovingAverage",
     "NoBaseline",
     "Node",
+    "NodeGradients",
     "NonFiniteError",
     "ParamStats",
     "Pathwise",
@@ -81,11 +85,14 @@ __all__ = [
     "Selection",
     "Terms",
     "__version__",
+    "attribute",
     "available",
     "available_samplers",
+    "enumerate_graph",
     "exact_grad",
     "get_estimator",
     "get_family",
+    "graph",
     "load_cost",
     "make_generator",
     "named_cost",
