@@ -31,7 +31,7 @@ from pathlib import Path
 
 import torch
 
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 
 Elementwise = Callable[[torch.Tensor, float], torch.Tensor]
 
@@ -119,13 +119,22 @@ def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], tor
         sys.modules[module_name] = module
         try:
             module_spec.loader.exec_module(module)
-        except Exception as err:  # a user's file can fail in any way; report it in one line
-            raise GradestError(f"could not load {path}: {type(err).__name__}: {err}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # a user's file can fail in any way, sys.exit() included
+            sys.modules.pop(module_name, None)
+            raise GradestError(f"cost {spec} failed: could not load {path}: {describe_failure(err)}; "
+                               "fix the file, or run it with python to see the full traceback") from None
     else:
         try:
             module = importlib.import_module(target)
         except ImportError as err:
             raise GradestError(f"could not import module {target!r}: {err}") from None
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # the module imports but its code fails (or calls sys.exit())
+            raise GradestError(f"cost {spec} failed: importing {target} raised "
+                               f"{describe_failure(err)}") from None
     func = getattr(module, func_name, None)
     if not callable(func):
         raise GradestError(f"{target} has no function {func_name!r}")
@@ -146,22 +155,29 @@ def _parameters(func) -> Mapping[str, inspect.Parameter]:
         return {}
 
 
+def describe_failure(err: BaseException) -> str:
+    """``Type: message`` of a user's exception on one line (``SystemExit: 3``, ``ValueError``)."""
+    message = " ".join(str(err).split())
+    return f"{type(err).__name__}: {message}" if message else type(err).__name__
+
+
 def checked(func: Callable[..., torch.Tensor], label: str) -> Callable[[torch.Tensor], torch.Tensor]:
     """``func`` with its contract enforced: a torch tensor of shape [N] back for samples [N, ...].
 
-    A user's function can fail in any way; its failure becomes one line naming the function and the
-    shape it was called with, instead of a traceback from deep inside an estimator.
+    A user's function can fail in any way, ``sys.exit()`` included; its failure becomes one line naming
+    the function and the shape it was called with, instead of a traceback from deep inside an estimator
+    (or a silent exit). KeyboardInterrupt alone passes through: Ctrl-C still stops the run.
     """
 
     @functools.wraps(func)
     def f(x: torch.Tensor) -> torch.Tensor:
         try:
             y = func(x)
-        except GradestError:
+        except (GradestError, KeyboardInterrupt):
             raise
-        except Exception as err:  # any failure of user code is reported in one line
+        except BaseException as err:  # any failure of user code, sys.exit() included, is one line
             raise GradestError(f"cost {label} failed on samples of shape {list(x.shape)}: "
-                               f"{type(err).__name__}: {err}") from None
+                               f"{describe_failure(err)}") from None
         if not isinstance(y, torch.Tensor):
             raise GradestError(f"cost {label} returned {type(y).__name__}; it must return a torch tensor "
                                f"of shape [{x.shape[0]}] (keep the computation in torch for gradients)")
@@ -172,3 +188,16 @@ def checked(func: Callable[..., torch.Tensor], label: str) -> Callable[[torch.Te
         return y
 
     return f
+
+
+def probe(f: Callable[[torch.Tensor], torch.Tensor], dist, generator: torch.Generator,
+          num_samples: int = 2) -> None:
+    """Call ``f`` once on ``num_samples`` draws of ``dist``: a cost that fails (raises, exits, returns
+    the wrong shape, or NaN/inf) fails here, in one line, before any estimator runs. Use it with a
+    :func:`checked` cost or a named one (what :func:`load_cost` returns)."""
+    from gradest.rng import sample
+
+    y = f(sample(dist, (num_samples,), generator, reparameterized=False))
+    if isinstance(y, torch.Tensor) and not bool(torch.isfinite(y).all()):
+        raise NonFiniteError("the cost returned NaN or inf on samples of the distribution; check its "
+                             "domain and --k (it must be finite where the distribution puts mass)")

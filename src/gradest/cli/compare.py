@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.options import Device
+from gradest.cli.options import Device, seed_option
 from gradest.costs import NAMED_COSTS, load_cost
 from gradest.errors import GradestError
 from gradest.estimators import available
@@ -119,8 +119,7 @@ def compare_command(
         typer.Option(help="Repeatable: " + "; ".join(f"{n}: {s}" for n, s in available().items())),
     ] = None,
     samples: Annotated[int, typer.Option(min=2, help="Samples per estimator.")] = 100_000,
-    # torch seeds are 64-bit; the range leaves room for the offsets some commands add to the seed
-    seed: Annotated[int, typer.Option(min=0, max=2**62, help="Seed of the torch.Generator.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the torch.Generator.")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the results as JSON here (atomically).")
     ] = None,

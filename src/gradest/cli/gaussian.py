@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
-from gradest.cli.options import Device
+from gradest.cli.options import Device, seed_option
 from gradest.gaussian.settings import Settings
 
 console = Console(width=None if sys.stdout.isatty() else 130)
@@ -34,10 +34,7 @@ def gaussian_command(
     out: Annotated[Path, typer.Option(help="Folder for report.html, the PNG plots and results.json.")] = Path(
         "gradest-out/gaussian"
     ),
-    seed: Annotated[
-        int, typer.Option(min=0, max=2**62,
-                          help="Seed of every torch.Generator used (same seed, same report).")
-    ] = 0,
+    seed: Annotated[int, seed_option("Seed of every torch.Generator used (same seed, same report).")] = 0,
     steps: Annotated[int, typer.Option(min=1, help="SGD steps per fit.")] = _DEFAULTS.steps,
     samples_per_step: Annotated[
         int, typer.Option(min=2, help="Samples of the stochastic node per SGD step, for every estimator.")

@@ -14,8 +14,8 @@ from rich.table import Table
 
 from gradest.cli.app import app
 from gradest.cli.compare import parse_param
-from gradest.cli.options import Device
-from gradest.costs import NAMED_COSTS, load_cost
+from gradest.cli.options import Device, seed_option
+from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
 from gradest.io import write_json
@@ -72,7 +72,7 @@ def sweep_command(
              "optional sampler suffix, e.g. pathwise+antithetic, mvd+qmc; sampler cells are measured "
              "but get no exact-variance curve.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Samples per cell.")] = 100_000,
-    seed: Annotated[int, typer.Option(help="Seed of every cell's torch.Generator.")] = 0,
+    seed: Annotated[int, seed_option("Seed of every cell's torch.Generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
         "gradest-out/sweep"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
@@ -138,7 +138,7 @@ def advise_command(
              "mvd+qmc; default every registered estimator with and without each sampler suffix "
              "(+antithetic, +qmc); those that do not apply are listed with the reason.")] = None,
     samples: Annotated[int, typer.Option(min=2, help="Pilot samples per estimator.")] = 10_000,
-    seed: Annotated[int, typer.Option(help="Seed of the torch.Generator.")] = 0,
+    seed: Annotated[int, seed_option("Seed of the torch.Generator.")] = 0,
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
     ] = None,
@@ -172,6 +172,11 @@ def advise_command(
         blocked = next((p for p in json_path.parents if p.exists() and not p.is_dir()), None)
         if blocked is not None:
             raise GradestError(f"--json {json_path}: {blocked} is a file, not a folder")
+    # a cost that fails for every candidate (raises, exits, NaN, e.g. --k nan): one error line, exit 2,
+    # as in compare, instead of a table of failed rows and no recommendation
+    from gradest.rng import make_generator
+
+    probe(f, family.build(**params), make_generator(seed))
     with cell_map(workers, scheduler) as cells, console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),
@@ -203,8 +208,8 @@ def blr_command(
     log_every: Annotated[int, typer.Option(min=1, help="Log metrics every this many steps.")] = 10,
     variance_samples: Annotated[int, typer.Option(
         min=2, help="Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
-    seed: Annotated[int, typer.Option(
-        help="Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
+    seed: Annotated[int, seed_option(
+        "Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/blr"),
     threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
     workers: Workers = None,

@@ -14,7 +14,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.options import Device
+from gradest.cli.options import Device, seed_option
 from gradest.errors import GradestError
 from gradest.io import write_json
 
@@ -66,7 +66,7 @@ K = Annotated[int, typer.Option(help="Samples z per image (score-loo and vimco n
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Images per Adam step.")]
 Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
-Seed = Annotated[int, typer.Option(help="Seed of every generator: split, init, shuffling, noise.")]
+Seed = Annotated[int, seed_option("Seed of every generator: split, init, shuffling, noise.")]
 VarRepeats = Annotated[
     int,
     typer.Option(
@@ -294,11 +294,9 @@ def eval_command(
     iwae_k: IwaeK = 1000,
     seed: Annotated[
         int | None,
-        typer.Option(
-            help=(
-                "Seed of the evaluation's importance samples; default: the one training's final "
-                "evaluation used, so the same --iwae-k reproduces summary.json."
-            )
+        seed_option(
+            "Seed of the evaluation's importance samples; default: the one training's final "
+            "evaluation used, so the same --iwae-k reproduces summary.json."
         ),
     ] = None,
     device: Device = "cpu",
