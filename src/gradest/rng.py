@@ -82,6 +82,16 @@ def uniform(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> tor
     return u.clamp_min(torch.finfo(u.dtype).tiny)
 
 
+def logistic(u: torch.Tensor) -> torch.Tensor:
+    """log u − log(1 − u): Logistic(0, 1) noise from uniforms."""
+    return u.log() - (-u).log1p()
+
+
+def gumbel(u: torch.Tensor) -> torch.Tensor:
+    """−log(−log u): Gumbel(0, 1) noise from uniforms."""
+    return -(-u.log()).log()
+
+
 def _exponential(shape, *, generator, device, dtype):
     return torch.empty(shape, device=device, dtype=dtype).exponential_(generator=generator)
 
@@ -261,13 +271,13 @@ def _binomial(dist, sample_shape, generator):
 @register_sampler(D.relaxed_bernoulli.LogitRelaxedBernoulli)
 def _logit_relaxed_bernoulli(dist, sample_shape, generator):
     u = clamp_probs(_noise(torch.rand, _shape(dist, sample_shape), generator, dist.logits))
-    return (u.log() - (-u).log1p() + dist.logits) / dist.temperature
+    return (logistic(u) + dist.logits) / dist.temperature
 
 
 @register_sampler(D.relaxed_categorical.ExpRelaxedCategorical)
 def _exp_relaxed_categorical(dist, sample_shape, generator):
     u = clamp_probs(_noise(torch.rand, _shape(dist, sample_shape), generator, dist.logits))
-    scores = (dist.logits - (-u.log()).log()) / dist.temperature
+    scores = (dist.logits + gumbel(u)) / dist.temperature
     return scores - scores.logsumexp(-1, keepdim=True)
 
 

@@ -53,7 +53,7 @@ import functools
 import inspect
 import math
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import NamedTuple
 
@@ -304,6 +304,14 @@ class BoundCost:
         if not torch.isfinite(out.sum()) and not torch.isfinite(out).all():
             raise NonFiniteError("f returned NaN or inf on some samples; check f's domain")
         return out
+
+
+def constant_in_x(cost: BoundCost, fx: torch.Tensor, moved: Iterable[torch.Tensor]) -> bool:
+    """Whether f gives the values ``fx`` again at every moved copy of its points (then its gradient
+    in x is truly zero); an f with no gradient path that fails this detaches, rounds or thresholds x.
+    """
+    with torch.no_grad():
+        return all(torch.equal(cost(m.detach(), direct=False), fx.detach()) for m in moved)
 
 
 def per_element(values: torch.Tensor, costs: torch.Tensor) -> torch.Tensor:

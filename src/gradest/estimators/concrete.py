@@ -22,7 +22,9 @@ from __future__ import annotations
 import torch
 from torch.distributions import Bernoulli, Distribution, OneHotCategorical
 
+from gradest import rng
 from gradest.errors import GradestError
+from gradest.estimators import base
 from gradest.estimators.base import BoundCost, Node, unwrap
 
 #: the families a relaxation exists for (a Categorical's index samples cannot be relaxed)
@@ -43,19 +45,9 @@ def uniforms(estimator, node: Node, shape: torch.Size, generator: torch.Generato
     return list(u.reshape(node.num_samples, count, *shape).unbind(1))
 
 
-def logistic(u: torch.Tensor) -> torch.Tensor:
-    """log u − log(1 − u): Logistic(0, 1) noise."""
-    return u.log() - (-u).log1p()
-
-
-def gumbel(u: torch.Tensor) -> torch.Tensor:
-    """−log(−log u): Gumbel(0, 1) noise."""
-    return -(-u.log()).log()
-
-
 def perturb(family: Distribution, ell: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """z = ℓ + noise (logistic for Bernoulli, Gumbel per class for one-hot), ``[N, *S]``."""
-    return ell + (logistic(u) if isinstance(family, Bernoulli) else gumbel(u))
+    return ell + (rng.logistic(u) if isinstance(family, Bernoulli) else rng.gumbel(u))
 
 
 def hard(family: Distribution, z: torch.Tensor) -> torch.Tensor:
@@ -90,10 +82,8 @@ def constant_in_x(cost: BoundCost, x: torch.Tensor, fx: torch.Tensor) -> bool:
     """Whether f gives the same values at mirrored and shrunk copies of the points x in [0, 1]
     (then a zero gradient in x is right; otherwise f has no gradient path and a relaxation's
     derivative would silently be zero)."""
-    with torch.no_grad():
-        x = x.detach()
-        return all(torch.equal(cost(moved, direct=False), fx.detach())
-                   for moved in (1.0 - x, 0.5 * x, 0.5 + 0.5 * x))
+    x = x.detach()
+    return base.constant_in_x(cost, fx, (1.0 - x, 0.5 * x, 0.5 + 0.5 * x))
 
 
 def no_gradient_path(name: str, alternatives: str) -> GradestError:

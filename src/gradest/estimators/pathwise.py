@@ -20,18 +20,7 @@ from __future__ import annotations
 import torch
 
 from gradest.errors import GradestError
-from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, total
-
-
-def _constant_in_x(cost: BoundCost, x: torch.Tensor, fx: torch.Tensor) -> bool:
-    """Whether f gives the same values at shifted and scaled copies of x (then ∇ = 0 is right).
-
-    Tells a cost that ignores x (its pathwise gradient is zero) from one that detaches, rounds or
-    thresholds x (no gradient path, though its expectation moves with θ: refused).
-    """
-    with torch.no_grad():
-        return all(torch.equal(cost(moved, direct=False), fx.detach())
-                   for moved in (x + 1.0, x - 1.0, 2.0 * x, -x))
+from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, constant_in_x, total
 
 
 class Pathwise(Estimator):
@@ -45,7 +34,9 @@ class Pathwise(Estimator):
         x = self.draw(node, generator, reparameterized=True)
         fx = cost(x)
         # (no parameter needing a gradient: nothing to check; a cost constant in x: zero gradient)
-        if x.requires_grad and not fx.requires_grad and not _constant_in_x(cost, x.detach(), fx):
+        # shifted and scaled copies tell a cost that ignores x from one that detaches it
+        if x.requires_grad and not fx.requires_grad and not constant_in_x(
+                cost, fx, (x + 1.0, x - 1.0, 2.0 * x, -x)):
             raise GradestError(
                 "f has no gradient path from its input to its output (it detaches, rounds, "
                 "thresholds or leaves torch), so the pathwise estimator does not apply; "

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli
 
+from gradest import rng
 from gradest.errors import GradestError
 from gradest.estimators import concrete
 from gradest.estimators.base import (
@@ -157,7 +158,7 @@ class Rebar(Estimator):
         ell_live = family.logits
         u, v = concrete.uniforms(self, node, concrete.noise_shape(node), generator, count=2)
         ell = node.per_sample(ell_live.detach())
-        b = concrete.hard(family, ell + concrete.logistic(u))
+        b = concrete.hard(family, ell + rng.logistic(u))
         fb = cost(b)  # the value; the direct term of a cost that declares θ; f's own tensors
         elements = fb.shape[1:]
         learn = self.learn and self._in_surrogate
@@ -165,7 +166,7 @@ class Rebar(Estimator):
             control = self._control(node.like(), math.prod(b.shape[1:]) // max(math.prod(elements), 1))
             # a private copy of ℓ: the control's gradients reach θ only through the pair (ℓ, ĝ) below
             ell0 = ell.clone().requires_grad_(True)
-            z = ell0 + concrete.logistic(u)
+            z = ell0 + rng.logistic(u)
             zt = ell0 + conditional_logit(b, v, ell0)
             g = self._estimate(cost, control, fb.detach(), b, ell0, z, zt, elements, learn)
             if learn:

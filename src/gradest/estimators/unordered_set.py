@@ -38,6 +38,7 @@ import itertools
 import torch
 from torch.distributions import Categorical, OneHotCategorical
 
+from gradest import rng
 from gradest.errors import GradestError
 from gradest.estimators import concrete
 from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, unwrap
@@ -110,7 +111,7 @@ class UnorderedSet(Estimator):
         (u,) = concrete.uniforms(self, node, shape, generator)
         ell = node.per_sample(ell_live.detach())
         log_p = ell.log_softmax(-1)
-        chosen = (ell + concrete.gumbel(u)).topk(k, -1).indices  # [N, *S, k]: Gumbel-top-k
+        chosen = (ell + rng.gumbel(u)).topk(k, -1).indices  # [N, *S, k]: Gumbel-top-k
         probs = log_p.exp()
         p_set = probs.gather(-1, chosen)
         rest = (probs * (1.0 - torch.zeros_like(probs).scatter_(-1, chosen, 1.0))).sum(-1)
