@@ -1,15 +1,21 @@
 """Self-contained HTML reports: one file, plots embedded as base64 PNG, no network needed.
 
-Pages are assembled from small pieces (``section``, ``table``, ``figure``) by ``page``; the
-plots are matplotlib figures rendered with the non-interactive Agg backend.
+Pages are assembled from small pieces (``section``, ``table``, ``figure``, ``math``) by ``page``; the
+plots are matplotlib figures rendered with the non-interactive Agg backend. Formulas given as TeX are
+typeset in the browser by KaTeX, shipped inside the package (``gradest/static/katex``) and inlined in
+the page with its fonts, so nothing is fetched at view time; the plain-text formula stays in the page
+as the fallback (no JavaScript, or a formula KaTeX cannot parse).
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import html
 import io
+import re
 from collections.abc import Iterable, Sequence
+from importlib import resources
 
 import matplotlib
 
@@ -25,6 +31,7 @@ th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
 th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}
 .math{font-family:'STIX Two Math','Cambria Math','Latin Modern Math',serif;background:#f7f7fa;
 padding:.6rem 1rem;border-left:3px solid #7a8cff;white-space:pre-wrap;overflow-x:auto}
+.math.typeset{white-space:normal;font-family:inherit}
 figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
 img{max-width:100%}.note{color:#555;font-size:.9rem}
 """
@@ -51,9 +58,14 @@ def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def math(text: str) -> str:
-    """A block of typeset (Unicode) mathematics."""
-    return f'<div class="math">{html.escape(text)}</div>'
+def math(text: str, tex: str | None = None) -> str:
+    """A block of mathematics: ``text`` in Unicode, typeset from ``tex`` (KaTeX syntax) when given.
+
+    The plain text is what a reader without JavaScript sees, and what remains if KaTeX rejects ``tex``.
+    """
+    if tex is None:
+        return f'<div class="math">{html.escape(text)}</div>'
+    return f'<div class="math" data-tex="{html.escape(tex, quote=True)}">{html.escape(text)}</div>'
 
 
 def paragraph(text: str) -> str:
@@ -65,11 +77,44 @@ def section(title: str, *parts: str) -> str:
 
 
 def page(title: str, *parts: str) -> str:
+    """The whole HTML document; KaTeX is inlined only when a part holds TeX to typeset."""
+    body = "".join(parts)
+    typeset = _katex() if "data-tex=" in body else ""
     return (
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>"
         f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head>"
-        f"<body><h1>{html.escape(title)}</h1>{''.join(parts)}</body></html>\n"
+        f"<body><h1>{html.escape(title)}</h1>{body}{typeset}</body></html>\n"
     )
+
+
+# Typesets every [data-tex] block in place; a formula KaTeX rejects keeps its plain-text fallback.
+_RENDER = """
+document.querySelectorAll('[data-tex]').forEach(function (el) {
+  try {
+    katex.render(el.getAttribute('data-tex'), el, {displayMode: true, throwOnError: true});
+    el.classList.add('typeset');
+  } catch (err) {
+    console.warn('formula left as plain text: ' + err.message);
+  }
+});
+"""
+
+
+@functools.cache
+def _katex() -> str:
+    """KaTeX's stylesheet (fonts as data URIs), script and the render call, ready to inline."""
+    root = resources.files("gradest") / "static" / "katex"
+    css = (root / "katex.min.css").read_text(encoding="utf-8")
+
+    def font(match: re.Match[str]) -> str:
+        data = base64.b64encode((root / "fonts" / match.group(1)).read_bytes()).decode("ascii")
+        return f"url(data:font/woff2;base64,{data}) format(\"woff2\")"
+
+    # Each @font-face lists woff2, woff and ttf; keep the woff2, inlined, and drop the others.
+    css = re.sub(r'url\(fonts/([\w-]+\.woff2)\) format\("woff2"\)(,url\(fonts/[^)]+\) format\("[a-z]+"\))*',
+                 font, css)
+    js = (root / "katex.min.js").read_text(encoding="utf-8")
+    return f"<style>{css}</style><script>{js}</script><script>{_RENDER}</script>"
 
 
 def _fmt(value: object) -> str:

@@ -150,10 +150,22 @@ def _derivation() -> str:
         "Derivation",
         html.paragraph("Differentiate the expectation itself (left-hand side). With d = μ − x̄:"),
         html.math("E f = Σᵢ E(y − xᵢ)² = Σᵢ [(μ − xᵢ)² + σ²] = n (d² + σ²) + n v\n"
-                  "∂E f/∂μ = 2n(μ − x̄),        ∂E f/∂σ = 2nσ        (∂E f/∂σ² = n)"),
+                  "∂E f/∂μ = 2n(μ − x̄),        ∂E f/∂σ = 2nσ        (∂E f/∂σ² = n)",
+                  r"\begin{aligned}\mathbb{E} f &= \textstyle\sum_i \mathbb{E}(y - x_i)^2"
+                  r" = \sum_i \left[(\mu - x_i)^2 + \sigma^2\right] = n(d^2 + \sigma^2) + n v \\"
+                  r"\frac{\partial\, \mathbb{E} f}{\partial \mu} &= 2n(\mu - \bar x), \qquad"
+                  r" \frac{\partial\, \mathbb{E} f}{\partial \sigma} = 2n\sigma"
+                  r" \qquad \Big(\frac{\partial\, \mathbb{E} f}{\partial \sigma^2} = n\Big)\end{aligned}"),
         html.paragraph("Differentiate inside the expectation (right-hand side), y = g(ε; μ, σ) = μ + σε:"),
         html.math("∂f/∂μ = Σᵢ 2(μ + σε − xᵢ) = 2n(d + σε)             → E_ε = 2nd\n"
-                  "∂f/∂σ = Σᵢ 2(μ + σε − xᵢ) ε = 2n(d + σε) ε        → E_ε = 2n(d E ε + σ E ε²) = 2nσ"),
+                  "∂f/∂σ = Σᵢ 2(μ + σε − xᵢ) ε = 2n(d + σε) ε        → E_ε = 2n(d E ε + σ E ε²) = 2nσ",
+                  r"\begin{aligned}\frac{\partial f}{\partial \mu} &= \textstyle\sum_i"
+                  r" 2(\mu + \sigma\varepsilon - x_i) = 2n(d + \sigma\varepsilon)"
+                  r" &&\Rightarrow\ \mathbb{E}_\varepsilon = 2nd \\"
+                  r"\frac{\partial f}{\partial \sigma} &= \textstyle\sum_i 2(\mu + \sigma\varepsilon - x_i)"
+                  r"\,\varepsilon = 2n(d + \sigma\varepsilon)\,\varepsilon &&\Rightarrow"
+                  r"\ \mathbb{E}_\varepsilon = 2n(d\,\mathbb{E}\varepsilon + \sigma\,\mathbb{E}\varepsilon^2)"
+                  r" = 2n\sigma\end{aligned}"),
         html.paragraph(
             "Both sides agree for σ as well: the step that is easy to miss is E[ε] = 0 and E[ε²] = 1 after "
             "differentiating through y = μ + σε. Setting the gradients to zero gives μ = x̄ and σ = 0: the "
@@ -168,7 +180,16 @@ def _derivation() -> str:
                   "score, b:      Var ĝ_μ = (c² + 6cC + 2B² + 15C²)/σ²\n"
                   "               Var ĝ_σ = (2c² + 20cC + 10B² + 74C²)/σ²\n"
                   "best b:        b*_μ = n(d² + v) + 3nσ²               b*_σ = n(d² + v) + 5nσ²\n"
-                  "               Var ĝ_μ = 8n²d² + 6n²σ²              Var ĝ_σ = 40n²d² + 24n²σ²"),
+                  "               Var ĝ_μ = 8n²d² + 6n²σ²              Var ĝ_σ = 40n²d² + 24n²σ²",
+                  r"\begin{aligned}&\text{pathwise:} && \operatorname{Var}\hat g_\mu = 4n^2\sigma^2"
+                  r" && \operatorname{Var}\hat g_\sigma = 4n^2(d^2 + 2\sigma^2) \\"
+                  r"&\text{score, } b\text{:} && \operatorname{Var}\hat g_\mu"
+                  r" = (c^2 + 6cC + 2B^2 + 15C^2)/\sigma^2"
+                  r" && \operatorname{Var}\hat g_\sigma = (2c^2 + 20cC + 10B^2 + 74C^2)/\sigma^2 \\"
+                  r"&\text{best } b\text{:} && b^*_\mu = n(d^2 + v) + 3n\sigma^2"
+                  r" && b^*_\sigma = n(d^2 + v) + 5n\sigma^2 \\"
+                  r"& && \operatorname{Var}\hat g_\mu = 8n^2d^2 + 6n^2\sigma^2"
+                  r" && \operatorname{Var}\hat g_\sigma = 40n^2d^2 + 24n^2\sigma^2\end{aligned}"),
         html.paragraph(
             "So the score-function estimator is noisier even with its best constant baseline: 1.5× (μ) and "
             "3× (σ) at d = 0, growing like d²/σ² away from the data; without a baseline the c²/σ² term "
@@ -236,7 +257,17 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
             "elbo:    −ELBO/n for xᵢ ~ N(m, s²) with weak priors on m and ℓ = log s,\n"
             "         q = N(μ_m, σ_m²) N(μ_ℓ, σ_ℓ²) over (m, ℓ);  (μ, σ) = (μ_m, exp μ_ℓ);\n"
             "         target (E[m | x], exp E[log s | x]) from the exact posterior\n"
-            "nll:     −(1/n) Σᵢ log N(xᵢ; μ, σ²), exact gradient;  target the MLE (x̄, √v)"),
+            "nll:     −(1/n) Σᵢ log N(xᵢ; μ, σ²), exact gradient;  target the MLE (x̄, √v)",
+            r"\begin{aligned}&\text{squared:} && \tfrac1n\,\mathbb{E}\textstyle\sum_i (y - x_i)^2,"
+            r"\quad y \sim \mathcal N(\mu, \sigma^2); \quad\text{target } (\bar x, 0) \\"
+            r"&\text{crps:} && \tfrac1n \textstyle\sum_i \mathbb{E}|y - x_i| - \tfrac12\,\mathbb{E}|y - y'|,"
+            r"\quad y, y' \sim \mathcal N(\mu, \sigma^2); \quad\text{target: the minimiser of the closed-form"
+            r" CRPS} \\"
+            r"&\text{elbo:} && -\mathrm{ELBO}/n \text{ for } x_i \sim \mathcal N(m, s^2),\ \ell = \log s,"
+            r"\ q = \mathcal N(\mu_m, \sigma_m^2)\,\mathcal N(\mu_\ell, \sigma_\ell^2);"
+            r" \quad (\mu, \sigma) = (\mu_m, e^{\mu_\ell}) \\"
+            r"&\text{nll:} && -\tfrac1n \textstyle\sum_i \log \mathcal N(x_i; \mu, \sigma^2),"
+            r"\ \text{exact gradient}; \quad\text{target the MLE } (\bar x, \sqrt v)\end{aligned}"),
         html.paragraph(
             f"Each stochastic objective is fitted with {', '.join(s.fit_estimators)}"
             + "".join(f", and {o} also with {e}" for o, e in s.extra_fits)

@@ -1,0 +1,119 @@
+"""Every command's report.html, opened in headless Chromium as a reader would (skipped without one).
+
+The page is loaded from a file with the network switched off; a probe injected before the report's own
+code records console errors and uncaught exceptions, and after the load event checks that every image
+decoded and every TeX block was typeset by the KaTeX shipped inside the page.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from gradest.cli import main
+
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+               None)
+pytestmark = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium installed")
+
+_PROBE_HEAD = """<script>
+window.__problems = [];
+window.addEventListener('error', function (e) { window.__problems.push('error: ' + e.message); });
+var __error = console.error, __warn = console.warn;
+console.error = function () { window.__problems.push('console.error: ' + [].join.call(arguments, ' '));
+  __error.apply(console, arguments); };
+console.warn = function () { window.__problems.push('console.warn: ' + [].join.call(arguments, ' '));
+  __warn.apply(console, arguments); };
+</script>"""
+
+_PROBE_TAIL = """<script>
+window.addEventListener('load', function () {
+  var imgs = [].slice.call(document.images);
+  var tex = [].slice.call(document.querySelectorAll('[data-tex]'));
+  var result = {
+    problems: window.__problems,
+    images: imgs.length,
+    broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length,
+    tex: tex.length,
+    untypeset: tex.filter(function (e) { return !e.querySelector('.katex'); }).length,
+    katexErrors: document.querySelectorAll('.katex-error').length
+  };
+  var pre = document.createElement('pre');
+  pre.id = '__result';
+  pre.textContent = JSON.stringify(result);
+  document.body.appendChild(pre);
+});
+</script>"""
+
+
+def browse(report: Path, tmp: Path) -> dict:
+    """Load ``report`` in headless Chromium without network; the probe's findings as a dict."""
+    text = report.read_text(encoding="utf-8")
+    probed = tmp / f"probed-{report.parent.name}.html"
+    probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>"),
+                      encoding="utf-8")
+    cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
+           "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # any fetch would fail
+           f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+           probed.as_uri()]
+    dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
+    found = re.search(r'<pre id="__result">(.*?)</pre>', dom, flags=re.S)
+    assert found, f"the probe did not report for {report}; browser said: {dom[-500:]}"
+    return json.loads(found.group(1).replace("&quot;", '"').replace("&amp;", "&"))
+
+
+def _gaussian(out: Path) -> list[str]:
+    return ["gaussian", "--out", str(out), "--steps", "20", "--samples-per-step", "4"]
+
+
+def _sweep(out: Path) -> list[str]:
+    return ["sweep", "--cost", "exp", "--k", "0.5,2", "--param", "loc=1", "--param", "scale=1",
+            "--estimator", "pathwise", "--estimator", "score", "--samples", "500", "--out", str(out)]
+
+
+def _blr(out: Path) -> list[str]:
+    return ["blr", "--estimator", "pathwise", "--steps", "6", "--log-every", "3", "--samples", "4",
+            "--variance-samples", "8", "--out", str(out)]
+
+
+def _vae(out: Path) -> list[str]:
+    return ["vae", "train", "--dataset", "digits", "--hidden", "16", "--latent", "2", "--epochs", "1",
+            "--batch-size", "256", "--var-repeats", "3", "--iwae-k", "4", "--out", str(out)]
+
+
+COMMANDS = {"gaussian": _gaussian, "sweep": _sweep, "blr": _blr, "vae-train": _vae}
+
+
+@pytest.mark.parametrize("command", sorted(COMMANDS))
+def test_report_renders_in_a_browser(command, tmp_path):
+    out = tmp_path / command
+    assert main(COMMANDS[command](out)) == 0
+    seen = browse(out / "report.html", tmp_path)
+    assert seen["problems"] == [], seen["problems"]
+    assert seen["images"] > 0 and seen["broken"] == 0, seen
+    assert seen["untypeset"] == 0 and seen["katexErrors"] == 0, seen
+
+
+def test_the_probe_catches_untypeset_math_and_broken_images(tmp_path):
+    """The check can fail: a page whose math cannot be typeset and whose image is broken."""
+    from gradest import report as html
+
+    page = html.page("probe", html.math("a/b", tex=r"\frac{a}{"),
+                     '<img alt="x" src="data:image/png;base64,AAAA">')
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.html").write_text(page, encoding="utf-8")
+    seen = browse(tmp_path / "bad" / "report.html", tmp_path)
+    assert seen["untypeset"] == 1 and seen["broken"] == 1
+    assert any("plain text" in p for p in seen["problems"])
+
+
+def test_the_gaussian_report_typesets_its_derivation(tmp_path):
+    out = tmp_path / "g"
+    assert main(_gaussian(out)) == 0
+    seen = browse(out / "report.html", tmp_path)
+    assert seen["tex"] >= 4 and seen["untypeset"] == 0
