@@ -9,16 +9,18 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gradest.cli.app import app
 from gradest.cli.compare import parse_param
-from gradest.cli.options import Device, seed_option
+from gradest.cli.options import Device, parse_floats, seed_option, threads_option
 from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
-from gradest.io import write_json
+from gradest.io import check_outputs, output_lock, write_json
+from gradest.memory import refuse_beyond_memory
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
@@ -43,18 +45,6 @@ def _progress() -> Progress:
                     TimeElapsedColumn(), console=console, transient=False)
 
 
-def _floats(items: list[str] | None, what: str) -> list[float]:
-    out = []
-    for item in items or []:
-        for part in item.split(","):
-            if part.strip():
-                try:
-                    out.append(float(part))
-                except ValueError:
-                    raise GradestError(f"{what} takes numbers separated by commas, got {part!r}") from None
-    return out
-
-
 @app.command(name="sweep")
 def sweep_command(
     cost: Annotated[list[str] | None, typer.Option(
@@ -75,7 +65,7 @@ def sweep_command(
     seed: Annotated[int, seed_option("Seed of every cell's torch.Generator.")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
         "gradest-out/sweep"),
-    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     device: Device = "cpu",
     workers: Workers = None,
     scheduler: Scheduler = None,
@@ -91,8 +81,8 @@ def sweep_command(
     --param loc=1 --param scale=1 --estimator pathwise --estimator score --estimator mvd
     --samples 100000 --seed 0 --out runs/sweep (add --workers 4 to run the cells on 4 local processes)
     """
+    from gradest.lab import sweep as sw
     from gradest.lab.parallel import cell_map
-    from gradest.lab.sweep import DEFAULT_COSTS, DEFAULT_ESTIMATORS, DEFAULT_KS, SweepConfig, run_sweep
 
     values = {"loc": 1.0, "scale": 1.0}
     for text in param or []:
@@ -100,25 +90,30 @@ def sweep_command(
         if name not in values or tensor.numel() != 1:
             raise GradestError(f"the sweep takes --param loc=NUMBER and --param scale=NUMBER, got {text!r}")
         values[name] = float(tensor)
-    config = SweepConfig(
-        costs=tuple(cost or DEFAULT_COSTS), ks=tuple(_floats(k, "--k") or DEFAULT_KS),
-        loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or DEFAULT_ESTIMATORS),
+    if k is not None and not k:
+        raise GradestError("--k needs values, e.g. --k 0.1,1,10")
+    config = sw.SweepConfig(
+        costs=tuple(cost or sw.DEFAULT_COSTS), ks=tuple(parse_floats(k, "--k") or sw.DEFAULT_KS),
+        loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or sw.DEFAULT_ESTIMATORS),
         samples=samples, seed=seed, threads=_threads(threads), device=device,
     )
-    with cell_map(workers, scheduler) as cells, _progress() as progress:
+    refuse_beyond_memory("--samples", samples, 3)  # loc, scale and one draw per sample
+    # every file the sweep writes, checked before the first cell: a late error leaves nothing written
+    check_outputs(out, (sw.CSV_NAME, "sweep.png", "report.html"))
+    with output_lock(out), cell_map(workers, scheduler) as cells, _progress() as progress:
         task = progress.add_task("sweep", total=len(config.cells()))
 
         def on_cell(done: int, total: int, label: str) -> None:
             progress.update(task, completed=done, total=total, description=f"sweep: {label}")
 
-        result = run_sweep(config, out, on_cell, cell_map=cells)
+        result = sw.run_sweep(config, out, on_cell, cell_map=cells)
     table = Table(title="Findings of Mohamed et al. (2020), checked on this sweep")
     for col in ("claim", "ours", "evidence"):
         table.add_column(col)
     for f in result.findings:
         table.add_row(f.claim, f.verdict, f.evidence)
     console.print(table)
-    console.print(f"wrote {result.csv}, {result.figure}, {result.report}")
+    console.print(escape(f"wrote {result.csv}, {result.figure}, {result.report}"))
 
 
 @app.command(name="advise")
@@ -142,7 +137,7 @@ def advise_command(
     json_path: Annotated[
         Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
     ] = None,
-    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     workers: Workers = None,
     scheduler: Scheduler = None,
 ) -> None:
@@ -176,7 +171,10 @@ def advise_command(
     # as in compare, instead of a table of failed rows and no recommendation
     from gradest.rng import make_generator
 
-    probe(f, family.build(**params), make_generator(seed))
+    dist = family.build(**params)
+    probe(f, dist, make_generator(seed))
+    refuse_beyond_memory("--samples", samples, sum(v.numel() for v in params.values())
+                         + dist.batch_shape.numel() * dist.event_shape.numel())
     with cell_map(workers, scheduler) as cells, console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),
@@ -187,13 +185,13 @@ def advise_command(
     for i, c in enumerate(result.candidates, 1):
         table.add_row(str(i) if c.usable else "—", c.estimator, f"{c.variance:.4g}",
                       f"{1e6 * c.seconds_per_sample:.3f}", f"{c.efficiency:.4g}",
-                      f"{c.relative:.3g}×" if c.usable else "", f"{c.max_abs_z:.2f}", c.note)
+                      f"{c.relative:.3g}×" if c.usable else "", f"{c.max_abs_z:.2f}", escape(c.note))
     console.print(table)
     console.print(f"[bold]recommendation:[/] {result.recommendation}")
-    console.print(result.reason)
+    console.print(escape(result.reason))
     if json_path is not None:
         write_json(json_path, result.to_dict())
-        console.print(f"wrote {json_path}")
+        console.print(escape(f"wrote {json_path}"))
 
 
 @app.command(name="blr")
@@ -211,7 +209,7 @@ def blr_command(
     seed: Annotated[int, seed_option(
         "Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/blr"),
-    threads: Annotated[int, typer.Option(min=0, help=_THREADS_HELP)] = 1,
+    threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     workers: Workers = None,
     scheduler: Scheduler = None,
 ) -> None:
@@ -227,14 +225,15 @@ def blr_command(
 
     Example: gradest blr --estimator pathwise --estimator score-delta --steps 500 --out runs/blr
     """
-    from gradest.lab.blr import DEFAULT_ESTIMATORS, BLRConfig, run_blr
+    from gradest.lab.blr import DEFAULT_ESTIMATORS, FILES, BLRConfig, run_blr
     from gradest.lab.parallel import cell_map
 
     config = BLRConfig(steps=steps, batch_size=batch, num_samples=samples, lr=lr, log_every=log_every,
                        variance_samples=variance_samples, seed=seed, threads=_threads(threads))
     names = list(estimator or DEFAULT_ESTIMATORS)
+    check_outputs(out, FILES)
     start = time.perf_counter()
-    with cell_map(workers, scheduler) as runs, _progress() as progress:
+    with output_lock(out), cell_map(workers, scheduler) as runs, _progress() as progress:
         task = progress.add_task("blr", total=steps * len(names))
 
         def on_step(name: str, index: int, step: int) -> None:
@@ -249,5 +248,11 @@ def blr_command(
                       f"{s['var_loc']:.3g}", f"{s['var_logscale']:.3g}", f"{s['seconds']:.1f}")
     console.print(table)
     for f in result.findings:
-        console.print(f"[bold]{f.verdict}[/]: {f.claim} ({f.evidence})")
-    console.print(f"{time.perf_counter() - start:.1f} s; wrote {', '.join(str(p) for p in result.paths)}")
+        console.print(f"[bold]{f.verdict}[/]: {escape(f'{f.claim} ({f.evidence})')}")
+    wrote = ", ".join(str(p) for p in result.paths)
+    console.print(escape(f"{time.perf_counter() - start:.1f} s; wrote {wrote}"))
+    if result.failed:  # the finished runs are written above; the failed ones end the command with exit 2
+        name, reason = next(iter(result.failed.items()))
+        more = len(result.failed) - 1
+        others = f" ({more} more failed: see summary.json)" if more else ""
+        raise GradestError(f"{name}: {reason}{others}; the other runs' results are in {out}")

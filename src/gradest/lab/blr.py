@@ -43,6 +43,7 @@ from gradest.estimators import get_estimator
 from gradest.io import write_atomic
 from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
+from gradest.memory import refuse_beyond_memory
 from gradest.monitor import GradientMonitor, GroupStats
 from gradest.rng import make_generator
 
@@ -52,6 +53,8 @@ SPLIT_SEED = 20200401
 TEST_FRACTION = 0.2
 EVAL_SAMPLES = 200
 PREDICTIVE_SAMPLES = 1000
+#: the files a run writes into its output folder
+FILES = ("metrics.csv", "summary.json", "blr.png", "report.html", "monitor.jsonl")
 LOG_COLUMNS = ("step", "elbo", "accuracy", "var_mean_loc", "var_max_loc", "var_mean_logscale",
                "var_max_logscale")
 
@@ -75,8 +78,9 @@ class BLRConfig:
         if self.num_samples < 2 or self.variance_samples < 2:
             raise GradestError("num_samples and variance_samples must be ≥ 2 (control variates "
                                "estimate their coefficients from the other samples)")
-        if not self.lr > 0:
-            raise GradestError(f"the learning rate must be > 0, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GradestError(f"the learning rate must be a finite number > 0 (the survey's is 1e-3), "
+                               f"got {self.lr}")
         check_threads(self.threads)
 
 
@@ -244,6 +248,13 @@ class BLRResult(NamedTuple):
     summary: dict[str, dict[str, float]]
     findings: list
     paths: list[Path]
+    #: estimator -> why its run failed (diverged, NaN): the other runs are kept and written
+    failed: dict[str, str]
+
+
+class _Failed(NamedTuple):
+    estimator: str
+    reason: str
 
 
 def metrics_csv(runs: Sequence[BLRRun]) -> str:
@@ -257,9 +268,14 @@ def metrics_csv(runs: Sequence[BLRRun]) -> str:
     return buf.getvalue()
 
 
-def _train_cell(name: str, config: BLRConfig, data: BLRData) -> BLRRun:
+def _train_cell(name: str, config: BLRConfig, data: BLRData,
+                on_step: Callable[[int], None] | None = None) -> BLRRun | _Failed:
+    """One estimator's run, or why it failed (a diverged run is a result, not the end of the others)."""
     with intra_op_threads(config.threads):
-        return train(name, config, data)
+        try:
+            return train(name, config, data, on_step)
+        except GradestError as err:
+            return _Failed(name, str(err))
 
 
 def run_blr(
@@ -298,23 +314,34 @@ def run_blr(
                 raise GradestError(f"{name} with {what} {count}: {err}") from None
     start = time.perf_counter()
     data = load_data()
-    runs = []
+    n_train, dim = data.x_train.shape
+    if config.batch_size > n_train:
+        raise GradestError(f"--batch {config.batch_size} exceeds the {n_train} training points; give at "
+                           f"most {n_train} (--batch {n_train} is full-batch gradient descent)")
+    # a step holds, per sample, w and its per-sample gradients (3 × D numbers) and the batch's logits
+    numbers = 3 * dim + config.batch_size
+    refuse_beyond_memory("--samples", config.num_samples, numbers)
+    refuse_beyond_memory("--variance-samples", config.variance_samples, numbers)
+    outcomes = []
     if cell_map is serial_map:
         for index, name in enumerate(estimators):
             def step_cb(step, name=name, index=index):
                 if on_step is not None:
                     on_step(name, index, step)
 
-            with intra_op_threads(config.threads):
-                runs.append(train(name, config, data, step_cb))
+            outcomes.append(_train_cell(name, config, data, step_cb))
     else:
         # each run is seeded by config.seed alone: on a worker it gives the serial run's numbers;
         # progress is reported per finished run (a worker's steps are not seen from here)
         results = cell_map(_train_cell, [(name, config, data) for name in estimators])
         for index, (name, run) in enumerate(zip(estimators, results, strict=True)):
-            runs.append(run)
+            outcomes.append(run)
             if on_step is not None:
                 on_step(name, index, config.steps)
+    runs = [r for r in outcomes if isinstance(r, BLRRun)]
+    failed = {r.estimator: r.reason for r in outcomes if isinstance(r, _Failed)}
+    if not runs:  # nothing to keep: the first failure is the answer
+        raise GradestError(next(iter(failed.values())))
     summary = {r.estimator: r.final for r in runs}
     findings = blr_findings(summary)
     out_dir = Path(out_dir)
@@ -327,6 +354,7 @@ def run_blr(
         write_atomic(out_dir / "summary.json", json.dumps(
             {"config": cfg, "seconds": seconds,
              "summary": {e: {k: to_json_value(v) for k, v in s.items()} for e, s in summary.items()},
+             "failed": failed,
              "findings": [f._asdict() for f in findings]}, indent=2, allow_nan=False) + "\n"),
         write_atomic(out_dir / "blr.png", png),
         write_atomic(out_dir / "report.html", blr_page(cfg, summary, png, findings, seconds)),
@@ -334,4 +362,4 @@ def run_blr(
             json.dumps(r.to_json({"estimator": run.estimator}), allow_nan=False) + "\n"
             for run in runs for r in run.monitor)),
     ]
-    return BLRResult(runs, summary, findings, paths)
+    return BLRResult(runs, summary, findings, paths, failed)

@@ -3,11 +3,13 @@
 The laboratory's tensors are small (a few thousand elements), so torch's intra-op thread pool
 gains nothing on them, while on a busy machine its wake-ups make the same call 5–100× slower
 and its timings irreproducible. Runs therefore take an explicit thread count (default 1), set
-for their duration and restored afterwards.
+for their duration and restored afterwards. The count is bounded by :data:`THREADS_MAX`: torch
+accepts any number and crashes (a segmentation fault) on a pool of 100 000 threads.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -15,10 +17,15 @@ import torch
 
 from gradest.errors import GradestError
 
+#: the most intra-op threads a run may ask for: 4 per CPU core (at least 64); more only oversubscribe
+THREADS_MAX = max(64, 4 * (os.cpu_count() or 1))
+
 
 def check_threads(threads: int | None) -> int | None:
-    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int) or threads < 1):
-        raise GradestError(f"threads must be an integer ≥ 1 (or None: torch's setting), got {threads!r}")
+    if threads is not None and (isinstance(threads, bool) or not isinstance(threads, int)
+                                or not 1 <= threads <= THREADS_MAX):
+        raise GradestError(f"threads must be an integer from 1 to {THREADS_MAX} (4 per CPU core, at least "
+                           f"64), or None: torch's setting; got {threads!r}")
     return threads
 
 

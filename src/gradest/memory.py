@@ -1,0 +1,38 @@
+r"""Memory a run of N samples needs, estimated before it starts; beyond what is free, a refusal.
+
+A run holding m numbers per sample (parameters, one draw, per-sample gradients and the autograd
+graph) peaks at about
+
+    need = N · (BASE + PER_NUMBER · m) bytes,
+
+with the constants measured for :mod:`gradest.compare` (one home for them). A request beyond the
+free memory is refused with the largest N that fits, instead of an allocator error deep inside an
+estimator (or the kernel killing the process without a word).
+"""
+
+from __future__ import annotations
+
+from gradest.errors import GradestError
+
+
+def refuse_beyond_memory(option: str, count: int, numbers: int) -> None:
+    """Raise GradestError if ``count`` samples of ``numbers`` numbers each would not fit in free memory.
+
+    ``option`` names what to change (``--samples``, ``--variance-samples``). Where free memory cannot
+    be read (no /proc/meminfo) nothing is refused.
+    """
+    from gradest.compare import BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER, available_memory
+
+    available = available_memory()
+    if available is None:
+        return
+    per_sample = BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * max(int(numbers), 1)
+    need = int(count) * per_sample
+    if need > available:
+        # half of what would fill memory: the estimate is rough and the machine runs other things
+        fits = max(2, available // (2 * per_sample))
+        raise GradestError(
+            f"{option} {count} needs about {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} "
+            f"GiB available; use at most about {fits} (the standard error falls like 1/√N, so 4× fewer "
+            "samples only doubles it)"
+        )
