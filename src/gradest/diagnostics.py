@@ -41,6 +41,7 @@ class ParamStats(NamedTuple):
     z: torch.Tensor | None  # None without an exact gradient
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: tensors as lists, NaN as null."""
         return {k: to_json_value(v) for k, v in self._asdict().items()}
 
 
@@ -51,6 +52,7 @@ class EstimatorSummary(NamedTuple):
     params: dict[str, ParamStats]
 
     def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: tensors as lists, NaN as null."""
         out: dict[str, Any] = {k: s.to_dict() for k, s in self.params.items()}
         out["seconds_per_sample"] = self.seconds_per_sample
         out["num_samples"] = self.num_samples

@@ -2,6 +2,10 @@
 
 Each entry is a ``torch.distributions`` class with the parameter sets it accepts; gradest adds
 nothing to the math of a family, only names, checks and precise messages.
+
+Parameters that make a family degenerate are refused: a Dirichlet or Categorical over one category
+is a point mass whatever its parameter (∇θ E f = 0, and estimators report SNRs built from rounding
+noise), and Poisson(0) is a point mass at 0 where the score x/λ − 1 is undefined.
 """
 
 from __future__ import annotations
@@ -41,6 +45,12 @@ class Family(NamedTuple):
         constraints = declared if isinstance(declared, dict) else {}
         for key, value in params.items():
             constraint = constraints.get(key)
+            rank = getattr(constraint, "event_dim", 0)
+            if value.dim() < rank:  # a vector parameter given as a number (concentration=2)
+                raise GradestError(
+                    f"parameter {key}={value.tolist()} of {self.name} must be a vector (one entry per "
+                    f"category), e.g. {key}=[1,1,1]"
+                )
             if constraint is not None and not bool(constraint.check(value).all()):
                 raise GradestError(
                     f"parameter {key}={value.tolist()} of {self.name} is out of range: "
@@ -61,6 +71,28 @@ class Family(NamedTuple):
             self.build(**params)
         except (ValueError, RuntimeError) as err:
             raise GradestError(f"invalid parameters for {self.name}: {str(err).splitlines()[0]}") from None
+        problem = _DEGENERATE.get(self.name, lambda _: None)(params)
+        if problem is not None:
+            raise GradestError(f"{self.name} with {problem}")
+
+
+def _one_category(params: Mapping[str, torch.Tensor]) -> str | None:
+    key, value = next(iter(params.items()))
+    if value.shape[-1] == 1:
+        return (f"{key}={value.tolist()} has one category: it is a point mass whatever {key} is, so "
+                f"∇θ E f = 0 and there is nothing to estimate; give at least 2 entries, e.g. {key}=[1,1]")
+    return None
+
+
+def _zero_rate(params: Mapping[str, torch.Tensor]) -> str | None:
+    if bool((params["rate"] == 0).any()):
+        return (f"rate={params['rate'].tolist()} is a point mass at 0 where the score x/λ − 1 is undefined; "
+                "give rate > 0 (the derivative at 0 is f(1) − f(0): compute it directly)")
+    return None
+
+
+#: family -> a check of parameters that pass the constraints but leave nothing to estimate
+_DEGENERATE = {"dirichlet": _one_category, "categorical": _one_category, "poisson": _zero_rate}
 
 
 def _example(shape: torch.Size) -> str:
@@ -104,6 +136,7 @@ FAMILIES: dict[str, Family] = {
 
 
 def get_family(name: str) -> Family:
+    """The family registered under ``name`` (see ``FAMILIES``), or a GradestError listing them."""
     family = FAMILIES.get(name.lower())
     if family is None:
         raise GradestError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")

@@ -90,9 +90,11 @@ class PerSampleGradients(NamedTuple):
 
     @property
     def num_samples(self) -> int:
+        """N, the number of single-sample estimates."""
         return int(self.values.shape[0])
 
     def mean(self) -> dict[str, torch.Tensor]:
+        """The estimate of ∂L/∂θ: the mean of the single-sample gradients, per parameter."""
         return {k: g.mean(0) for k, g in self.grads.items()}
 
     def stderr(self) -> dict[str, torch.Tensor]:
@@ -290,6 +292,7 @@ class BoundCost:
         return out
 
     def check(self, out: object, n: int) -> torch.Tensor:
+        """The cost's output as a tensor ``[n, *C]``, or a GradestError naming what is wrong."""
         if not isinstance(out, torch.Tensor):
             raise GradestError(f"f must return a torch.Tensor, got {type(out).__name__}")
         tail = tuple(out.shape[1:])
@@ -502,6 +505,7 @@ class Node(NamedTuple):
 
     @property
     def sample_shape(self) -> torch.Size:
+        """The shape to draw: ``()`` for a replicated node, ``(N,)`` otherwise."""
         return torch.Size(()) if self.replicated else torch.Size((self.num_samples,))
 
     def like(self) -> torch.Tensor:
@@ -617,9 +621,11 @@ class Estimator:
         return open_unit(self.sampler.uniforms(num_samples, dim, generator).to(like.device), like.dtype)
 
     def groups(self, num_samples: int, device: torch.device | str = "cpu") -> torch.Tensor | None:
+        """``[N]`` group labels of dependent samples (the sampler's), or None when i.i.d."""
         return None if self.sampler is None else self.sampler.groups(num_samples).to(device)
 
     def check_samples(self, num_samples: int) -> int:
+        """The number of samples, validated (a positive int the sampler can split)."""
         minimum = max(self.min_samples, getattr(self.sampler, "min_samples", 1))
         num_samples = check_num_samples(num_samples, minimum)
         if self.sampler is not None:
@@ -670,6 +676,7 @@ class Estimator:
         return None
 
     def require(self, dist: Distribution) -> None:
+        """Raise a ValueError naming the alternative when this estimator does not apply to ``dist``."""
         reason = self.applicable(dist)
         if reason is not None:
             raise GradestError(reason)

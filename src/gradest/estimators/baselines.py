@@ -97,6 +97,7 @@ class MovingAverage:
 
     @property
     def value(self) -> float:
+        """The current moving average (0 before the first update)."""
         return 0.0 if self._count == 0 else self._raw / (1.0 - self.decay**self._count)
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:

@@ -67,6 +67,7 @@ class DeltaMethod:
         self.order = order
 
     def fit(self, f: BoundCost, dist: Distribution, like: torch.Tensor) -> Fitted:
+        """Fit the control variate h(x) and its known mean E h for this distribution."""
         family = unwrap(dist)
         # Replicas share their values, so row 0 is the current μ; h is frozen at it.
         mu = family.loc.detach()[0]
@@ -116,6 +117,7 @@ class ConstantControl:
     differentiates_f = False
 
     def fit(self, f: BoundCost, dist: Distribution, like: torch.Tensor) -> Fitted:
+        """Fit the control variate h(x) and its known mean E h for this distribution."""
         def h(x: torch.Tensor) -> torch.Tensor:
             return like.new_ones(x.shape[0])
 
@@ -205,10 +207,12 @@ class ControlVariate(Estimator):
 
     @property
     def sampler(self):
+        """The variance-reducing sampler of the wrapped estimator (None: i.i.d.)."""
         return self.inner.sampler
 
     @sampler.setter
     def sampler(self, value) -> None:
+        """The variance-reducing sampler of the wrapped estimator (None: i.i.d.)."""
         # the base estimator draws the samples, so it is the one that needs the sampler
         self.inner.sampler = value
 

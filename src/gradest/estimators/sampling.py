@@ -50,6 +50,7 @@ class Antithetic:
     min_samples = 2
 
     def check(self, num_samples: int) -> None:
+        """Refuse a sample count this sampler cannot split into its groups."""
         if num_samples % 2:
             raise GradestError(
                 f"antithetic sampling draws pairs, so num_samples must be even, got {num_samples}; "
@@ -57,12 +58,14 @@ class Antithetic:
             )
 
     def uniforms(self, num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+        """``[N, dim]`` uniforms in (0, 1) from ``generator``, with this sampler's structure."""
         self.check(num_samples)
         u = torch.rand(num_samples // 2, dim, generator=generator, dtype=torch.float64,
                        device=generator.device)
         return _open_unit(torch.stack([u, 1.0 - u], dim=1).reshape(num_samples, dim))
 
     def groups(self, num_samples: int) -> torch.Tensor:
+        """``[N]`` group labels: samples sharing a label are dependent, different labels independent."""
         return torch.arange(num_samples) // 2
 
     def __repr__(self) -> str:
@@ -84,6 +87,7 @@ class QuasiMonteCarlo:
         self.min_samples = randomizations
 
     def check(self, num_samples: int) -> None:
+        """Refuse a sample count this sampler cannot split into its groups."""
         if num_samples % self.randomizations:
             raise GradestError(
                 f"quasi-Monte Carlo splits the samples into {self.randomizations} equal "
@@ -93,6 +97,7 @@ class QuasiMonteCarlo:
             )
 
     def uniforms(self, num_samples: int, dim: int, generator: torch.Generator) -> torch.Tensor:
+        """``[N, dim]`` uniforms in (0, 1) from ``generator``, with this sampler's structure."""
         self.check(num_samples)
         if dim > torch.quasirandom.SobolEngine.MAXDIM:
             raise GradestError(
@@ -109,6 +114,7 @@ class QuasiMonteCarlo:
         return _open_unit(torch.cat(blocks).to(generator.device))
 
     def groups(self, num_samples: int) -> torch.Tensor:
+        """``[N]`` group labels: samples sharing a label are dependent, different labels independent."""
         return torch.arange(num_samples) // (num_samples // self.randomizations)
 
     def __repr__(self) -> str:
