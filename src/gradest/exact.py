@@ -119,7 +119,9 @@ def exact_grad(
     """∇θ E_{p(x;θ)}[f(x)] by the first applicable method (or the one named).
 
     Args:
-        f, dist_builder, params: as for the estimators (see :mod:`gradest.estimators.base`).
+        f: the cost, as for the estimators (see :mod:`gradest.estimators.base`).
+        dist_builder: parameters -> distribution, as for the estimators.
+        params: name -> tensor, as for the estimators.
         method: ``"auto"`` or one of ``closed-form``, ``quadrature``, ``enumeration``.
 
     Raises:
