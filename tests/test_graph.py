@@ -257,10 +257,12 @@ def test_refusals_name_the_fix():
     gen = make_generator(0)
     p = torch.tensor(0.3)
     with graph(gen, 4) as g:
-        with pytest.raises(GradestError, match="no rsample; use 'score' or 'score-loo'"):
+        with pytest.raises(GradestError, match="no rsample; use the score-function estimator"):
             g.sample("z", Bernoulli(logits=p), "pathwise")
-        with pytest.raises(GradestError, match="choose one of score, score-loo, pathwise"):
+        with pytest.raises(GradestError, match="give it as then=fn"):
             g.sample("z", Bernoulli(logits=p), "disarm")
+        with pytest.raises(GradestError, match="unknown estimator 'nope'"):
+            g.sample("z", Bernoulli(logits=p), "nope")
         z = g.sample("z", Bernoulli(logits=p))
         with pytest.raises(GradestError, match="used twice"):
             g.sample("z", Bernoulli(logits=p))
@@ -306,7 +308,7 @@ def test_enumeration_of_one_hot_nodes_and_its_bound():
         enumerate_graph(model, max_support=2)
 
 
-def test_the_costs_own_gradient_is_named_after_the_pathwise_nodes():
+def test_the_costs_own_gradient_is_split_among_the_pathwise_nodes():
     loc = torch.tensor(0.3, requires_grad=True)
     with graph(make_generator(8), 16) as g:
         x = g.sample("x", Normal(loc, 1.0), "pathwise")
@@ -314,5 +316,5 @@ def test_the_costs_own_gradient_is_named_after_the_pathwise_nodes():
         y = g.sample("y", Normal(x + b, 1.0), "pathwise")
         g.cost("c", y**2)
     found = g.per_node({"loc": loc})
-    assert list(found.grads) == ["b", "x+y"]
+    assert list(found.grads) == ["b", "x", "y", "direct"]
     assert torch.allclose(found.total["loc"].mean(0), torch.autograd.grad(g.surrogate(), loc)[0], rtol=1e-12)

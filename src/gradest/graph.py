@@ -11,7 +11,8 @@ L's: a node's score term ∇ log p_i is weighted only by the costs downstream of
 (``rsample``) pass gradients through, costs that depend on θ directly keep their direct term. The
 second line is the baseline term of Mao et al. (2019): its first derivative is −b_w ∇ log p_w, its
 derivatives of every order have expectation 0 since b_w does not depend on particle n. With the
-``score-loo`` estimator b_w,c,n is the mean of c over the other N − 1 particles (per cost element).
+``score-loo`` estimator b_w,c,n is the mean of c over the other N − 1 particles (per cost element);
+with ``score-const=B`` it is B (for the node's whole downstream cost).
 
 Each of the N particles is one independent run of the whole graph, along a leading axis: a root
 node's distribution (batch ``[*B]``) is drawn ``[N, *B, *E]``; a node whose distribution was built
@@ -20,18 +21,50 @@ from upstream samples already has batch ``[N, *B]`` and is drawn once per partic
 the nodes whose batch shape starts with C, as for the single-node estimators). All noise comes
 from the caller's generator (:func:`gradest.rng.sample`).
 
-Per-node variance attribution: the first derivative of S for particle n splits exactly into one
-term per score-function node, (Σ_{c ↓ i} (c_n − b_i,c,n)) ∇ log p_i(z_i,n), plus the costs' own
-gradient ∇ Σ_c c_n along the reparameterized samples and their direct dependence on θ (one group,
-named after the pathwise nodes, e.g. ``"z2"`` or ``"z2+z4"``, or ``"direct"``: a path may cross
-several pathwise nodes, so they are not separated). :meth:`Graph.per_node` returns these
-single-particle gradients ``[N, *param.shape]`` per group; :func:`attribute` their single-sample
-variances (trace of the covariance), which answers "which node makes my gradient noisy".
+Every registered estimator name (or an Estimator value) is accepted as a node's estimator where its
+method can be a node; :data:`NODE_KINDS` says how each one runs:
 
-Supported per node: ``"score"`` (REINFORCE), ``"score-loo"`` (leave-one-out baseline, N ≥ 2), any
-family with ``log_prob`` and a support that does not move with θ; ``"pathwise"``, families with
-``rsample``. The registry's other estimators (ARM/DisARM, relaxations, REBAR/RELAX, measure-valued,
-control variates) are single-node estimators and are not accepted as graph nodes.
+* ``score``, ``score-loo``, ``score-const=B`` — **score** nodes, in the DiCE surrogate above (every
+  order).
+* ``pathwise`` and the relaxations ``gumbel-softmax=TEMP``, ``straight-through``, ``gumbel-st=TEMP``
+  — **reparameterized** nodes: ``g.sample`` returns a tensor whose autograd path carries the
+  gradient (the relaxed sample σ((ℓ + noise)/τ), or the hard draw b with the backward pass of p or
+  of the relaxation), and costs downstream differentiate through it, to every order. The relaxed
+  ones are biased by design (as single-node estimators): downstream costs see x̃, not b, for
+  gumbel-softmax, so the surrogate's value is the relaxed objective's estimate.
+* ``arm``, ``disarm``, ``rebar``, ``relax``, ``unordered-set=K`` and ``enumerate`` — **callable**
+  nodes: these evaluate the downstream computation at points other than the draw (the antithetic
+  b̃, relaxed points, k values without replacement, the whole support), which a graph cannot re-run
+  unless the user hands it over. So they need ``then=``: ``g.sample(name, dist, "disarm",
+  then=fn)``, where ``fn(z) -> [N] or [N, *C]`` is the cost of everything downstream of z (it may
+  close over upstream samples and parameters, and must not sample). The node is then terminal:
+  ``g.sample`` returns its per-particle cost estimate ``[N]`` (detached), which is also the
+  learning signal of the score nodes upstream, and ``fn``'s output is a cost of the graph. The
+  estimator's own hook (:meth:`gradest.Estimator.terms`) draws and weights the points, exactly as
+  for one node; ``enumerate`` is Σ_z p(z) fn(z) per particle, exact in that node and
+  differentiable to every order. The hook-based ones give FIRST derivatives only
+  (:attr:`Graph.first_order_only` names them): their explicit ĝ is detached, as in their
+  single-node surrogates. A RELAX control learns only in a graph made with ``learn=True`` and an
+  estimator value kept across steps (``est = get_estimator("relax")`` once, then
+  ``g.sample(..., est, then=fn)`` each step).
+* ``score-ema``, ``score-optb``, the control variates (``*-delta``), ``mvd``, ``mvd-uncoupled`` and
+  any ``+sampler`` suffix are refused, naming the alternative: a moving average of a node's
+  downstream cost, a coefficient fitted on per-sample gradients, f at perturbed points of a
+  continuous family, or dependent particles have no node form here. ``then=`` works with every
+  accepted estimator (the same model runs with any of them, and :func:`enumerate_graph` reads it).
+
+Per-node variance attribution: the first derivative of S for particle n splits exactly into one
+term per node. A score node's term is (Σ_{c ↓ i} (c_n − b_i,c,n)) ∇ log p_i(z_i,n); a callable
+node's term is its estimator's explicit ĝ (the part of its estimate that f's value weights). The
+costs' own gradient ∇ Σ_c c_n, along the reparameterized samples and through θ's direct use, is
+split by where θ enters a path: the term of reparameterized node i gathers the paths that start at
+θ's use in z_i's distribution (and pass through z_i); ``"direct"`` the paths through no
+reparameterized node. Computed by blocking: with D_k the costs' gradient when no gradient may flow
+into the first k reparameterized nodes' samples (tensor hooks), node i's term is D_i − D_{i+1} and
+``"direct"`` is D_K. :meth:`Graph.per_node` returns these single-particle gradients
+``[N, *param.shape]`` per group; :func:`attribute` their single-sample variances (trace of the
+covariance) with standard errors; :func:`report` a plot and an HTML section. They answer "which node
+makes my gradient noisy".
 
 :func:`enumerate_graph` is the oracle: the exact L(θ) of a graph of Bernoulli, Categorical and
 OneHotCategorical nodes as a differentiable sum over every joint value (gradients of every order).
@@ -55,13 +88,34 @@ from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCate
 
 from gradest import rng
 from gradest.errors import GradestError, NonFiniteError
-from gradest.estimators.base import support_moves_with_parameters, unwrap
+from gradest.estimators.arm import ARM
+from gradest.estimators.base import BoundCost, Estimator, Node, support_moves_with_parameters, unwrap
+from gradest.estimators.baselines import Constant, LeaveOneOut, NoBaseline
+from gradest.estimators.enumeration import Enumerate
+from gradest.estimators.pathwise import Pathwise
+from gradest.estimators.rebar import Rebar
+from gradest.estimators.registry import get_estimator
+from gradest.estimators.relaxed import GumbelSoftmax, StraightThrough
+from gradest.estimators.score import ScoreFunction
+from gradest.estimators.unordered_set import UnorderedSet
 
-ESTIMATORS = ("score", "score-loo", "pathwise")
+#: how each estimator class runs as a graph node (module docstring); anything else is refused
+NODE_KINDS: dict[type[Estimator], str] = {
+    ScoreFunction: "score",
+    Pathwise: "reparameterized",
+    GumbelSoftmax: "reparameterized",
+    StraightThrough: "reparameterized",
+    ARM: "callable",
+    Rebar: "callable",  # and Relax, its subclass
+    UnorderedSet: "callable",
+    Enumerate: "callable",
+}
 #: bound on the number of joint values :func:`enumerate_graph` sums over
 MAX_SUPPORT = 2**16
 #: rows of the identity handed to one batched backward pass in :meth:`Graph.per_node`
 CHUNK = 512
+_REFUSED = ("as a graph node; use 'score-loo' (any family, every order), 'disarm' with then= "
+            "(Bernoulli) or 'pathwise' (reparameterizable families)")
 
 
 def magic_box(tau: torch.Tensor) -> torch.Tensor:
@@ -69,29 +123,65 @@ def magic_box(tau: torch.Tensor) -> torch.Tensor:
     return torch.exp(tau - tau.detach())  # detach: the value is fixed at 1, the derivatives are not
 
 
+def node_estimator(name: str, spec: str | Estimator) -> tuple[str, Estimator]:
+    """(kind, estimator) for node ``name``; refuses, naming the alternative, what cannot be a node."""
+    est = get_estimator(spec)
+    label = getattr(est, "name", type(est).__name__)
+    if est.sampler is not None:
+        raise GradestError(f"node {name!r}: {label!r} draws dependent samples (a sampler suffix), which a "
+                           "graph's independent particles cannot hold; drop the '+…' suffix")
+    kind = next((k for cls, k in NODE_KINDS.items() if type(est) is cls or issubclass(type(est), cls)), None)
+    if kind == "score" and not isinstance(est.baseline, NoBaseline | LeaveOneOut | Constant):
+        raise GradestError(
+            f"node {name!r}: {label!r} keeps a moving average across calls, and a graph is built anew each "
+            "step; use 'score-loo' (the other particles' costs) or 'score-const=B' for this node")
+    if kind is None:
+        why = {"ControlVariate": "fits control-variate coefficients on per-sample gradients",
+               "MeasureValued": "evaluates the downstream cost at perturbed points of a continuous family"}
+        raise GradestError(f"node {name!r}: {label!r} {why.get(type(est).__name__, 'has no node form')}, "
+                           f"so it is refused {_REFUSED}")
+    return kind, est
+
+
 @dataclass
 class StochasticNode:
-    """One sampled node: its draw ``value [N, *B, *E]``, log p ``[N, *B]`` (score nodes) and parents."""
+    """One sampled node: its draw ``value [N, *B, *E]`` (None for a callable node, whose hook draws
+    privately), log p ``[N, *B]`` (score nodes) and ancestors.
+
+    kind: ``"score"``, ``"reparameterized"`` or ``"callable"``; baseline: score-const's B.
+    """
 
     name: str
     estimator: str
-    value: torch.Tensor
+    value: torch.Tensor | None
     log_prob: torch.Tensor | None
     ancestors: frozenset[str]
+    kind: str = "score"
+    baseline: float | None = None
+    loo: bool = False
+    first_order: bool = False
 
 
 @dataclass
 class CostNode:
+    """A cost ``[N]`` or ``[N, *C]`` (live) and its ancestors.
+
+    A callable node's cost also carries ``own`` (``[N]`` rows whose first derivatives are the
+    node's explicit estimate) and ``direct`` (rows for the costs' own gradient; default: the value).
+    """
+
     name: str
     value: torch.Tensor
     ancestors: frozenset[str]
+    own: torch.Tensor | None = None
+    direct: torch.Tensor | None = None
 
 
 class NodeGradients(NamedTuple):
     """Single-particle first-order gradients, split by node.
 
-    grads: group -> param name -> ``[N, *param.shape]``; a group is a score-function node, or the
-        costs' own gradient (named after the pathwise nodes, or ``"direct"``).
+    grads: group -> param name -> ``[N, *param.shape]``; a group is a node (score, callable or
+        reparameterized), or ``"direct"`` (θ's direct use in the costs).
     total: param name -> ``[N, *param.shape]``, the sum of the groups; its mean is ∇ surrogate.
     values: ``[N]`` total cost per particle.
     """
@@ -105,12 +195,16 @@ class Attribution(NamedTuple):
     """Single-sample gradient variances (trace of the covariance, summed over the parameters).
 
     nodes: group -> variance of its term alone; total: variance of the whole single-sample gradient;
-    covariance: total − Σ nodes (twice the summed covariances between the groups' terms).
+    covariance: total − Σ nodes (twice the summed covariances between the groups' terms);
+    stderr: group (and ``"total"``) -> the standard error of that variance estimate;
+    num_samples: the N single-particle gradients the variances come from.
     """
 
     nodes: dict[str, float]
     total: float
     covariance: float
+    stderr: dict[str, float] | None = None
+    num_samples: int | None = None
 
     def shares(self) -> dict[str, float]:
         """Each group's variance as a fraction of the sum of the groups' variances."""
@@ -123,11 +217,38 @@ def trace_variance(grads: Mapping[str, torch.Tensor]) -> float:
     return float(sum(g.reshape(g.shape[0], -1).var(0, unbiased=True).sum() for g in grads.values()))
 
 
+#: the smaller side of the Gram matrix that the standard error's tr Σ² term is computed up to
+_GRAM_LIMIT = 4096
+
+
+def variance_stderr(grads: Mapping[str, torch.Tensor]) -> float:
+    """Standard error of :func:`trace_variance` from N i.i.d. rows.
+
+    v̂ is a U-statistic with kernel ½‖ĝ_r − ĝ_s‖²: Var v̂ = Var q/N + 2 tr Σ²/(N(N − 1)) with
+    q = ‖ĝ − E ĝ‖²; Var q from the rows' centred squared norms, tr Σ² from the smaller of the two
+    Gram matrices (left out, an O(1/N²) term, when both sides exceed 4096).
+    """
+    flat = torch.cat([g.reshape(g.shape[0], -1).to(torch.float64) for g in grads.values()], 1)
+    n = flat.shape[0]
+    if n < 3:
+        return math.nan
+    dev = flat - flat.mean(0)
+    q = dev.square().sum(1) * (n / (n - 1))
+    spread = float(q.var(correction=1)) / n
+    if min(dev.shape) <= _GRAM_LIMIT:
+        gram = dev.T @ dev if dev.shape[1] <= dev.shape[0] else dev @ dev.T
+        spread += 2.0 * float((gram * gram).sum()) / (n - 1) ** 2 / (n * (n - 1))
+    return math.sqrt(spread)
+
+
 def attribute(node_grads: NodeGradients) -> Attribution:
     """Which node makes the gradient noisy: the single-sample variance of each node's term."""
     nodes = {k: trace_variance(g) for k, g in node_grads.grads.items()}
     whole = trace_variance(node_grads.total)
-    return Attribution(nodes, whole, whole - sum(nodes.values()))
+    stderr = {k: variance_stderr(g) for k, g in node_grads.grads.items()}
+    stderr["total"] = variance_stderr(node_grads.total)
+    n = int(node_grads.values.shape[0])
+    return Attribution(nodes, whole, whole - sum(nodes.values()), stderr, n)
 
 
 def align(log_prob: torch.Tensor, shape: torch.Size) -> torch.Tensor:
@@ -161,29 +282,40 @@ class Graph:
         with gradest.graph(gen, num_samples=64) as g:
             z1 = g.sample("z1", Bernoulli(logits=a), "score-loo")              # [64]
             z2 = g.sample("z2", Normal(loc + w * z1, scale), "pathwise")       # [64]
+            g.sample("z3", Bernoulli(logits=k * z2), "disarm",
+                     then=lambda z3: (z3 - 0.5 * z2) ** 2)                     # terminal: its cost
             g.cost("c", (z2 - 1.0) ** 2)
         g.surrogate().backward()
-        attribute(g.per_node({"a": a, "loc": loc})).nodes   # {"z1": …, "z2": …}; from gradest.graph
+        attribute(g.per_node({"a": a, "loc": loc})).nodes   # {"z1": …, "z3": …, "z2": …, "direct": …}
 
     By default a node's parents, and a cost's, are every node sampled before it; ``parents=``
     narrows them (``parents=()``: a root), which lowers the variance where the code allows it.
+    ``learn=True`` lets learned controls (RELAX) take their variance step while the graph is built.
     """
 
-    def __init__(self, generator: torch.Generator, num_samples: int = 1) -> None:
+    def __init__(self, generator: torch.Generator, num_samples: int = 1, learn: bool = False) -> None:
         rng.check_generator(generator)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
             raise GradestError(f"num_samples must be an integer ≥ 1, got {num_samples!r}")
         self.generator = generator
         self.num_samples = num_samples
+        self.learn = bool(learn)
         self.nodes: dict[str, StochasticNode] = {}
         self.costs: dict[str, CostNode] = {}
         self.sealed = False
+        #: reparameterized nodes whose samples pass no gradient during a per_node split
+        self._blocked: frozenset[str] = frozenset()
 
     def __enter__(self) -> Graph:
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.sealed = True
+
+    @property
+    def first_order_only(self) -> list[str]:
+        """Nodes whose estimator gives first derivatives only (hook-based callable nodes)."""
+        return [k for k, v in self.nodes.items() if v.first_order]
 
     # building ------------------------------------------------------------------------------
 
@@ -211,41 +343,54 @@ class Graph:
                     f"unknown parent {p!r}; parents must be nodes sampled earlier: "
                     f"{', '.join(self.nodes) or 'none'}"
                 )
+            if self.nodes[p].kind == "callable":
+                raise GradestError(
+                    f"node {p!r} is terminal (its downstream cost is its then= callable), so nothing can "
+                    "depend on it; move what depends on it into its then=")
             out |= {p} | self.nodes[p].ancestors
         return frozenset(out)
 
-    def sample(self, name: str, dist: Distribution, estimator: str = "score",
-               parents: Sequence[str] | None = None, batched: bool | None = None) -> torch.Tensor:
-        """Draw node ``name`` from ``dist``: ``[N, *B, *E]``.
+    def sample(self, name: str, dist: Distribution, estimator: str | Estimator = "score",
+               parents: Sequence[str] | None = None, batched: bool | None = None,
+               then: Callable[[torch.Tensor], torch.Tensor] | None = None) -> torch.Tensor:
+        """Draw node ``name`` from ``dist``: ``[N, *B, *E]`` (with ``then``: its cost ``[N]``).
 
-        estimator: ``"score"``, ``"score-loo"`` or ``"pathwise"``.
+        estimator: a registered name (``"score"``, ``"score-loo"``, ``"pathwise"``, ``"disarm"``, …)
+            or an Estimator value; see the module docstring for what each becomes.
         parents: the nodes ``dist`` depends on (their ancestors are added); default every earlier node.
         batched: whether ``dist`` already carries the particle axis (built from upstream samples);
             default: its batch shape starts with N and an earlier node exists.
+        then: ``fn(z) -> [N] or [N, *C]``, the cost of everything downstream of this node (needed
+            by callable nodes, accepted by all): the node becomes terminal, its cost a cost of the
+            graph, and the call returns the per-particle cost estimate ``[N]`` (detached).
         """
         name = self._name(name)
         if not isinstance(dist, Distribution):
             raise GradestError(
                 f"node {name!r} needs a torch.distributions.Distribution, got {type(dist).__name__}")
-        if estimator not in ESTIMATORS:
-            raise GradestError(
-                f"node {name!r}: unknown graph estimator {estimator!r}; "
-                f"choose one of {', '.join(ESTIMATORS)} "
-                "(single-node estimators such as 'disarm' run through gradest.get_estimator instead)"
-            )
+        kind, est = node_estimator(name, estimator)
+        label = est.name
         family = type(unwrap(dist)).__name__
-        if estimator == "pathwise" and not dist.has_rsample:
+        if then is not None and not callable(then):
             raise GradestError(
-                f"node {name!r}: pathwise needs a reparameterizable family, and {family} has no rsample; "
-                "use 'score' or 'score-loo' for this node"
-            )
-        if estimator != "pathwise" and support_moves_with_parameters(dist):
+                f"node {name!r}: then= must be a callable fn(z) -> cost, got {type(then).__name__}")
+        if kind == "callable" and then is None:
+            raise GradestError(
+                f"node {name!r}: {label!r} evaluates the downstream cost at points other than the draw, "
+                "which the graph cannot re-run; give it as then=fn (fn(z) -> [N] cost of everything "
+                f"downstream of {name!r}), or use 'score-loo' for this node")
+        if kind == "reparameterized" or kind == "callable":
+            reason = est.applicable(dist)
+            if reason is not None:
+                raise GradestError(f"node {name!r}: {reason}")
+        elif support_moves_with_parameters(dist):
             raise GradestError(
                 f"node {name!r}: the support of {family} moves with its parameters, so the score function "
                 "would miss the boundary terms; use 'pathwise' for this node"
             )
-        if estimator == "score-loo" and self.num_samples < 2:
-            raise GradestError(f"node {name!r}: score-loo needs num_samples ≥ 2, got {self.num_samples}")
+        if est.min_samples > self.num_samples:
+            raise GradestError(f"node {name!r}: {label} needs num_samples ≥ {est.min_samples}, got "
+                               f"{self.num_samples}")
         ancestors = self._ancestors(parents)
         if batched is None:
             batched = bool(self.nodes) and dist.batch_shape[:1] == (self.num_samples,)
@@ -254,16 +399,137 @@ class Graph:
                 f"node {name!r}: batched=True needs a batch shape starting with N = {self.num_samples}, "
                 f"got {list(dist.batch_shape)}"
             )
-        value = self._draw(name, dist, batched, estimator == "pathwise")
-        log_prob = None
-        if estimator != "pathwise":
-            log_prob = dist.log_prob(value)  # [N, *B]
-        self.nodes[name] = StochasticNode(name, estimator, value, log_prob, ancestors)
-        return value
+        if kind == "callable":
+            return self._callable(name, dist, est, batched, ancestors, then)
+        if kind == "score":
+            value = self._draw(name, dist, batched, False)
+            baseline = est.baseline
+            node = StochasticNode(name, label, value, dist.log_prob(value), ancestors, "score",
+                                  float(baseline.value) if isinstance(baseline, Constant) else None,
+                                  isinstance(baseline, LeaveOneOut))
+        else:
+            value = self._reparameterized(name, dist, est, batched)
+            node = StochasticNode(name, label, value, None, ancestors, "reparameterized")
+            if value.requires_grad:  # the per-node split blocks the gradient into this sample
+                value.register_hook(self._gate(name))
+        self.nodes[name] = node
+        if then is None:
+            return value
+        out = self._then(name, then, value)
+        self.costs[name] = CostNode(name, out, ancestors | {name})
+        return self._per_particle(out.detach())
+
+    def _gate(self, name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
+        def hook(grad: torch.Tensor) -> torch.Tensor | None:
+            return torch.zeros_like(grad) if name in self._blocked else None
+
+        return hook
+
+    def _then(self, name: str, then: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
+        out = then(z)
+        n = self.num_samples
+        if not isinstance(out, torch.Tensor) or not out.is_floating_point() or out.dim() == 0 \
+                or out.shape[0] != n:
+            got = list(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise GradestError(f"node {name!r}: then= must return a floating-point cost [{n}] or [{n}, …] "
+                               f"(one per particle), got {got}")
+        if not torch.isfinite(out).all():
+            raise NonFiniteError(f"node {name!r}: then= returned NaN or inf; check its domain")
+        return out
 
     def _draw(self, name: str, dist: Distribution, batched: bool, reparameterized: bool) -> torch.Tensor:
         shape = () if batched else (self.num_samples,)
         return rng.sample(dist, shape, self.generator, reparameterized)
+
+    def _node(self, dist: Distribution, batched: bool) -> Node:
+        """The node as an estimator's hook sees it (its family tensor: the logits)."""
+        batch = dist.batch_shape[1:] if batched else dist.batch_shape
+        return Node(dist, self.num_samples, batched, batch, dist.event_shape, type(dist),
+                    {"logits": unwrap(dist).logits})
+
+    def _reparameterized(self, name: str, dist: Distribution, est: Estimator, batched: bool) -> torch.Tensor:
+        if isinstance(est, Pathwise):
+            return self._draw(name, dist, batched, True)
+        family, _, z, b = est.perturbed(self._node(dist, batched), self.generator)
+        from gradest.estimators import concrete
+
+        if isinstance(est, GumbelSoftmax):
+            return concrete.soft(family, z, est.temperature)
+        relaxed = concrete.soft(family, z, est.temperature) if est.gumbel else family.probs
+        return b + (relaxed - relaxed.detach())  # forward: the exact draw b; backward: p's or x̃'s
+
+    def _callable(self, name: str, dist: Distribution, est: Estimator, batched: bool,
+                  ancestors: frozenset[str], then: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        n = self.num_samples
+        if isinstance(est, Enumerate):
+            value, own, direct = self._enumerated(name, dist, est, batched, then)
+            self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable")
+            self.costs[name] = CostNode(name, value, ancestors, own, direct)
+            return value.detach()
+        node = self._node(dist, batched)
+        like = node.like()
+        # tag_n = 1: S is linear in each particle's cost, so ∂S/∂tag_n is particle n's share of S
+        tag = torch.ones(n, dtype=like.dtype, device=like.device, requires_grad=True)
+
+        def tagged(x: torch.Tensor) -> torch.Tensor:
+            out = self._then(name, then, x)
+            return out * tag.reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
+
+        cost = BoundCost(tagged, (), {}, n, node.batch_shape)
+        learning = est.training() if self.learn and isinstance(est, Rebar) else _nothing()
+        with torch.enable_grad(), learning:
+            terms = est.terms(cost, node, self.generator)
+        own = like.new_zeros(n)
+        for phi, g in terms.explicit:
+            if phi.requires_grad:
+                own = own + (phi * g.detach()).reshape(n, -1).sum(1)  # ∂/∂φ_n: ĝ_n, the node's estimate
+        carrier = terms.carrier
+        if isinstance(carrier, torch.Tensor) and carrier.requires_grad:
+            (direct,) = torch.autograd.grad(carrier, tag, create_graph=True)
+        else:
+            direct = like.new_zeros(n)
+        values = terms.values.detach().to(like.dtype)
+        live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
+        self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True)
+        self.costs[name] = CostNode(name, live, ancestors, own, direct)
+        return values
+
+    def _enumerated(self, name: str, dist: Distribution, est: Enumerate, batched: bool,
+                    then: Callable[[torch.Tensor], torch.Tensor]
+                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Σ_z p(z) fn(z) per particle (live, every order), and its split: through p, through fn."""
+        family = unwrap(dist)
+        size, kind = _support(name, dist)
+        batch = family.batch_shape[1:] if batched else family.batch_shape  # (under Independent too)
+        variables = batch.numel()
+        count = size**variables
+        if count > est.max_support:
+            raise GradestError(
+                f"node {name!r}: enumerate sums over the {size}^{variables} = {count} values of the node, "
+                f"more than max_support = {est.max_support}; use 'disarm' (Bernoulli), 'unordered-set' "
+                "(Categorical) or 'score-loo' for this node")
+        n = self.num_samples
+        like = family.logits
+        value = own = direct = 0.0
+        for m in range(count):  # the support's points, not the samples
+            digits = torch.tensor([m // size**v % size for v in range(variables)], device=like.device)
+            x = digits.reshape(batch).expand(n, *batch)
+            if kind is Bernoulli:
+                x = x.to(like.dtype)
+            elif kind is OneHotCategorical:
+                x = F.one_hot(x, size).to(like.dtype)
+            p = self._per_particle_any(dist.log_prob(x if batched else x[0]), batched).exp()  # [N]
+            fx = self._per_particle(self._then(name, then, x))
+            value = value + p * fx
+            own = own + p * fx.detach()
+            direct = direct + p.detach() * fx
+        return value, own, direct
+
+    def _per_particle_any(self, t: torch.Tensor, batched: bool) -> torch.Tensor:
+        """Σ over batch dims: ``[N, *B] -> [N]`` (batched) or ``[*B] -> [N]`` (shared by the particles)."""
+        if batched:
+            return self._per_particle(t)
+        return t.sum().expand(self.num_samples)
 
     def cost(self, name: str, value: torch.Tensor, parents: Sequence[str] | None = None) -> torch.Tensor:
         """Add a cost ``[N]`` or ``[N, *C]``; parents: the nodes it depends on (default: all so far)."""
@@ -291,16 +557,21 @@ class Graph:
             out = out + align(node.log_prob, shape)
         return out
 
-    def _baselines(self) -> list[tuple[StochasticNode, CostNode, torch.Tensor]]:
-        """(w, c, b_w,c) for every score-loo node w and cost c downstream of it (b detached)."""
+    def _baselines(self) -> list[tuple[StochasticNode, torch.Size, torch.Tensor]]:
+        """(w, shape, b_w) for every score node w with a baseline (b detached, aligned to ``shape``):
+        score-loo, one per cost c downstream of w (the other particles' c); score-const, one of [N]."""
         out = []
         for node in self.nodes.values():
-            if node.estimator != "score-loo":
+            if node.baseline is not None:
+                like = node.log_prob
+                b = torch.full((self.num_samples,), node.baseline, dtype=like.dtype, device=like.device)
+                out.append((node, torch.Size((self.num_samples,)), b))
+            if not node.loo:
                 continue
             for c in self.costs.values():
                 if node.name in c.ancestors:
                     with torch.no_grad():  # a constant of the math: the other particles' costs
-                        out.append((node, c, leave_one_out(c.value.detach())))
+                        out.append((node, c.value.shape, leave_one_out(c.value.detach())))
         return out
 
     def _per_particle(self, t: torch.Tensor) -> torch.Tensor:
@@ -315,10 +586,11 @@ class Graph:
             tau = self._tau(c.ancestors, c.value.shape)
             term = c.value * magic_box(tau) if isinstance(tau, torch.Tensor) else c.value
             total = total + self._per_particle(term)
-        for w, c, b in self._baselines():
-            before = self._tau(self.nodes[w.name].ancestors, c.value.shape)
-            before = before if isinstance(before, torch.Tensor) else torch.zeros_like(c.value)
-            after = before + align(w.log_prob, c.value.shape)
+        for w, shape, b in self._baselines():
+            before = self._tau(self.nodes[w.name].ancestors, shape)
+            before = before if isinstance(before, torch.Tensor) else torch.zeros(shape, dtype=b.dtype,
+                                                                                  device=b.device)
+            after = before + align(w.log_prob, shape)
             total = total + self._per_particle(b * (magic_box(before) - magic_box(after)))
         return total
 
@@ -333,21 +605,66 @@ class Graph:
     # attribution ---------------------------------------------------------------------------
 
     def groups(self) -> dict[str, torch.Tensor]:
-        """group -> ``[N]`` rows whose first derivatives split the surrogate's per particle."""
+        """Node -> ``[N]`` rows whose first derivatives are the node's own term, per particle
+        (score and callable nodes), and ``"costs"``: the rows of the costs' own gradient, which
+        :meth:`per_node` splits among the reparameterized nodes and ``"direct"``."""
         if not self.costs:
             raise GradestError("the graph has no cost; add one with g.cost(name, tensor)")
-        baselines = {(w.name, c.name): b for w, c, b in self._baselines()}
+        baselines: dict[str, list[tuple[torch.Size, torch.Tensor]]] = {}
+        for w, shape, b in self._baselines():
+            baselines.setdefault(w.name, []).append((shape, b))
         out: dict[str, torch.Tensor] = {}
-        for node in self._score_nodes(frozenset(self.nodes)):
-            row: torch.Tensor | float = 0.0
-            for c in self.costs.values():
-                if node.name in c.ancestors:
-                    signal = c.value.detach() - baselines.get((node.name, c.name), 0.0)
-                    row = row + self._per_particle(signal * align(node.log_prob, c.value.shape))
-            if isinstance(row, torch.Tensor):
-                out[node.name] = row
-        pathwise = [k for k, v in self.nodes.items() if v.log_prob is None]
-        out["+".join(pathwise) or "direct"] = sum(self._per_particle(c.value) for c in self.costs.values())
+        for name, node in self.nodes.items():
+            if node.log_prob is not None:
+                row: torch.Tensor | float = 0.0
+                for c in self.costs.values():
+                    if name in c.ancestors:
+                        row = row + self._per_particle(c.value.detach() * align(node.log_prob, c.value.shape))
+                for shape, b in baselines.get(name, []):
+                    row = row - self._per_particle(b * align(node.log_prob, shape))
+                if isinstance(row, torch.Tensor):
+                    out[name] = row
+            elif node.kind == "callable":
+                out[name] = self.costs[name].own
+        out["costs"] = sum(self._per_particle(c.value if c.direct is None else c.direct)
+                           for c in self.costs.values())
+        return out
+
+    def _split(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], mode: str | None,
+               reduce: bool) -> dict[str, dict[str, torch.Tensor]]:
+        """group -> param name -> ``[N, *shape]`` single-particle gradients (``[1, *shape]``, their
+        mean, with ``reduce``)."""
+        if not isinstance(params, Mapping):
+            params = {f"param{i}": p for i, p in enumerate(params)}
+        if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params.values()):
+            raise GradestError("per_node needs parameters: a mapping name -> tensor with requires_grad=True")
+        groups = self.groups()
+        costs = groups.pop("costs")
+        names, targets = list(params), list(params.values())
+        width = 1 if reduce else self.num_samples
+
+        def shaped(rows: torch.Tensor) -> torch.Tensor:
+            return rows.mean(0, keepdim=True) if reduce else rows.reshape(width)
+
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        if groups:
+            jac = jacobian_rows(torch.cat([shaped(r) for r in groups.values()]), targets, mode)
+            for i, group in enumerate(groups):
+                out[group] = {k: j[i * width:(i + 1) * width].detach()
+                              for k, j in zip(names, jac, strict=True)}
+        # the costs' gradient with the first k reparameterized nodes blocked, k = 0 … K: D_k
+        gated = [k for k, v in self.nodes.items() if v.kind == "reparameterized"]
+        blocked = []
+        for k in range(len(gated) + 1):
+            self._blocked = frozenset(gated[:k])
+            try:
+                jac = jacobian_rows(shaped(costs), targets, mode)
+            finally:
+                self._blocked = frozenset()
+            blocked.append({name: j.detach() for name, j in zip(names, jac, strict=True)})
+        for i, node in enumerate(gated):  # paths that start at θ's use in node i: D_i − D_{i+1}
+            out[node] = {k: blocked[i][k] - blocked[i + 1][k] for k in names}
+        out["direct"] = blocked[-1]
         return out
 
     def per_node(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
@@ -358,23 +675,27 @@ class Graph:
         coordinates than rows, else reverse). The graph is retained, so ``surrogate().backward()``
         still works afterwards.
         """
-        if not isinstance(params, Mapping):
-            params = {f"param{i}": p for i, p in enumerate(params)}
-        if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params.values()):
-            raise GradestError("per_node needs parameters: a mapping name -> tensor with requires_grad=True")
-        groups = self.groups()
-        names, targets = list(params), list(params.values())
-        n = self.num_samples
-        rows = torch.cat([r.reshape(n) for r in groups.values()])
-        jac = jacobian_rows(rows, targets, mode)
-        out = {}
-        for i, group in enumerate(groups):
-            out[group] = {k: j[i * n:(i + 1) * n].detach() for k, j in zip(names, jac, strict=True)}
+        out = self._split(params, mode, reduce=False)
+        names = list(next(iter(out.values())))
         total = {k: sum(out[g][k] for g in out) for k in names}
         return NodeGradients(out, total, self.values())
 
+    def node_means(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+                   ) -> dict[str, dict[str, torch.Tensor]]:
+        """group -> param name -> the group's share of ∇ surrogate (the mean over the particles):
+        one backward pass per group rather than N (what :class:`gradest.GradientMonitor` records)."""
+        return {g: {k: v[0] for k, v in d.items()} for g, d in self._split(params, "reverse", True).items()}
+
     def __repr__(self) -> str:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self.nodes)}, costs={list(self.costs)})"
+
+
+class _nothing:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
 
 
 def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | None = None
@@ -388,6 +709,8 @@ def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | N
     """
     sizes = [t.numel() for t in targets]
     r, d = rows.shape[0], sum(sizes)
+    if not rows.requires_grad:  # nothing in the rows depends on the targets
+        return [torch.zeros(r, *t.shape, dtype=t.dtype, device=t.device) for t in targets]
     mode = mode or ("forward" if d < r else "reverse")
     if mode == "forward":
         u = torch.zeros_like(rows, requires_grad=True)
@@ -425,9 +748,9 @@ def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | N
     return [torch.cat(p) for p in parts]
 
 
-def graph(generator: torch.Generator, num_samples: int = 1) -> Graph:
+def graph(generator: torch.Generator, num_samples: int = 1, learn: bool = False) -> Graph:
     """A :class:`Graph` of ``num_samples`` particles drawing its noise from ``generator``."""
-    return Graph(generator, num_samples)
+    return Graph(generator, num_samples, learn)
 
 
 # ── the oracle: exact expectation by enumeration ────────────────────────────────────────────
@@ -463,8 +786,8 @@ class _Discovery(Graph):
         super().__init__(rng.make_generator(0), 1)
         self.supports: dict[str, _Support] = {}
 
-    def sample(self, name, dist, estimator="score", parents=None, batched=None):
-        return super().sample(name, dist, "score", parents, batched)
+    def sample(self, name, dist, estimator="score", parents=None, batched=None, then=None):
+        return super().sample(name, dist, "score", parents, batched, then)
 
     def _draw(self, name, dist, batched, reparameterized):
         size, kind = _support(name, dist)
@@ -486,8 +809,8 @@ class _Enumeration(Graph):
             self.strides[name] = stride
             stride *= s.count
 
-    def sample(self, name, dist, estimator="score", parents=None, batched=None):
-        return super().sample(name, dist, "score", parents, batched)
+    def sample(self, name, dist, estimator="score", parents=None, batched=None, then=None):
+        return super().sample(name, dist, "score", parents, batched, then)
 
     def _draw(self, name, dist, batched, reparameterized):
         s = self.supports.get(name)

@@ -31,7 +31,9 @@ gradient estimates for discrete latent variable models", NeurIPS; Maddison et al
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -147,9 +149,16 @@ class Rebar(Estimator):
 
     def surrogate(self, *args, **kwargs) -> torch.Tensor:
         # the control learns inside surrogate calls only (training), never in per_sample (diagnostics)
+        with self.training():
+            return super().surrogate(*args, **kwargs)
+
+    @contextlib.contextmanager
+    def training(self) -> Iterator[None]:
+        """Calls of ``terms`` inside this block are training steps: a learning control takes its
+        variance step (as in ``surrogate``; a stochastic computation graph's node uses it)."""
         self._in_surrogate = True
         try:
-            return super().surrogate(*args, **kwargs)
+            yield
         finally:
             self._in_surrogate = False
 
