@@ -49,7 +49,7 @@ class Family(NamedTuple):
             if value.dim() < rank:  # a vector parameter given as a number (concentration=2)
                 raise GradestError(
                     f"parameter {key}={value.tolist()} of {self.name} must be a vector (one entry per "
-                    f"category), e.g. {key}=[1,1,1]"
+                    f"category), e.g. {key}={_two_categories(key)}"
                 )
             if constraint is not None and not bool(constraint.check(value).all()):
                 raise GradestError(
@@ -76,11 +76,16 @@ class Family(NamedTuple):
             raise GradestError(f"{self.name} with {problem}")
 
 
+def _two_categories(key: str) -> str:
+    return "[0.5,0.5]" if key == "probs" else "[1,1]"
+
+
 def _one_category(params: Mapping[str, torch.Tensor]) -> str | None:
     key, value = next(iter(params.items()))
     if value.shape[-1] == 1:
         return (f"{key}={value.tolist()} has one category: it is a point mass whatever {key} is, so "
-                f"∇θ E f = 0 and there is nothing to estimate; give at least 2 entries, e.g. {key}=[1,1]")
+                "∇θ E f = 0 and there is nothing to estimate; give at least 2 entries, e.g. "
+                f"{key}={_two_categories(key)}")
     return None
 
 
