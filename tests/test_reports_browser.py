@@ -34,7 +34,7 @@ console.warn = function () { window.__problems.push('console.warn: ' + [].join.c
 _PROBE_TAIL = """<script>
 window.addEventListener('load', function () {
   var imgs = [].slice.call(document.images);
-  var tex = [].slice.call(document.querySelectorAll('[data-tex]'));
+  var tex = [].slice.call(document.querySelectorAll('[data-tex], .arithmatex'));
   var result = {
     problems: window.__problems,
     images: imgs.length,
@@ -54,7 +54,7 @@ window.addEventListener('load', function () {
 def browse(report: Path, tmp: Path) -> dict:
     """Load ``report`` in headless Chromium without network; the probe's findings as a dict."""
     text = report.read_text(encoding="utf-8")
-    probed = tmp / f"probed-{report.parent.name}.html"
+    probed = report.parent / f"probed-{report.stem}.html"  # beside it: relative links still resolve
     probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>"),
                       encoding="utf-8")
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
@@ -117,3 +117,18 @@ def test_the_gaussian_report_typesets_its_derivation(tmp_path):
     assert main(_gaussian(out)) == 0
     seen = browse(out / "report.html", tmp_path)
     assert seen["tex"] >= 4 and seen["untypeset"] == 0
+
+
+def test_the_documentation_site_typesets_offline(tmp_path):
+    """The site built by mkdocs: math typeset by the KaTeX it ships, no console errors, no network."""
+    mkdocs = shutil.which("mkdocs") or str(Path(__import__("sys").executable).with_name("mkdocs"))
+    if not Path(mkdocs).exists():
+        pytest.skip("mkdocs not installed (pip install -e '.[docs]')")
+    root = Path(__file__).resolve().parents[1]
+    site = tmp_path / "site"
+    subprocess.run([mkdocs, "build", "--strict", "--quiet", "--site-dir", str(site)], cwd=root, check=True,
+                   capture_output=True, timeout=300, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+    for page in ["index.html", "question/index.html", "tutorials/extending/index.html"]:
+        seen = browse(site / page, tmp_path)
+        assert seen["problems"] == [] and seen["broken"] == 0, (page, seen)
+        assert seen["tex"] > 0 and seen["untypeset"] == 0 and seen["katexErrors"] == 0, (page, seen)
