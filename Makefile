@@ -1,5 +1,5 @@
 # The README's commands, as targets.
-.PHONY: setup run test lint bench
+.PHONY: setup run test lint bench docs
 
 setup:
 	python3 -m venv .venv
@@ -16,3 +16,6 @@ lint:
 
 bench:
 	.venv/bin/python benchmarks/bench_engine.py
+
+docs:
+	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
