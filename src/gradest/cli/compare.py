@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 import torch
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gradest.cli.app import app
@@ -27,23 +28,47 @@ if TYPE_CHECKING:  # the library is imported by the command, not by `gradest --h
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 
+#: the most dimensions a --param may have (brackets nested this deep); deeper JSON would exhaust
+#: Python's recursion limit, and torch stops at 64 dimensions
+PARAM_MAX_DIMS = 32
+
+
+def _depth(raw: str) -> int:
+    depth = deepest = 0
+    for char in raw:
+        if char == "[":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif char == "]":
+            depth -= 1
+    return deepest
+
+
 def parse_param(text: str) -> tuple[str, torch.Tensor]:
     """``name=VALUE`` where VALUE is a number or a JSON list (nested for matrices)."""
     name, sep, raw = text.partition("=")
     if not sep or not name:
-        raise GradestError(f"--param expects NAME=VALUE (e.g. loc=1 or loc=[0,1,2]), got {text!r}")
+        raise GradestError(f"--param expects NAME=VALUE (e.g. loc=1 or loc=[0,1,2]), got {_short(text)!r}")
+    if _depth(raw) > PARAM_MAX_DIMS:
+        raise GradestError(f"--param {_short(name)}: lists nested {_depth(raw)} deep; a parameter has at "
+                           f"most {PARAM_MAX_DIMS} dimensions (loc=[[0,1],[2,3]] is a 2 × 2 matrix)")
     try:
         value = json.loads(raw)
         if _has_bool(value):  # JSON true/false would pass as 1.0/0.0
             raise TypeError
         tensor = torch.tensor(value, dtype=torch.float64)
-    except (json.JSONDecodeError, TypeError, ValueError):
+    except (json.JSONDecodeError, TypeError, ValueError, RuntimeError, RecursionError):
         raise GradestError(
-            f"--param {name}: {raw!r} is not a number or a JSON list of numbers"
+            f"--param {_short(name)}: {_short(raw)!r} is not a number or a JSON list of numbers"
         ) from None
     if tensor.numel() == 0:
-        raise GradestError(f"--param {name}: {raw!r} is empty; give at least one number")
+        raise GradestError(f"--param {_short(name)}: {_short(raw)!r} is empty; give at least one number")
     return name.strip(), tensor
+
+
+def _short(text: str, limit: int = 60) -> str:
+    """``text`` cut to ``limit`` characters for a one-line message (a --param can be megabytes)."""
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def _has_bool(value) -> bool:
@@ -150,7 +175,7 @@ def compare_command(
                          device=where)
     console.print(render(result))
     if result.exact is None:
-        console.print(f"[yellow]no exact gradient:[/] {result.exact_note}")
+        console.print(f"[yellow]no exact gradient:[/] {escape(result.exact_note)}")
     else:
         console.print(f"exact gradient by {result.exact.method}")
     if json_path is not None:
@@ -158,4 +183,4 @@ def compare_command(
             write_json(json_path, result.to_dict())
         except OSError as err:
             raise GradestError(f"could not write {json_path}: {err}") from None
-        console.print(f"wrote {json_path}")
+        console.print(escape(f"wrote {json_path}"))
