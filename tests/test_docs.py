@@ -65,3 +65,13 @@ def test_the_docstring_check_can_fail():
             pass
 
     assert _undocumented(Bare, "Bare") == ["Bare", "Bare.method"]
+
+
+def test_the_api_reference_covers_every_public_symbol():
+    """Each name of ``gradest.__all__`` is rendered by a ``::: module.name`` directive of docs/reference."""
+    directives = set(re.findall(r"^::: ([\w.]+)$", "\n".join(
+        p.read_text(encoding="utf-8") for p in (DOCS / "reference").glob("*.md")), flags=re.M))
+    rendered = {d.rsplit(".", 1)[-1] for d in directives} | {d for d in directives}
+    missing = [n for n in gradest.__all__ if n != "__version__" and n not in rendered
+               and f"gradest.{n}" not in rendered]
+    assert missing == [], f"public symbols missing from docs/reference: {missing}"
