@@ -11,14 +11,20 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
 from gradest.cli.options import Device, seed_option
 from gradest.gaussian.settings import Settings
+from gradest.io import check_outputs, output_lock
+from gradest.memory import refuse_beyond_memory
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()
+#: the files the walkthrough writes into --out
+OUTPUTS = ("report.html", "variance_vs_sigma.png", "stderr_vs_samples.png", "trajectories.png",
+           "results.json")
 
 
 @app.command(name="gaussian")
@@ -59,12 +65,14 @@ def gaussian_command(
     dataset = load_dataset(data, column)
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step, device=device).validate()
     check_out_dir(out)
-    console.print(
+    check_outputs(out, OUTPUTS)
+    refuse_beyond_memory("--samples-per-step", samples_per_step, 3)  # μ, σ and one draw per sample
+    console.print(escape(
         f"data: n = {dataset.n}, x̄ = {fmt_at(dataset.mean, dataset.sd)}, v = {dataset.var_mle:.6g} "
         f"({dataset.described})"
-    )
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                  console=console, transient=False) as bar:
+    ))
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with output_lock(out), Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(label: str, done: int, total: int) -> None:
@@ -73,7 +81,7 @@ def gaussian_command(
             bar.update(tasks[label], completed=done)
 
         results = run(dataset, settings, progress)
-    written = write_outputs(results, out)
+        written = write_outputs(results, out)
     for line in results.conclusions:
-        console.print(f"• {line}", highlight=False)
-    console.print(f"wrote {', '.join(str(p) for p in written)} in {results.seconds:.1f} s")
+        console.print(escape(f"• {line}"), highlight=False)
+    console.print(escape(f"wrote {', '.join(str(p) for p in written)} in {results.seconds:.1f} s"))
