@@ -137,7 +137,7 @@ def node_estimator(name: str, spec: str | Estimator) -> tuple[str, Estimator]:
             "step; use 'score-loo' (the other particles' costs) or 'score-const=B' for this node")
     if kind is None:
         why = {"ControlVariate": "fits control-variate coefficients on per-sample gradients",
-               "MeasureValued": "evaluates the downstream cost at perturbed points of a continuous family"}
+               "MeasureValued": "evaluates the downstream cost at perturbed points"}
         raise GradestError(f"node {name!r}: {label!r} {why.get(type(est).__name__, 'has no node form')}, "
                            f"so it is refused {_REFUSED}")
     return kind, est
