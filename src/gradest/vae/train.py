@@ -51,6 +51,7 @@ from gradest.io import write_atomic, write_json
 from gradest.monitor import GradientMonitor
 from gradest.rng import make_generator
 from gradest.vae.data import ImageData, absolute_spec, binarize, check_binarize, load_images
+from gradest.vae.distributed import Group, check_batches
 from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
 from gradest.vae.model import VAE
 from gradest.vae.objectives import Objective, get_objective, make_baseline
@@ -145,7 +146,7 @@ class Setup(NamedTuple):
 class TrainResult(NamedTuple):
     model: VAE
     metrics: list[dict[str, Any]]
-    evaluation: Evaluation
+    evaluation: Evaluation | None  # None in a data-parallel process other than rank 0
     out: Path
 
 
@@ -264,6 +265,7 @@ def train(
     on_step: Callable[[int, int, int], None] | None = None,
     on_epoch: Callable[[dict[str, Any]], None] | None = None,
     on_phase: Callable[[str], None] | None = None,
+    group: Group | None = None,
 ) -> TrainResult:
     """Train (or, with ``resume``, continue) the run in folder ``out``.
 
@@ -272,7 +274,10 @@ def train(
         out: the run folder (metrics.jsonl, monitor.jsonl, checkpoint.pt, summary.json, config.json).
         model: your own ``VAE(encoder, decoder, latent)``; default the MLP of ``config``.
         on_step(epoch, step, steps), on_epoch(record), on_phase(text): progress callbacks.
+        group: the data-parallel group of this process (:mod:`gradest.vae.distributed`); default
+            one process. Only its rank 0 writes files and evaluates (other ranks' ``evaluation`` is None).
     """
+    group = Group() if group is None else group
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise GradestError(f"--out {out} is a file; give a folder for the run")
@@ -303,6 +308,7 @@ def train(
     run = setup(config, model)
     model = run.model
     device = run.train.device
+    check_batches(group, run.train.shape[0], config.batch_size)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     baseline = make_baseline(objective, config.baseline_decay)
     g_data = make_generator(config.seed + STREAM_DATA)
@@ -326,10 +332,11 @@ def train(
         start_epoch = int(state["epoch"]) + 1
     # After the restore: the monitor's loss must see the baseline object that training updates.
     steps = -(-run.train.shape[0] // config.batch_size)
-    monitor = _monitor(config, run, model, objective, baseline, g_diag, steps)
+    monitor = _monitor(config, run, model, objective, baseline, g_diag, steps) if group.is_writer else None
     if monitor is not None and saved_monitor.get("state") is not None:
         monitor.load_state_dict(saved_monitor["state"])
-    write_json(out / CONFIG, config.to_dict())
+    if group.is_writer:
+        write_json(out / CONFIG, config.to_dict())
 
     # Disk latency (fsync of an ~8 MB checkpoint) overlaps the next epoch; leaving the block waits
     # for the writes, so even a NaN stop leaves the last good checkpoint complete on disk.
@@ -337,7 +344,7 @@ def train(
         for epoch in range(start_epoch, config.epochs + 1):
             seconds, neg_elbo_train, neg_bound_train, measured, monitor_seconds = _train_pass(
                 config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step,
-                monitor,
+                monitor, group,
             )
             records += measured
             record = _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds)
@@ -371,14 +378,19 @@ def train(
             files = [(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics))]
             if monitor is not None or records:
                 files.append((out / MONITOR, _metrics_text(records)))
-            writer.write(files)
+            if group.is_writer:
+                writer.write(files)
             if on_epoch is not None:
                 on_epoch(record)
 
+    if not group.is_writer:
+        group.barrier()  # returns once rank 0's checkpoint and summary are on disk
+        return TrainResult(model, metrics, None, out)
     if on_phase is not None:
         on_phase(f"evaluating on {run.test.shape[0]} test images (IWAE, K = {config.iwae_k})")
     evaluation = evaluate(model, run.test, config.iwae_k, make_generator(config.seed + STREAM_EVAL, device))
     write_summary(out, config, evaluation, metrics)
+    group.barrier()
     return TrainResult(model, metrics, evaluation, out)
 
 
@@ -401,12 +413,13 @@ def _monitor(config: TrainConfig, run: Setup, model: VAE, objective: Objective,
 
 
 def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_noise, epoch, out, on_step,
-                monitor=None):
+                monitor=None, group: Group | None = None):
     """One epoch of Adam steps: (seconds without the monitor's, −ELBO and −bound averaged over the
     training images, the monitor's records as JSON, the monitor's seconds or None without one)."""
     n = run.train.shape[0]
     steps = -(-n // config.batch_size)
     device = run.train.device
+    group = Group() if group is None else group
     done = (epoch - 1) * steps  # Adam steps before this epoch
     measured: list[dict[str, Any]] = []
     monitor_start = None if monitor is None else monitor.overhead().monitor_seconds
@@ -419,24 +432,28 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
         xb = run.train[idx]
         if config.binarize == "dynamic":
             xb = binarize(xb, g_noise)
+        images = xb.shape[0]
+        xb = group.shard(xb)  # this process's images of the batch (all of them in one process)
+        bad = None
         try:
-            est = objective.fn(model, xb, config.k, g_noise, baseline)
+            with group.noise(g_noise, images):
+                est = objective.fn(model, xb, config.k, g_noise, group.baseline(baseline))
         except NonFiniteError:
+            bad = f"loss became non-finite at epoch {epoch}, step {step + 1}/{steps}"
+        else:
+            if not torch.isfinite(est.loss + est.elbo.sum()):
+                bad = f"loss became {float(est.loss.detach())} at epoch {epoch}, step {step + 1}/{steps}"
+        if group.any(bad is not None):  # every process stops at the same step
             raise _diverged(
-                config, epoch, out, f"loss became non-finite at epoch {epoch}, step {step + 1}/{steps}"
-            ) from None
-        if not torch.isfinite(est.loss + est.elbo.sum()):
-            raise _diverged(
-                config,
-                epoch,
-                out,
-                f"loss became {float(est.loss.detach())} at epoch {epoch}, step {step + 1}/{steps}",
+                config, epoch, out, bad or f"loss became non-finite in another process at epoch {epoch}, "
+                f"step {step + 1}/{steps}"
             )
         optimizer.zero_grad(set_to_none=True)
         # Adam's ε is an absolute floor under √v: with per-image means, the small gradients of
         # rarely used pixels sit near it and learn slowly. Steps use the batch sum (nats per
         # batch, as the classic PyTorch example does); metrics stay per image.
         (est.loss * xb.shape[0]).backward()
+        group.sum_gradients(model.parameters())  # the batch's gradient: the sum over the processes
         optimizer.step()
         if monitor is not None:
             # Measures after every monitor.every Adam steps, at the parameters the next step starts from.
@@ -450,6 +467,7 @@ def _train_pass(config, run, model, objective, optimizer, baseline, g_data, g_no
     # the checkpoint about to be written.
     if not torch.stack([torch.isfinite(p).all() for p in model.parameters()]).all():
         raise _diverged(config, epoch, out, f"parameters became inf/NaN during epoch {epoch}")
+    sum_elbo, sum_bound = group.sum(sum_elbo), group.sum(sum_bound)
     seconds = time.perf_counter() - start
     monitor_seconds = None if monitor is None else monitor.overhead().monitor_seconds - monitor_start
     return seconds - (monitor_seconds or 0.0), -float(sum_elbo) / n, -float(sum_bound) / n, measured, \

@@ -1,0 +1,235 @@
+r"""Data-parallel VAE training on ``torch.distributed``: W processes, one global batch, the same run.
+
+    ∇ Σ_{i∈B} ℓ_i = Σ_{r<W} ∇ Σ_{i∈B_r} ℓ_i          B = B_0 ∪ … ∪ B_{W−1}, consecutive shards
+
+Every process (rank) holds the whole data set and the same model, draws the same shuffle, and takes
+its shard B_r of each global batch (``torch.tensor_split``: sizes differ by at most one). It back-
+propagates the sum of its images' losses; one ``all_reduce`` (SUM) of the flattened gradients gives
+every rank the single-process gradient, so the identical Adam steps keep the replicas identical.
+The noise is the single-process noise: each rank draws the *global* batch's noise from the shared
+noise generator (ε ``[K, B, L]``, the images on the axis before the last) and keeps its shard
+(:meth:`Group.noise`), so the union of the ranks' draws is the one-process draw and the generators
+stay in step. The score estimator's moving-average baseline absorbs the global batch's mean
+(:meth:`Group.baseline`). What remains different is the order of floating-point sums (BLAS blocking
+over B_r rows instead of B, the gradient and metric reductions): metrics agree with one process to
+float32 rounding, amplified a little by each Adam step (measured: tests/test_vae_ddp.py).
+
+Rank 0 writes (config, checkpoints, metrics, report) and runs the gradient monitor; every rank
+checks finiteness together (a NaN on one rank stops all of them at the same step). A rank that dies
+makes the others' next collective fail: they raise :class:`PeerFailed`, which the command line
+turns into a silent exit, so the failure is told once, by the rank that failed.
+
+Started by ``torchrun --nproc-per-node W -m gradest vae train …`` (its environment: RANK,
+WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); gloo on the CPU, NCCL on GPUs (rank r on
+``cuda:LOCAL_RANK``). Without that environment, or with W = 1, :func:`session` gives the
+single-process group, whose every method is the identity: the one-process code path is unchanged.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from typing import Any
+
+import torch
+from torch.overrides import TorchFunctionMode
+
+from gradest.errors import GradestError
+
+
+class PeerFailed(GradestError):
+    """Another rank of the group failed or was stopped (it tells why); this rank stops quietly."""
+
+
+class Group:
+    """The single-process group: rank 0 of 1; sharding, noise, baseline and sums are identities."""
+
+    rank = 0
+    world = 1
+
+    @property
+    def is_writer(self) -> bool:
+        """Whether this rank writes the run's files, prints, and runs the gradient monitor."""
+        return self.rank == 0
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        return batch
+
+    def noise(self, generator: torch.Generator, images: int):
+        """Within the block, draws from ``generator`` for a global batch of ``images`` are this rank's."""
+        return nullcontext()
+
+    def baseline(self, baseline: Any) -> Any:
+        return baseline
+
+    def any(self, flag: bool) -> bool:
+        return flag
+
+    def sum_gradients(self, parameters) -> None:
+        pass
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return value
+
+    def barrier(self) -> None:
+        """Wait for every rank (rank 0's files are complete when the others return)."""
+
+
+class ProcessGroup(Group):
+    """Rank ``rank`` of ``world`` processes in torch.distributed's default group."""
+
+    def __init__(self, rank: int, world: int, device: torch.device | None = None) -> None:
+        self.rank, self.world = rank, world
+        self._device = torch.device("cpu") if device is None else device  # NCCL reduces CUDA tensors only
+
+    def _bounds(self, size: int) -> tuple[int, int]:
+        """[start, stop) of this rank's shard of ``size`` images (torch.tensor_split's sizes)."""
+        base, extra = divmod(size, self.world)
+        start = self.rank * base + min(self.rank, extra)
+        return start, start + base + (self.rank < extra)
+
+    def shard(self, batch: torch.Tensor) -> torch.Tensor:
+        start, stop = self._bounds(batch.shape[0])
+        return batch[start:stop]
+
+    def noise(self, generator: torch.Generator, images: int) -> _ShardedNoise:
+        return _ShardedNoise(generator, self, images)
+
+    def baseline(self, baseline: Any) -> Any:
+        return None if baseline is None else _GlobalMean(baseline, self)
+
+    def _all_reduce(self, tensor: torch.Tensor) -> torch.Tensor:
+        import torch.distributed as dist
+
+        try:
+            dist.all_reduce(tensor)
+        except (RuntimeError, ValueError) as err:  # gloo/NCCL: a peer closed its connection or died
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise PeerFailed(f"rank {self.rank}: another process stopped ({reason})") from None
+        return tensor
+
+    def any(self, flag: bool) -> bool:
+        return bool(self._all_reduce(torch.tensor([float(flag)], device=self._device)) > 0)
+
+    def sum_gradients(self, parameters) -> None:
+        """p.grad ← Σ_ranks p.grad, one collective over the flattened gradients."""
+        grads = [p.grad for p in parameters if p.grad is not None]
+        if not grads:
+            return
+        flat = self._all_reduce(torch.cat([g.reshape(-1) for g in grads]))
+        for g, part in zip(grads, flat.split([g.numel() for g in grads]), strict=True):
+            g.copy_(part.view_as(g))
+
+    def sum(self, value: torch.Tensor) -> torch.Tensor:
+        return self._all_reduce(value.detach().clone().reshape(1)).reshape(value.shape)
+
+    def barrier(self) -> None:
+        self._all_reduce(torch.zeros(1, device=self._device))  # a collective: a dead peer raises PeerFailed
+
+
+class _ShardedNoise(TorchFunctionMode):
+    """Draws from ``generator`` made for the global batch, of which this rank keeps its shard.
+
+    Inside the block, ``torch.randn``/``torch.rand`` with that generator and a shape whose axis
+    before the last holds this rank's images draw that axis at the global batch's size and return
+    the rank's rows: the same numbers one process draws for those images, and every rank's
+    generator advances as the one process's does. Other draws from it cannot be sharded: refused.
+    """
+
+    _FILLS = (torch.randn, torch.rand)
+
+    def __init__(self, generator: torch.Generator, group: ProcessGroup, total: int) -> None:
+        super().__init__()
+        self.generator, self.group, self.total = generator, group, total
+        self.start, self.stop = group._bounds(total)
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if kwargs.get("generator") is not self.generator:
+            return func(*args, **kwargs)
+        shape = list(args[0] if len(args) == 1 and not isinstance(args[0], int) else args)
+        if func not in self._FILLS or len(shape) < 2 or shape[-2] != self.stop - self.start:
+            raise GradestError(
+                f"data-parallel training shards noise drawn by torch.randn/torch.rand as [..., B, D]; "
+                f"this objective draws with {getattr(func, '__name__', func)} {shape}: train it in one "
+                "process"
+            )
+        shape[-2] = self.total
+        return func(tuple(shape), **kwargs)[..., self.start:self.stop, :].contiguous()
+
+
+class _GlobalMean:
+    """A moving-average baseline fed the global batch's mean cost (the sum over ranks / the count)."""
+
+    min_samples = 1
+
+    def __init__(self, inner: Any, group: ProcessGroup) -> None:
+        self.inner, self.group = inner, group
+
+    def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        b = torch.full_like(values, self.inner.value)  # read before this batch is absorbed
+        total = torch.stack([values.detach().double().sum(), torch.tensor(float(values.numel()),
+                                                                           dtype=torch.float64,
+                                                                           device=values.device)])
+        total = self.group._all_reduce(total)
+        self.inner((total[0] / total[1]).to(values.dtype).reshape(1))
+        return b
+
+
+def world_from_env() -> tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun's environment; (0, 1, 0) outside it."""
+    names = (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    try:
+        return tuple(int(os.environ.get(k, d)) for k, d in names)
+    except ValueError:
+        raise GradestError("RANK, WORLD_SIZE, LOCAL_RANK must be integers, as torchrun sets them") from None
+
+
+def device_for(device: str, local_rank: int, world: int) -> str:
+    """The device of this rank: ``cuda`` becomes ``cuda:LOCAL_RANK`` (one GPU per process)."""
+    if world > 1 and device.startswith("cuda:"):
+        raise GradestError(
+            f"--device {device} under torchrun: give --device cuda, and each process uses the GPU of "
+            "its local rank (cuda:LOCAL_RANK)"
+        )
+    return f"cuda:{local_rank}" if world > 1 and device == "cuda" else device
+
+
+@contextmanager
+def session(device: str = "cpu") -> Iterator[Group]:
+    """The group of this process: torchrun's (gloo on the CPU, NCCL on CUDA) or the single process.
+
+    The process group is created on entry and destroyed on exit.
+    """
+    rank, world, local_rank = world_from_env()
+    if world <= 1:
+        yield Group()
+        return
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        raise GradestError("this PyTorch build has no torch.distributed; train in one process")
+    cuda = device.startswith("cuda")
+    if cuda:
+        torch.cuda.set_device(local_rank)
+    backend = "nccl" if cuda else "gloo"
+    dist.init_process_group(backend, rank=rank, world_size=world)
+    group = ProcessGroup(rank, world, torch.device(f"cuda:{local_rank}") if cuda else None)
+    try:
+        yield group
+    finally:
+        dist.destroy_process_group()
+
+
+def check_batches(group: Group, n: int, batch_size: int) -> None:
+    """Every batch (the last one too) must give each rank at least one image."""
+    last = n - (-(-n // batch_size) - 1) * batch_size
+    if min(batch_size, last) < group.world:
+        raise GradestError(
+            f"{n} training images in batches of {batch_size} leave a last batch of {last}, fewer than "
+            f"the {group.world} processes; choose a --batch-size whose last batch has ≥ {group.world} images"
+        )
+
+
+__all__ = ["Group", "PeerFailed", "ProcessGroup", "check_batches", "device_for", "session", "world_from_env"]
