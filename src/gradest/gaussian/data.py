@@ -6,7 +6,8 @@ The walkthrough needs only the sufficient statistics of the squared loss,
 
 but keeps the values themselves, because the costs are evaluated literally, Σ_i (y − x_i)².
 Bad input (missing file, unknown column, non-numeric or non-finite values, fewer than 2 values,
-constant data) raises :class:`~gradest.errors.GradestError` with a one-line message.
+constant data, values so large or so small that x² or 1/σ² leave float64's range) raises
+:class:`~gradest.errors.GradestError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from gradest.errors import GradestError
 DEFAULT_NAME = "gaussian_default.csv"
 #: relative spread (to the largest |x|) below which float64 cannot resolve the data: ~4500 ulps
 CONSTANT_TOL = 1e-12
+#: the walkthrough squares the data and divides by σ² (and the variances square that again): data
+#: whose size or spread lies outside [1/SCALE_MAX, SCALE_MAX] overflow or underflow float64 on the way
+SCALE_MAX = 1e60
 
 
 class Dataset(NamedTuple):
@@ -132,7 +136,11 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
     usual export of a single vector). Semicolon- or tab-separated files are refused with the fix.
     """
     # skipinitialspace: `"a", "b"` (a space after the comma) still unquotes
-    rows = [[_cell(c) for c in row] for row in csv.reader(text.splitlines(), skipinitialspace=True)]
+    try:
+        rows = [[_cell(c) for c in row] for row in csv.reader(text.splitlines(), skipinitialspace=True)]
+    except csv.Error as err:  # a cell beyond the csv module's 128 KiB limit, a NUL byte
+        raise GradestError(f"{source} is not a CSV of numbers ({err}); give a CSV file with a header row "
+                           "and one number per cell") from None
     rows = [row for row in rows if any(row)]
     if not rows:
         raise GradestError(f"{source} is empty; it needs a header row and at least 2 values")
@@ -222,5 +230,14 @@ def validate(values: torch.Tensor, source: str = "<tensor>", column: str = "x") 
         raise GradestError(
             f"{source}, column {column!r}: all values equal {float(values[0])!r}; a Normal fit "
             "needs data with a spread (σ would be 0)"
+        )
+    if magnitude > SCALE_MAX or spread < 1 / SCALE_MAX:
+        # the power of ten that brings the data to order 1
+        shift = round(math.log10(magnitude if magnitude > SCALE_MAX else spread))
+        size = f"as large as {magnitude:.3g}" if magnitude > SCALE_MAX else f"as close as {spread:.3g} apart"
+        raise GradestError(
+            f"{source}, column {column!r}: values {size} leave float64's range once squared (the fits "
+            f"use x² and 1/σ²); express them in other units, e.g. multiply the column by 1e{-shift} "
+            f"(gradest handles sizes and spreads from 1e-60 to 1e60)"
         )
     return Dataset(values, source, column)
