@@ -5,6 +5,10 @@ r"""Test-set figures of a trained VAE, in nats per image.
     KL      = E_x KL(q_φ(z|x) ‖ p(z))
     active units  = #{u : Var_x(E_q[z_u]) > 0.01}                   (Burda et al., 2016)
 
+For binary latents (:class:`~gradest.vae.model.SigmoidBeliefVAE`) the same figures with
+q_φ(b|x) = Π Bernoulli(σ(ℓ_φ(x))), b drawn as 1[u < σ(ℓ)], the KL to the learned Bernoulli prior in
+closed form, and a unit active when Var_x(E_q[b_u]) = Var_x σ(ℓ_u) > 0.01.
+
 Images are processed in batches and the K importance samples in chunks whose log-weights are
 combined by logsumexp, so memory stays bounded for K = 1000 on the whole test set.
 """
@@ -16,7 +20,7 @@ from typing import NamedTuple
 
 import torch
 
-from gradest.vae.model import VAE, bernoulli_log_prob, gaussian_kl
+from gradest.vae.model import VAE, SigmoidBeliefVAE, bernoulli_log_prob, gaussian_kl
 
 ACTIVE_THRESHOLD = 0.01
 #: z per image of the final −ELBO (its Monte Carlo error is then ≈ 0.02 nats on 1,000 images).
@@ -44,9 +48,19 @@ def _noise(k: int, b: int, latent: int, like: torch.Tensor, generator: torch.Gen
     return torch.randn(k, b, latent, generator=generator, device=like.device, dtype=like.dtype)
 
 
+def _binary(k: int, logits: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    """b ~ Π Bernoulli(σ(ℓ)) ``[K, B, L]``: 1[u < σ(ℓ)], u from the generator."""
+    u = torch.rand(k, *logits.shape, generator=generator, device=logits.device, dtype=logits.dtype)
+    return (u < torch.sigmoid(logits)).to(logits.dtype)
+
+
 @torch.no_grad()
 def neg_elbo(
-    model: VAE, x: torch.Tensor, generator: torch.Generator, samples: int = 1, cells: int = 100_000
+    model: VAE | SigmoidBeliefVAE,
+    x: torch.Tensor,
+    generator: torch.Generator,
+    samples: int = 1,
+    cells: int = 100_000,
 ) -> tuple[float, float]:
     """(−ELBO, KL) averaged over the images x [N, D], with ``samples`` z per image.
 
@@ -56,6 +70,13 @@ def neg_elbo(
     """
     total = kl_total = 0.0
     for xb in x.split(max(1, cells // samples)):
+        if isinstance(model, SigmoidBeliefVAE):
+            logits = model.encode(xb)
+            kl = model.kl(logits)
+            b = _binary(samples, logits, generator)
+            total += float((kl - bernoulli_log_prob(xb, model.decoder(b)).mean(0)).sum())
+            kl_total += float(kl.sum())
+            continue
         loc, scale = model.encode(xb)
         z = loc + scale * _noise(samples, xb.shape[0], model.latent, xb, generator)
         kl = gaussian_kl(loc, scale)
@@ -75,13 +96,18 @@ def iwae_nll(
 ) -> float:
     """−IWAE_K bound averaged over the images x [N, D]."""
     total = 0.0
+    binary = isinstance(model, SigmoidBeliefVAE)
     for xb in x.split(batch_size):
-        loc, scale = model.encode(xb)
+        encoding = (model.encode(xb),) if binary else model.encode(xb)
         parts = []
         for start in range(0, k, chunk):
             c = min(chunk, k - start)
-            z = loc + scale * _noise(c, xb.shape[0], model.latent, xb, generator)
-            parts.append(torch.logsumexp(model.log_weights(xb, z, loc, scale), 0))
+            if binary:
+                z = _binary(c, encoding[0], generator)
+            else:
+                loc, scale = encoding
+                z = loc + scale * _noise(c, xb.shape[0], model.latent, xb, generator)
+            parts.append(torch.logsumexp(model.log_weights(xb, z, *encoding), 0))
         log_mean_w = torch.logsumexp(torch.stack(parts), 0) - math.log(k)
         total -= float(log_mean_w.sum())
     return total / x.shape[0]
@@ -90,7 +116,10 @@ def iwae_nll(
 @torch.no_grad()
 def active_units(model: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOLD) -> int:
     """Latent coordinates whose posterior mean varies across images by more than ``threshold``."""
-    loc = torch.cat([model.encode(xb)[0] for xb in x.split(1000)])
+    if isinstance(model, SigmoidBeliefVAE):  # the posterior means E_q[b] = σ(ℓ)
+        loc = torch.cat([torch.sigmoid(model.encode(xb)) for xb in x.split(1000)])
+    else:
+        loc = torch.cat([model.encode(xb)[0] for xb in x.split(1000)])
     return int((loc.var(0, correction=1) > threshold).sum())
 
 

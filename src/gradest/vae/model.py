@@ -1,4 +1,5 @@
-r"""The variational autoencoder: Gaussian q(z|x), standard normal prior, Bernoulli decoder.
+r"""The variational autoencoders: Gaussian q(z|x), standard normal prior, Bernoulli decoder; and
+binary latents (:class:`SigmoidBeliefVAE`: Bernoulli q(b|x), learned Bernoulli prior).
 
     q_φ(z|x)  = N(z; μ_φ(x), diag σ_φ(x)²)          encoder(x) -> (μ, σ), each [B, L]
     p(z)      = N(z; 0, I)
@@ -136,3 +137,91 @@ class VAE(nn.Module):
         p = next(self.decoder.parameters())
         z = torch.randn(n, self.latent, generator=generator, device=p.device, dtype=p.dtype)
         return torch.sigmoid(self.decoder(z))
+
+
+# ── binary latents: the sigmoid belief network VAE ─────────────────────────────────────────
+
+
+def tanh_mlp(sizes: Sequence[int], generator: torch.Generator) -> nn.Sequential:
+    """Linear layers with tanh between them (none after the last): one Linear for two sizes."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(itertools.pairwise(sizes)):
+        layers.append(linear(a, b, generator))
+        if i < len(sizes) - 2:
+            layers.append(nn.Tanh())
+    return nn.Sequential(*layers)
+
+
+def bernoulli_latent_log_prob(b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """log Π_l Bernoulli(b_l; σ(a_l)) = Σ_l b_l a_l − softplus(a_l); b may be relaxed, in [0, 1]."""
+    return (b * logits - torch.nn.functional.softplus(logits)).sum(-1)
+
+
+def bernoulli_kl(logits: torch.Tensor, prior_logits: torch.Tensor) -> torch.Tensor:
+    """KL(Π Bernoulli(σ(ℓ)) ‖ Π Bernoulli(σ(a))) = Σ_l q_l (ℓ_l − a_l) + softplus(a_l) − softplus(ℓ_l),
+    q = σ(ℓ): per data point."""
+    softplus = torch.nn.functional.softplus
+    q = torch.sigmoid(logits)
+    return (q * (logits - prior_logits) + softplus(prior_logits) - softplus(logits)).sum(-1)
+
+
+class SigmoidBeliefVAE(nn.Module):
+    r"""A VAE with binary latents (one stochastic layer: a sigmoid belief network).
+
+        q_φ(b|x) = Π_l Bernoulli(b_l; σ(ℓ_φ(x)_l))        encoder(x) -> logits ℓ [B, L]
+        p_a(b)   = Π_l Bernoulli(b_l; σ(a_l))              a = ``prior_logits`` [L], learned
+        p_θ(x|b) = Π_d Bernoulli(x_d; σ(decoder(b)_d))      decoder(b) -> logits [..., D]
+        log w(x, b) = log p_a(b) + log p_θ(x|b) − log q_φ(b|x)
+
+    The prior's logits are learned, as the bias of the top layer of the SBNs of Tucker et al.
+    (2017, REBAR) and the works that follow them (RELAX, ARM, DisARM); they start at 0 (p = ½).
+    ``build`` gives their two architectures: ``linear`` (encoder and decoder one affine map each,
+    D-L and L-D) and ``nonlinear`` (two deterministic tanh layers between, D-200-200-L and
+    L-200-200-D). The decoder must accept leading sample dimensions ``[K, B, L] -> [K, B, D]``
+    and relaxed inputs in [0, 1]^L (REBAR, RELAX and Gumbel straight-through evaluate it there).
+    """
+
+    def __init__(self, encoder: nn.Module, decoder: nn.Module, latent: int) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.decoder = decoder
+        self.latent = int(latent)
+        self.prior_logits = nn.Parameter(torch.zeros(self.latent))
+
+    @classmethod
+    def build(cls, dim: int, hidden: Sequence[int], latent: int, generator: torch.Generator
+              ) -> SigmoidBeliefVAE:
+        """Linear maps (``hidden`` empty) or tanh MLPs D-H…-L and L-…H-D, initialised from ``generator``."""
+        return cls(tanh_mlp([dim, *hidden, latent], generator),
+                   tanh_mlp([latent, *reversed(hidden), dim], generator), latent)
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        """The logits ℓ_φ(x) of q(b|x), [B, L]."""
+        return self.encoder(x)
+
+    def log_prior(self, b: torch.Tensor) -> torch.Tensor:
+        return bernoulli_latent_log_prob(b, self.prior_logits)
+
+    def log_joint(self, x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """log p_a(b) + log p_θ(x|b) for b [K, B, L] and x [B, D]: [K, B]."""
+        return self.log_prior(b) + bernoulli_log_prob(x, self.decoder(b))
+
+    def log_weights(self, x: torch.Tensor, b: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """log w = log p(b) + log p_θ(x|b) − log q(b; ℓ): [K, B]."""
+        return self.log_joint(x, b) - bernoulli_latent_log_prob(b, logits)
+
+    def kl(self, logits: torch.Tensor) -> torch.Tensor:
+        """KL(q_φ(b|x) ‖ p_a(b)) in closed form, per data point."""
+        return bernoulli_kl(logits, self.prior_logits)
+
+    @torch.no_grad()
+    def reconstruct(self, x: torch.Tensor) -> torch.Tensor:
+        """Bernoulli means of p(x|b) at the posterior's mode b = 1[σ(ℓ_φ(x)) > ½]."""
+        return torch.sigmoid(self.decoder((self.encode(x) > 0).to(x.dtype)))
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator) -> torch.Tensor:
+        """Bernoulli means of p(x|b) for n draws b ~ p(b)."""
+        a = self.prior_logits
+        u = torch.rand(n, self.latent, generator=generator, device=a.device, dtype=a.dtype)
+        return torch.sigmoid(self.decoder((u < torch.sigmoid(a)).to(a.dtype)))

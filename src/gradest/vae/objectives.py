@@ -45,7 +45,7 @@ from __future__ import annotations
 import functools
 import math
 from collections.abc import Callable
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch.distributions import Independent, Normal
@@ -75,11 +75,14 @@ FromEncodingFn = Callable[
 
 class Objective(NamedTuple):
     fn: ObjectiveFn  # encode x, then from_encoding
-    from_encoding: FromEncodingFn  # the objective given the encoder's outputs (μ, σ)
+    from_encoding: FromEncodingFn  # the objective given the encoder's outputs (μ, σ; binary latents: ℓ)
     bound: str  # "elbo" or "iwae": the bound whose gradient the estimator is unbiased for
     min_k: int
     uses_baseline: bool
     summary: str
+    #: the run's estimator state, made once per run and passed where the baseline goes (binary latents,
+    #: :mod:`gradest.vae.bernoulli`); None: the moving-average baseline or nothing
+    make_state: Callable[[], Any] | None = None
 
 
 def posterior(loc: torch.Tensor, scale: torch.Tensor) -> Independent:
@@ -183,6 +186,12 @@ def vimco(model, x, loc, scale, k, generator, baseline=None) -> Estimate:
     z = _draw(loc, scale, k, generator, False)  # no path from φ through z
     log_q = normal_log_prob(z, loc, scale)
     log_w = model.log_joint(x, z) - log_q
+    return vimco_estimate(log_w, log_q)
+
+
+def vimco_estimate(log_w: torch.Tensor, log_q: torch.Tensor) -> Estimate:
+    """VIMCO's surrogate from log w ``[K, *batch]`` and log q(z_k) (live in φ, z detached)."""
+    k = log_w.shape[0]
     lw = log_w.detach()
     bound = _iwae(lw)
     # L_{-j}: w_j replaced by the geometric mean of the other weights, for all j at once [K(j), K(i), *batch].
@@ -217,14 +226,28 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-def get_objective(name: str, k: int) -> Objective:
-    """The objective ``name``, checked to accept ``k`` samples per image."""
+LATENT_DISTS = ("gaussian", "bernoulli")
+
+
+def get_objective(name: str, k: int, latent_dist: str = "gaussian") -> Objective:
+    """The objective ``name`` for the latents ``latent_dist``, checked to accept ``k`` samples per image."""
+    if latent_dist not in LATENT_DISTS:
+        raise GradestError(f"--latent-dist must be one of {', '.join(LATENT_DISTS)}, got {latent_dist!r}")
+    if latent_dist == "bernoulli":
+        from gradest.vae import bernoulli  # it builds on this module
+
+        return bernoulli.get_objective(name, k)
     entry = OBJECTIVES.get(name)
     base, colon, k_text = name.partition(":")
     if entry is None and colon and base in OBJECTIVES:
         raise GradestError(
             f"--estimator {name}: write --estimator {base} --k {k_text} "
             "(NAME:K is the syntax of gradest vae compare)"
+        )
+    if entry is None and base.partition("=")[0] in _BINARY_ONLY:
+        raise GradestError(
+            f"--estimator {name} is for binary latents: add --latent-dist bernoulli (Gaussian latents: "
+            f"{', '.join(OBJECTIVES)})"
         )
     if entry is None:
         raise GradestError(f"unknown --estimator {name!r}; choose one of: {', '.join(OBJECTIVES)}")
@@ -233,6 +256,35 @@ def get_objective(name: str, k: int) -> Objective:
     return entry
 
 
-def make_baseline(objective: Objective, decay: float) -> MovingAverage | None:
-    """The moving-average baseline state the objective needs (None if it needs none)."""
+ARCHES = ("linear", "nonlinear")
+
+
+def check_architecture(latent_dist: str, arch: str | None, hidden: tuple[int, ...]) -> None:
+    """--arch belongs to binary latents: linear (no hidden layers) or nonlinear (tanh hidden layers)."""
+    if latent_dist != "bernoulli":
+        if arch is not None:
+            raise GradestError(f"--arch {arch} applies to --latent-dist bernoulli; the Gaussian VAE's "
+                               "architecture is set by --hidden")
+        return
+    if arch not in ARCHES:
+        raise GradestError(
+            f"--arch must be one of {', '.join(ARCHES)} with --latent-dist bernoulli, got {arch!r}"
+        )
+    if arch == "linear" and hidden:
+        raise GradestError(f"--arch linear has no hidden layers, got --hidden {list(hidden)}; drop --hidden "
+                           "or use --arch nonlinear")
+    if arch == "nonlinear" and not hidden:
+        raise GradestError(
+            "--arch nonlinear needs hidden layers (--hidden 200 --hidden 200, as in the papers)"
+        )
+
+
+_BINARY_ONLY = ("gumbel-st", "rebar", "relax", "arm", "disarm")
+
+
+def make_baseline(objective: Objective, decay: float) -> Any:
+    """The state the objective keeps across steps: a moving-average baseline, the binary-latent
+    estimator (:class:`gradest.vae.bernoulli.LatentEstimator`), or None."""
+    if objective.make_state is not None:
+        return objective.make_state()
     return MovingAverage(decay) if objective.uses_baseline else None

@@ -53,8 +53,8 @@ from gradest.rng import make_generator
 from gradest.vae.data import ImageData, absolute_spec, binarize, check_binarize, load_images
 from gradest.vae.distributed import Group, check_batches
 from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
-from gradest.vae.model import VAE
-from gradest.vae.objectives import Objective, get_objective, make_baseline
+from gradest.vae.model import VAE, SigmoidBeliefVAE
+from gradest.vae.objectives import Objective, check_architecture, get_objective, make_baseline
 from gradest.vae.variance import repeat_gradients
 
 CHECKPOINT = "checkpoint.pt"
@@ -87,10 +87,13 @@ class TrainConfig:
     var_batch: int = 128
     iwae_k: int = 1000
     baseline_decay: float = 0.9
+    latent_dist: str = "gaussian"  # or "bernoulli": the binary-latent VAE (gradest.vae.bernoulli)
+    arch: str | None = None  # bernoulli: "linear" (hidden must be ()) or "nonlinear" (tanh hidden layers)
 
     def check(self) -> TrainConfig:
         check_binarize(self.binarize)
-        get_objective(self.estimator, self.k)
+        get_objective(self.estimator, self.k, self.latent_dist)
+        check_architecture(self.latent_dist, self.arch, self.hidden)
         positive = {
             "latent": self.latent,
             "k": self.k,
@@ -163,6 +166,8 @@ def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
     var_batch = train[: config.var_batch]
     if config.binarize == "dynamic":
         var_batch = binarize(var_batch, gen)
+    if model is None and config.latent_dist == "bernoulli":
+        model = SigmoidBeliefVAE.build(data.dim, config.hidden, config.latent, gen)
     if model is None:
         model = VAE.mlp(data.dim, config.hidden, config.latent, gen)
     model = model.to(device)
@@ -184,7 +189,10 @@ def _check_shapes(model: VAE, x: torch.Tensor, dataset: str) -> None:
     try:
         with torch.no_grad():
             model.eval()
-            loc, scale = model.encode(x)
+            if isinstance(model, SigmoidBeliefVAE):  # one output, the logits of q(b|x)
+                loc = scale = model.encode(x)
+            else:
+                loc, scale = model.encode(x)
             logits = model.decoder(loc)
     except (RuntimeError, ValueError, TypeError) as err:
         raise GradestError(f"the model does not fit the data ({str(err).splitlines()[0]}); {need}") from None
@@ -218,8 +226,10 @@ def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict
     return state
 
 
-def _baseline_state(baseline: MovingAverage | None) -> dict[str, float] | None:
-    return None if baseline is None else dataclasses.asdict(baseline)
+def _baseline_state(baseline: Any) -> dict[str, Any] | None:
+    if baseline is None or isinstance(baseline, MovingAverage):
+        return None if baseline is None else dataclasses.asdict(baseline)
+    return baseline.state_dict()  # the binary-latent estimator (gradest.vae.bernoulli.LatentEstimator)
 
 
 def _metrics_text(metrics: list[dict[str, Any]]) -> str:
@@ -304,7 +314,7 @@ def train(
     else:
         config = dataclasses.replace(config, dataset=absolute_spec(config.dataset))
     config.check()
-    objective = get_objective(config.estimator, config.k)
+    objective = get_objective(config.estimator, config.k, config.latent_dist)
     run = setup(config, model)
     model = run.model
     device = run.train.device
@@ -321,8 +331,10 @@ def train(
     if state is not None:
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
-        if baseline is not None:
+        if isinstance(baseline, MovingAverage):
             baseline = MovingAverage(**state["baseline"])
+        elif baseline is not None:
+            baseline.load_state_dict(state["baseline"])
         g_data.set_state(state["generators"]["data"].cpu())
         g_noise.set_state(state["generators"]["noise"].cpu())
         g_diag.set_state(state["generators"]["diag"].cpu())
@@ -399,6 +411,12 @@ def _monitor(config: TrainConfig, run: Setup, model: VAE, objective: Objective,
     """The run's gradient monitor on the fixed batch (None with ``var_repeats`` 0)."""
     if config.var_repeats < 2:
         return None
+    if config.latent_dist == "bernoulli":
+        from gradest.vae.bernoulli import monitor_loss
+
+        return GradientMonitor(model, monitor_loss(model, objective, config.k, baseline),
+                               every=config.monitor_every or steps, repeats=config.var_repeats,
+                               batch=run.var_batch, state=[baseline], seed=g_diag)
 
     def estimates(x: torch.Tensor, generator: torch.Generator, repeats: int) -> dict[str, torch.Tensor]:
         try:
@@ -513,6 +531,8 @@ def write_summary(out: Path, config: TrainConfig, evaluation: Evaluation, metric
         "epochs": len(metrics),
         **evaluation.to_dict(),
     }
+    if config.latent_dist != "gaussian":
+        summary.update(latent_dist=config.latent_dist, arch=config.arch)
     if metrics:
         summary["train_neg_elbo"] = metrics[-1]["train_neg_elbo"]
         summary["grad_var"] = metrics[-1]["grad_var"]
