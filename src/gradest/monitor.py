@@ -62,6 +62,15 @@ control variate, a generator the loss closes over — after EACH repeat, so ever
 training's state, as the next training step will (:mod:`gradest.snapshot`). The loss must draw its
 noise from the generator it is given; a generator it closes over must be registered as ``state``.
 
+Per stochastic node: when ``loss_fn(batch, generator)`` returns the :class:`gradest.graph.Graph` it
+built (instead of ``g.surrogate()``), each repeat's gradient is ∇ surrogate split by node through
+the graph's attribution (:meth:`~gradest.graph.Graph.node_means`: a score node's term, a callable
+node's estimate, a pathwise node's share of the costs' gradient, ``direct``), and the monitor adds
+one record per node, group ``"node:NAME"``, over every monitored parameter: the variance of that
+node's contribution to ONE training gradient, its standard error, SNR and mean norm. The node
+records go wherever the group records go (JSONL, TensorBoard ``gradient/node:NAME/…``, Lightning,
+:func:`plot`). A graph loss runs on the loop path (each repeat's split needs its own graph).
+
 Outputs: ``records`` in memory; JSONL (``jsonl=PATH``: one line per step and group, appended by one
 ``write`` and a flush per measurement); TensorBoard scalars (``tensorboard=LOGDIR`` or a
 ``SummaryWriter``; needs the ``tensorboard`` extra, skipped with a :class:`MonitorWarning` when it
@@ -88,7 +97,7 @@ import time
 import warnings
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 from torch import nn
@@ -98,13 +107,20 @@ from gradest.estimators.base import PerSampleGradients
 from gradest.rng import make_generator
 from gradest.snapshot import Snapshot, global_rngs_forked
 
+if TYPE_CHECKING:
+    from gradest.graph import Graph
+
 MODES = ("auto", "batched", "loop")
 ALL = "all"
+#: the group name of a stochastic node's records: ``"node:z1"``
+NODE_PREFIX = "node:"
 _SEED_HIGH = 2**62
 #: separates the monitor's global-RNG seeds from its main stream (which must not be consumed by them)
 _FORK_SALT = 0x9E3779B97F4A7C15
 
-LossFn = Callable[..., torch.Tensor]
+LossFn = Callable[..., "torch.Tensor | Graph"]
+#: node -> parameter name -> ``[R, *shape]``: each repeat's gradient split by stochastic node
+NodeEstimates = dict[str, dict[str, torch.Tensor]]
 EstimatesFn = Callable[[Any, torch.Generator, int], "Mapping[str, torch.Tensor] | PerSampleGradients"]
 
 
@@ -320,7 +336,8 @@ class GradientMonitor:
         params: a module (default groups: one per top-level child, and ``"all"``) or a mapping
             group name -> tensor | module | iterable of tensors.
         loss_fn: ``loss_fn(batch, generator) -> scalar`` — the training loss with its noise drawn
-            from ``generator``; optionally ``loss_fn(batch, generator, repeats=R) -> [R]`` (the
+            from ``generator`` — or ``-> Graph`` (a :func:`gradest.graph` it built: per-node records
+            too, module docstring); optionally ``loss_fn(batch, generator, repeats=R) -> [R]`` (the
             batched path; module docstring).
         estimates_fn: instead of ``loss_fn``: ``(batch, generator, repeats) -> {name: [R, *shape]}``
             or ``PerSampleGradients``, the names those of :func:`parameter_groups`.
@@ -418,18 +435,23 @@ class GradientMonitor:
         if batch is None:
             raise GradestError("no batch to measure on: give one to step() or measure(), or batch= "
                                "to the monitor")
-        grads, labels, path = self._draw(batch)
+        grads, labels, path, nodes = self._draw(batch)
         repeats = int(next(iter(grads.values())).shape[0])
         # each parameter's parts once, then summed per group ("all" repeats no work)
         parts = {id(p): _sums(grads[n].reshape(repeats, -1), labels) for n, p in self.named.items()}
         stats = {group: _statistics([parts[id(p)] for p in members.values()])
                  for group, members in self.groups.items()}
+        sizes = {group: sum(p.numel() for p in members.values()) for group, members in self.groups.items()}
+        for node, node_grads in nodes.items():  # a graph loss: each node's share, over every parameter
+            stats[NODE_PREFIX + node] = _statistics([_sums(g.reshape(repeats, -1), None)
+                                                     for g in node_grads.values()])
+            sizes[NODE_PREFIX + node] = sizes[ALL]
         device = next(iter(grads.values())).device
         if device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(device)
         seconds = time.perf_counter() - start
-        records = [GroupStats(int(step), group, sum(p.numel() for p in self.groups[group].values()), repeats,
-                              *s, seconds, path) for group, s in stats.items()]
+        records = [GroupStats(int(step), group, sizes[group], repeats, *s, seconds, path)
+                   for group, s in stats.items()]
         self.records.extend(records)
         self._write(records)
         self._seconds += time.perf_counter() - start
@@ -467,17 +489,19 @@ class GradientMonitor:
 
     # drawing the estimates, with no side effects ------------------------------------------
 
-    def _draw(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
+    def _draw(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str, NodeEstimates]:
         snapshot = Snapshot(self._restorable)
         grads_before = {n: p.grad for n, p in self.named.items()}
         seed = int(torch.randint(_SEED_HIGH, (1,), generator=self._fork_seeds))
         try:
             with global_rngs_forked(seed), torch.enable_grad():
                 if self.estimates_fn is not None:
-                    return (*self._given(self.estimates_fn(batch, self.generator, self.repeats)), "estimates")
+                    given, labels = self._given(self.estimates_fn(batch, self.generator, self.repeats))
+                    return given, labels, "estimates", {}
                 if self.batched:
-                    return self._batched(batch)
-                return self._loop(batch, snapshot), None, "loop"
+                    return (*self._batched(batch), {})
+                grads, nodes = self._loop(batch, snapshot)
+                return grads, None, "loop", nodes
         finally:
             snapshot.restore()
             for name, p in self.named.items():
@@ -493,22 +517,45 @@ class GradientMonitor:
                                f"expected the names {', '.join(self.named)}")
         return {n: grads[n].detach() for n in self.named}, labels
 
-    def _loop(self, batch: Any, snapshot: Snapshot) -> dict[str, torch.Tensor]:
+    def _loop(self, batch: Any, snapshot: Snapshot) -> tuple[dict[str, torch.Tensor], NodeEstimates]:
+        from gradest.graph import Graph  # (the graph module is not needed by plain losses)
+
         params = list(self.named.values())
         rows = []
+        nodes: dict[str, dict[str, list[torch.Tensor]]] = {}
         for _ in range(self.repeats):
             loss = self.loss_fn(batch, self.generator)
+            if isinstance(loss, Graph):
+                # each node's share of this repeat's gradient; their sum is ∇ surrogate
+                shares = loss.node_means(self.named)
+                for node, grads in shares.items():
+                    for n in self.named:
+                        nodes.setdefault(node, {}).setdefault(n, []).append(grads[n])
+                rows.append(tuple(sum(grads[n] for grads in shares.values()) for n in self.named))
+                snapshot.restore()
+                continue
             if not isinstance(loss, torch.Tensor) or loss.numel() != 1:
                 got = list(loss.shape) if isinstance(loss, torch.Tensor) else type(loss).__name__
-                raise GradestError(f"loss_fn(batch, generator) must return a scalar tensor, got {got}")
+                raise GradestError(f"loss_fn(batch, generator) must return a scalar tensor or a "
+                                   f"gradest.graph Graph, got {got}")
             rows.append(torch.autograd.grad(loss.reshape(()), params, allow_unused=True,
                                             materialize_grads=True))
             snapshot.restore()  # each repeat sees the training's state (a baseline's value, BatchNorm's)
-        return {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(self.named)}
+        if nodes and len(next(iter(next(iter(nodes.values())).values()))) != self.repeats:
+            raise GradestError("loss_fn returned a gradest.graph Graph in some repeats only; return one "
+                               "every time (or never)")
+        stacked = {node: {n: torch.stack(v) for n, v in per.items()} for node, per in nodes.items()}
+        return {n: torch.stack([r[i] for r in rows]) for i, n in enumerate(self.named)}, stacked
 
     def _batched(self, batch: Any) -> tuple[dict[str, torch.Tensor], torch.Tensor | None, str]:
         params = list(self.named.values())
         losses = self.loss_fn(batch, self.generator, repeats=self.repeats)
+        from gradest.graph import Graph
+
+        if isinstance(losses, Graph):
+            raise GradestError("a loss built with gradest.graph is measured repeat by repeat (its "
+                               "per-node records need each repeat's split); drop loss_fn's repeats "
+                               "argument or use mode='loop'")
         if not isinstance(losses, torch.Tensor) or tuple(losses.shape) != (self.repeats,):
             shape = list(losses.shape) if isinstance(losses, torch.Tensor) else type(losses).__name__
             raise GradestError(f"loss_fn(batch, generator, repeats={self.repeats}) must return the "
