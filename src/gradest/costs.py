@@ -171,6 +171,7 @@ def checked(func: Callable[..., torch.Tensor], label: str) -> Callable[[torch.Te
 
     @functools.wraps(func)
     def f(x: torch.Tensor) -> torch.Tensor:
+        version = x._version  # bumped by any in-place op on x
         try:
             y = func(x)
         except (GradestError, KeyboardInterrupt):
@@ -185,6 +186,13 @@ def checked(func: Callable[..., torch.Tensor], label: str) -> Callable[[torch.Te
             raise GradestError(f"cost {label} returned shape {list(y.shape)} for samples of shape "
                                f"{list(x.shape)}; it must return one value per sample, shape [{x.shape[0]}] "
                                "(reduce over the event dimensions inside f, e.g. .sum(-1))")
+        if x._version != version:  # the estimator's own samples changed under it: silently wrong
+            raise GradestError(f"cost {label} changed its input in place (an op like x.add_ or x[...] = ); "
+                               "compute on a copy or out of place, e.g. x = x + 1")
+        if not y.dtype.is_floating_point or y.device != x.device:
+            raise GradestError(f"cost {label} returned {y.dtype} on {y.device} for samples of {x.dtype} on "
+                               f"{x.device}; return real floating-point values on the samples' device "
+                               "(e.g. .real or .double())")
         return y
 
     return f
