@@ -4,11 +4,12 @@ Three methods, each differentiating an exact (or quadrature-exact) expression of
 
 * ``closed-form``: a :class:`~gradest.costs.Cost` with a known E[f] under a diagonal Normal;
   ∇θ L = autograd of that expression through the builder's loc and scale.
-* ``quadrature``: any f under a Normal with at most 3 coordinates. Gauss–Hermite nodes
-  x_i = μ + √2 σ t_i with weights w_i / π^(D/2) give L ≈ Σ_i w_i f(x_i), and
-  ∇θ L = ∫ f(x) ∇θ log p(x; θ) p(x; θ) dx ≈ Σ_i w_i f(x_i) ∇θ log p(x_i; θ), so f need not be
-  differentiable. The error estimate sums the differences of orders n, n/2, n/4 and a rounding
-  bound, and a score-function Monte Carlo check refuses a gradient the nodes do not resolve.
+* ``quadrature``: any f under a Normal with at most 3 coordinates, through the score identity
+  ∇θ L = ∫ f(x) ∇θ log p(x; θ) p(x; θ) dx, so f need not be differentiable. One coordinate: adaptive
+  Gauss–Kronrod (7, 15) in z = (x − μ)/σ, bisecting the panels where f jumps or kinks, with an error
+  that bounds the actual one (the tests check it on steps, kinks, narrow peaks, fast growth and
+  oscillation). Two or three: Gauss–Hermite of orders n, n/2, n/4, whose differences estimate the
+  error. A score-function Monte Carlo check refuses a gradient the nodes do not resolve.
 * ``enumeration``: a family with finite support (Bernoulli, Categorical, products of them):
   L = Σ_x p(x; θ) f(x) summed over every point of the support.
 """
@@ -200,13 +201,8 @@ class _Rule(NamedTuple):
         return torch.stack([(wf * self.z).sum(0), (wf * (self.z**2 - 1.0)).sum(0)])
 
 
-def _quadrature_value(f, dist, loc, order) -> _Rule:
-    """Gauss–Hermite of order n per coordinate.
-
-    log p(x_i; θ) is written through z = (√2 σ₀ t_i − (μ − μ₀)) / σ, which equals √2 t_i at θ₀ exactly
-    and has the derivatives of (x_i − μ)/σ: forming x_i − μ by subtraction would lose the digits of
-    σ t_i to the rounding of x_i when σ ≪ |μ|.
-    """
+def _hermite_nodes(order: int, loc: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gauss–Hermite of order n per coordinate, as z-nodes √2 t_i [n^D, D] with weights w_i / π^(D/2)."""
     from scipy.special import roots_hermite  # scipy loads only when quadrature runs
 
     dims = loc.numel()
@@ -217,9 +213,18 @@ def _quadrature_value(f, dist, loc, order) -> _Rule:
     weights = torch.cartesian_prod(*[w] * dims).reshape(-1, dims).prod(1) / math.pi ** (dims / 2)
     # nodes whose weight underflows to 0 contribute nothing, and f may overflow there (exp(2x) at 70 σ)
     keep = weights > 0
-    nodes, weights = nodes[keep], weights[keep]
+    return math.sqrt(2.0) * nodes[keep], weights[keep]
+
+
+def _quadrature_value(f, dist, loc, nodes, weights) -> _Rule:
+    """Σ_i w_i f(x_i) at x_i = μ + σ z_i (z-nodes ``[n, D]``, weights summing to ≈ 1), with autograd to θ.
+
+    log p(x_i; θ) is written through z = (σ₀ z_i − (μ − μ₀)) / σ, which equals z_i at θ₀ exactly
+    and has the derivatives of (x_i − μ)/σ: forming x_i − μ by subtraction would lose the digits of
+    σ z_i to the rounding of x_i when σ ≪ |μ|.
+    """
     mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
-    offset = math.sqrt(2.0) * sigma.detach() * nodes  # x_i − μ₀, exact in t_i
+    offset = sigma.detach() * nodes  # x_i − μ₀, exact in z_i
     with torch.no_grad():
         x = (mu.detach() + offset).reshape(len(nodes), *loc.shape)
     fx = f(x)
@@ -250,6 +255,14 @@ def _abs_linear_form(wf: torch.Tensor, z: torch.Tensor, mu: torch.Tensor,
 
 
 def _quadrature(f, dist, leaves) -> ExactGradient:
+    """Adaptive Gauss–Kronrod for one coordinate, Gauss–Hermite at orders n, n/2, n/4 for two or three."""
+    loc = _normal_parts(dist)[0]
+    if loc.numel() == 1:
+        return _adaptive(f, dist, leaves)
+    return _hermite(f, dist, leaves)
+
+
+def _hermite(f, dist, leaves) -> ExactGradient:
     r"""Gauss–Hermite at orders n, n/2, n/4, checked against a score-function Monte Carlo estimate.
 
     error_k = |g_n − g_{n/2}| + |g_{n/2} − g_{n/4}| + R · n_nodes · ε · Σ_i w_i |f(x_i)| |∂_k log p(x_i)|:
@@ -257,11 +270,12 @@ def _quadrature(f, dist, leaves) -> ExactGradient:
     feature of f narrower than its node spacing (exp(−x²) under σ = 10³ is 0 at every node): a Monte
     Carlo estimate, with its own standard error, catches that, and a quadrature gradient that
     disagrees with it is refused rather than reported with an error bar it does not have (a feature
-    carrying less than about 1/CHECK_SAMPLES of the probability can escape both).
+    carrying less than about 1/CHECK_SAMPLES of the probability can escape both). The order
+    differences are an estimate, not a bound, for an f with jumps in two or three coordinates.
     """
     loc = _normal_parts(dist)[0]
     order = QUADRATURE_ORDER[loc.numel()]
-    rules = [_quadrature_value(f, dist, loc, order // d) for d in (1, 2, 4)]
+    rules = [_quadrature_value(f, dist, loc, *_hermite_nodes(order // d, loc)) for d in (1, 2, 4)]
     grads, *coarser = (_grad(r.value, leaves) for r in rules)
     rounding = _grad(rules[0].magnitude, leaves)
     scale = ROUNDING_SAFETY * len(rules[0].weights) * torch.finfo(loc.dtype).eps
@@ -273,10 +287,206 @@ def _quadrature(f, dist, leaves) -> ExactGradient:
     ls_error = (ls[0] - ls[1]).abs() + (ls[1] - ls[2]).abs()
     widen = _check_against_monte_carlo(f, dist, loc.shape, rules[0], ls[0], ls_error)
     if widen is not None:
-        mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
-        extra = _grad(widen[0] @ mu + widen[1] @ sigma, leaves)
-        error = {k: error[k] + extra[k].abs() for k in leaves}
+        extra = _locscale_to_params(widen, dist, leaves)
+        error = {k: error[k] + extra[k] for k in leaves}
     return ExactGradient(grads, rules[0].value.detach(), "quadrature", error)
+
+
+def _locscale_to_params(error: torch.Tensor, dist, leaves) -> dict[str, torch.Tensor]:
+    """A [2, D] error on ∂L/∂(μ, σ) carried to each parameter as a bound:
+    e_θ = Σ_j |∂μ_j/∂θ| e_μj + |∂σ_j/∂θ| e_σj (the Jacobian's absolute values, no cancellation)."""
+    mu, sigma = (p.reshape(-1) for p in _normal_parts(dist))
+    out = {k: torch.zeros_like(v) for k, v in leaves.items()}
+    for row, coords in enumerate((mu, sigma)):
+        for j in range(coords.numel()):
+            if not float(error[row, j]) > 0.0:
+                continue
+            jac = _grad(coords[j], leaves)
+            for k in leaves:
+                out[k] = out[k] + jac[k].abs() * error[row, j]
+    return out
+
+
+# ── one coordinate: adaptive Gauss–Kronrod (7, 15) in z = (x − μ)/σ ───────────────────────────
+#: Kronrod nodes on [−1, 1] (the Gauss–Legendre 7 nodes are every second one) and both weight sets
+_XK = (0.991455371120812639206854697526329, 0.949107912342758524526189684047851,
+       0.864864423359769072789712788640926, 0.741531185599394439863864773280788,
+       0.586087235467691130294144845693013, 0.405845151377397166906606412076961,
+       0.207784955007898467600689403773245, 0.0)
+_WK = (0.022935322010529224963732008058970, 0.063092092629978553290700663189204,
+       0.104790010322250183839876322541518, 0.140653259715525918745189590510238,
+       0.169004726639267902826583426598550, 0.190350578064785409913256402421014,
+       0.204432940075298892414161999234649, 0.209482141084727828012999174891714)
+_WG = (0.0, 0.129484966168869693270611432679082, 0.0, 0.279705391489276667901467771423780,
+       0.0, 0.381830050505118944950369775488975, 0.0, 0.417959183673469387755102040816327)
+#: z-range (beyond it φ(z) < 1e-313, below float64's normal range), first panel width
+TAIL, FIRST_WIDTH = 38.0, 0.5
+#: target error relative to Σ |terms|, absolute floor, bisection rounds, panels at most
+ADAPT_REL, ADAPT_ABS, ADAPT_ROUNDS, ADAPT_PANELS = 1e-11, 1e-300, 80, 20_000
+#: safety factor on the error estimate (Σ_panels |K15 − G7| ⊕ the change under one more bisection)
+ERROR_SAFETY = 10.0
+#: a result whose estimated error exceeds this fraction of Σ |terms| is refused, not reported
+CERTIFY_REL = 1e-6
+
+
+def _kronrod_tables(dtype, device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.tensor(_XK, dtype=dtype, device=device)
+    nodes = torch.cat([-x[:-1], x.flip(0)])  # 15 nodes, ascending
+    wk = torch.tensor(_WK, dtype=dtype, device=device)
+    wg = torch.tensor(_WG, dtype=dtype, device=device)
+    return nodes, torch.cat([wk[:-1], wk.flip(0)]), torch.cat([wg[:-1], wg.flip(0)])
+
+
+class _Panels(NamedTuple):
+    """Panels [a, b] in z with their nodes [P, 15], Kronrod and Gauss weights × φ, and f there."""
+
+    a: torch.Tensor
+    b: torch.Tensor
+    z: torch.Tensor
+    wk: torch.Tensor
+    wg: torch.Tensor
+    fx: torch.Tensor
+
+
+def _evaluate_panels(f, dist, shape, a, b, tables) -> _Panels:
+    nodes, wk, wg = tables
+    half = 0.5 * (b - a)
+    z = (0.5 * (a + b)).unsqueeze(1) + half.unsqueeze(1) * nodes
+    phi = torch.exp(-0.5 * z**2) / math.sqrt(2.0 * math.pi)
+    mu, sigma = (p.reshape(-1).detach() for p in _normal_parts(dist))
+    x = (mu + sigma * z.reshape(-1, 1)).reshape(-1, *shape)
+    with torch.no_grad():
+        fx = f(x).detach().reshape(z.shape)
+    weight = half.unsqueeze(1) * phi
+    return _Panels(a, b, z, weight * wk, weight * wg, fx)
+
+
+def _components(p: _Panels, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per panel [P, 3]: the Kronrod and Gauss estimates of (L, ∂L/∂μ, ∂L/∂σ) = E f · (1, z/σ, (z² − 1)/σ)."""
+    s = torch.stack([torch.ones_like(p.z), p.z / sigma, (p.z**2 - 1.0) / sigma], -1)  # [P, 15, 3]
+    fs = p.fx.unsqueeze(-1) * s
+    return (p.wk.unsqueeze(-1) * fs).sum(1), (p.wg.unsqueeze(-1) * fs).sum(1)
+
+
+def _magnitude(p: _Panels, sigma: float) -> torch.Tensor:
+    """Σ w |f| |s| per component [3]: the size of the sums, their rounding scale."""
+    s = torch.stack([torch.ones_like(p.z), p.z / sigma, (p.z**2 - 1.0) / sigma], -1)
+    return (p.wk.abs().unsqueeze(-1) * (p.fx.abs().unsqueeze(-1) * s.abs())).sum((0, 1))
+
+
+def _cat(x: _Panels, y: _Panels) -> _Panels:
+    return _Panels(*(torch.cat([u, v]) for u, v in zip(x, y, strict=True)))
+
+
+def _take(x: _Panels, keep: torch.Tensor) -> _Panels:
+    return _Panels(*(u[keep] for u in x))
+
+
+def _bisect(f, dist, shape, p: _Panels, tables) -> _Panels:
+    mid = 0.5 * (p.a + p.b)
+    return _evaluate_panels(f, dist, shape, torch.cat([p.a, mid]), torch.cat([mid, p.b]), tables)
+
+
+def _check_finite(p: _Panels, dist) -> None:
+    bad = ~torch.isfinite(p.fx) & (p.wk > 0)
+    if not bool(bad.any()):
+        return
+    out = p.z[bad].abs()
+    nearest = int(out.argmin())
+    mu, sigma = (float(v.reshape(-1)[0]) for v in _normal_parts(dist))
+    raise GradestError(
+        f"f is NaN or inf at {int(bad.sum())} quadrature nodes (the nearest at x = "
+        f"{mu + sigma * float(p.z[bad][nearest]):.6g}, {float(out[nearest]):.3g} standard deviations "
+        "out): quadrature needs f finite wherever the Normal has mass; compare estimators against each "
+        "other instead"
+    )
+
+
+def _adaptive(f, dist, leaves) -> ExactGradient:
+    r"""L, ∂L/∂μ, ∂L/∂σ = ∫ f(μ + σz) φ(z) (1, z/σ, (z² − 1)/σ) dz by adaptive Gauss–Kronrod.
+
+    The z-range [−38, 38] is cut into panels of width 1/2; each round bisects every panel whose
+    |K15 − G7| exceeds its share of the target error, so panels shrink onto the jumps and kinks f
+    reveals (a step 1[x > c] ends in a panel of width ~1e-11 around c) and f is evaluated on all new
+    panels in one batched call. The reported error is ERROR_SAFETY × (Σ_panels |K15 − G7| + |K15 on the
+    final panels − K15 on each of them bisected once| + a rounding bound): two independent checks of
+    the same sum, each far above the actual error once the panels have converged. A result that does
+    not converge to CERTIFY_REL of its size is refused; a feature narrower than the first panels'
+    nodes (exp(−x²) under σ = 10³) is caught by the score-function Monte Carlo check. Gradients
+    reach the builder's parameters by autograd through the same nodes, so a cost that declares
+    parameters gets its direct term E[∂f/∂θ] too.
+    """
+    loc, scale = _normal_parts(dist)
+    shape, dtype, device = loc.shape, loc.dtype, loc.device
+    sigma = float(scale.reshape(-1)[0].detach())
+    tables = _kronrod_tables(dtype, device)
+    panels_count = round(2 * TAIL / FIRST_WIDTH)
+    edges = torch.linspace(-TAIL, TAIL, panels_count + 1, dtype=dtype, device=device)
+    done = _Panels(*(torch.empty((0, *s), dtype=dtype, device=device) for s in ((), (), *[(15,)] * 4)))
+    active = _evaluate_panels(f, dist, shape, edges[:-1], edges[1:], tables)
+    _check_finite(active, dist)
+    eps = torch.finfo(dtype).eps
+    converged = False
+    for _ in range(ADAPT_ROUNDS):
+        everything = _cat(done, active)
+        k, g = _components(everything, sigma)
+        err = (k - g).abs()  # [P, 3]
+        size = _magnitude(everything, sigma)
+        tol = torch.clamp(ADAPT_REL * size, min=ADAPT_ABS)
+        if bool((err.sum(0) <= tol).all()):
+            converged = True
+            done = everything
+            break
+        share = tol / len(everything)
+        split = (err > share).any(1)
+        if int(split.sum()) + len(everything) > ADAPT_PANELS:
+            done = everything
+            break
+        # panels too narrow to split in floating point stay as they are
+        narrow = (everything.b - everything.a) <= 64 * eps * everything.b.abs().clamp(min=1.0)
+        split = split & ~narrow
+        if not bool(split.any()):
+            done = everything
+            break
+        done = _take(everything, ~split)
+        active = _bisect(f, dist, shape, _take(everything, split), tables)
+        _check_finite(active, dist)
+    final = done
+    k, g = _components(final, sigma)
+    refined = _bisect(f, dist, shape, final, tables)
+    _check_finite(refined, dist)
+    k2, _ = _components(refined, sigma)
+    size = _magnitude(final, sigma)
+    rounding = ROUNDING_SAFETY * final.z.numel() * eps * size
+    est = ERROR_SAFETY * ((k - g).abs().sum(0) + (k.sum(0) - k2.sum(0)).abs()) + rounding  # [3]
+    if not converged and bool((est > CERTIFY_REL * size.clamp(min=ADAPT_ABS)).any()):
+        raise GradestError(
+            "adaptive quadrature could not certify this integral (its error estimate stayed at "
+            f"{float(est.max()):.2g} after {len(final)} panels): f oscillates or jumps more often than "
+            "the panels can resolve; compare estimators against each other instead"
+        )
+    # the final nodes as one rule: value Σ W f with its gradient Σ W (∂f/∂θ + f ∇θ log p) by autograd
+    z = final.z.reshape(-1, 1)
+    weights = final.wk.reshape(-1)
+    keep = weights > 0
+    rule = _quadrature_value(f, dist, loc, z[keep], weights[keep])
+    grads = _grad(rule.value, leaves)
+    ls_error = est[1:].reshape(2, 1)
+    error = _locscale_to_params(ls_error, dist, leaves)
+    declared = getattr(f, "declared", ())
+    if declared:
+        # the direct term E[∂f/∂θ]: the same sum with the refined panels' nodes, their change as its error
+        rz = refined.z.reshape(-1, 1)
+        rw = refined.wk.reshape(-1)
+        rk = rw > 0
+        other = _grad(_quadrature_value(f, dist, loc, rz[rk], rw[rk]).value, leaves)
+        error = {n: error[n] + ERROR_SAFETY * (grads[n] - other[n]).abs() for n in leaves}
+    ls = torch.stack([k[:, 1].sum(), k[:, 2].sum()]).reshape(2, 1)
+    widen = _check_against_monte_carlo(f, dist, shape, rule, ls, ls_error)
+    if widen is not None:
+        extra = _locscale_to_params(widen, dist, leaves)
+        error = {n: error[n] + extra[n] for n in leaves}
+    return ExactGradient(grads, rule.value.detach(), "quadrature", error)
 
 
 def _check_against_monte_carlo(f, dist, shape, rule: _Rule, grad: torch.Tensor,
@@ -315,7 +525,7 @@ def _check_against_monte_carlo(f, dist, shape, rule: _Rule, grad: torch.Tensor,
             f"{float(grad[which, coord]):.6g} (± {float(error[which, coord]):.2g}) but a "
             f"score-function Monte Carlo check with {CHECK_SAMPLES} samples gives "
             f"{float(mean[which, coord]):.6g} ± {float(stderr[which, coord]):.2g}; f varies on a scale "
-            "the Gauss–Hermite nodes step over (a narrow feature under a wide Normal): use a named cost "
+            "the quadrature nodes step over (a narrow feature under a wide Normal): use a named cost "
             "with a closed form, or compare estimators against each other"
         )
     # a gap beyond the Monte Carlo noise is evidence the nodes missed part of f: widen the error to
