@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ from gradest.io import write_json
 
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
-from gradest.vae.objectives import OBJECTIVES, get_objective
+from gradest.vae.objectives import OBJECTIVES, architecture_defaults, get_objective
 
 if TYPE_CHECKING:
     from gradest.vae.train import TrainConfig
@@ -62,6 +63,25 @@ Hidden = Annotated[
     list[int] | None, typer.Option(help="Hidden layer width; repeat for more layers (default 400).")
 ]
 Latent = Annotated[int, typer.Option(help="Latent dimension; 2 also draws the latent space.")]
+LatentDist = Annotated[
+    str,
+    typer.Option(
+        help=(
+            "gaussian: N(μ, σ²) latents, standard normal prior; bernoulli: binary latents (a sigmoid "
+            "belief network, learned prior; default 200 latents) trained with --estimator score-loo, vimco, "
+            "gumbel-st=TEMP, rebar, relax, arm or disarm."
+        )
+    ),
+]
+Arch = Annotated[
+    str | None,
+    typer.Option(
+        help=(
+            "With --latent-dist bernoulli: linear (encoder and decoder affine maps; the default) or "
+            "nonlinear (two tanh layers, --hidden 200 --hidden 200 unless given)."
+        )
+    ),
+]
 K = Annotated[int, typer.Option(help="Samples z per image (score-loo and vimco need ≥ 2).")]
 Epochs = Annotated[int, typer.Option(help="Training epochs.")]
 BatchSize = Annotated[int, typer.Option(help="Images per Adam step.")]
@@ -104,7 +124,36 @@ def _progress() -> Progress:
     )
 
 
+def _rank_zero_speaks(command):
+    """Under torchrun, rank 0 prints; another rank speaks only of its own failure.
+
+    Validation fails alike in every process (same options, same files): rank 0 says it once. A
+    process that stops after training started (:class:`gradest.vae.distributed.RankFailed`) says
+    why with its rank; the others, whose next collective then fails, exit without a word.
+    """
+    from gradest.vae.distributed import PeerFailed, RankFailed, world_from_env
+
+    @functools.wraps(command)
+    def speak_once(*args, **kwargs):
+        rank = world_from_env()[0]
+        if rank != 0:
+            console.quiet = True
+        try:
+            return command(*args, **kwargs)
+        except PeerFailed:
+            raise typer.Exit(1) from None
+        except RankFailed:
+            raise
+        except GradestError:
+            if rank != 0:
+                raise typer.Exit(2) from None
+            raise
+
+    return speak_once
+
+
 def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
+    from gradest.vae.distributed import PeerFailed, RankFailed, session
     from gradest.vae.train import NonFiniteLoss, train
 
     tasks: dict[int, int] = {}
@@ -123,14 +172,21 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
             )
 
         try:
-            train(
-                config,
-                out,
-                resume=resume,
-                on_step=on_step,
-                on_epoch=on_epoch,
-                on_phase=lambda text: console.print(text),
-            )
+            with session(config.device) as group:
+                try:
+                    train(
+                        config,
+                        out,
+                        resume=resume,
+                        on_step=on_step,
+                        on_epoch=on_epoch,
+                        on_phase=lambda text: console.print(text),
+                        group=group,
+                    )
+                except GradestError as err:
+                    if group.world > 1 and group.started and not isinstance(err, (NonFiniteLoss, PeerFailed)):
+                        raise RankFailed(f"process {group.rank} of {group.world}: {err}") from None
+                    raise
         except NonFiniteLoss as err:
             progress.stop()
             console.print(f"[red]stopped:[/] {err}")
@@ -168,6 +224,7 @@ def _summary_table(rows: dict[str, dict]) -> Table:
 
 
 @vae_app.command(name="train")
+@_rank_zero_speaks
 def train_command(
     out: Annotated[
         Path,
@@ -178,7 +235,11 @@ def train_command(
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",
     hidden: Hidden = None,
-    latent: Latent = 20,
+    latent: Annotated[
+        int | None, typer.Option(help="Latent dimension (default 20; binary: 200); 2 draws the latent space.")
+    ] = None,
+    latent_dist: LatentDist = "gaussian",
+    arch: Arch = None,
     estimator: Annotated[str, typer.Option(help=_ESTIMATORS)] = "pathwise",
     k: K = 1,
     epochs: Annotated[
@@ -207,17 +268,24 @@ def train_command(
 
     Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
     """
+    from gradest.vae.distributed import device_for, world_from_env
     from gradest.vae.report import run_report
     from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, load_checkpoint
+
+    rank, world, local_rank = world_from_env()
+    device = device_for(device, local_rank, world)
 
     if epochs is None:
         # A stopped run continues to the epochs it was started for, not to the default.
         epochs = TrainConfig.from_dict(load_checkpoint(out)["config"]).epochs if resume else 30
+    arch, hidden_sizes, latent = architecture_defaults(latent_dist, arch, hidden, latent)
     config = TrainConfig(
         dataset=dataset,
         binarize=binarize,
-        hidden=tuple(hidden or (400,)),
+        hidden=hidden_sizes,
         latent=latent,
+        latent_dist=latent_dist,
+        arch=arch,
         estimator=estimator,
         k=k,
         epochs=epochs,
@@ -238,6 +306,8 @@ def train_command(
         _train_with_progress(config, out, resume)
     except NonFiniteLoss:
         raise typer.Exit(1) from None
+    if rank != 0:
+        return  # rank 0 writes the report and prints the summary
     report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))

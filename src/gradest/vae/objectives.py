@@ -279,6 +279,17 @@ def check_architecture(latent_dist: str, arch: str | None, hidden: tuple[int, ..
         )
 
 
+def architecture_defaults(latent_dist: str, arch: str | None, hidden: tuple[int, ...] | None,
+                          latent: int | None) -> tuple[str | None, tuple[int, ...], int]:
+    """(arch, hidden, latent) with what was not given filled in: Gaussian 400 hidden, 20 latents;
+    binary latents 200 latents, linear, or nonlinear with 200-200 tanh layers (REBAR's, ARM's, DisARM's)."""
+    if latent_dist != "bernoulli":
+        return arch, tuple(hidden or (400,)), 20 if latent is None else latent
+    arch = arch or ("nonlinear" if hidden else "linear")
+    default_hidden = (200, 200) if arch == "nonlinear" else ()
+    return arch, tuple(hidden or default_hidden), 200 if latent is None else latent
+
+
 _BINARY_ONLY = ("gumbel-st", "rebar", "relax", "arm", "disarm")
 
 
