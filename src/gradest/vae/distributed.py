@@ -42,11 +42,16 @@ class PeerFailed(GradestError):
     """Another rank of the group failed or was stopped (it tells why); this rank stops quietly."""
 
 
+class RankFailed(GradestError):
+    """This rank failed after training started (the others stop with :class:`PeerFailed`)."""
+
+
 class Group:
     """The single-process group: rank 0 of 1; sharding, noise, baseline and sums are identities."""
 
     rank = 0
     world = 1
+    started = False  # whether a collective has run: errors before it are every rank's alike
 
     @property
     def is_writer(self) -> bool:
@@ -104,6 +109,7 @@ class ProcessGroup(Group):
 
         try:
             dist.all_reduce(tensor)
+            self.started = True
         except (RuntimeError, ValueError) as err:  # gloo/NCCL: a peer closed its connection or died
             reason = str(err).splitlines()[0] if str(err) else type(err).__name__
             raise PeerFailed(f"rank {self.rank}: another process stopped ({reason})") from None
@@ -232,4 +238,13 @@ def check_batches(group: Group, n: int, batch_size: int) -> None:
         )
 
 
-__all__ = ["Group", "PeerFailed", "ProcessGroup", "check_batches", "device_for", "session", "world_from_env"]
+__all__ = [
+    "Group",
+    "PeerFailed",
+    "ProcessGroup",
+    "RankFailed",
+    "check_batches",
+    "device_for",
+    "session",
+    "world_from_env",
+]
