@@ -123,3 +123,83 @@ def blr_figure(logs: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     axes[0].legend(fontsize=8)
     fig.suptitle("Bayesian logistic regression by VI: training curves per estimator", fontsize=11)
     return fig
+
+
+def discrete_figure(rows) -> Figure:
+    """The REBAR toy: per target t (rows), variance and |bias| (± 2 se) against D, and the
+    probability of the right sign against the number of samples m at the largest D.
+
+    Args:
+        rows: :class:`gradest.lab.discrete.DiscreteRow` records.
+    """
+    targets = list(dict.fromkeys(r.t for r in rows))
+    estimators = list(dict.fromkeys(r.estimator for r in rows))
+    colors, styles = _colors(estimators), _styles(estimators)
+    fig = Figure(figsize=(14, 3.8 * len(targets)), layout="constrained")
+    axes = fig.subplots(len(targets), 3, squeeze=False)
+    for i, t in enumerate(targets):
+        ax_var, ax_bias, ax_sign = axes[i]
+        largest = max(r.bits for r in rows if r.t == t)
+        for est in estimators:
+            cells = sorted((r for r in rows if r.t == t and r.estimator == est), key=lambda r: r.bits)
+            if not cells:
+                continue
+            style = {"color": colors[est], "ls": styles[est], "lw": 1.3, "marker": "o", "ms": 3}
+            bits = [r.bits for r in cells]
+            label = f"{est} (biased)" if cells[0].biased else est
+            ax_var.errorbar(bits, _positive([r.variance for r in cells]),
+                            yerr=[2 * r.variance_stderr for r in cells], label=label, capsize=2, **style)
+            ax_bias.errorbar(bits, _positive([abs(r.bias) for r in cells]),
+                             yerr=[2 * r.bias_stderr for r in cells], capsize=2, **style)
+            exact = [(r.bits, r.variance_exact) for r in cells if r.variance_exact is not None]
+            if exact:
+                ax_var.plot([b for b, _ in exact], [v for _, v in exact], color=colors[est], ls=":", lw=2,
+                            alpha=0.6)
+            top = next((r for r in cells if r.bits == largest), None)
+            if top is not None:
+                ax_sign.errorbar([s.samples for s in top.sign], [s.probability for s in top.sign],
+                                 yerr=[2 * (s.stderr if np.isfinite(s.stderr) else 0.0) for s in top.sign],
+                                 capsize=2, **style)
+        for ax in (ax_var, ax_bias):
+            ax.set_xscale("log")
+            ax.set_yscale("log")
+            ax.set_xlabel("bits D")
+            ax.grid(True, which="major", alpha=0.3)
+        ax_var.set_title(f"t = {t:g}: single-sample variance per coordinate (dotted: exact)", fontsize=10)
+        ax_bias.set_title(f"t = {t:g}: |bias| per coordinate (± 2 se)", fontsize=10)
+        ax_sign.set_xscale("log")
+        ax_sign.set_ylim(-0.02, 1.02)
+        ax_sign.axhline(0.5, color="#888", lw=0.8, ls="--")
+        ax_sign.set_xlabel("samples m averaged")
+        ax_sign.set_title(f"t = {t:g}, D = {largest}: P(sign of the mean is right)", fontsize=10)
+        ax_sign.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize=7, loc="best")
+    fig.suptitle("E[Σᵢ (bᵢ − t)²], b ~ Bernoulli(σ(θ)): every discrete estimator against the closed form",
+                 fontsize=11)
+    return fig
+
+
+def attribution_figure(nodes: Mapping[str, float], stderr: Mapping[str, float], total: float,
+                       total_stderr: float | None = None, title: str = "") -> Figure:
+    """Per-node single-sample gradient variance (trace of the covariance) with ± 2 se, and the total.
+
+    Args:
+        nodes: group -> variance (:class:`gradest.graph.Attribution`'s ``nodes``).
+        stderr: group -> standard error of that variance.
+    """
+    names = [*nodes, "total"]
+    values = [nodes[n] for n in nodes] + [total]
+    errors = [stderr.get(n, 0.0) for n in nodes] + [total_stderr or 0.0]
+    errors = [2 * e if np.isfinite(e) else 0.0 for e in errors]
+    fig = Figure(figsize=(1.2 * len(names) + 3, 3.8), layout="constrained")
+    ax = fig.subplots()
+    colors = [_PALETTE[i % len(_PALETTE)] for i in range(len(nodes))] + ["#555555"]
+    positive = [v for v in values if v > 0]
+    ax.bar(range(len(names)), _positive(values), yerr=errors, color=colors, capsize=4)
+    ax.set_xticks(range(len(names)), names)
+    if positive and max(positive) > 100 * min(positive):
+        ax.set_yscale("log")
+    ax.set_ylabel("variance of one single-sample gradient")
+    ax.grid(True, axis="y", alpha=0.3)
+    ax.set_title(title or "Which node makes the gradient noisy: per-node variance (± 2 se)", fontsize=10)
+    return fig
