@@ -5,6 +5,7 @@ r"""Diagnostics of an estimator, pure functions of its single-sample estimates �
     stderr    s / √N                               of the mean ḡ
     snr       |ḡ| / s                              signal-to-noise ratio of one sample
     z         (ḡ − ∇θ L) / stderr                  bias in standard errors (≈ N(0, 1) if unbiased)
+    se(s²)    √((m₄ − s⁴) / N)                     standard error of s² itself (m₄: 4th central moment)
 
 All are elementwise over a parameter's coordinates. For the leave-one-out baseline the ĝ_n are
 weakly dependent (correlation O(1/N)); the formulas above are then accurate to O(1/N).
@@ -70,27 +71,51 @@ def to_json_value(value: torch.Tensor | float | None) -> Any:
     return float(value) if math.isfinite(value) else None
 
 
+#: relative resolution of float64 estimates after the few operations an estimator performs
+ROUNDING = 64 * torch.finfo(torch.float64).eps
+
+
+def variance(samples: torch.Tensor) -> torch.Tensor:
+    """s² = Σ (ĝ_n − ḡ)² / (N − 1) along the sample axis (two passes: centred, then squared)."""
+    n = samples.shape[0]
+    if n < 2:
+        return torch.full_like(samples.mean(0), math.nan)
+    return (samples - samples.mean(0)).pow(2).sum(0) / (n - 1)
+
+
+def variance_stderr(samples: torch.Tensor) -> torch.Tensor:
+    """Standard error of s²: √(max(m₄ − s⁴, 0) / N), m₄ the fourth central sample moment."""
+    m4 = (samples - samples.mean(0)).pow(4).mean(0)
+    return ((m4 - variance(samples) ** 2).clamp_min(0.0) / samples.shape[0]).sqrt()
+
+
+def batch_rmse(samples: torch.Tensor, size: int, truth: torch.Tensor | float) -> torch.Tensor:
+    """Root mean square of (mean of a batch of ``size`` − truth) over the disjoint batches that fit."""
+    count = samples.shape[0] // size
+    means = samples[: count * size].reshape(count, size, *samples.shape[1:]).mean(1)
+    return ((means - truth) ** 2).mean(0).sqrt()
+
+
 def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor,
             error: torch.Tensor | None = None) -> torch.Tensor:
     """(mean − exact) / √(stderr² + error²): against the reference's total uncertainty.
 
     ``error`` is the reference's own error estimate (quadrature), None for a closed form or an
-    enumeration. A zero-variance estimate that is exact up to rounding gives 0.
+    enumeration. A difference within rounding of the reference, 64ε(1 + |exact|), is no evidence of
+    bias and gives 0, whatever the stderr (an estimate exact up to rounding has a stderr made of
+    rounding noise, far below the rounding of its sum); a larger gap with no uncertainty gives ±inf.
     """
     diff = mean - exact.to(mean)
     scale = stderr if error is None else (stderr**2 + error.to(mean) ** 2).sqrt()
     tiny = 64 * torch.finfo(mean.dtype).eps * (1.0 + exact.to(mean).abs())
-    exact_hit = (scale == 0) & (diff.abs() <= tiny)
-    return torch.where(exact_hit, torch.zeros_like(diff), diff / scale)
+    return torch.where(diff.abs() <= tiny, torch.zeros_like(diff), diff / scale)
 
 
 def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
     """Standard error of ``samples.mean(0)``; over independent groups when ``groups`` is given."""
     n = samples.shape[0]
     if groups is None:
-        if n < 2:
-            return torch.full_like(samples.mean(0), math.nan)
-        return (samples.var(0, correction=1) / n).sqrt()
+        return (variance(samples) / n).sqrt()
     size = int(groups.max()) + 1
     counts = torch.bincount(groups, minlength=size).to(samples.dtype)
     if size < 2:
@@ -111,20 +136,24 @@ def effective_variance(samples: torch.Tensor, groups: torch.Tensor | None = None
 
 def param_stats(
     samples: torch.Tensor, exact: torch.Tensor | None = None, groups: torch.Tensor | None = None,
-    error: torch.Tensor | None = None,
+    error: torch.Tensor | None = None, resolution: torch.Tensor | float | None = None,
 ) -> ParamStats:
     """Statistics of one parameter's single-sample estimates ``[N, *shape]``.
 
     groups: the sampler's ``[N]`` labels of independent groups (None for i.i.d. samples).
     error: the exact reference's own error estimate (z is taken against both uncertainties).
+    resolution: what float arithmetic resolves of the mean (e.g. ``ROUNDING`` × the size of the
+        terms), added to the stderr in quadrature; None: nothing added.
     """
     n = samples.shape[0]
     mean = samples.mean(0)
-    variance = samples.var(0, correction=1) if n > 1 else torch.full_like(mean, math.nan)
-    stderr = (variance / n).sqrt() if groups is None else mean_stderr(samples, groups)
-    snr = mean.abs() / variance.sqrt()
+    var = variance(samples)
+    stderr = (var / n).sqrt() if groups is None else mean_stderr(samples, groups)
+    if resolution is not None:
+        stderr = torch.hypot(stderr, torch.as_tensor(resolution, dtype=stderr.dtype, device=stderr.device))
+    snr = mean.abs() / var.sqrt()
     z = None if exact is None else z_score(mean, stderr, exact, error)
-    return ParamStats(mean, variance, stderr, snr, z)
+    return ParamStats(mean, var, stderr, snr, z)
 
 
 def summarize(

@@ -6,7 +6,8 @@ with the core estimators' ``per_sample`` view (one y per estimate). From them:
     mean ḡ, stderr s/√N, z = (ḡ − exact)/stderr          (gradient check)
     s² against the exact Var ĝ, with se(s²) ≈ √((m₄ − s⁴)/N)   (variance check)
 
-where m₄ is the fourth central sample moment. ``score-baseline`` is the score-function estimator
+where m₄ is the fourth central sample moment (every statistic from :mod:`gradest.diagnostics`).
+``score-baseline`` is the score-function estimator
 with the variance-optimal constant baseline of each parameter (two runs, one per parameter).
 Every estimator gets its own generator seeded alike (common random numbers across estimators).
 """
@@ -21,7 +22,8 @@ import numpy as np
 import torch
 from torch.distributions import Normal
 
-from gradest.diagnostics import param_stats
+from gradest.diagnostics import batch_rmse, param_stats, variance_stderr
+from gradest.diagnostics import variance as sample_variance
 from gradest.estimators import Constant, Pathwise, ScoreFunction
 from gradest.gaussian import closed_form as cf
 from gradest.gaussian.data import Dataset
@@ -98,14 +100,6 @@ def single_sample_estimates(
     }
 
 
-def variance_se(samples: torch.Tensor) -> float:
-    """Standard error of the sample variance: √((m₄ − m₂²)/N) with central sample moments."""
-    centred = samples - samples.mean()
-    m2 = float((centred**2).mean())
-    m4 = float((centred**4).mean())
-    return math.sqrt(max(m4 - m2**2, 0.0) / samples.shape[0])
-
-
 def check_point(data: Dataset, mu: float, sigma: float, samples: int, seed: int,
                 device: Device = "cpu") -> PointCheck:
     """Gradient and variance check of every estimator at (μ, σ)."""
@@ -121,7 +115,7 @@ def check_point(data: Dataset, mu: float, sigma: float, samples: int, seed: int,
             s = param_stats(g, truth)
             estimates[name][param] = Estimate(
                 mean=float(s.mean), stderr=float(s.stderr), z=float(s.z), variance=float(s.variance),
-                variance_se=variance_se(g), exact_variance=float(getattr(variance, param)))
+                variance_se=float(variance_stderr(g)), exact_variance=float(getattr(variance, param)))
     return PointCheck(mu, sigma, samples, exact, estimates)
 
 
@@ -155,11 +149,7 @@ def stderr_curve(data: Dataset, mu: float, sigma: float, samples: int, seed: int
         measured[name], exact[name] = {}, {}
         for param, g in per_param.items():
             truth = getattr(exact_grad, param)
-            rms = []
-            for size in sizes:
-                batches = g[: (samples // size) * size].reshape(-1, size).mean(1)
-                rms.append(float(((batches - truth) ** 2).mean().sqrt()))
-            measured[name][param] = rms
+            measured[name][param] = [float(batch_rmse(g, size, truth)) for size in sizes]
             exact[name][param] = [math.sqrt(getattr(variance, param) / size) for size in sizes]
     return StderrCurve(mu, sigma, list(sizes), measured, exact)
 
@@ -193,5 +183,5 @@ def variance_sweep(data: Dataset, mu: float, samples: int, seed: int,
         draws = single_sample_estimates(data, mu, float(sigma), samples, seed + k, device)
         for name, per_param in draws.items():
             for p, g in per_param.items():
-                measured[name][p].append(float(g.var(correction=1)))
+                measured[name][p].append(float(sample_variance(g)))
     return VarianceSweep(mu, [float(s) for s in sigmas], exact, [float(s) for s in measured_at], measured)

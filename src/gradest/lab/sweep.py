@@ -31,7 +31,7 @@ from torch.distributions import Normal
 
 from gradest.costs import named_cost
 from gradest.device import resolve_device
-from gradest.diagnostics import effective_variance
+from gradest.diagnostics import ROUNDING, effective_variance, param_stats, variance_stderr
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
@@ -42,8 +42,6 @@ from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
 
 PARAMS = ("loc", "scale")
-#: relative resolution of float64 estimates after the few operations an estimator performs
-_ROUNDING = 64 * float(np.finfo(np.float64).eps)
 CSV_NAME = "sweep.csv"
 #: the survey's comparison: pathwise, score function with and without a control variate, MVD
 #: coupled and uncoupled
@@ -205,15 +203,6 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     for param in PARAMS:
         g = per.grads[param].double().reshape(-1)
         n = g.numel()
-        mean = float(g.mean())
-        centred = g - mean
-        var = float(centred.pow(2).sum() / (n - 1))
-        m4 = float(centred.pow(4).mean())
-        var_se = math.sqrt(max(m4 - var**2, 0.0) / n)
-        if groups is not None:
-            # Dependent samples (antithetic, QMC): the i.i.d.-equivalent variance N·stderr², with
-            # the stderr over independent groups; its own standard error is not estimated.
-            var, var_se = float(effective_variance(g, groups)), math.nan
         # float64 resolves the estimates only to ~ε × the size of the terms that make them: where the
         # estimate is exact up to rounding (a control variate with h = f) that resolution, not the
         # tiny sample spread, bounds what the mean and the variance can tell, so both standard
@@ -222,15 +211,20 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
         base = estimator.partition("+")[0]  # a sampler changes the draws, not the terms' size
         if vx.supports(base):
             size = max(size, vx.term_size(base, vx.NormalProblem(cost, k, config.loc, config.scale), param))
-        resolution = _ROUNDING * size
-        stderr = math.hypot(math.sqrt(var / n), resolution)
+        resolution = ROUNDING * size
+        truth = exact.grads[param].double()
+        stats = param_stats(g, truth, groups, None, resolution)
+        var, var_se = float(stats.variance), float(variance_stderr(g))
+        if groups is not None:
+            # Dependent samples (antithetic, QMC): the i.i.d.-equivalent variance N·stderr², with
+            # the stderr over independent groups; its own standard error is not estimated.
+            var, var_se = float(effective_variance(g, groups)), math.nan
         var_se = math.hypot(var_se, resolution**2) if math.isfinite(var_se) else var_se
-        truth = float(exact.grads[param])
         v_exact, v_err = _exact_variance(estimator, cost, k, param, config.loc, config.scale)
         rows.append(SweepRow(
             cost=cost, k=k, param=param, estimator=estimator, loc=config.loc, scale=config.scale,
-            samples=n, seed=config.seed, mean=mean, exact_grad=truth,
-            z=(mean - truth) / stderr if stderr > 0 else 0.0, stderr=stderr, variance=var,
+            samples=n, seed=config.seed, mean=float(stats.mean), exact_grad=float(truth),
+            z=float(stats.z), stderr=float(stats.stderr), variance=var,
             variance_stderr=var_se, variance_exact=v_exact,
             variance_exact_error=v_err, seconds_per_sample=per.seconds / n,
         ))
