@@ -190,3 +190,59 @@ def test_nan_cost_or_k_is_refused_like_compare(capsys, tmp_path, command):
         code = main([command, *args, "--samples", "100", "--json", str(tmp_path / "r.json")])
         _assert_one_error_line(code, capsys.readouterr().err)
     assert not (tmp_path / "r.json").exists()
+
+
+# --- output folders: one writer at a time, failed runs keep the others', user strings shown as given ---
+
+LOCKED_RUNS = {
+    "sweep": ["sweep", "--samples", "100", "--cost", "square", "--k", "1", "--estimator", "pathwise"],
+    "blr": ["blr", "--steps", "1", "--estimator", "pathwise", "--variance-samples", "10"],
+    "gaussian": ["gaussian", "--steps", "1"],
+}
+
+
+@pytest.mark.parametrize("command", LOCKED_RUNS)
+def test_a_second_run_into_a_folder_in_use_is_refused(capsys, tmp_path, command):
+    # another process (a first run) holds the folder; the second run is refused at once and writes
+    # nothing, instead of both rewriting the files and the last writer dropping the other's rows
+    out = tmp_path / "out"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import sys\nfrom gradest.io import output_lock\n"
+         f"with output_lock({str(out)!r}):\n    print('locked', flush=True)\n    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        code = main([*LOCKED_RUNS[command], "--out", str(out)])
+        _assert_one_error_line(code, capsys.readouterr().err, f"--out {out} is in use by another gradest run")
+        assert list(out.iterdir()) == []
+    finally:
+        holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+
+
+def test_a_diverged_blr_run_keeps_the_others(capsys, tmp_path):
+    import json
+
+    out = tmp_path / "blr"
+    code = main(["blr", "--lr", "0.01", "--steps", "30", "--log-every", "10", "--variance-samples", "10",
+                 "--estimator", "pathwise", "--estimator", "score", "--out", str(out)])
+    captured = capsys.readouterr()
+    # score diverges at step 3 at this rate: named in the one error line, pathwise's run kept
+    _assert_one_error_line(code, captured.err, "score: training with score diverged", "--lr", str(out))
+    summary = json.loads((out / "summary.json").read_text())
+    assert list(summary["summary"]) == ["pathwise"] and list(summary["failed"]) == ["score"]
+    assert summary["summary"]["pathwise"]["steps"] == 30
+    assert {line.split(",")[0] for line in (out / "metrics.csv").read_text().splitlines()[1:]} == {"pathwise"}
+    assert "pathwise" in captured.out
+
+
+def test_user_strings_are_printed_as_given_not_as_markup(capsys, tmp_path):
+    out = tmp_path / "x[/]y"
+    assert main([*LOCKED_RUNS["sweep"], "--out", str(out)]) == 0
+    assert f"wrote {out / 'sweep.csv'}" in " ".join(capsys.readouterr().out.split())
+    data = tmp_path / "h.csv"
+    data.write_text("height [cm],w\n170,1\n180,2\n175,3\n")
+    assert main(["gaussian", "--data", str(data), "--column", "height [cm]", "--steps", "1",
+                 "--out", str(tmp_path / "g[bold]")]) == 0
+    printed = " ".join(capsys.readouterr().out.split())
+    assert "column 'height [cm]'" in printed and "g[bold]" in printed

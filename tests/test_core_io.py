@@ -61,3 +61,70 @@ def test_a_special_file_is_refused_not_replaced(tmp_path):
     with pytest.raises(GradestError, match="special file"):
         write_atomic(link, "x")
     assert link.is_symlink()
+
+
+def test_stale_temporaries_are_removed_and_nothing_else(tmp_path):
+    import time
+
+    from gradest.io import clean_stale_temps
+
+    stale = tmp_path / ".sweep.csv.ab12_x9z.tmp"
+    fresh = tmp_path / ".sweep.csv.qq12_x9z.tmp"
+    lookalikes = [tmp_path / n for n in (".sweep.csv.tmp", "sweep.csv.ab12_x9z.tmp", ".notes.ABCDEFGH.tmp",
+                                         ".x.abcdefgh.tmp.bak", "sweep.csv")]
+    for path in (stale, fresh, *lookalikes):
+        path.write_text("x")
+    start = time.time()
+    os.utime(stale, (start - 10, start - 10))
+    os.utime(fresh, (start + 10, start + 10))  # written after the run began: not ours to remove
+    for path in lookalikes:
+        os.utime(path, (start - 10, start - 10))
+    assert clean_stale_temps(tmp_path, start) == [stale]
+    assert not stale.exists() and fresh.exists() and all(p.exists() for p in lookalikes)
+
+
+def test_a_second_lock_on_one_folder_is_refused_and_released_with_the_first(tmp_path):
+    from gradest.io import output_lock
+
+    out = tmp_path / "out"
+    with output_lock(out):
+        with pytest.raises(GradestError, match="in use by another gradest run"):
+            with output_lock(out):
+                pass
+    with output_lock(out):  # released
+        pass
+    assert list(out.iterdir()) == []  # no lock file left behind
+
+
+def test_a_failed_run_removes_the_folders_its_lock_created(tmp_path):
+    from gradest.io import output_lock
+
+    out = tmp_path / "a" / "b"
+    with pytest.raises(GradestError, match="late"):
+        with output_lock(out):
+            raise GradestError("late")
+    assert list(tmp_path.iterdir()) == []
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(GradestError), output_lock(tmp_path / "kept"):
+        raise GradestError("late")
+    assert (tmp_path / "kept").is_dir()  # it existed before: left alone
+
+
+def test_outputs_are_checked_before_any_work(tmp_path):
+    from gradest.io import check_outputs
+
+    (tmp_path / "out" / "report.html").mkdir(parents=True)
+    with pytest.raises(GradestError, match=r"report\.html is a folder"):
+        check_outputs(tmp_path / "out", ("sweep.csv", "report.html"))
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(GradestError, match="is a file, not a folder"):
+        check_outputs(tmp_path / "file" / "sub", ("sweep.csv",))
+    with pytest.raises(GradestError, match="is a file, not a folder"):
+        check_outputs(tmp_path / "file", ("sweep.csv",))
+    fifo = tmp_path / "fifo_out"
+    fifo.mkdir()
+    os.mkfifo(fifo / "sweep.csv")
+    with pytest.raises(GradestError, match="special file"):
+        check_outputs(fifo, ("sweep.csv",))
+    check_outputs(tmp_path / "new" / "folder", ("sweep.csv",))
+    assert not (tmp_path / "new").exists()
