@@ -32,8 +32,10 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import itertools
 import json
 import math
+import pickle
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -65,6 +67,9 @@ MONITOR = "monitor.jsonl"
 # Offsets of the derived seeds: one stream per purpose, so that e.g. tracking variance never
 # shifts the noise training draws.
 STREAM_SETUP, STREAM_DATA, STREAM_NOISE, STREAM_DIAG, STREAM_EVAL = range(5)
+SEED_MAX = 2**63 - 1
+#: images × importance samples one evaluation may decode: 10^10 takes hours on a CPU
+MAX_IWAE_DECODES = 10**10
 
 
 @dataclass(frozen=True)
@@ -111,8 +116,11 @@ class TrainConfig:
             raise GradestError(f"--monitor-repeats must be 0 (off) or ≥ 2, got {self.var_repeats}")
         if self.monitor_every is not None and self.monitor_every < 1:
             raise GradestError(f"--monitor-every must be ≥ 1 (Adam steps), got {self.monitor_every}")
-        if not self.lr > 0:
-            raise GradestError(f"--lr must be positive, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise GradestError(f"--lr must be a positive finite number, got {self.lr}")
+        if not 0 <= self.seed <= SEED_MAX:
+            # the streams are seed + 0…4: the seed must leave room for them below torch's 2^64
+            raise GradestError(f"--seed must be an integer from 0 to 2^63 − 1, got {self.seed}")
         if not 0 <= self.baseline_decay < 1:
             raise GradestError(f"--baseline-decay must lie in [0, 1), got {self.baseline_decay}")
         resolve_device(self.device)
@@ -166,6 +174,8 @@ def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
     var_batch = train[: config.var_batch]
     if config.binarize == "dynamic":
         var_batch = binarize(var_batch, gen)
+    if model is None:
+        check_memory(config, data.dim)
     if model is None and config.latent_dist == "bernoulli":
         model = SigmoidBeliefVAE.build(data.dim, config.hidden, config.latent, gen)
     if model is None:
@@ -175,6 +185,37 @@ def setup(config: TrainConfig, model: VAE | None = None) -> Setup:
     dtype = next(model.parameters()).dtype
     _check_shapes(model, train[:2].to(device, dtype), config.dataset)
     return Setup(data, train.to(device, dtype), test.to(device, dtype), var_batch.to(device, dtype), model)
+
+
+def check_memory(config: TrainConfig, dim: int) -> None:
+    """Refuse a model and batch that would not fit in memory, before allocating them.
+
+    Bytes ≈ 4 · (4 P + 3 B K A): P parameters (weights, gradients, Adam's two moments) and, per image
+    and sample, A activations (D + Σ hidden + 2 L, kept for the backward pass, about 3 copies).
+    """
+    from gradest.compare import available_memory
+
+    sizes = [dim, *config.hidden, config.latent]
+    params = 2 * sum(a * b + b for a, b in itertools.pairwise(sizes)) + sizes[-2] * config.latent
+    activations = config.batch_size * config.k * (dim + sum(config.hidden) + 2 * config.latent)
+    need = 4 * (4 * params + 3 * activations)
+    available = available_memory()
+    if available is not None and need > available:
+        raise GradestError(
+            f"a {'-'.join(map(str, sizes))} VAE with --batch-size {config.batch_size} and --k {config.k} "
+            f"needs about {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} GiB available; give "
+            "a smaller --latent, --hidden, --batch-size or --k"
+        )
+
+
+def check_iwae(iwae_k: int, images: int) -> None:
+    """Refuse an IWAE evaluation of more than :data:`MAX_IWAE_DECODES` decoded images (hours of work)."""
+    if iwae_k * images > MAX_IWAE_DECODES:
+        raise GradestError(
+            f"--iwae-k {iwae_k} on {images} test images decodes {iwae_k * images:.2g} images, hours of "
+            f"work; give --iwae-k ≤ {MAX_IWAE_DECODES // images} (K = 1000 already puts the bound within a "
+            "few tenths of a nat of −log p(x) on MNIST)"
+        )
 
 
 def _check_shapes(model: VAE, x: torch.Tensor, dataset: str) -> None:
@@ -203,6 +244,11 @@ def _check_shapes(model: VAE, x: torch.Tensor, dataset: str) -> None:
         raise GradestError(f"the model gives μ, σ, logits of shapes {got}; {need}")
 
 
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 def _serialize(obj: dict[str, Any]) -> bytes:
     buf = io.BytesIO()
     torch.save(obj, buf)
@@ -217,13 +263,39 @@ def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict
     path = Path(out) / CHECKPOINT
     if not path.is_file():
         raise GradestError(f"{out} holds no {CHECKPOINT}; train a run there first (gradest vae train)")
+    fix = f"train the run again into a new --out, or put back a copy of {CHECKPOINT}"
+    if path.stat().st_size == 0:
+        raise GradestError(f"{path} is empty (0 bytes): the write was cut short or the file emptied; {fix}")
     try:
         state = torch.load(path, map_location=device, weights_only=True)
-    except Exception as err:  # torch raises several types for corrupt or unsafe files
-        raise GradestError(f"could not load {path} safely: {str(err).splitlines()[0]}") from None
+    except pickle.UnpicklingError:
+        # torch's message advises weights_only=False, i.e. running the file's code: never repeat it
+        raise GradestError(
+            f"{path} is not a gradest checkpoint: it holds Python objects beyond tensors and numbers, "
+            f"which gradest refuses to load (loading them could run code); {fix}"
+        ) from None
+    except Exception as err:  # torch raises several types for truncated or corrupt files
+        raise GradestError(
+            f"{path} is truncated or corrupted, not a loadable checkpoint ({_first_line(err)}); {fix}"
+        ) from None
     if not isinstance(state, dict) or not _CHECKPOINT_KEYS <= set(state):
-        raise GradestError(f"{path} is not a checkpoint of gradest vae train (it lacks the run's state)")
+        raise GradestError(f"{path} is not a checkpoint of gradest vae train (it lacks a run's state); {fix}")
+    try:
+        TrainConfig.from_dict(state["config"])
+    except (TypeError, ValueError, AttributeError) as err:
+        raise GradestError(f"{path} holds a malformed run config ({_first_line(err)}); {fix}") from None
     return state
+
+
+def _restore(path: Path, what: str, load: Callable[[], Any]) -> None:
+    """Load one part of a checkpoint; a part of another run (shapes, keys) or corrupted is one error."""
+    try:
+        load()
+    except (RuntimeError, KeyError, TypeError, ValueError, AttributeError, IndexError) as err:
+        raise GradestError(
+            f"{path} does not fit this run: its {what} could not be restored ({_first_line(err)}); the file "
+            f"is from another run or corrupted: train again into a new --out, or put back a copy"
+        ) from None
 
 
 def _baseline_state(baseline: Any) -> dict[str, Any] | None:
@@ -233,7 +305,9 @@ def _baseline_state(baseline: Any) -> dict[str, Any] | None:
 
 
 def _metrics_text(metrics: list[dict[str, Any]]) -> str:
-    return "".join(json.dumps(m, allow_nan=False) + "\n" for m in metrics)
+    """JSON lines; a NaN/inf figure (a diverging monitor, an overflowing KL) is null."""
+    finite = ({k: to_json_value(v) if isinstance(v, float) else v for k, v in m.items()} for m in metrics)
+    return "".join(json.dumps(m, allow_nan=False) + "\n" for m in finite)
 
 
 class _BackgroundWriter:
@@ -316,6 +390,7 @@ def train(
     config.check()
     objective = get_objective(config.estimator, config.k, config.latent_dist)
     run = setup(config, model)
+    check_iwae(config.iwae_k, run.test.shape[0])
     model = run.model
     device = run.train.device
     check_batches(group, run.train.shape[0], config.batch_size)
@@ -329,15 +404,18 @@ def train(
     saved_monitor: dict[str, Any] = {}
     start_epoch = 1
     if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
+        path = out / CHECKPOINT
+        _restore(path, "weights", lambda: model.load_state_dict(state["model"]))
+        _restore(path, "optimizer state", lambda: optimizer.load_state_dict(state["optimizer"]))
         if isinstance(baseline, MovingAverage):
-            baseline = MovingAverage(**state["baseline"])
+            restored: list[MovingAverage] = []
+            _restore(path, "baseline", lambda: restored.append(MovingAverage(**state["baseline"])))
+            baseline = restored[0]
         elif baseline is not None:
-            baseline.load_state_dict(state["baseline"])
-        g_data.set_state(state["generators"]["data"].cpu())
-        g_noise.set_state(state["generators"]["noise"].cpu())
-        g_diag.set_state(state["generators"]["diag"].cpu())
+            _restore(path, "estimator state", lambda: baseline.load_state_dict(state["baseline"]))
+        for name, gen in (("data", g_data), ("noise", g_noise), ("diag", g_diag)):
+            _restore(path, f"{name} generator", lambda gen=gen, name=name: gen.set_state(
+                state["generators"][name].cpu()))
         metrics = list(state["metrics"])
         saved_monitor = state.get("monitor") or {}  # absent from checkpoints written before the monitor
         records = list(saved_monitor.get("records", []))
@@ -346,9 +424,13 @@ def train(
     steps = -(-run.train.shape[0] // config.batch_size)
     monitor = _monitor(config, run, model, objective, baseline, g_diag, steps) if group.is_writer else None
     if monitor is not None and saved_monitor.get("state") is not None:
-        monitor.load_state_dict(saved_monitor["state"])
-    if group.is_writer:
+        _restore(out / CHECKPOINT, "monitor state", lambda: monitor.load_state_dict(saved_monitor["state"]))
+    if group.is_writer and state is not None:
+        # The checkpoint is the record: a kill between its write and the others' loses nothing.
         write_json(out / CONFIG, config.to_dict())
+        write_atomic(out / METRICS, _metrics_text(metrics))
+        if records:
+            write_atomic(out / MONITOR, _metrics_text(records))
 
     # Disk latency (fsync of an ~8 MB checkpoint) overlaps the next epoch; leaving the block waits
     # for the writes, so even a NaN stop leaves the last good checkpoint complete on disk.
@@ -387,7 +469,9 @@ def train(
                 }
             )
             # Checkpoint first: metrics.jsonl never lists an epoch whose weights were not saved.
-            files = [(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics))]
+            # config.json comes with the first checkpoint: a run stopped before it leaves no config behind
+            files = [(out / CHECKPOINT, checkpoint), (out / METRICS, _metrics_text(metrics)),
+                     (out / CONFIG, json.dumps(config.to_dict(), indent=2, allow_nan=False) + "\n")]
             if monitor is not None or records:
                 files.append((out / MONITOR, _metrics_text(records)))
             if group.is_writer:
