@@ -318,3 +318,63 @@ def test_a_finite_f_with_a_non_finite_derivative_is_refused_by_per_sample():
     # the score function never differentiates f: a finite estimate
     est = get_estimator("score").per_sample(f, Normal, params, 100, make_generator(0))
     assert all(bool(torch.isfinite(g).all()) for g in est.grads.values())
+
+
+# ── supports that move with θ, through every wrapper ─────────────────────────────────────────
+def _f64(*v):
+    return torch.tensor(v[0] if len(v) == 1 else list(v), dtype=torch.float64)
+
+
+_HALF = _f64(0.5, 0.5)
+MOVING = {
+    "pareto": (lambda scale: torch.distributions.Pareto(scale, _f64(3.0)), {"scale": _f64(1.0)}),
+    "independent-uniform": (lambda high: Independent(torch.distributions.Uniform(_f64(0.0, 0.0), high), 1),
+                            {"high": _f64(1.0, 2.0)}),
+    "mixture-uniform": (lambda high: torch.distributions.MixtureSameFamily(
+        Categorical(probs=_HALF), torch.distributions.Uniform(_f64(0.0, 0.0), high)),
+        {"high": _f64(1.0, 2.0)}),
+    "shifted-uniform": (lambda loc: torch.distributions.TransformedDistribution(
+        torch.distributions.Uniform(_f64(0.0), _f64(1.0)), [torch.distributions.AffineTransform(loc, 1.0)]),
+        {"loc": _f64(0.3)}),
+    "shifted-exponential": (lambda loc: torch.distributions.TransformedDistribution(
+        torch.distributions.Exponential(_f64(1.0)), [torch.distributions.AffineTransform(loc, 2.0)]),
+        {"loc": _f64(0.3)}),
+    "exp-of-uniform": (lambda high: torch.distributions.TransformedDistribution(
+        torch.distributions.Uniform(_f64(0.0), high), [torch.distributions.ExpTransform()]),
+        {"high": _f64(1.0)}),
+}
+FIXED = {
+    "affine-normal": (lambda loc: torch.distributions.TransformedDistribution(
+        Normal(_f64(0.0), _f64(1.0)), [torch.distributions.AffineTransform(loc, 2.0)]), {"loc": _f64(0.3)}),
+    "power-of-exponential": (lambda exponent: torch.distributions.TransformedDistribution(
+        torch.distributions.Exponential(_f64(1.0)), [torch.distributions.PowerTransform(exponent)]),
+        {"exponent": _f64(2.0)}),
+    "mixture-normal": (lambda loc: torch.distributions.MixtureSameFamily(
+        Categorical(probs=_HALF), Normal(loc, _f64(1.0, 1.0))), {"loc": _f64(0.0, 1.0)}),
+    "lognormal": (torch.distributions.LogNormal, {"loc": _f64(0.0), "scale": _f64(1.0)}),
+    "scaled-exponential": (lambda scale: torch.distributions.TransformedDistribution(
+        torch.distributions.Exponential(_f64(1.0)), [torch.distributions.AffineTransform(0.0, scale)]),
+        {"scale": _f64(2.0)}),
+    "weibull": (torch.distributions.Weibull, {"scale": _f64(1.5), "concentration": _f64(2.0)}),
+}
+
+
+def _total(x):
+    return x.reshape(x.shape[0], -1).sum(1)
+
+
+@pytest.mark.parametrize("estimator", ["score", "score-loo"])
+@pytest.mark.parametrize("case", list(MOVING))
+def test_a_support_that_moves_is_refused_through_every_wrapper(estimator, case):
+    builder, params = MOVING[case]
+    params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    with pytest.raises(GradestError, match=r"support .* moves with its parameters.*use 'pathwise'"):
+        get_estimator(estimator).surrogate(_total, builder, params, 8, make_generator(0))
+
+
+@pytest.mark.parametrize("case", list(FIXED))
+def test_a_fixed_support_under_a_parametrised_wrapper_is_accepted(case):
+    builder, params = FIXED[case]
+    params = {k: v.clone().requires_grad_(True) for k, v in params.items()}
+    loss = get_estimator("score-loo").surrogate(_total, builder, params, 8, make_generator(0))
+    assert torch.isfinite(loss)
