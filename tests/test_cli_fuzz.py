@@ -71,7 +71,7 @@ def nan_out(x):
 def exits(x):
     raise SystemExit(0)
 """
-BAD_COSTS = [":f", ".mod:f", "no_such_file.py:f", "costs.py:missing", "costs.py:inplace",
+BAD_COSTS = [":f", ".mod:f", "costs.py:", "costs:", "no_such_file.py:f", "costs.py:missing", "costs.py:inplace",
              "costs.py:complex_out", "costs.py:meta_out", "costs.py:int_out", "costs.py:numpy_out",
              "costs.py:nan_out", "costs.py:exits", "nosuchcost"]
 

@@ -109,6 +109,9 @@ def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], tor
     if ":" not in spec:
         return named_cost(spec, 1.0 if k is None else k)
     target, _, func_name = spec.rpartition(":")
+    if not target or not func_name.isidentifier() or (not target.endswith(".py") and target.startswith(".")):
+        raise GradestError(f"--cost {spec!r}: give FILE.py:FUNCTION (e.g. ./mycost.py:f) or "
+                           "package.module:FUNCTION (an absolute module name), or a named cost")
     if target.endswith(".py"):
         path = Path(target)
         if not path.is_file():
