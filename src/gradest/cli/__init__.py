@@ -8,6 +8,7 @@ import typer
 
 # Importing a command module registers its commands on `app`.
 from gradest.cli import compare as _compare  # noqa: F401
+from gradest.cli import discrete as _discrete  # noqa: F401
 from gradest.cli import gaussian as _gaussian  # noqa: F401
 from gradest.cli import lab as _lab  # noqa: F401
 from gradest.cli import vae as _vae  # noqa: F401
