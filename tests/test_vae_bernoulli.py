@@ -234,3 +234,14 @@ def test_train_and_eval_from_the_command_line(tmp_path: Path) -> None:
     again = json.loads((tmp_path / "eval.json").read_text())
     for key in ("test_neg_elbo", "test_nll_iwae", "kl", "active_units"):
         assert again[key] == summary[key]
+
+
+def test_resume_from_the_command_line_keeps_the_runs_shape(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ["vae", "train", "--dataset", "digits", "--binarize", "fixed", "--latent-dist", "bernoulli",
+            "--arch", "nonlinear", "--hidden", "8", "--latent", "2", "--estimator", "arm",
+            "--batch-size", "512", "--monitor-repeats", "0", "--iwae-k", "4", "--out", str(out)]
+    assert main([*args, "--epochs", "1"]) == 0  # latent 2: the report leaves the latent-space plot out
+    resume = ["vae", "train", "--resume", "--latent-dist", "bernoulli", "--epochs", "2", "--out", str(out)]
+    assert main(resume) == 0
+    assert len((out / "metrics.jsonl").read_text().splitlines()) == 2

@@ -193,6 +193,12 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
             raise
         except KeyboardInterrupt:
             progress.stop()
+            from gradest.vae.train import CHECKPOINT
+
+            if not (out / CHECKPOINT).is_file():  # stopped in the first epoch: nothing to resume
+                console.print(f"interrupted before the first epoch ended: nothing was saved in {out}; "
+                              "run the same command again to start over")
+                raise
             console.print(
                 f"interrupted: the finished epochs are saved in {out}; continue with "
                 f"gradest vae train --resume --epochs {config.epochs} --out {out}",
@@ -226,6 +232,7 @@ def _summary_table(rows: dict[str, dict]) -> Table:
 @vae_app.command(name="train")
 @_rank_zero_speaks
 def train_command(
+    ctx: typer.Context,
     out: Annotated[
         Path,
         typer.Option(
@@ -278,7 +285,9 @@ def train_command(
     if epochs is None:
         # A stopped run continues to the epochs it was started for, not to the default.
         epochs = TrainConfig.from_dict(load_checkpoint(out)["config"]).epochs if resume else 30
-    arch, hidden_sizes, latent = architecture_defaults(latent_dist, arch, hidden, latent)
+    # --resume keeps the run's own shape: only what is given is checked against it
+    shape_of = "gaussian" if resume else latent_dist
+    arch, hidden_sizes, latent = architecture_defaults(shape_of, arch, hidden, latent)
     config = TrainConfig(
         dataset=dataset,
         binarize=binarize,
@@ -299,7 +308,10 @@ def train_command(
         baseline_decay=baseline_decay,
     )
     if resume:
-        _check_resume_options(config, out)
+        # options typed on the command line, even at their default value (a default is not a choice)
+        given = {p.name for p in ctx.command.params
+                 if ctx.get_parameter_source(p.name).name in ("COMMANDLINE", "ENVIRONMENT")}
+        _check_resume_options(config, out, given)
     else:
         config.check()
     try:
@@ -333,19 +345,21 @@ def _monitor_line(summary: dict, out: Path) -> str:
     )
 
 
-def _check_resume_options(config: TrainConfig, out: Path) -> None:
-    """--resume uses the saved options: one given with another value is an error, not ignored."""
-    from gradest.vae.data import absolute_spec
-    from gradest.vae.train import CONFIG, TrainConfig
+def _check_resume_options(config: TrainConfig, out: Path, given: set[str]) -> None:
+    """--resume uses the saved options: one given with another value is an error, not ignored.
 
-    path = out / CONFIG
-    if not path.is_file():
+    ``given``: the options typed on the command line; each is compared with the run's (its
+    checkpoint's config, which config.json only mirrors), whatever its value.
+    """
+    from gradest.vae.data import absolute_spec
+    from gradest.vae.train import CHECKPOINT, TrainConfig, load_checkpoint
+
+    if not (out / CHECKPOINT).is_file():
         return  # train() names the missing checkpoint
-    saved = TrainConfig.from_dict(json.loads(path.read_text())).to_dict()
-    default = TrainConfig().to_dict()
-    given = dataclasses.replace(config, dataset=absolute_spec(config.dataset)).to_dict()
-    for name, value in given.items():
-        if name not in ("epochs", "device") and value != default[name] and value != saved[name]:
+    saved = TrainConfig.from_dict(load_checkpoint(out)["config"]).to_dict()
+    current = dataclasses.replace(config, dataset=absolute_spec(config.dataset)).to_dict()
+    for name, value in current.items():
+        if name in given and name not in ("epochs", "device") and value != saved[name]:
             option = _OPTION_NAMES.get(name, name.replace("_", "-"))
             was = "once per epoch" if name == "monitor_every" and saved[name] is None else saved[name]
             raise GradestError(

@@ -181,7 +181,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
             "Samples", html.figure(image_grid(samples, run.data.shape, 16), "E[x | z], z ~ N(0, I)")
         ),
     ]
-    if config.latent == 2:
+    if config.latent == 2 and config.latent_dist == "gaussian":  # binary latents: 4 points, no plot
         with torch.no_grad():
             loc, _ = model.encode(run.test)
         parts.append(
