@@ -11,7 +11,8 @@ an ImportError that names the extra.
 At the start of each training batch (before Lightning's forward, backward and optimizer step) the
 callback hands the batch and ``trainer.global_step`` to ``monitor.step``: the monitor measures every
 ``every`` steps and leaves the run unchanged. Each measurement is also logged to the trainer's
-logger as ``<prefix>/<group>/variance``, ``…/snr``, ``…/mean_norm`` and ``<prefix>/monitor_share``.
+logger as ``<prefix>/<group>/variance``, ``…/snr``, ``…/mean_norm`` and ``<prefix>/monitor_share`` (with a
+loss built by :func:`gradest.graph`, the groups include one ``node:NAME`` per stochastic node).
 """
 
 from __future__ import annotations
