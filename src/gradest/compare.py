@@ -12,6 +12,7 @@ from typing import Any, NamedTuple
 
 import torch
 
+from gradest import batches
 from gradest.device import device_of, resolve_device
 from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
 from gradest.errors import GradestError
@@ -89,7 +90,9 @@ def compare(
         # and leaves stateful baselines of the measured estimator untouched.
         copy.deepcopy(est).per_sample(f, dist_builder, params, min(num_samples, WARM_UP_SAMPLES),
                                       make_generator(seed, device))
-        per_sample = est.per_sample(f, dist_builder, params, num_samples, make_generator(seed, device))
+        # as independent batches where the estimator couples its samples (an honest stderr)
+        per_sample = batches.per_sample(est, f, dist_builder, params, num_samples,
+                                        make_generator(seed, device))
         if not all(bool(torch.isfinite(g).all()) for g in per_sample.grads.values()):
             # f was finite (the estimators check it), so the estimator's own settings made them so
             raise GradestError(

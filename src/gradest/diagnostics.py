@@ -7,11 +7,13 @@ r"""Diagnostics of an estimator, pure functions of its single-sample estimates �
     z         (ḡ − ∇θ L) / stderr                  bias in standard errors (≈ N(0, 1) if unbiased)
     se(s²)    √((m₄ − s⁴) / N)                     standard error of s² itself (m₄: 4th central moment)
 
-All are elementwise over a parameter's coordinates. For the leave-one-out baseline the ĝ_n are
-weakly dependent (correlation O(1/N)); the formulas above are then accurate to O(1/N).
+All are elementwise over a parameter's coordinates. Leave-one-out baselines and coefficients make
+the ĝ_n of one call dependent, and s/√N can then be far off (a 1/N² term dominates where the
+single-sample variance is tiny): :mod:`gradest.batches` runs such estimators as independent calls,
+labelled as groups, so the grouped formula below applies.
 
-Antithetic and quasi-Monte Carlo samplers make the ĝ_n dependent within groups (pairs,
-randomizations) and independent across them. The stderr of the mean then comes from the G group
+Antithetic and quasi-Monte Carlo samplers (and independent batches) make the ĝ_n dependent within
+groups (pairs, randomizations, batches) and independent across them. The stderr of the mean then comes from the G group
 means m_g with sizes n_g (the cluster estimator; for equal sizes it is the spread of the m_g / √G):
 
     stderr² = G/(G − 1) · Σ_g (n_g/N)² (m_g − ḡ)²

@@ -5,6 +5,10 @@ close to E[f] lowers its variance. A baseline is a callable ``(values [N, *C], g
 on the detached costs of the current call: with per-element costs (``C`` = the batch elements)
 it works per element, along the sample axis. ``groups`` labels dependent samples (antithetic
 pairs, quasi-Monte Carlo randomizations; None when i.i.d.).
+
+``couples_samples`` says whether b_n depends on the other samples of the same call: then the
+estimates are dependent and their standard error comes from independent calls
+(:mod:`gradest.batches`).
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from gradest.errors import GradestError
 
 class Baseline(Protocol):
     min_samples: int
+    couples_samples: bool
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor: ...
 
@@ -27,6 +32,7 @@ class NoBaseline:
     """b = 0: plain REINFORCE."""
 
     min_samples = 1
+    couples_samples = False
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return torch.zeros_like(values)
@@ -41,6 +47,7 @@ class Constant:
 
     value: float
     min_samples = 1
+    couples_samples = False
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return torch.full_like(values, float(self.value))
@@ -51,10 +58,13 @@ class LeaveOneOut:
 
     Unbiased, because b_n does not depend on x_n. Needs N ≥ 2. Kool et al. (2019). Given the
     sampler's groups (dependent samples), b_n is the mean outside x_n's group instead.
-    The single-sample estimates are then weakly dependent (through b), with correlation O(1/N).
+    The single-sample estimates are then dependent (through b): their mean is the sample covariance
+    of f and the score, whose variance has a 1/N² term the spread of the ĝ_n misses — dominant where
+    the single-sample variance is tiny — so its standard error comes from independent calls.
     """
 
     min_samples = 2
+    couples_samples = True
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         n = values.shape[0]
@@ -90,6 +100,7 @@ class MovingAverage:
     _raw: float = field(default=0.0, repr=False)
     _count: int = field(default=0, repr=False)
     min_samples = 1
+    couples_samples = False  # b comes from earlier calls only
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.decay < 1.0:

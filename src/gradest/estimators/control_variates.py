@@ -176,6 +176,9 @@ def _grads(output: torch.Tensor | float, leaves: list[torch.Tensor]) -> list[tor
 class ControlVariate(Estimator):
     """ĝ^cv = ĝ_f − c ⊙ (ĝ_h − ∇θ E[h]) with leave-one(-group)-out coefficients c per coordinate."""
 
+    #: c_(−n) comes from the other samples: the estimates are dependent (see :mod:`gradest.batches`)
+    couples_samples = True
+
     def __init__(self, inner: Estimator, control, name: str | None = None) -> None:
         self.inner = inner
         self.control = control

@@ -1,9 +1,11 @@
 r"""The variance sweep of Mohamed et al. (2020, Fig. 2): x ~ N(μ, σ²), costs c(x; k) over a grid of k.
 
 For every cell (cost, k, estimator) one call draws N single-sample estimates ĝ_n of ∇_{μ,σ} E c(x; k)
+(independent batches of calls for an estimator with leave-one-out statistics, :mod:`gradest.batches`)
 and records, per parameter, the measured mean and single-sample variance s², the standard error of
-the mean s/√N, the standard error of s² itself, √((m₄ − s⁴)/N) with m₄ the fourth central
-moment, and the exact variance by numerical integration (:mod:`gradest.lab.variance_exact`).
+the mean s/√N (over the batches or a sampler's groups where samples are dependent), the standard
+error of s² itself, √((m₄ − s⁴)/N) with m₄ the fourth central moment, and the exact variance by
+numerical integration (:mod:`gradest.lab.variance_exact`).
 Both standard errors include float64's resolution, 64ε × the size of the estimate's terms, which
 matters only where an estimate is exact up to rounding (a control variate with h = f).
 
@@ -29,6 +31,7 @@ import numpy as np
 import torch
 from torch.distributions import Normal
 
+from gradest import batches
 from gradest.costs import named_cost
 from gradest.device import resolve_device
 from gradest.diagnostics import ROUNDING, effective_variance, param_stats, variance_stderr
@@ -195,10 +198,11 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     params = {"loc": torch.tensor(config.loc, dtype=torch.float64, device=device),
               "scale": torch.tensor(config.scale, dtype=torch.float64, device=device)}
     exact = exact_grad(f, Normal, params)
+    est = get_estimator(estimator)
     with intra_op_threads(config.threads):
-        per = get_estimator(estimator).per_sample(f, Normal, params, config.samples,
-                                                  make_generator(config.seed, device))
-    groups = getattr(per, "groups", None)
+        # independent batches where the estimator couples its samples (leave-one-out statistics)
+        per = batches.per_sample(est, f, Normal, params, config.samples, make_generator(config.seed, device))
+    groups = per.groups
     rows = []
     for param in PARAMS:
         g = per.grads[param].double().reshape(-1)
@@ -215,9 +219,10 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
         truth = exact.grads[param].double()
         stats = param_stats(g, truth, groups, None, resolution)
         var, var_se = float(stats.variance), float(variance_stderr(g))
-        if groups is not None:
+        if est.sampler is not None:
             # Dependent samples (antithetic, QMC): the i.i.d.-equivalent variance N·stderr², with
-            # the stderr over independent groups; its own standard error is not estimated.
+            # the stderr over independent groups; its own standard error is not estimated. (Batches
+            # of a coupling estimator alone keep the single-sample variance: its marginal spread.)
             var, var_se = float(effective_variance(g, groups)), math.nan
         var_se = math.hypot(var_se, resolution**2) if math.isfinite(var_se) else var_se
         v_exact, v_err = _exact_variance(estimator, cost, k, param, config.loc, config.scale)
