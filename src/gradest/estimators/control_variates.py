@@ -25,7 +25,8 @@ Controls:
 A cost that declares θ keeps its direct term ∂f/∂θ (added outside the combination; the control
 expands f at fixed θ).
 
-Requires: N ≥ 2 samples (2 independent groups with a sampler); for the delta method a Normal
+Requires: N ≥ 3 samples (3 independent groups with a sampler: a variance of the others; fewer are
+refused, never run without the control); for the delta method a Normal
 (or ``Independent`` Normal) and f twice differentiable at μ.
 
 References: Paisley, Blei & Jordan (2012); Mohamed et al., JMLR 21 (2020) §7; optax
@@ -130,20 +131,33 @@ class ConstantControl:
         return "ConstantControl()"
 
 
+#: samples (or independent groups) a leave-one-out coefficient needs: a variance of the others
+MIN_INDEPENDENT = 3
+
+
 def leave_group_out_coefficients(
     a: torch.Tensor, b: torch.Tensor, groups: torch.Tensor | None = None
 ) -> torch.Tensor:
     """c_nk = Cov(a_k, b_k) / Var(b_k) over the samples outside sample n's group: ``[N, P]``.
 
     a, b: ``[N, P]``. groups: ``[N]`` labels of independent groups (None: every sample alone).
-    Where b_k has no spread outside the group, c = 0 (no correction).
+    Fewer than ``MIN_INDEPENDENT`` samples (groups) are refused: the coefficient is undefined there.
+    Where b_k happens to have no spread outside the group (a discrete family's draws all alike),
+    c = 0 for that sample: no correction, and still no bias (c does not depend on sample n).
     """
     n = a.shape[0]
     size = n if groups is None else int(groups.max()) + 1
-    if size < 2:
+    if size < MIN_INDEPENDENT:
+        # with one other sample (or group) Var(b_k) is 0 by construction: c would silently be 0,
+        # i.e. no control variate at all
+        what = "samples" if groups is None else "independent groups (pairs, randomizations)"
         raise GradestError(
-            "control-variate coefficients are estimated from the other samples, so at least 2 "
-            "independent samples (pairs, randomizations) are needed; use more samples"
+            f"control-variate coefficients c = Cov/Var are estimated from the other samples, so at "
+            f"least {MIN_INDEPENDENT} {what} are needed (a variance needs 2 besides the sample's own), "
+            f"got {size}; use more samples"
+            + (f" (at least {MIN_INDEPENDENT})" if groups is None else
+               f" (at least {MIN_INDEPENDENT} pairs or randomizations, e.g. {2 * MIN_INDEPENDENT} with "
+               "+antithetic)")
         )
     # The formula is invariant to shifting a and b; centring first avoids cancellation.
     a = a - a.mean(0)
@@ -183,7 +197,7 @@ class ControlVariate(Estimator):
         self.inner = inner
         self.control = control
         self.name = name or f"{inner.name}-cv"
-        self.min_samples = max(inner.min_samples, 2)
+        self.min_samples = max(inner.min_samples, MIN_INDEPENDENT)
         caps = inner.capabilities
         families = control.families if caps.families is None else caps.families
         if control.families is not None and caps.families is not None:
