@@ -173,3 +173,32 @@ def test_z_is_taken_against_the_reference_error_too():
     z_quad = float(summarize(per, quad).params["loc"].z)
     assert z_closed == pytest.approx(0.5 / se)
     assert z_quad == pytest.approx(0.5 / (se**2 + 0.25) ** 0.5)
+
+
+@pytest.mark.parametrize("name", ["square", "exp", "cos", "linear"])
+@pytest.mark.parametrize("k", [0.0, 0.7, 2.5])
+def test_the_cost_table_is_consistent(name, k):
+    # one table (gradest.costs.COST_FORMS): its derivatives, antiderivative and the gradient of its Normal
+    # mean agree with autograd and quadrature of its own value
+    import numpy as np
+    from scipy.integrate import quad
+
+    from gradest.costs import COST_FORMS
+
+    forms = COST_FORMS[name]
+    x = t(-1.3, 0.2, 0.9, 2.4).requires_grad_(True)
+    (d1,) = torch.autograd.grad(forms.value(x, k).sum(), x, create_graph=True)
+    # c′ constant in x (linear) leaves autograd nothing to differentiate: c″ = 0
+    d2 = torch.autograd.grad(d1.sum(), x)[0] if d1.requires_grad else torch.zeros_like(d1)
+    assert torch.allclose(forms.d1(x.detach(), k), d1.detach(), rtol=1e-12, atol=1e-12)
+    assert torch.allclose(forms.d2(x.detach(), k), d2, rtol=1e-12, atol=1e-12)
+    numpy_value = forms.value(np.array([0.9]), k)
+    assert isinstance(numpy_value, np.ndarray)
+    assert numpy_value[0] == pytest.approx(float(forms.value(t(0.9), k)), rel=1e-15, abs=1e-15)
+    whole = quad(lambda u: float(forms.value(np.array(u), k)), 0.4, 1.7, epsabs=1e-13)[0]
+    assert float(forms.anti(0.4, np.array(1.3), k)) == pytest.approx(whole, rel=1e-9, abs=1e-12)
+    loc, scale = t(0.3).requires_grad_(True), t(1.4).requires_grad_(True)
+    grads = torch.autograd.grad(forms.normal_mean(loc, scale, k), [loc, scale])
+    written = forms.normal_grad(loc.detach(), scale.detach(), k)
+    for got, want in zip(written, grads, strict=True):
+        assert float(got) == pytest.approx(float(want), rel=1e-12, abs=1e-14)

@@ -100,7 +100,7 @@ def test_quadrature_error_is_below_1e6_relative_on_the_sweep_grid():
 def test_means_are_the_exact_gradients():
     f = gradest.named_cost("cos", 3.0)
     exact = gradest.exact_grad(f, Normal, PARAMS).grads
-    for est in vx.SUPPORTED:
+    for est in vx.supported():
         for param in ("loc", "scale"):
             assert _var(est, "cos", 3.0, param).mean == pytest.approx(float(exact[param]), abs=1e-10), est
 
@@ -122,7 +122,7 @@ def test_exact_variances_match_the_registered_estimators(cost, k):
     """
     n = 20_000
     f = gradest.named_cost(cost, k)
-    for est in vx.SUPPORTED:
+    for est in vx.supported():
         if not _available(est):
             pytest.fail(f"estimator {est} is not registered")
         per = gradest.get_estimator(est).per_sample(f, Normal, PARAMS, n, gradest.make_generator(3))
@@ -232,3 +232,28 @@ def test_a_delta_control_much_larger_than_f_keeps_full_accuracy():
         got = _var("score-delta", "cos", k, param, loc, scale)
         assert got.variance == pytest.approx(var_a - cov**2 / var_c, rel=1e-8)
         assert got.error <= 1e-6 * got.variance
+
+
+def test_a_registered_estimator_supplies_its_own_variance_hook():
+    """Exact variances come from the registry entry's hook, not from a list of names in the lab."""
+    from gradest.estimators import registry
+
+    assert not vx.supports("score-copy")
+    hook = lambda kit, _: kit.result(kit.score())  # noqa: E731
+    registry.register("score-copy", "the score function again", variance=hook)(
+        lambda _: gradest.get_estimator("score"))
+    try:
+        assert vx.supports("score-copy") and "score-copy" in vx.supported()
+        for param in ("loc", "scale"):
+            got, plain = _var("score-copy", "cos", 2.0, param), _var("score", "cos", 2.0, param)
+            assert got == plain
+    finally:
+        del registry._REGISTRY["score-copy"]
+    assert "no exact variance" in _refusal("score-copy")
+    assert "no exact variance" in _refusal("enumerate")  # registered, no hook
+
+
+def _refusal(name):
+    with pytest.raises(gradest.GradestError) as err:
+        _var(name, "cos", 2.0, "loc")
+    return str(err.value)

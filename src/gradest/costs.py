@@ -13,7 +13,9 @@ cos        cos(k x)      cos(kμ) · exp(−k²σ²/2)
 linear     k x           k μ
 =========  ============  ===============================================
 
-Custom costs load from ``path/to/file.py:function`` or ``package.module:function``.
+The table :data:`COST_FORMS` holds each named cost's value, first and second derivatives,
+antiderivative, feature width and Normal expectation with its gradient: the one definition every
+module uses. Custom costs load from ``path/to/file.py:function`` or ``package.module:function``.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from gradest.errors import GradestError, NonFiniteError
@@ -60,8 +63,44 @@ class Cost:
         return self.normal_mean(loc, scale, self.k).sum()
 
 
+def _xp(x):
+    """The array namespace of ``x``: torch for tensors, numpy otherwise (floats, numpy arrays)."""
+    return torch if isinstance(x, torch.Tensor) else np
+
+
+@dataclass(frozen=True)
+class CostForms:
+    r"""Everything known about one named elementwise cost c(x; k), in one place.
+
+    value, d1, d2: c, c′, c″ at ``x`` (torch tensors or numpy arrays alike).
+    anti: ``anti(x0, dx, k)`` = ∫_{x₀}^{x₀+dx} c, written free of cancellation for small dx (numpy).
+    feature: the width of c's sharpest feature for a given k (None: smooth on every scale).
+    normal_mean: E[c(x)] for x ~ N(loc, scale²), elementwise (torch; differentiable).
+    normal_grad: (∂/∂loc, ∂/∂scale) of that expectation, elementwise, written out.
+    formula: c(x) for help texts.
+    """
+
+    formula: str
+    value: Elementwise
+    d1: Elementwise
+    d2: Elementwise
+    anti: Callable
+    feature: Callable[[float], float | None]
+    normal_mean: Callable
+    normal_grad: Callable
+
+
 def _square_mean(loc, scale, k):
     return (loc - k) ** 2 + scale**2
+
+
+def _square_grad(loc, scale, k):
+    return 2.0 * (loc - k), 2.0 * scale
+
+
+def _square_anti(x0, dx, k):
+    a, b = x0 + dx - k, x0 - k
+    return dx * (a * a + a * b + b * b) / 3.0
 
 
 def _exp_mean(loc, scale, k):
@@ -71,34 +110,77 @@ def _exp_mean(loc, scale, k):
                        torch.full_like(a, math.inf))
 
 
+def _exp_grad(loc, scale, k):
+    xp = _xp(scale)
+    a = 1.0 + 2.0 * k * scale**2
+    mean = xp.exp(-k * loc**2 / a) / xp.sqrt(a)
+    return mean * (-2.0 * k * loc / a), mean * (-2.0 * k * scale / a + 4.0 * k**2 * loc**2 * scale / a**2)
+
+
+def _exp_anti(x0, dx, k):
+    from scipy.special import erf  # scipy loads only where the exact variances need it
+
+    if k == 0:
+        return dx
+    r = math.sqrt(k)
+    return math.sqrt(math.pi / (4.0 * k)) * (erf(r * (x0 + dx)) - erf(r * x0))
+
+
 def _cos_mean(loc, scale, k):
     return torch.cos(k * loc) * torch.exp(-0.5 * (k * scale) ** 2)
+
+
+def _cos_grad(loc, scale, k):
+    xp = _xp(loc)
+    damp = xp.exp(-0.5 * (k * scale) ** 2)
+    return -k * xp.sin(k * loc) * damp, -(k**2) * scale * xp.cos(k * loc) * damp
+
+
+def _cos_anti(x0, dx, k):
+    # sin(a + d) − sin(a) as a product: no cancellation for small d (near t = 0 in E[b(UM) | M])
+    return dx if k == 0 else 2.0 * np.cos(k * (x0 + 0.5 * dx)) * np.sin(0.5 * k * dx) / k
 
 
 def _linear_mean(loc, scale, k):
     return k * loc + 0.0 * scale
 
 
-_NAMED: dict[str, tuple[Elementwise, Callable, str]] = {
-    "square": (lambda x, k: (x - k) ** 2, _square_mean, "(x − k)²"),
-    "exp": (lambda x, k: torch.exp(-k * x**2), _exp_mean, "exp(−k x²)"),
-    "cos": (lambda x, k: torch.cos(k * x), _cos_mean, "cos(k x)"),
-    "linear": (lambda x, k: k * x, _linear_mean, "k x"),
+def _linear_grad(loc, scale, k):
+    return k + 0.0 * loc, 0.0 * scale
+
+
+#: name -> every form of the named cost: the one table the library, the exact variances
+#: (gradest.lab.variance_exact) and the Gaussian question (gradest.gaussian.closed_form) read
+COST_FORMS: dict[str, CostForms] = {
+    "square": CostForms(
+        "(x − k)²", lambda x, k: (x - k) ** 2, lambda x, k: 2.0 * (x - k),
+        lambda x, k: _xp(x).full_like(x, 2.0), _square_anti, lambda k: None, _square_mean, _square_grad),
+    "exp": CostForms(
+        "exp(−k x²)", lambda x, k: _xp(x).exp(-k * x**2), lambda x, k: -2.0 * k * x * _xp(x).exp(-k * x**2),
+        lambda x, k: (4.0 * k**2 * x**2 - 2.0 * k) * _xp(x).exp(-k * x**2), _exp_anti,
+        lambda k: 1.0 / math.sqrt(2.0 * k) if k > 0 else None, _exp_mean, _exp_grad),
+    "cos": CostForms(
+        "cos(k x)", lambda x, k: _xp(x).cos(k * x), lambda x, k: -k * _xp(x).sin(k * x),
+        lambda x, k: -(k**2) * _xp(x).cos(k * x), _cos_anti,
+        lambda k: 2.0 * math.pi / abs(k) if k != 0 else None, _cos_mean, _cos_grad),
+    "linear": CostForms(
+        "k x", lambda x, k: k * x, lambda x, k: _xp(x).full_like(x, k), lambda x, k: _xp(x).zeros_like(x),
+        lambda x0, dx, k: k * dx * (x0 + 0.5 * dx), lambda k: None, _linear_mean, _linear_grad),
 }
 
 #: name -> formula, for help texts
-NAMED_COSTS: dict[str, str] = {name: formula for name, (_, _, formula) in _NAMED.items()}
+NAMED_COSTS: dict[str, str] = {name: forms.formula for name, forms in COST_FORMS.items()}
 
 
 def named_cost(name: str, k: float = 1.0) -> Cost:
     """The registered cost ``name`` with constant ``k``."""
-    if name not in _NAMED:
+    if name not in COST_FORMS:
         raise GradestError(
-            f"unknown cost {name!r}; choose one of {', '.join(_NAMED)} "
+            f"unknown cost {name!r}; choose one of {', '.join(COST_FORMS)} "
             "or load your own with FILE.py:FUNCTION or package.module:FUNCTION"
         )
-    elementwise, mean, _ = _NAMED[name]
-    return Cost(name, float(k), elementwise, mean)
+    forms = COST_FORMS[name]
+    return Cost(name, float(k), forms.value, forms.normal_mean)
 
 
 def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:

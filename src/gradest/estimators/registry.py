@@ -11,6 +11,7 @@ value (stateful baselines are never shared). Adding an estimator = one module + 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -23,33 +24,126 @@ from gradest.estimators.pathwise import Pathwise
 from gradest.estimators.sampling import SAMPLERS, get_sampler
 from gradest.estimators.score import ScoreFunction
 
+#: the Python entry-point group through which installed packages add estimators (see ``register``)
+ENTRY_POINT_GROUP = "gradest.estimators"
+
+
+class PluginWarning(UserWarning):
+    """An installed estimator plugin failed to load; it is skipped, the rest of gradest works."""
+
 
 class Entry(NamedTuple):
+    """One registered estimator (see :func:`register` for the fields)."""
+
     factory: Callable[[str | None], Estimator]
     summary: str
     argument: str | None  # name of the "=VALUE" argument, None if the estimator takes none
     required: bool  # whether the argument must be given
+    #: (kit, argument) -> its single-sample estimate as terms, for exact variances; None: not covered
+    variance: Callable | None = None
 
 
 _REGISTRY: dict[str, Entry] = {}
+_PLUGINS = {"loaded": False}
 
 
-def register(name: str, summary: str, argument: str | None = None, required: bool = False):
-    """Decorator adding a factory ``(arg: str | None) -> Estimator`` under ``name``."""
+def register(name: str, summary: str, argument: str | None = None, required: bool = False,
+             variance: Callable | None = None):
+    """Decorator adding an estimator factory to the registry, so that every part of gradest (the
+    command line, ``select``, the sweep, the conformance kit :mod:`gradest.testing`) finds it by name.
+
+    Usage::
+
+        @gradest.register("my-score", "score function with my baseline", argument="b")
+        def _make(arg: str | None) -> gradest.Estimator:
+            return MyScore(float(arg) if arg else 0.0)
+
+    The estimator is a subclass of :class:`gradest.Estimator` implementing the public hook ``terms``
+    and declaring ``capabilities`` (see :mod:`gradest.estimators.base`). An installed package makes
+    it visible to the ``gradest`` command as well by declaring an entry point in the group
+    ``gradest.estimators`` whose value is the module that calls ``register`` (or a function of no
+    arguments that does), e.g. in pyproject.toml::
+
+        [project.entry-points."gradest.estimators"]
+        my-score = "my_package.estimators"
+
+    Entry points load when the registry is first listed or queried; one that fails to load is
+    skipped with a one-line :class:`PluginWarning` naming it.
+
+    Args:
+        name: the registry name, used as ``NAME[=ARG][+SAMPLER]``; no ``+`` or ``=``, not taken.
+        summary: one line for ``gradest compare --help`` and :func:`available`.
+        argument: the name of the ``=VALUE`` argument (shown upper-case, ``score-const=B``), or None
+            when the estimator takes none.
+        required: whether the argument must be given.
+        variance: optional hook ``(kit, arg) -> Decomposition`` giving the estimator's single-sample
+            estimate as terms of base variables (a :class:`gradest.lab.variance_exact.TermKit` is the
+            vocabulary), so that ``gradest sweep`` draws its exact-variance curve; None: no curve.
+
+    Returns:
+        The decorator; it returns the factory unchanged.
+
+    Raises:
+        ValueError: a name with ``+`` or ``=``, or one already registered.
+    """
 
     def wrap(factory: Callable[[str | None], Estimator]) -> Callable[[str | None], Estimator]:
         if "+" in name or "=" in name:
             raise ValueError(f"estimator names cannot contain '+' or '=' (the spec grammar), got {name!r}")
         if name in _REGISTRY:
             raise ValueError(f"estimator {name!r} is already registered")
-        _REGISTRY[name] = Entry(factory, summary, argument, required)
+        _REGISTRY[name] = Entry(factory, summary, argument, required, variance)
         return factory
 
     return wrap
 
 
+def load_plugins() -> None:
+    """Import the estimators installed packages declare in the entry-point group (once per process).
+
+    A plugin that fails (an import error, a name already taken, anything it raises) is skipped with a
+    one-line :class:`PluginWarning` naming it and the failure; KeyboardInterrupt passes through.
+    """
+    if _PLUGINS["loaded"]:
+        return
+    _PLUGINS["loaded"] = True
+    from importlib.metadata import entry_points
+
+    from gradest.costs import describe_failure
+
+    for point in entry_points(group=ENTRY_POINT_GROUP):
+        try:
+            loaded = point.load()
+            if callable(loaded) and not isinstance(loaded, type(math)):
+                loaded()
+        except KeyboardInterrupt:
+            raise
+        except BaseException as err:  # a third party's code can fail in any way, sys.exit() included
+            # warn_explicit with a file name that has no source: one line, no traceback
+            warnings.warn_explicit(
+                f"estimator plugin {point.name!r} ({point.value}) failed to load: {describe_failure(err)}; "
+                "it is skipped (fix or uninstall the package that provides it)",
+                PluginWarning, filename="gradest", lineno=0)
+
+
+def entries() -> dict[str, Entry]:
+    """Name -> :class:`Entry` of every registered estimator, installed plugins included."""
+    load_plugins()
+    return dict(_REGISTRY)
+
+
+def lookup(name: str) -> Entry:
+    """The registry entry of the estimator ``name`` (no argument or sampler), or a GradestError."""
+    load_plugins()
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        raise GradestError(f"unknown estimator {name!r}; choose one of: {', '.join(available())}")
+    return entry
+
+
 def available() -> dict[str, str]:
     """Name -> one-line summary of every registered estimator."""
+    load_plugins()
     return {
         (f"{n}={e.argument.upper()}" if e.argument else n): e.summary for n, e in _REGISTRY.items()
     }
@@ -57,10 +151,7 @@ def available() -> dict[str, str]:
 
 def requires_argument(name: str) -> bool:
     """Whether the registered estimator ``name`` needs ``=VALUE`` (``score-const=B``)."""
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise GradestError(f"unknown estimator {name!r}; choose one of: {', '.join(available())}")
-    return entry.required
+    return lookup(name).required
 
 
 def available_samplers() -> dict[str, str]:
@@ -80,11 +171,7 @@ def get_estimator(spec: str | Estimator) -> Estimator:
             f"samplers: {', '.join(SAMPLERS)}"
         )
     name, _, arg = base.partition("=")
-    entry = _REGISTRY.get(name)
-    if entry is None:
-        raise GradestError(
-            f"unknown estimator {name!r}; choose one of: {', '.join(available())}"
-        )
+    entry = lookup(name)
     if entry.argument is None and arg:
         raise GradestError(f"estimator {name!r} takes no argument, got {spec!r}")
     if entry.required and not arg:
@@ -106,22 +193,28 @@ def _number(text: str, what: str) -> float:
     return value
 
 
-@register("pathwise", "reparameterization: ∇θ f(g(ε; θ)); explicit or implicit (Gamma, Beta, …)")
+@register("pathwise", "reparameterization: ∇θ f(g(ε; θ)); explicit or implicit (Gamma, Beta, …)",
+          variance=lambda kit, _: kit.result(kit.pathwise()))
 def _pathwise(_: str | None) -> Estimator:
     return Pathwise()
 
 
-@register("score", "score function (REINFORCE): f(x) ∇θ log p(x; θ), no baseline")
+@register("score", "score function (REINFORCE): f(x) ∇θ log p(x; θ), no baseline",
+          variance=lambda kit, _: kit.result(kit.score()))
 def _score(_: str | None) -> Estimator:
     return ScoreFunction()
 
 
-@register("score-const", "score function with a constant baseline b", argument="b", required=True)
+@register("score-const", "score function with a constant baseline b", argument="b", required=True,
+          variance=lambda kit, arg: kit.result(kit.score(kit.minus(kit.number(arg, "the baseline b"))),
+                                               sized=kit.score()))
 def _score_const(arg: str | None) -> Estimator:
     return ScoreFunction(Constant(_number(arg, "the baseline b")))
 
 
-@register("score-loo", "score function with the leave-one-out baseline (RLOO, unbiased, N ≥ 2)")
+@register("score-loo", "score function with the leave-one-out baseline (RLOO, unbiased, N ≥ 2)",
+          # its large-N limit: the baseline E f
+          variance=lambda kit, _: kit.result(kit.score(kit.minus(kit.mean_f())), sized=kit.score()))
 def _score_loo(_: str | None) -> Estimator:
     return ScoreFunction(LeaveOneOut())
 
@@ -144,12 +237,14 @@ def _order(arg: str | None) -> int:
 @register(
     "mvd",
     "measure-valued derivative, coupled (W′ = W, N = U·M); Normal, Exponential, Poisson, Bernoulli",
+    variance=lambda kit, _: kit.result(kit.mvd(coupled=True)),
 )
 def _mvd(_: str | None) -> Estimator:
     return MeasureValued(coupled=True)
 
 
-@register("mvd-uncoupled", "measure-valued derivative with independent positive and negative draws")
+@register("mvd-uncoupled", "measure-valued derivative with independent positive and negative draws",
+          variance=lambda kit, _: kit.result(kit.mvd(coupled=False)))
 def _mvd_uncoupled(_: str | None) -> Estimator:
     return MeasureValued(coupled=False)
 
@@ -158,6 +253,7 @@ def _mvd_uncoupled(_: str | None) -> Estimator:
     "score-delta",
     "score function with the delta-method control variate (Taylor order 1 or 2, default 2; Normal)",
     argument="order",
+    variance=lambda kit, arg: kit.result(kit.score(), control=kit.score(kit.h(kit.order(arg)))),
 )
 def _score_delta(arg: str | None) -> Estimator:
     return ControlVariate(ScoreFunction(), DeltaMethod(_order(arg)))
@@ -167,6 +263,8 @@ def _score_delta(arg: str | None) -> Estimator:
     "mvd-delta",
     "measure-valued (coupled) with the delta-method control variate (order 1 or 2, default 2; Normal)",
     argument="order",
+    variance=lambda kit, arg: kit.result(kit.mvd(coupled=True),
+                                         control=kit.mvd(coupled=True, order=kit.order(arg))),
 )
 def _mvd_delta(arg: str | None) -> Estimator:
     return ControlVariate(MeasureValued(coupled=True), DeltaMethod(_order(arg)))
@@ -176,6 +274,7 @@ def _mvd_delta(arg: str | None) -> Estimator:
     "pathwise-delta",
     "pathwise with the delta-method control variate (order 1 or 2, default 2; Normal)",
     argument="order",
+    variance=lambda kit, arg: kit.result(kit.pathwise(), control=kit.pathwise(kit.dh(kit.order(arg)))),
 )
 def _pathwise_delta(arg: str | None) -> Estimator:
     return ControlVariate(Pathwise(), DeltaMethod(_order(arg)))
@@ -184,6 +283,8 @@ def _pathwise_delta(arg: str | None) -> Estimator:
 @register(
     "score-optb",
     "score function with the variance-optimal constant baseline per coordinate (leave-one-out)",
+    # the constant control: the score itself, with its variance-optimal coefficient in the limit
+    variance=lambda kit, _: kit.result(kit.score(), control=kit.score(kit.ones())),
 )
 def _score_optb(_: str | None) -> Estimator:
     return ControlVariate(ScoreFunction(), ConstantControl())

@@ -38,8 +38,12 @@ from __future__ import annotations
 
 from typing import NamedTuple
 
+from gradest.costs import COST_FORMS
+
 ESTIMATORS = ("pathwise", "score", "score-baseline")
 PARAMS = ("mu", "sigma")
+#: f(y) = n (y − x̄)² + n v is the named cost square, (y − k)² with k = x̄: its forms come from the one table
+SQUARE = COST_FORMS["square"]
 
 
 class Stats(NamedTuple):
@@ -58,14 +62,14 @@ class Pair(NamedTuple):
 
 
 def expectation(stats: Stats, mu, sigma):
-    """E f = n (d² + σ²) + n v."""
-    d = mu - stats.mean
-    return stats.n * (d**2 + sigma**2) + stats.n * stats.var_mle
+    """E f = n (d² + σ²) + n v: n times the named cost ``square`` with k = x̄, plus n v."""
+    return stats.n * SQUARE.normal_mean(mu, sigma, stats.mean) + stats.n * stats.var_mle
 
 
 def gradient(stats: Stats, mu, sigma) -> Pair:
-    """(∂E f/∂μ, ∂E f/∂σ) = (2 n d, 2 n σ)."""
-    return Pair(2.0 * stats.n * (mu - stats.mean), 2.0 * stats.n * sigma)
+    """(∂E f/∂μ, ∂E f/∂σ) = (2 n d, 2 n σ): n times the gradient of E (y − x̄)² from the cost table."""
+    d_mu, d_sigma = SQUARE.normal_grad(mu, sigma, stats.mean)
+    return Pair(stats.n * d_mu, stats.n * d_sigma)
 
 
 def best_baseline(stats: Stats, mu, sigma) -> Pair:

@@ -35,8 +35,8 @@ from functools import lru_cache
 from typing import NamedTuple
 
 import numpy as np
-from scipy.special import erf
 
+from gradest.costs import COST_FORMS, CostForms
 from gradest.errors import GradestError
 
 Fn = Callable[[np.ndarray], np.ndarray]
@@ -47,50 +47,9 @@ DEFAULT_DELTA_ORDER = 2
 PARAMS = ("loc", "scale")
 
 
-class ElementaryCost(NamedTuple):
-    """c(x), c′, c″, ∫_{x₀}^{x₀+dx} c (``anti(x0, dx, k)``, free of cancellation for small dx), and
-    the width of c's sharpest feature (None: smooth)."""
-
-    value: Callable[[np.ndarray, float], np.ndarray]
-    d1: Callable[[np.ndarray, float], np.ndarray]
-    d2: Callable[[np.ndarray, float], np.ndarray]
-    anti: Callable[[np.ndarray, float], np.ndarray]
-    feature: Callable[[float], float | None]
-
-
-def _exp_anti(x0, dx, k):
-    if k == 0:
-        return dx
-    r = math.sqrt(k)
-    return math.sqrt(math.pi / (4.0 * k)) * (erf(r * (x0 + dx)) - erf(r * x0))
-
-
-def _cos_anti(x0, dx, k):
-    # sin(a + d) − sin(a) as a product: no cancellation for small d (near t = 0 in E[b(UM) | M])
-    return dx if k == 0 else 2.0 * np.cos(k * (x0 + 0.5 * dx)) * np.sin(0.5 * k * dx) / k
-
-
-def _square_anti(x0, dx, k):
-    a, b = x0 + dx - k, x0 - k
-    return dx * (a * a + a * b + b * b) / 3.0
-
-
-COSTS: dict[str, ElementaryCost] = {
-    "square": ElementaryCost(
-        lambda x, k: (x - k) ** 2, lambda x, k: 2.0 * (x - k), lambda x, k: np.full_like(x, 2.0),
-        _square_anti, lambda k: None),
-    "exp": ElementaryCost(
-        lambda x, k: np.exp(-k * x**2), lambda x, k: -2.0 * k * x * np.exp(-k * x**2),
-        lambda x, k: (4.0 * k**2 * x**2 - 2.0 * k) * np.exp(-k * x**2), _exp_anti,
-        lambda k: 1.0 / math.sqrt(2.0 * k) if k > 0 else None),
-    "cos": ElementaryCost(
-        lambda x, k: np.cos(k * x), lambda x, k: -k * np.sin(k * x),
-        lambda x, k: -(k**2) * np.cos(k * x), _cos_anti,
-        lambda k: 2.0 * math.pi / abs(k) if k != 0 else None),
-    "linear": ElementaryCost(
-        lambda x, k: k * x, lambda x, k: np.full_like(x, k), lambda x, k: np.zeros_like(x),
-        lambda x0, dx, k: k * dx * (x0 + 0.5 * dx), lambda k: None),
-}
+#: the named costs with an antiderivative: their values, derivatives and antiderivatives come from the
+#: one table in gradest.costs
+COSTS: dict[str, CostForms] = {name: forms for name, forms in COST_FORMS.items() if forms.anti is not None}
 
 
 @dataclass(frozen=True)
@@ -290,36 +249,123 @@ def _mvd(sh: _Shift, param: str, coupled: bool, poly: bool = False) -> list[_Ter
     return [_Term(c, "m", plus), _Term(-c, "um" if coupled else "n", plus, anti)]
 
 
-def parse(estimator: str) -> tuple[str, int | None]:
-    """``score-delta=1`` -> (``score-delta``, 1); the order is None for estimators without one."""
-    name, _, arg = estimator.partition("=")
-    if name in DELTA:
-        order = int(arg) if arg else DEFAULT_DELTA_ORDER
-        if order not in (1, 2):
-            raise GradestError(f"the delta method has order 1 or 2, got {estimator!r}")
-        return name, order
-    if name == "score-const":
+class Decomposition(NamedTuple):
+    """One estimator's single-sample estimate as base-variable terms: ĝ = A − β*·C.
+
+    terms: A; control: C, or None; sized: the terms whose size sets the rounding scale (a baseline's
+    terms hold f − b, already cancelled: their rounding is that of f's own terms), None: ``terms``.
+    """
+
+    terms: list[_Term]
+    control: list[_Term] | None = None
+    sized: list[_Term] | None = None
+
+
+class TermKit:
+    """The vocabulary an estimator's ``variance`` hook (see :func:`gradest.register`) writes its
+    single-sample estimate of ∂/∂param E f in, for one Normal problem and one parameter.
+
+    ``pathwise(fn)``, ``score(fn)``, ``mvd(coupled, order)``: the estimator's terms applied to f (or
+    to the function of the base variable ``fn``); ``f()``, ``minus(b)`` (f − b), ``ones()``, ``h(order)``
+    and ``dh(order)`` (the delta method's Taylor polynomial of f around μ and its derivative);
+    ``mean_f()`` = E f; ``order(arg)`` and ``number(arg, what)`` parse the estimator's argument;
+    ``result(terms, control, sized)`` packs a :class:`Decomposition`.
+    """
+
+    def __init__(self, problem: NormalProblem, param: str) -> None:
+        self.problem, self.param = problem, param
+        self.shift = _Shift(problem)
+
+    def _at(self, order: int | None) -> _Shift:
+        return _Shift(self.problem, order)
+
+    def f(self) -> Fn:
+        return self.shift.f()
+
+    def minus(self, b: float) -> Fn:
+        f = self.shift.f()
+        return lambda t: f(t) - b
+
+    def ones(self) -> Fn:
+        return lambda t: np.ones_like(t)
+
+    def h(self, order: int) -> Fn:
+        return self._at(order).h()
+
+    def dh(self, order: int) -> Fn:
+        return self._at(order).dh()
+
+    def mean_f(self) -> float:
+        return float(_Integrator(_feature_width(self.problem)).mean(_Term(1.0, "eps", self.shift.f())))
+
+    def pathwise(self, fn: Fn | None = None) -> list[_Term]:
+        return _pathwise(self.shift, self.param, fn)
+
+    def score(self, fn: Fn | None = None) -> list[_Term]:
+        return _score(self.shift, self.param, fn)
+
+    def mvd(self, coupled: bool, order: int | None = None) -> list[_Term]:
+        """The measure-valued terms of f, or with ``order`` those of its Taylor polynomial h."""
+        return _mvd(self._at(order), self.param, coupled, poly=order is not None)
+
+    @staticmethod
+    def order(arg: str | None) -> int:
         try:
-            float(arg)
+            order = int(arg) if arg else DEFAULT_DELTA_ORDER
         except ValueError:
-            raise GradestError(
-                f"score-const needs its baseline, e.g. score-const=1, got {estimator!r}") from None
-    return name, None
+            order = None
+        if order not in (1, 2):
+            raise GradestError(f"the delta method has order 1 or 2, got {arg!r}")
+        return order
+
+    @staticmethod
+    def number(arg: str | None, what: str) -> float:
+        try:
+            return float(arg)
+        except (TypeError, ValueError):
+            raise GradestError(f"{what} must be a number, got {arg!r}") from None
+
+    @staticmethod
+    def result(terms: list[_Term], control: list[_Term] | None = None,
+               sized: list[_Term] | None = None) -> Decomposition:
+        return Decomposition(terms, control, sized)
 
 
-DELTA = ("score-delta", "mvd-delta", "pathwise-delta")
-SUPPORTED = ("pathwise", "score", "score-loo", "score-optb", "mvd", "mvd-uncoupled", *DELTA)
-#: also covered, with their argument: score-const=B
-#: score function with a baseline: terms (f − b)·s, already cancelled; rounding is of f·s's size
-_BASELINED = ("score-const", "score-loo")
+def _hook(estimator: str):
+    """The registry entry's ``variance`` hook of ``NAME[=ARG]`` and the argument, or a GradestError."""
+    from gradest.estimators.registry import lookup
+
+    base, plus, _ = estimator.partition("+")
+    name, _, arg = base.partition("=")
+    try:
+        entry = lookup(name)
+    except GradestError:
+        entry = None
+    if plus or entry is None or entry.variance is None:
+        raise GradestError(
+            f"no exact variance for estimator {estimator!r}; exact variances cover {', '.join(supported())}"
+        )
+    if entry.required and not arg:
+        raise GradestError(f"estimator {name!r} needs a value: {name}={entry.argument.upper()}")
+    return entry.variance, (arg or None)
+
+
+def supported() -> tuple[str, ...]:
+    """Registered estimators whose entry supplies the exact-variance hook (those needing an argument,
+    such as ``score-const=B``, are covered with it)."""
+    from gradest.estimators.registry import entries
+
+    return tuple(name for name, entry in entries().items()
+                 if entry.variance is not None and not entry.required)
 
 
 def supports(estimator: str) -> bool:
     """Whether :func:`single_sample_variance` knows this estimator (samplers such as +qmc: no)."""
     try:
-        return parse(estimator)[0] in (*SUPPORTED, "score-const")
+        _decompose(estimator, NormalProblem("square", 1.0), "loc")
     except (GradestError, ValueError):
         return False
+    return True
 
 
 def _feature_width(problem: NormalProblem) -> float:
@@ -329,45 +375,20 @@ def _feature_width(problem: NormalProblem) -> float:
     return max(width, 1e-4)
 
 
-def _decompose(estimator: str, problem: NormalProblem, param: str):
-    """(terms A, control variate C or None) with ĝ = A − β*·C."""
-    name, order = parse(estimator)
-    sh = _Shift(problem, order)
-    if name == "pathwise":
-        return _pathwise(sh, param), None
-    if name == "pathwise-delta":
-        return _pathwise(sh, param), _pathwise(sh, param, sh.dh())
-    if name == "score":
-        return _score(sh, param), None
-    if name == "score-const":
-        baseline = float(estimator.partition("=")[2])
-        return _score(sh, param, lambda t: sh.f()(t) - baseline), None
-    if name == "score-loo":
-        mean_f = float(_Integrator(_feature_width(problem)).mean(_Term(1.0, "eps", sh.f())))
-        return _score(sh, param, lambda t: sh.f()(t) - mean_f), None
-    if name == "score-optb":
-        return _score(sh, param), _score(sh, param, lambda t: np.ones_like(t))
-    if name == "score-delta":
-        return _score(sh, param), _score(sh, param, sh.h())
-    if name == "mvd":
-        return _mvd(sh, param, coupled=True), None
-    if name == "mvd-uncoupled":
-        return _mvd(sh, param, coupled=False), None
-    if name == "mvd-delta":
-        return _mvd(sh, param, coupled=True), _mvd(sh, param, coupled=True, poly=True)
-    raise GradestError(
-        f"no exact variance for estimator {estimator!r}; exact variances cover {', '.join(SUPPORTED)}"
-    )
+def _decompose(estimator: str, problem: NormalProblem, param: str) -> Decomposition:
+    """The estimator's terms A, control C (or None) and rounding-size terms, from its registry hook."""
+    hook, arg = _hook(estimator)
+    return hook(TermKit(problem, param), arg)
 
 
 def _evaluate(estimator: str, problem: NormalProblem, param: str, width: float) -> tuple[float, float]:
-    a, c = _decompose(estimator, problem, param)
+    a, c, sized = _decompose(estimator, problem, param)
     integ = _Integrator(width)
     mean = integ.total_mean(a)
     tiny = 64 * np.finfo(float).eps
     # f's values carry rounding of ~ε|f|: variances below (64ε)² × the terms' size are that noise
     # (a baseline's terms hold f − b, already cancelled: the size is that of f's own terms)
-    sized = _decompose("score", problem, param)[0] if parse(estimator)[0] in _BASELINED else a
+    sized = a if sized is None else sized
     noise = tiny**2 * integ.magnitude(sized)
     r = None if c is None else _merge(_difference(a, c))
     a, c = _merge(a), (None if c is None else _merge(c))
@@ -393,10 +414,8 @@ def term_size(estimator: str, problem: NormalProblem, param: str) -> float:
     A control variate's estimate ĝ_f − c(ĝ_h − E) can be exact (h = f) while its terms are large:
     float64 then leaves noise of ~ε × this size, not of ~ε × the estimate.
     """
-    a, _ = _decompose(estimator, problem, param)
-    if parse(estimator)[0] in _BASELINED:
-        a, _ = _decompose("score", problem, param)
-    return math.sqrt(_Integrator(_feature_width(problem)).magnitude(a))
+    a, _, sized = _decompose(estimator, problem, param)
+    return math.sqrt(_Integrator(_feature_width(problem)).magnitude(a if sized is None else sized))
 
 
 def single_sample_variance(
@@ -405,7 +424,8 @@ def single_sample_variance(
     """Var ĝ of one single-sample estimate of ∂/∂param E f (param ``loc`` or ``scale``).
 
     Args:
-        estimator: a name from :data:`SUPPORTED` (``score-delta=1`` selects the order).
+        estimator: a registered name whose entry has a ``variance`` hook (:func:`supported`;
+            ``score-delta=1`` selects the order, ``score-const=0.5`` the baseline).
         problem: the cost, its constant k and the Normal's loc and scale.
         param: ``loc`` or ``scale``.
         check_error: also integrate on panels twice as wide; their difference is ``error``
