@@ -666,7 +666,7 @@ class Graph:
         for i, node in enumerate(gated):  # paths that start at θ's use in node i: D_i − D_{i+1}
             out[node] = {k: blocked[i][k] - blocked[i + 1][k] for k in names}
         out["direct"] = blocked[-1]
-        return out
+        return {k: out[k] for k in [*self.nodes, "direct"] if k in out}  # in the order of sampling
 
     def per_node(self, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
                  mode: str | None = None) -> NodeGradients:
