@@ -281,3 +281,23 @@ def test_what_cannot_be_a_node_is_refused_with_the_alternative():
             g.sample("v", Bernoulli(logits=p), "score", then=3)
         with pytest.raises(GradestError, match="more than max_support = 4096"):
             g.sample("w", Bernoulli(logits=torch.zeros(13)), "enumerate", then=lambda z: z.sum(-1))
+
+
+def test_training_graphs_advance_an_annealing_schedule_and_learn_relax_controls():
+    from gradest.estimators import Annealing, GumbelSoftmax
+
+    logits = torch.tensor([0.2, -0.4], dtype=torch.float64, requires_grad=True)
+    relaxed = GumbelSoftmax(Annealing(start=1.0, minimum=0.1, rate=0.5))
+    relax = get_estimator("relax")
+    temperatures = []
+    for step in range(3):
+        with graph(make_generator(step), 32, learn=True) as g:
+            x = g.sample("x", Bernoulli(logits=logits), relaxed)
+            g.sample("z", Bernoulli(logits=logits + x), relax, then=lambda z: ((z - 0.45) ** 2).sum(-1))
+        temperatures.append(relaxed.temperature)
+    assert temperatures == pytest.approx([math.exp(-0.5 * k) for k in (1, 2, 3)])
+    assert relax.steps == 3
+    with graph(make_generator(9), 32) as g:  # a diagnostic graph changes nothing
+        g.sample("x", Bernoulli(logits=logits), relaxed)
+        g.sample("z", Bernoulli(logits=logits), relax, then=lambda z: ((z - 0.45) ** 2).sum(-1))
+    assert relaxed.steps == 3 and relax.steps == 3

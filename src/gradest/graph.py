@@ -44,9 +44,9 @@ method can be a node; :data:`NODE_KINDS` says how each one runs:
   for one node; ``enumerate`` is Σ_z p(z) fn(z) per particle, exact in that node and
   differentiable to every order. The hook-based ones give FIRST derivatives only
   (:attr:`Graph.first_order_only` names them): their explicit ĝ is detached, as in their
-  single-node surrogates. A RELAX control learns only in a graph made with ``learn=True`` and an
-  estimator value kept across steps (``est = get_estimator("relax")`` once, then
-  ``g.sample(..., est, then=fn)`` each step).
+  single-node surrogates. A RELAX control learns, and an annealed temperature moves on, only in a
+  graph made with ``learn=True`` (a training step) and an estimator value kept across steps
+  (``est = get_estimator("relax")`` once, then ``g.sample(..., est, then=fn)`` each step).
 * ``score-ema``, ``score-optb``, the control variates (``*-delta``), ``mvd``, ``mvd-uncoupled`` and
   any ``+sampler`` suffix are refused, naming the alternative: a moving average of a node's
   downstream cost, a coefficient fitted on per-sample gradients, f at perturbed points of a
@@ -291,7 +291,9 @@ class Graph:
 
     By default a node's parents, and a cost's, are every node sampled before it; ``parents=``
     narrows them (``parents=()``: a root), which lowers the variance where the code allows it.
-    ``learn=True`` lets learned controls (RELAX) take their variance step while the graph is built.
+    ``learn=True`` makes building the graph a training step: learned controls (RELAX) take their
+    variance step, and annealing schedules of relaxed nodes (:class:`gradest.estimators.Annealing`,
+    given as an estimator value kept across steps) advance by one step.
     """
 
     def __init__(self, generator: torch.Generator, num_samples: int = 1, learn: bool = False) -> None:
@@ -454,9 +456,12 @@ class Graph:
         family, _, z, b = est.perturbed(self._node(dist, batched), self.generator)
         from gradest.estimators import concrete
 
+        temperature = est.temperature
+        if self.learn:
+            est.steps += 1  # a training step: an annealing schedule moves on, after this step used τ_t
         if isinstance(est, GumbelSoftmax):
-            return concrete.soft(family, z, est.temperature)
-        relaxed = concrete.soft(family, z, est.temperature) if est.gumbel else family.probs
+            return concrete.soft(family, z, temperature)
+        relaxed = concrete.soft(family, z, temperature) if est.gumbel else family.probs
         return b + (relaxed - relaxed.detach())  # forward: the exact draw b; backward: p's or x̃'s
 
     def _callable(self, name: str, dist: Distribution, est: Estimator, batched: bool,
