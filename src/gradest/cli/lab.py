@@ -179,15 +179,26 @@ def advise_command(
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),
                         threads=_threads(threads), cell_map=cells)
-    table = Table(title=f"Estimators ranked by efficiency (pilot: {samples} samples each)")
+    table = Table(title=f"Estimators ranked by efficiency (pilot: 8 batches of {samples // 2} samples "
+                        "each; [95% intervals] from their spread)")
     for col in ("rank", "estimator", "variance", "µs/sample", "efficiency", "vs best", "max |z|", "note"):
         table.add_column(col, justify="left" if col in ("estimator", "note") else "right")
+
+    def span(value: float, interval: tuple[float, float], fmt: str, scale: float = 1.0) -> str:
+        lo, hi = interval
+        if lo != lo or hi != hi or lo == hi:  # NaN (not measured) or a point (zero variance)
+            return f"{scale * value:{fmt}}"
+        return f"{scale * value:{fmt}}\n[{scale * lo:{fmt}}, {scale * hi:{fmt}}]"
+
     for i, c in enumerate(result.candidates, 1):
-        table.add_row(str(i) if c.usable else "—", c.estimator, f"{c.variance:.4g}",
-                      f"{1e6 * c.seconds_per_sample:.3f}", f"{c.efficiency:.4g}",
+        table.add_row(str(i) if c.usable else "—", c.estimator, span(c.variance, c.variance_interval, ".4g"),
+                      span(c.seconds_per_sample, c.seconds_interval, ".3f", 1e6),
+                      span(c.efficiency, c.efficiency_interval, ".4g"),
                       f"{c.relative:.3g}×" if c.usable else "", f"{c.max_abs_z:.2f}", escape(c.note))
     console.print(table)
     console.print(f"[bold]recommendation:[/] {result.recommendation}")
+    if result.near_tie:
+        console.print(escape(f"near tie (overlapping intervals): {', '.join(result.near_tie)}"))
     console.print(escape(result.reason))
     if json_path is not None:
         write_json(json_path, result.to_dict())
