@@ -17,6 +17,7 @@ import pytest
 
 from gradest.cli import main
 from gradest.cli.options import SEED_MAX
+from gradest.lab.parallel import WORKERS_MAX
 from gradest.lab.threads import THREADS_MAX
 
 # every command, with the arguments that make a valid run of it cheap (a bad value must fail before
@@ -71,9 +72,9 @@ def nan_out(x):
 def exits(x):
     raise SystemExit(0)
 """
-BAD_COSTS = [":f", ".mod:f", "costs.py:", "costs:", "no_such_file.py:f", "costs.py:missing", "costs.py:inplace",
-             "costs.py:complex_out", "costs.py:meta_out", "costs.py:int_out", "costs.py:numpy_out",
-             "costs.py:nan_out", "costs.py:exits", "nosuchcost"]
+BAD_COSTS = [":f", ".mod:f", "costs.py:", "costs:", "no_such_file.py:f", "costs.py:missing",
+             "costs.py:inplace", "costs.py:complex_out", "costs.py:meta_out", "costs.py:int_out",
+             "costs.py:numpy_out", "costs.py:nan_out", "costs.py:exits", "nosuchcost"]
 
 # CSV files (name -> text) for gaussian's --data: a cell over the csv module's 128 KiB limit, data
 # whose squares overflow or whose spread underflows float64, NaN, one value, constant values
@@ -96,6 +97,9 @@ def _cases() -> list[tuple[str, list[str]]]:
         cases.append((command, ["--seed", seed]))
     for command, threads in itertools.product(("sweep", "advise", "blr"), BAD_THREADS):
         cases.append((command, ["--threads", threads]))
+    bad_workers = ("0", str(WORKERS_MAX + 1), "100000")
+    for command, workers in itertools.product(("sweep", "advise", "blr"), bad_workers):
+        cases.append((command, ["--workers", workers]))
     for command in COMMANDS:
         cases.append((command, ["--no-such-option"]))
     # sizes beyond what the machine holds: refused with a memory estimate, not an allocator error

@@ -20,6 +20,7 @@ from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
 from gradest.io import check_outputs, output_lock, write_json
+from gradest.lab.parallel import WORKERS_MAX
 from gradest.memory import refuse_beyond_memory
 
 console = Console(width=None if sys.stdout.isatty() else 130)
@@ -33,8 +34,9 @@ def _threads(value: int) -> int | None:
 
 
 Workers = Annotated[int | None, typer.Option(
-    min=1, help="Run the cells as tasks on a local Dask cluster of this many worker processes (one "
-                "thread each); same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
+    min=1, max=WORKERS_MAX,
+    help="Run the cells as tasks on a local Dask cluster of this many worker processes (one "
+         "thread each); same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
 Scheduler = Annotated[str | None, typer.Option(
     help="Run the cells on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers need "
          "gradest installed); same rows, same order as a serial run.")]

@@ -21,6 +21,7 @@ Dask (``dask[distributed]``) is an optional dependency, imported only when a clu
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -61,6 +62,10 @@ def dask_available() -> bool:
         return False
     return True
 
+
+#: the most local worker processes --workers may start: two per CPU core (at least 8); beyond that
+#: they only oversubscribe the cores, and 100 000 of them would exhaust the machine's processes
+WORKERS_MAX = max(8, 2 * (os.cpu_count() or 1))
 
 #: tasks per worker when cells are grouped: enough for the load to balance, few enough that Dask's
 #: few milliseconds per task do not outweigh small cells
@@ -142,16 +147,18 @@ def cell_map(
             must have this version of gradest installed.
 
     Raises:
-        GradestError: both arguments, a worker count below 1, Dask not installed, or no scheduler
-            at the address.
+        GradestError: both arguments, a worker count outside 1..WORKERS_MAX, Dask not installed, or
+            no scheduler at the address.
     """
     if workers is not None and scheduler is not None:
         raise GradestError("give --workers N (a local Dask cluster) or --scheduler ADDRESS, not both")
     if workers is None and scheduler is None:
         yield serial_map
         return
-    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
-        raise GradestError(f"--workers must be an integer ≥ 1, got {workers!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int)
+                                or not 1 <= workers <= WORKERS_MAX):
+        raise GradestError(f"--workers must be an integer from 1 to {WORKERS_MAX} (two per CPU core, at "
+                           f"least 8), got {workers!r}")
     distributed = _distributed()
     if scheduler is not None:
         try:
