@@ -128,3 +128,20 @@ def test_outputs_are_checked_before_any_work(tmp_path):
         check_outputs(fifo, ("sweep.csv",))
     check_outputs(tmp_path / "new" / "folder", ("sweep.csv",))
     assert not (tmp_path / "new").exists()
+
+
+def test_a_write_removes_its_targets_temporaries_from_killed_processes(tmp_path):
+    # --json files have no output folder to lock: the write itself removes what a killed run left
+    import time
+
+    stale = tmp_path / ".out.json.k1ll3d_x.tmp"
+    other = tmp_path / ".out.json.bak.k1ll3d_x.tmp"  # another target's temporary
+    fresh = tmp_path / ".out.json.l1v3_abc.tmp"  # newer than this process: perhaps a live write
+    for path in (stale, other, fresh):
+        path.write_text("half")
+    long_ago = time.time() - 3600
+    for path in (stale, other):
+        os.utime(path, (long_ago, long_ago))
+    os.utime(fresh, (time.time() + 60, time.time() + 60))
+    write_json(tmp_path / "out.json", {"x": 1})
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([other.name, fresh.name, "out.json"])

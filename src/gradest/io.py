@@ -68,6 +68,9 @@ def write_atomic(path: str | os.PathLike, data: bytes | str) -> Path:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    # temporaries of this target that an earlier, killed process left (--json files have no
+    # output_lock to clean them); a live writer's temporary is never older than this process
+    clean_stale_temps(path.parent, _PROCESS_START, name=path.name)
     return path
 
 
@@ -85,18 +88,26 @@ def write_json(path: str | os.PathLike, obj: Any) -> Path:
 #: the names :func:`write_atomic`'s temporary files get: ``.`` + target name + ``.`` + mkstemp's 8
 #: random characters + ``.tmp``
 TEMP_PATTERN = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+_SUFFIX = re.compile(r"[a-z0-9_]{8}\.tmp")
 
 
-def clean_stale_temps(folder: str | os.PathLike, before: float) -> list[Path]:
+#: when this process loaded gradest.io: temporaries older than it are no live write of this process
+_PROCESS_START = time.time()
+
+
+def clean_stale_temps(folder: str | os.PathLike, before: float, name: str | None = None) -> list[Path]:
     """Remove the temporary files of :func:`write_atomic` in ``folder`` last modified before ``before``
-    (a time.time() value): what a killed run left behind. Other files are never touched."""
+    (a time.time() value): what a killed run left behind. Other files are never touched.
+
+    ``name``: only the temporaries of the target file of that name."""
     removed = []
     try:
         entries = list(os.scandir(folder))
     except OSError:
         return removed
     for entry in entries:
-        if not TEMP_PATTERN.match(entry.name):
+        if not TEMP_PATTERN.match(entry.name) or (name is not None and not _SUFFIX.fullmatch(
+                entry.name.removeprefix(f".{name}."))):
             continue
         try:
             if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < before:
