@@ -301,3 +301,27 @@ def test_training_graphs_advance_an_annealing_schedule_and_learn_relax_controls(
         g.sample("x", Bernoulli(logits=logits), relaxed)
         g.sample("z", Bernoulli(logits=logits), relax, then=lambda z: ((z - 0.45) ** 2).sum(-1))
     assert relaxed.steps == 3 and relax.steps == 3
+
+
+def test_the_value_a_terminal_node_returns_cannot_be_counted_twice():
+    """A then= node's returned cost is a cost of the graph already: adding it again (as a cost, or in a
+    later node) would double the upstream learning signal but not the node's own term — refused."""
+    w = torch.tensor([0.2, -0.4], dtype=torch.float64, requires_grad=True)
+
+    def model(g, again):
+        b1 = g.sample("b1", Bernoulli(logits=w[0]), "score-loo")
+        c = g.sample("b2", Bernoulli(logits=w[1] + b1), "disarm", then=lambda b2: (b1 + b2 - 0.45) ** 2)
+        again(g, c)
+        return c
+
+    for again in (lambda g, c: g.cost("c", c), lambda g, c: g.cost("c", 2 * c + 1),
+                  lambda g, c: g.sample("b3", Bernoulli(logits=c), "score")):
+        with pytest.raises(GradestError, match="already a cost of the graph"):
+            with graph(make_generator(0), num_samples=8) as g:
+                model(g, again)
+        with pytest.raises(GradestError, match="already a cost of the graph"):
+            enumerate_graph(lambda g, again=again: model(g, again))
+    # read, not counted: fine, and the numbers are the node's estimates
+    with graph(make_generator(0), num_samples=8) as g:
+        c = model(g, lambda g, c: None)
+    assert c.shape == (8,) and torch.isfinite(c).all()

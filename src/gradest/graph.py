@@ -90,7 +90,14 @@ from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCate
 from gradest import rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.arm import ARM
-from gradest.estimators.base import BoundCost, Estimator, Node, support_moves_with_parameters, unwrap
+from gradest.estimators.base import (
+    BoundCost,
+    Estimator,
+    Node,
+    _graph_reaches,
+    support_moves_with_parameters,
+    unwrap,
+)
 from gradest.estimators.baselines import Constant, LeaveOneOut, NoBaseline
 from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.pathwise import Pathwise
@@ -308,6 +315,9 @@ class Graph:
         self.sealed = False
         #: reparameterized nodes whose samples pass no gradient during a per_node split
         self._blocked: frozenset[str] = frozenset()
+        #: (node, marker): the values returned by terminal (then=) nodes carry a marker leaf, so that
+        #: counting such a value again — as a cost, or in a later node — is caught, not silently doubled
+        self._terminal: list[tuple[str, torch.Tensor]] = []
 
     def __enter__(self) -> Graph:
         return self
@@ -365,7 +375,9 @@ class Graph:
             default: its batch shape starts with N and an earlier node exists.
         then: ``fn(z) -> [N] or [N, *C]``, the cost of everything downstream of this node (needed
             by callable nodes, accepted by all): the node becomes terminal, its cost a cost of the
-            graph, and the call returns the per-particle cost estimate ``[N]`` (detached).
+            graph, and the call returns the per-particle cost estimate ``[N]`` — for reading only: it
+            is a cost of the graph already, so passing it (or anything computed from it) to
+            :meth:`cost` or into a later node's distribution is refused.
         """
         name = self._name(name)
         if not isinstance(dist, Distribution):
@@ -394,6 +406,8 @@ class Graph:
         if est.min_samples > self.num_samples:
             raise GradestError(f"node {name!r}: {label} needs num_samples ≥ {est.min_samples}, got "
                                f"{self.num_samples}")
+        self._refuse_terminal(f"node {name!r}", [t for t in vars(unwrap(dist)).values()
+                                                if isinstance(t, torch.Tensor)])
         ancestors = self._ancestors(parents)
         if batched is None:
             batched = bool(self.nodes) and dist.batch_shape[:1] == (self.num_samples,)
@@ -420,7 +434,29 @@ class Graph:
             return value
         out = self._then(name, then, value)
         self.costs[name] = CostNode(name, out, ancestors | {name})
-        return self._per_particle(out.detach())
+        return self._terminal_value(name, self._per_particle(out.detach()))
+
+    def _terminal_value(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        """``value`` (detached, [N]) plus a zero marker leaf of node ``name``: same numbers, traceable."""
+        marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
+        self._terminal.append((name, marker))
+        return value + marker
+
+    def _refuse_terminal(self, what: str, tensors: Sequence[torch.Tensor]) -> None:
+        """Refuse tensors computed from a terminal node's returned cost (it is a cost already)."""
+        if not self._terminal:
+            return
+        markers = [m for _, m in self._terminal]
+        for t in tensors:
+            if t.requires_grad:
+                hits = _graph_reaches(t, markers) if t.grad_fn is not None else \
+                    [i for i, m in enumerate(markers) if m is t]
+                if hits:
+                    node = self._terminal[hits[0]][0]
+                    raise GradestError(
+                        f"{what} uses the value returned by node {node!r}, which is already a cost of the "
+                        f"graph (its then= cost); counting it again would double its learning signal. "
+                        f"Drop that use, or put what depends on {node!r} inside its then=")
 
     def _gate(self, name: str) -> Callable[[torch.Tensor], torch.Tensor | None]:
         def hook(grad: torch.Tensor) -> torch.Tensor | None:
@@ -471,7 +507,7 @@ class Graph:
             value, own, direct = self._enumerated(name, dist, est, batched, then)
             self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable")
             self.costs[name] = CostNode(name, value, ancestors, own, direct)
-            return value.detach()
+            return self._terminal_value(name, value.detach())
         node = self._node(dist, batched)
         like = node.like()
         # tag_n = 1: S is linear in each particle's cost, so ∂S/∂tag_n is particle n's share of S
@@ -498,7 +534,7 @@ class Graph:
         live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
         self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True)
         self.costs[name] = CostNode(name, live, ancestors, own, direct)
-        return values
+        return self._terminal_value(name, values)
 
     def _enumerated(self, name: str, dist: Distribution, est: Enumerate, batched: bool,
                     then: Callable[[torch.Tensor], torch.Tensor]
@@ -549,6 +585,7 @@ class Graph:
             )
         if not torch.isfinite(value).all():
             raise NonFiniteError(f"cost {name!r} has NaN or inf values; check its domain")
+        self._refuse_terminal(f"cost {name!r}", [value])
         self.costs[name] = CostNode(name, value, self._ancestors(parents))
         return value
 
