@@ -86,7 +86,12 @@ def _vae(out: Path) -> list[str]:
             "--batch-size", "256", "--var-repeats", "3", "--iwae-k", "4", "--out", str(out)]
 
 
-COMMANDS = {"gaussian": _gaussian, "sweep": _sweep, "blr": _blr, "vae-train": _vae}
+def _discrete(out: Path) -> list[str]:
+    return ["discrete", "--bits", "1,4", "--t", "0.45", "--estimator", "score-loo", "--estimator", "disarm",
+            "--samples", "200", "--out", str(out)]
+
+
+COMMANDS = {"gaussian": _gaussian, "sweep": _sweep, "blr": _blr, "vae-train": _vae, "discrete": _discrete}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
