@@ -105,7 +105,8 @@ def _cases() -> list[tuple[str, list[str]]]:
     # sizes beyond what the machine holds: refused with a memory estimate, not an allocator error
     cases += [("compare", ["--samples", HUGE]), ("sweep", ["--samples", HUGE]),
               ("advise", ["--samples", HUGE]), ("blr", ["--samples", HUGE]),
-              ("blr", ["--variance-samples", HUGE]), ("gaussian", ["--samples-per-step", HUGE])]
+              ("blr", ["--variance-samples", HUGE]), ("gaussian", ["--samples-per-step", HUGE]),
+              ("blr", ["--steps", HUGE]), ("gaussian", ["--steps", HUGE])]
     for command in ("compare", "sweep", "advise", "blr", "gaussian"):
         option = {"gaussian": "--steps", "blr": "--steps"}.get(command, "--samples")
         cases += [(command, [option, bad]) for bad in ("0", "nan", "1.5", "-3")]

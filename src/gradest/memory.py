@@ -14,25 +14,29 @@ from __future__ import annotations
 
 from gradest.errors import GradestError
 
+_SAMPLES_HINT = "the standard error falls like 1/√N, so 4× fewer samples only doubles it"
 
-def refuse_beyond_memory(option: str, count: int, numbers: int) -> None:
+
+def refuse_beyond_memory(option: str, count: int, numbers: int = 1, *, per_item: float | None = None,
+                         hint: str = _SAMPLES_HINT) -> None:
     """Raise GradestError if ``count`` samples of ``numbers`` numbers each would not fit in free memory.
 
-    ``option`` names what to change (``--samples``, ``--variance-samples``). Where free memory cannot
-    be read (no /proc/meminfo) nothing is refused.
+    ``option`` names what to change (``--samples``, ``--variance-samples``). ``per_item``: bytes per
+    counted item instead of the per-sample estimate (e.g. a training step's logged record), with its
+    own ``hint``. Where free memory cannot be read (no /proc/meminfo) nothing is refused.
     """
     from gradest.compare import BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER, available_memory
 
     available = available_memory()
     if available is None:
         return
-    per_sample = BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * max(int(numbers), 1)
+    per_sample = (BYTES_PER_SAMPLE_BASE + BYTES_PER_SAMPLE_PER_NUMBER * max(int(numbers), 1)
+                  if per_item is None else per_item)
     need = int(count) * per_sample
     if need > available:
         # half of what would fill memory: the estimate is rough and the machine runs other things
-        fits = max(2, available // (2 * per_sample))
+        fits = max(2, int(available // (2 * per_sample)))
         raise GradestError(
             f"{option} {count} needs about {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} "
-            f"GiB available; use at most about {fits} (the standard error falls like 1/√N, so 4× fewer "
-            "samples only doubles it)"
+            f"GiB available; use at most about {fits} ({hint})"
         )

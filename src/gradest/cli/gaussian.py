@@ -67,6 +67,10 @@ def gaussian_command(
     check_out_dir(out)
     check_outputs(out, OUTPUTS)
     refuse_beyond_memory("--samples-per-step", samples_per_step, 3)  # μ, σ and one draw per sample
+    # each fit keeps its (μ, σ) trajectory: two float64 per step, for 7 fits (and room for the plots)
+    refuse_beyond_memory("--steps", steps, per_item=8 * 2 * 7 * 4,
+                         hint="the fits converge within a few thousand steps; the default is "
+                              f"{_DEFAULTS.steps}")
     console.print(escape(
         f"data: n = {dataset.n}, x̄ = {fmt_at(dataset.mean, dataset.sd)}, v = {dataset.var_mle:.6g} "
         f"({dataset.described})"

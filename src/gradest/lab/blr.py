@@ -53,6 +53,8 @@ SPLIT_SEED = 20200401
 TEST_FRACTION = 0.2
 EVAL_SAMPLES = 200
 PREDICTIVE_SAMPLES = 1000
+#: memory a logged step holds until the run ends (its metrics and the monitor's records), generously
+LOGGED_STEP_BYTES = 4096
 #: the files a run writes into its output folder
 FILES = ("metrics.csv", "summary.json", "blr.png", "report.html", "monitor.jsonl")
 LOG_COLUMNS = ("step", "elbo", "accuracy", "var_mean_loc", "var_max_loc", "var_mean_logscale",
@@ -322,6 +324,11 @@ def run_blr(
     numbers = 3 * dim + config.batch_size
     refuse_beyond_memory("--samples", config.num_samples, numbers)
     refuse_beyond_memory("--variance-samples", config.variance_samples, numbers)
+    # every logged step keeps its metrics and the monitor's three group records, per estimator
+    per_step = LOGGED_STEP_BYTES * len(estimators) / config.log_every
+    refuse_beyond_memory("--steps", config.steps, per_item=per_step,
+                         hint=f"or raise --log-every: {config.log_every} keeps a record every "
+                              f"{config.log_every} steps")
     outcomes = []
     if cell_map is serial_map:
         for index, name in enumerate(estimators):
