@@ -19,7 +19,7 @@ def test_compare_issue_form_writes_json(tmp_path, capsys):
     result = json.loads(out.read_text())
     assert set(result["exact"]) == {"loc", "scale"}
     assert set(result["estimators"]) == {"pathwise", "score", "score-loo"}
-    for est in result["estimators"].values():
+    for estimator, est in result["estimators"].items():
         assert est["seconds_per_sample"] > 0
         for name in ("loc", "scale"):
             stats = est[name]
@@ -27,7 +27,11 @@ def test_compare_issue_form_writes_json(tmp_path, capsys):
             # the z-score is consistent with the other numbers, and within 5 standard errors
             assert stats["z"] == pytest.approx((stats["mean"] - result["exact"][name]) / stats["stderr"])
             assert abs(stats["z"]) < 5
-            assert stats["stderr"] == pytest.approx((stats["variance"] / 20000) ** 0.5)
+            naive = (stats["variance"] / 20000) ** 0.5
+            if estimator == "score-loo":  # 16 independent batches: a stderr with 15 degrees of freedom
+                assert 0.45 < stats["stderr"] / naive < 1.7
+            else:
+                assert stats["stderr"] == pytest.approx(naive)
     assert "pathwise" in capsys.readouterr().out
 
 

@@ -1,7 +1,10 @@
 """Side-by-side comparison of estimators on one problem E_{p(x;θ)}[f(x)], with the exact gradient.
 
 Each estimator draws from its own generator seeded with the same seed, so the comparison uses
-common random numbers where the estimators consume randomness alike.
+common random numbers where the estimators consume randomness alike. Estimators with leave-one-out
+statistics run as independent batches, so that their stderr is honest (:mod:`gradest.batches`).
+Seconds per sample are timed apart from the statistics, after every estimator's warm-up, as the
+median of ``TIMING_ROUNDS`` calls in rotated order: they do not depend on the order of estimators.
 """
 
 from __future__ import annotations
@@ -21,8 +24,32 @@ from gradest.estimators.base import Builder, build
 from gradest.exact import ExactGradient, exact_grad
 from gradest.rng import make_generator
 
-#: samples of the untimed warm-up call before each estimator's measured run
+#: samples of the untimed warm-up call of each estimator, before any timing
 WARM_UP_SAMPLES = 256
+#: timed calls per estimator, in rounds of rotated order (the median is reported)
+TIMING_ROUNDS = 3
+
+
+def timing_order(count: int, rounds: int = TIMING_ROUNDS) -> list[int]:
+    """Estimator indices of the timed calls: round r runs all, starting with estimator r (rotated)."""
+    return [(r + i) % count for r in range(rounds) for i in range(count)]
+
+
+def timings(estimators: Sequence[Estimator], f, dist_builder: Builder, params: Mapping[str, torch.Tensor],
+            num_samples: int, seed: int, device=None, rounds: int = TIMING_ROUNDS) -> list[float]:
+    """Median seconds of one ``num_samples`` call per estimator, free of order effects.
+
+    Every estimator is timed ``rounds`` times, one round after the other, each round in a rotated
+    order (no estimator always first, or always after the same one), on throwaway copies (stateful
+    baselines untouched); the median drops a round that a machine's hiccup slowed. One plain call
+    each, also for an estimator that is run as independent batches for its stderr.
+    """
+    times: list[list[float]] = [[] for _ in estimators]
+    for j in timing_order(len(estimators), rounds):
+        est = copy.deepcopy(estimators[j])
+        times[j].append(est.per_sample(f, dist_builder, params, num_samples,
+                                       make_generator(seed, device)).seconds)
+    return [float(torch.tensor(t, dtype=torch.float64).median()) for t in times]
 
 
 class Comparison(NamedTuple):
@@ -82,14 +109,15 @@ def compare(
             "∇θ E f does not exist; change the parameters or the cost (for exp with k < 0 keep "
             "1 + 2kσ² > 0)"
         )
+    # every estimator's untimed warm-up first: a throwaway copy pays the first-call costs (autograd,
+    # thread pools) and leaves stateful baselines of the measured estimator untouched
+    for est in resolved:
+        copy.deepcopy(est).per_sample(f, dist_builder, params, min(num_samples, WARM_UP_SAMPLES),
+                                      make_generator(seed, device))
     summaries = []
     for est in resolved:
         if on_estimator is not None:
             on_estimator(est.name)
-        # A throwaway copy pays the first-call costs (autograd, thread pools) outside the timing
-        # and leaves stateful baselines of the measured estimator untouched.
-        copy.deepcopy(est).per_sample(f, dist_builder, params, min(num_samples, WARM_UP_SAMPLES),
-                                      make_generator(seed, device))
         # as independent batches where the estimator couples its samples (an honest stderr)
         per_sample = batches.per_sample(est, f, dist_builder, params, num_samples,
                                         make_generator(seed, device))
@@ -100,6 +128,9 @@ def compare(
                 "check the estimator's settings (a finite baseline, e.g. score-const=0, or score-loo)"
             )
         summaries.append(summarize(per_sample, exact))
+    seconds = timings(resolved, f, dist_builder, params, num_samples, seed, device)
+    summaries = [s._replace(seconds_per_sample=t / s.num_samples) for s, t in zip(summaries, seconds,
+                                                                                     strict=True)]
     return Comparison(dict(config or {}), exact, note, summaries)
 
 
