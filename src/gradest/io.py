@@ -170,7 +170,10 @@ def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Pa
         import fcntl
     except ImportError:  # no flock (Windows): the run goes unlocked, as before
         fcntl = None
-    fd = os.open(folder, os.O_RDONLY)
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError as err:
+        raise GradestError(f"{option} {folder}: cannot open the folder: {err.strerror}") from None
     try:
         if fcntl is not None:
             try:
@@ -180,6 +183,8 @@ def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Pa
                     f"{option} {folder} is in use by another gradest run; wait for it to finish, or "
                     "choose another folder (two runs into one folder would overwrite each other's files)"
                 ) from None
+            except OSError:  # a file system without flock (some network mounts): the run goes unlocked
+                pass
         clean_stale_temps(folder, start)
         try:
             yield folder
