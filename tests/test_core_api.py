@@ -13,6 +13,8 @@ PUBLIC = {
     # problems, exact gradients, diagnostics
     "Cost", "named_cost", "load_cost", "FAMILIES", "get_family", "ExactGradient", "exact_grad",
     "EstimatorSummary", "ParamStats", "param_stats", "summarize", "select", "Selection",
+    # the conformance kit for new estimators (a module: gradest.testing.check_estimator)
+    "testing",
     # monitoring any training loop; stochastic computation graphs and per-node attribution
     "GradientMonitor", "graph", "Graph", "NodeGradients", "attribute", "Attribution", "enumerate_graph",
     # plumbing

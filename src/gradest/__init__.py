@@ -101,6 +101,7 @@ __all__ = [
     "rng",
     "select",
     "summarize",
+    "testing",
 ]
 
 #: public names loaded on first use (PEP 562): exact.py and the lab import scipy, which
@@ -111,6 +112,7 @@ _LAZY = {
     "Selection": "gradest.lab.selection",
     "select": "gradest.lab.selection",
     "GradientMonitor": "gradest.monitor",
+    "testing": "gradest.testing",  # the conformance kit, a module: gradest.testing.check_estimator
 }
 
 
@@ -118,7 +120,8 @@ def __getattr__(name: str):
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'gradest' has no attribute {name!r}")
-    value = getattr(importlib.import_module(module), name)
+    loaded = importlib.import_module(module)
+    value = loaded if module == f"{__name__}.{name}" else getattr(loaded, name)
     globals()[name] = value  # later look-ups skip __getattr__
     return value
 
