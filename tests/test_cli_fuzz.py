@@ -17,8 +17,7 @@ import pytest
 
 from gradest.cli import main
 from gradest.cli.options import SEED_MAX
-from gradest.lab.parallel import WORKERS_MAX
-from gradest.lab.threads import THREADS_MAX
+from gradest.limits import THREADS_MAX, WORKERS_MAX
 
 # every command, with the arguments that make a valid run of it cheap (a bad value must fail before
 # any real work, so these only keep the cases fast should a check be missing)

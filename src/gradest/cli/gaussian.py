@@ -18,7 +18,7 @@ from gradest.cli.app import app
 from gradest.cli.options import Device, seed_option
 from gradest.gaussian.settings import Settings
 from gradest.io import check_outputs, output_lock
-from gradest.memory import refuse_beyond_memory
+from gradest.limits import refuse_beyond_memory
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()

@@ -20,8 +20,7 @@ from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
 from gradest.io import check_outputs, output_lock, write_json
-from gradest.lab.parallel import WORKERS_MAX
-from gradest.memory import refuse_beyond_memory
+from gradest.limits import WORKERS_MAX, refuse_beyond_memory
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 

@@ -9,7 +9,7 @@ import typer
 from typer.models import OptionInfo
 
 from gradest.errors import GradestError
-from gradest.lab.threads import THREADS_MAX
+from gradest.limits import THREADS_MAX
 
 Device = Annotated[
     str,

@@ -43,7 +43,7 @@ from gradest.estimators import get_estimator
 from gradest.io import write_atomic
 from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
-from gradest.memory import refuse_beyond_memory
+from gradest.limits import refuse_beyond_memory
 from gradest.monitor import GradientMonitor, GroupStats
 from gradest.rng import make_generator
 

@@ -21,13 +21,13 @@ Dask (``dask[distributed]``) is an optional dependency, imported only when a clu
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any, Protocol
 
 from gradest.errors import GradestError
+from gradest.limits import WORKERS_MAX
 
 INSTALL_HINT = "pip install 'gradest[dask]'"
 #: the prefix :func:`gradest.costs.load_cost` gives modules loaded from a FILE.py, which no worker
@@ -62,10 +62,6 @@ def dask_available() -> bool:
         return False
     return True
 
-
-#: the most local worker processes --workers may start: two per CPU core (at least 8); beyond that
-#: they only oversubscribe the cores, and 100 000 of them would exhaust the machine's processes
-WORKERS_MAX = max(8, 2 * (os.cpu_count() or 1))
 
 #: tasks per worker when cells are grouped: enough for the load to balance, few enough that Dask's
 #: few milliseconds per task do not outweigh small cells

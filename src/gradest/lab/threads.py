@@ -3,22 +3,19 @@
 The laboratory's tensors are small (a few thousand elements), so torch's intra-op thread pool
 gains nothing on them, while on a busy machine its wake-ups make the same call 5–100× slower
 and its timings irreproducible. Runs therefore take an explicit thread count (default 1), set
-for their duration and restored afterwards. The count is bounded by :data:`THREADS_MAX`: torch
+for their duration and restored afterwards. The count is bounded by :data:`gradest.limits.THREADS_MAX`: torch
 accepts any number and crashes (a segmentation fault) on a pool of 100 000 threads.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import torch
 
 from gradest.errors import GradestError
-
-#: the most intra-op threads a run may ask for: 4 per CPU core (at least 64); more only oversubscribe
-THREADS_MAX = max(64, 4 * (os.cpu_count() or 1))
+from gradest.limits import THREADS_MAX
 
 
 def check_threads(threads: int | None) -> int | None:

@@ -1,6 +1,6 @@
-r"""Memory a run of N samples needs, estimated before it starts; beyond what is free, a refusal.
+r"""What the machine bounds, checked before a run starts: memory, threads, worker processes.
 
-A run holding m numbers per sample (parameters, one draw, per-sample gradients and the autograd
+Memory: a run holding m numbers per sample (parameters, one draw, per-sample gradients and the autograd
 graph) peaks at about
 
     need = N · (BASE + PER_NUMBER · m) bytes,
@@ -12,7 +12,16 @@ estimator (or the kernel killing the process without a word).
 
 from __future__ import annotations
 
+import os
+
 from gradest.errors import GradestError
+
+#: the most torch intra-op threads a run may ask for: 4 per CPU core (at least 64); more only
+#: oversubscribe the cores, and torch crashes (a segmentation fault) on a pool of 100 000
+THREADS_MAX = max(64, 4 * (os.cpu_count() or 1))
+#: the most local Dask worker processes --workers may start: two per CPU core (at least 8); beyond
+#: that they only oversubscribe the cores, and 100 000 of them would exhaust the machine's processes
+WORKERS_MAX = max(8, 2 * (os.cpu_count() or 1))
 
 _SAMPLES_HINT = "the standard error falls like 1/√N, so 4× fewer samples only doubles it"
 
