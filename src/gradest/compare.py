@@ -17,7 +17,7 @@ import torch
 
 from gradest import batches
 from gradest.device import device_of, resolve_device
-from gradest.diagnostics import EstimatorSummary, summarize, to_json_value
+from gradest.diagnostics import EstimatorSummary, median, summarize, to_json_value
 from gradest.errors import GradestError
 from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder, build
@@ -49,7 +49,7 @@ def timings(estimators: Sequence[Estimator], f, dist_builder: Builder, params: M
         est = copy.deepcopy(estimators[j])
         times[j].append(est.per_sample(f, dist_builder, params, num_samples,
                                        make_generator(seed, device)).seconds)
-    return [float(torch.tensor(t, dtype=torch.float64).median()) for t in times]
+    return [median(t) for t in times]
 
 
 class Comparison(NamedTuple):

@@ -154,12 +154,23 @@ def z_bound(false_alarm: float, tests: int, dof: float = math.inf) -> float:
     return float(norm.isf(level) if not math.isfinite(dof) else t.isf(level, max(dof, 1)))
 
 
-def log_interval(values: torch.Tensor | list[float], center: float, robust: bool = False,
-                 confidence: float = 0.95) -> tuple[float, float]:
-    """Interval for a positive quantity measured once per independent batch, on the log scale.
+def pooled(means: list[torch.Tensor], stderrs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and stderr of R independent batches of equal size: (Σ m_r / R, √(Σ se_r²) / R)."""
+    r = len(means)
+    return sum(means) / r, (sum(se**2 for se in stderrs) / r**2).sqrt()
 
-    ``center`` (the batches' mean, or their median with ``robust``) × exp(±q · se(log)), with
-    se(log) = sd/(√R · center) for the mean and 1.2533 · 1.4826 · MAD(log v)/√R for the median
+
+def median(values: torch.Tensor | list[float]) -> float:
+    """The median (the lower middle value of an even count, as torch's)."""
+    return float(torch.as_tensor(values, dtype=torch.float64).median())
+
+
+def log_interval(values: torch.Tensor | list[float], robust: bool = False,
+                 confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """A positive quantity measured once per independent batch: (center, interval on the log scale).
+
+    center: the batches' mean, or their median with ``robust``; interval center × exp(±q · se(log)),
+    with se(log) = sd/(√R · center) for the mean and 1.2533 · 1.4826 · MAD(log v)/√R for the median
     (a median of timings: one slow batch, a machine's hiccup, moves neither), q the Student-t
     quantile with R − 1 degrees of freedom. A zero center gives [0, 0]; fewer than 2 batches NaNs.
     """
@@ -167,17 +178,18 @@ def log_interval(values: torch.Tensor | list[float], center: float, robust: bool
 
     v = torch.as_tensor(values, dtype=torch.float64)
     r = v.numel()
+    center = median(v) if robust else float(v.mean())
     if r < 2 or not math.isfinite(center):
-        return math.nan, math.nan
+        return center, (math.nan, math.nan)
     if center <= 0:
-        return 0.0, 0.0
+        return center, (0.0, 0.0)
     if robust:
         logs = v.clamp_min(torch.finfo(torch.float64).tiny).log()
         se = 1.2533 * 1.4826 * float((logs - logs.median()).abs().median()) / math.sqrt(r)
     else:
         se = float(v.std(correction=1)) / (math.sqrt(r) * center)
     q = float(t.ppf(0.5 + confidence / 2, r - 1))
-    return center * math.exp(-q * se), center * math.exp(q * se)
+    return center, (center * math.exp(-q * se), center * math.exp(q * se))
 
 
 def param_stats(

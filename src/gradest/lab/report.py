@@ -5,7 +5,10 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
+import torch
+
 from gradest import report as rp
+from gradest.diagnostics import z_score
 from gradest.lab.findings import Finding
 
 
@@ -25,7 +28,8 @@ def _z_var(r) -> float | None:
         return None
     if not (math.isfinite(r.variance_exact) and math.isfinite(r.variance_stderr)) or r.variance_stderr <= 0:
         return None
-    return (r.variance - r.variance_exact) / r.variance_stderr
+    z = z_score(torch.tensor(r.variance), torch.tensor(r.variance_stderr), torch.tensor(r.variance_exact))
+    return float(z)
 
 
 def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Finding],

@@ -44,6 +44,7 @@ from gradest.diagnostics import (
     effective_variance,
     log_interval,
     mean_stderr,
+    pooled,
     to_json_value,
     z_bound,
     z_score,
@@ -192,9 +193,9 @@ def _pool(parts: Sequence[_Batch | str]) -> _Pilot | str:
     failed = next((p for p in parts if isinstance(p, str)), None)
     if failed is not None:
         return failed
-    r = len(parts)
-    mean = {k: sum(p.mean[k] for p in parts) / r for k in parts[0].mean}
-    stderr = {k: (sum(p.stderr[k] ** 2 for p in parts) / r**2).sqrt() for k in parts[0].stderr}
+    both = {k: pooled([p.mean[k] for p in parts], [p.stderr[k] for p in parts]) for k in parts[0].mean}
+    mean = {k: m for k, (m, _) in both.items()}
+    stderr = {k: se for k, (_, se) in both.items()}
     return _Pilot(mean, stderr, sum(p.dof for p in parts), [p.variance for p in parts],
                   [p.seconds_per_sample for p in parts])
 
@@ -217,10 +218,8 @@ def _max_abs_z(pilot: _Pilot, ref_mean, ref_error) -> float:
 
 def _intervals(pilot: _Pilot) -> tuple[float, float, float, Interval, Interval, Interval]:
     """Variance (mean of the batches), seconds (median) and efficiency with their intervals."""
-    variance = sum(pilot.variances) / len(pilot.variances)
-    seconds = float(torch.tensor(pilot.seconds, dtype=torch.float64).median())
-    v_int = log_interval(pilot.variances, variance, confidence=CONFIDENCE)
-    t_int = log_interval(pilot.seconds, seconds, robust=True, confidence=CONFIDENCE)
+    variance, v_int = log_interval(pilot.variances, confidence=CONFIDENCE)
+    seconds, t_int = log_interval(pilot.seconds, robust=True, confidence=CONFIDENCE)
     efficiency = variance * seconds
     if efficiency > 0 and all(math.isfinite(x) for x in (*v_int, *t_int)):
         # relative half-widths on the log scale add in quadrature
