@@ -1,5 +1,7 @@
 """Bayesian logistic regression by VI: data, ELBO pieces, a short training run, findings."""
 
+import math
+
 import pytest
 import torch
 from torch.distributions import Bernoulli, Normal, kl_divergence
@@ -38,12 +40,17 @@ def test_short_training_improves_the_elbo_and_logs_variances(data):
     runs = {e: blr.train(e, config, data) for e in ("pathwise", "score")}
     for run in runs.values():
         assert list(run.log["step"]) == [0, 10, 20, 30]
-        assert (run.log["var_max_loc"] >= run.log["var_mean_loc"]).all()
-        assert run.final["heldout_ll"] < 0.0
+        # the logged columns are the monitor's records of the right group (a swap or a trace left
+        # undivided by the size would fail here)
+        loc_records = [r for r in run.monitor if r.group == "loc"]
+        assert list(run.log["var_max_loc"]) == [r.variance_max for r in loc_records]
+        assert list(run.log["var_mean_loc"]) == [r.variance / r.size for r in loc_records]
+        assert all(r.size == 31 for r in loc_records)
     # a few pathwise steps already fit the data better than the prior-like start (the score
     # function, with 10 samples, may still wander: its variance is the point of the experiment)
     assert runs["pathwise"].log["elbo"][-1] > runs["pathwise"].log["elbo"][0]
-    assert runs["pathwise"].final["heldout_ll"] > -1.0
+    # and predict the held-out labels better than the start, whose predictive is ½ by symmetry (log ½)
+    assert runs["pathwise"].final["heldout_ll"] > math.log(0.5)
     # at initialisation the score function is far noisier than the pathwise estimator
     assert runs["score"].log["var_mean_loc"][0] > 10 * runs["pathwise"].log["var_mean_loc"][0]
 
