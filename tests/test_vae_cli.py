@@ -216,18 +216,27 @@ def test_eval_with_the_runs_iwae_k_reproduces_its_summary(tmp_path: Path) -> Non
         assert again[key] == summary[key], key
 
 
-def test_interrupt_says_how_to_resume(tmp_path: Path, monkeypatch, capsys) -> None:
+@pytest.mark.parametrize("steps", [3, 8])  # an epoch is 6 steps: Ctrl-C in epoch 1, then in epoch 2
+def test_interrupt_says_how_to_resume(tmp_path: Path, monkeypatch, capsys, steps: int) -> None:
     from gradest.vae import objectives
 
-    def interrupted(*args, **kwargs):
-        raise KeyboardInterrupt
+    pathwise, calls = objectives.OBJECTIVES["pathwise"], []
 
-    monkeypatch.setitem(
-        objectives.OBJECTIVES, "pathwise", objectives.OBJECTIVES["pathwise"]._replace(fn=interrupted)
-    )
+    def interrupted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == steps:
+            raise KeyboardInterrupt
+        return pathwise.fn(*args, **kwargs)
+
+    monkeypatch.setitem(objectives.OBJECTIVES, "pathwise", pathwise._replace(fn=interrupted))
     out = str(tmp_path / "run")
     assert main(["vae", "train", *TINY, "--out", out]) == 130
-    assert f"gradest vae train --resume --epochs 2 --out {out}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    if steps < 6:  # no checkpoint yet: --resume would fail, so it is not advised
+        assert "--resume" not in printed and "nothing was saved" in printed
+        assert not (tmp_path / "run" / "config.json").exists()
+    else:
+        assert f"gradest vae train --resume --epochs 2 --out {out}" in printed
 
 
 def test_summary_table_shows_null_figures_as_dashes() -> None:

@@ -392,7 +392,7 @@ def eval_command(
     """
     from gradest.rng import make_generator
     from gradest.vae.evaluate import evaluate
-    from gradest.vae.train import STREAM_EVAL, load_run
+    from gradest.vae.train import STREAM_EVAL, check_iwae, load_run
 
     if iwae_k < 1:
         raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
@@ -401,6 +401,7 @@ def eval_command(
             f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'eval.json'}"
         )
     config, run = load_run(out, device)
+    check_iwae(iwae_k, run.test.shape[0])
     with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
         seed = config.seed + STREAM_EVAL if seed is None else seed
         evaluation = evaluate(run.model, run.test, iwae_k, make_generator(seed, run.test.device))

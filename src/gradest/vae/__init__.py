@@ -5,10 +5,13 @@ r"""Variational autoencoders trained with the gradient estimator of your choice.
 Reuse it with your own networks::
 
     import gradest
-    from gradest.vae import VAE, TrainConfig, train
+    from gradest.vae import VAE, TrainConfig, train_vae
 
     model = VAE(my_encoder, my_decoder, latent=20)      # encoder(x) -> (μ, σ); decoder(z) -> logits
-    result = train(TrainConfig(estimator="iwae-dreg", k=5, epochs=10), "runs/dreg", model=model)
+    result = train_vae(TrainConfig(estimator="iwae-dreg", k=5, epochs=10), "runs/dreg", model=model)
+
+``train_vae`` is :func:`gradest.vae.train.train`, named so that the module ``gradest.vae.train`` stays
+reachable as ``gradest.vae.train``.
 
 or one step at a time: ``OBJECTIVES["vimco"].fn(model, x, k, generator, None).loss.backward()``.
 """
@@ -17,7 +20,8 @@ from gradest.vae.data import ImageData, load_images, read_idx
 from gradest.vae.evaluate import Evaluation, evaluate
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
 from gradest.vae.objectives import OBJECTIVES, Estimate, Objective, get_objective
-from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics, train
+from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics
+from gradest.vae.train import train as train_vae  # not `train`: that name is the module gradest.vae.train
 from gradest.vae.variance import GradientVariance, encoder_gradient_variance, repeat_gradients
 
 __all__ = [
@@ -41,5 +45,5 @@ __all__ = [
     "read_idx",
     "read_metrics",
     "repeat_gradients",
-    "train",
+    "train_vae",
 ]

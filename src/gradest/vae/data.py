@@ -121,6 +121,11 @@ def _load_mnist_dir(folder: Path) -> ImageData:
                 f"{list(labels.shape)}; expected [N, H, W] images and N ≥ 1 labels"
             )
     height, width = arrays["train_images"].shape[1:]
+    if height < 1 or width < 1:
+        raise GradestError(
+            f"{folder}: the IDX header announces {height}×{width} images; MNIST images are 28×28 (is "
+            "the file damaged? download the MNIST files again)"
+        )
     if arrays["test_images"].shape[1:] != (height, width):
         raise GradestError(
             f"{folder}: train images are {height}×{width} but test images "

@@ -636,7 +636,7 @@ def load_run(out: str | Path, device: str = "cpu", model: VAE | None = None) -> 
     state = load_checkpoint(out, resolve_device(device))
     config = dataclasses.replace(TrainConfig.from_dict(state["config"]), device=device)
     run = setup(config, model)
-    run.model.load_state_dict(state["model"])
+    _restore(Path(out) / CHECKPOINT, "weights", lambda: run.model.load_state_dict(state["model"]))
     return config, run
 
 
