@@ -10,19 +10,37 @@ from torch.distributions import Bernoulli, Beta, Categorical, Dirichlet, Gamma, 
 
 import gradest
 from conftest import Z_TOL, t
-from gradest import GradestError, exact_grad, get_estimator, make_generator, named_cost, rng
+from gradest import GradestError, batches, exact_grad, get_estimator, make_generator, named_cost, rng
+from test_core_support import BASE_SPECS, leaves
 
-ESTIMATORS = ["pathwise", "score", "score-loo", "score-const=0.5", "score-ema"]
+
+def applying(builder, params, specs=BASE_SPECS) -> list[str]:
+    """The registered estimators (the registry is the one list) that apply to ``builder(**params)``
+    and are unbiased by design: a newly registered one joins every test below that it applies to."""
+    dist = builder(**leaves(params))
+    return [s for s in specs if get_estimator(s).applicable(dist) is None
+            and not get_estimator(s).capabilities.biased]
+
+
+ESTIMATORS = applying(Normal, {"loc": t(0.0), "scale": t(1.0)})
 COSTS = [("square", 0.7), ("exp", 0.5), ("cos", 2.0), ("linear", -1.5)]
 POINTS = [(1.0, 1.0), (-0.4, 0.3), (2.0, 2.5)]
 N = 20_000
 
 
+def run(spec, f, builder, params, num_samples, generator):
+    """per_sample of a fresh estimator, as independent batches where it couples its samples
+    (leave-one-out), so that the stderr of the mean is honest."""
+    return batches.per_sample(get_estimator(spec), f, builder, params, num_samples, generator)
+
+
 def assert_unbiased(per_sample, exact_grads):
-    """|mean − exact| ≤ Z_TOL · stderr (+ rounding) for every coordinate of every parameter."""
+    """|mean − exact| ≤ Z_TOL · stderr (+ rounding) for every coordinate of every parameter; the
+    stderr over independent batches where the samples are coupled (see ``run``)."""
+    stderrs = per_sample.stderr()
     for name, g in per_sample.grads.items():
         mean = g.mean(0)
-        stderr = g.std(0) / math.sqrt(g.shape[0])
+        stderr = stderrs[name]
         err = (mean - exact_grads[name]).abs()
         bound = Z_TOL * stderr + 1e-10 * (1 + exact_grads[name].abs())
         assert (err <= bound).all(), f"{per_sample.estimator} {name}: error {err} > {bound}"
@@ -37,7 +55,7 @@ def test_unbiased_on_closed_form_costs(estimator, cost, k, loc, scale):
     exact = exact_grad(f, Normal, params, method="closed-form")
     # a stable seed per case (str hashing changes with every process)
     seed = zlib.crc32(f"{estimator}|{cost}|{loc}".encode())
-    est = get_estimator(estimator).per_sample(f, Normal, params, N, make_generator(seed))
+    est = run(estimator, f, Normal, params, N, make_generator(seed))
     assert_unbiased(est, exact.grads)
 
 
@@ -50,7 +68,7 @@ def test_diagonal_normal_with_ten_dimensional_loc(estimator):
         return Independent(Normal(loc, scale), 1)
 
     f = named_cost("cos", 1.0)
-    est = get_estimator(estimator).per_sample(f, builder, params, N, make_generator(1))
+    est = run(estimator, f, builder, params, N, make_generator(1))
     assert est.grads["loc"].shape == (N, 10) and est.grads["scale"].shape == (N, 10)
     assert est.values.shape == (N,)
     assert_unbiased(est, exact_grad(f, builder, params).grads)
@@ -81,26 +99,30 @@ FAMILY_CASES = [
 ]
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
-@pytest.mark.parametrize("name,family,params,f,mean_fn", FAMILY_CASES, ids=[c[0] for c in FAMILY_CASES])
+@pytest.mark.parametrize("estimator,name,family,params,f,mean_fn", [
+    (spec, *case) for case in FAMILY_CASES for spec in applying(case[1], case[2])])
 def test_implicit_reparameterization_families(estimator, name, family, params, f, mean_fn):
-    leaves = {k: v.clone().requires_grad_() for k, v in params.items()}
-    grads = torch.autograd.grad(mean_fn(**leaves), list(leaves.values()))
+    live = leaves(params)
+    grads = torch.autograd.grad(mean_fn(**live), list(live.values()))
     exact = dict(zip(params, grads, strict=True))
-    est = get_estimator(estimator).per_sample(f, family, params, 50_000, make_generator(7))
+    est = run(estimator, f, family, params, 50_000, make_generator(7))
     assert_unbiased(est, exact)
 
 
-@pytest.mark.parametrize("estimator", ["score", "score-loo", "score-ema"])
-def test_score_function_on_discrete_families_matches_enumeration(estimator):
-    cases = [
-        (Bernoulli, {"probs": t(0.2, 0.9)}, lambda x: (x[:, 0] * 3 - x[:, 1]) ** 2),
-        (Categorical, {"logits": t(0.5, -1.0, 0.0, 2.0)}, lambda x: (x.double() - 1.5) ** 2),
-    ]
-    for family, params, f in cases:
-        exact = exact_grad(f, family, params, method="enumeration")
-        est = get_estimator(estimator).per_sample(f, family, params, N, make_generator(11))
-        assert_unbiased(est, exact.grads)
+DISCRETE_CASES = {
+    "bernoulli": (Bernoulli, {"probs": t(0.2, 0.9)}, lambda x: (x[:, 0] * 3 - x[:, 1]) ** 2),
+    "categorical": (Categorical, {"logits": t(0.5, -1.0, 0.0, 2.0)}, lambda x: (x.double() - 1.5) ** 2),
+}
+
+
+@pytest.mark.parametrize("estimator,case", [
+    (spec, name) for name, (family, params, _) in DISCRETE_CASES.items()
+    for spec in applying(family, params)])
+def test_discrete_families_match_enumeration(estimator, case):
+    family, params, f = DISCRETE_CASES[case]
+    exact = exact_grad(f, family, params, method="enumeration")
+    est = run(estimator, f, family, params, N, make_generator(11))
+    assert_unbiased(est, exact.grads)
 
 
 @pytest.mark.parametrize("estimator", ESTIMATORS)
@@ -167,8 +189,12 @@ class _NoDerivative(torch.autograd.Function):
         raise AssertionError("f's derivative was called")
 
 
-@pytest.mark.parametrize("estimator", ["score", "score-loo", "score-const=1", "score-ema"])
-def test_score_function_never_calls_the_derivative_of_f(estimator):
+def _caps(spec):
+    return get_estimator(spec).capabilities
+
+
+@pytest.mark.parametrize("estimator", [s for s in ESTIMATORS if not _caps(s).differentiates_f])
+def test_an_estimator_that_declares_so_never_calls_the_derivative_of_f(estimator):
     def f(x):
         return _NoDerivative.apply(x)
 
@@ -285,7 +311,18 @@ def test_score_function_refuses_a_support_that_moves_with_the_parameters():
         get_estimator("score-const=nan")
 
 
-@pytest.mark.parametrize("estimator", ESTIMATORS)
+#: found when this test began to run over the registry: the measure-valued estimators draw a layout of
+#: uniforms that depends on which parameters need gradients (so the surrogate of parameters without
+#: any is another, equally valid, Monte Carlo value); pathwise-delta's surrogate carries a graph
+#: although no parameter needs one
+WITHOUT_GRADIENTS_KNOWN = {"mvd": "draws depend on which parameters need gradients",
+                           "mvd-uncoupled": "draws depend on which parameters need gradients",
+                           "pathwise-delta": "the surrogate requires grad with no parameter needing one"}
+
+
+@pytest.mark.parametrize("estimator", [
+    pytest.param(s, marks=pytest.mark.xfail(strict=True, reason=WITHOUT_GRADIENTS_KNOWN[s]))
+    if s in WITHOUT_GRADIENTS_KNOWN else s for s in ESTIMATORS])
 def test_surrogate_of_parameters_without_gradients_is_just_the_estimate(estimator):
     # nothing to differentiate: the surrogate is the Monte Carlo value of L, with no error
     params = {"loc": t(0.5), "scale": t(1.0)}
@@ -363,7 +400,12 @@ def _total(x):
     return x.reshape(x.shape[0], -1).sum(1)
 
 
-@pytest.mark.parametrize("estimator", ["score", "score-loo"])
+#: the registry's estimators that need a fixed support and take any family (the score-function kind)
+FIXED_SUPPORT = [s for s in BASE_SPECS
+                 if _caps(s).fixed_support and _caps(s).families is None and not _caps(s).biased]
+
+
+@pytest.mark.parametrize("estimator", FIXED_SUPPORT)
 @pytest.mark.parametrize("case", list(MOVING))
 def test_a_support_that_moves_is_refused_through_every_wrapper(estimator, case):
     builder, params = MOVING[case]
