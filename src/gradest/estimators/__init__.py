@@ -15,6 +15,8 @@ rebar.py, relax.py       ``rebar``, ``relax``: the relaxation as a (learned) con
 unordered_set.py         ``unordered-set=K``: sampling without replacement for Categorical
 enumeration.py           ``enumerate``: the exact sum over a small support
 sampling.py              suffixes ``+antithetic``, ``+qmc[=R]`` on any name
+registry.py              names -> factories; installed packages add theirs through the entry-point
+                         group ``gradest.estimators`` (loaded on first use)
 =======================  =================================================================
 """
 
@@ -26,7 +28,7 @@ from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.mvd import MeasureValued
 from gradest.estimators.pathwise import Pathwise
 from gradest.estimators.rebar import Rebar
-from gradest.estimators.registry import available, available_samplers, get_estimator, register
+from gradest.estimators.registry import PluginWarning, available, available_samplers, get_estimator, register
 from gradest.estimators.relax import Relax
 from gradest.estimators.relaxed import Annealing, GumbelSoftmax, StraightThrough
 from gradest.estimators.sampling import Antithetic, QuasiMonteCarlo, get_sampler
@@ -53,6 +55,7 @@ __all__ = [
     "Node",
     "Pathwise",
     "PerSampleGradients",
+    "PluginWarning",
     "QuasiMonteCarlo",
     "Rebar",
     "Relax",
