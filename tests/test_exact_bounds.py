@@ -132,3 +132,24 @@ def test_a_box_between_every_node_is_refused():
     # f = 1 on [11.3, 13.3] under N(0, 10⁶): zero at every quadrature node; the Monte Carlo check sees it
     with pytest.raises(GradestError, match="does not resolve"):
         exact_grad(lambda x: ((x - 12.3).abs() < 1.0).double(), Normal, {"loc": t(0.0), "scale": t(1e3)})
+
+
+def test_many_jumps_and_gaussian_growth_within_the_bound():
+    # floor(10x): a jump of 1 every 0.1, ∂/∂μ E f = 10 Σ_j φ_σ(j/10 − μ)/10 summed over the jumps
+    mu, s = 0.3, 1.0
+    got = exact_grad(lambda x: torch.floor(10 * x), Normal, {"loc": t(mu), "scale": t(s)})
+    truth = sum(_phi((j / 10 - mu) / s) / s for j in range(-400, 400))
+    assert abs(float(got.grads["loc"]) - truth) <= float(got.error["loc"]) <= 1e-6
+    # exp(a x²), 2aσ² < 1: E f = (1 − 2aσ²)^(−1/2) exp(aμ²/(1 − 2aσ²))
+    a = 0.45
+    got = exact_grad(lambda x: torch.exp(a * x**2), Normal, {"loc": t(0.2), "scale": t(1.0)})
+    d_loc, d_scale = _autograd(lambda m, s_, c: torch.exp(a * m**2 / (1 - 2 * a * s_**2))
+                               / torch.sqrt(1 - 2 * a * s_**2))(0.2, 1.0, 0.0)
+    assert abs(float(got.grads["loc"]) - d_loc) <= float(got.error["loc"])
+    assert abs(float(got.grads["scale"]) - d_scale) <= float(got.error["scale"])
+
+
+def test_growth_the_tails_cannot_hold_is_refused():
+    # exp(0.49 x²) under N(0, 1): the integrand e^{−0.01 z²} is still 1e-6 of its peak 37 σ out
+    with pytest.raises(GradestError, match="grows so fast"):
+        exact_grad(lambda x: torch.exp(0.49 * x**2), Normal, {"loc": t(0.0), "scale": t(1.0)})

@@ -402,6 +402,25 @@ def _check_finite(p: _Panels, dist) -> None:
     )
 
 
+#: panels this close to ±TAIL carry the tails: beyond CERTIFY_REL of the total there, f grows too fast
+TAIL_BAND = 4.0
+
+
+def _check_tails(p: _Panels, k: torch.Tensor, size: torch.Tensor) -> None:
+    """Refuse an f whose integrand is still non-negligible near ±TAIL (f(x) ~ exp(0.49 x²) under N(0, 1)):
+    the mass beyond the range, where φ underflows, would be missing from the result."""
+    edge = torch.maximum(p.a.abs(), p.b.abs()) >= TAIL - TAIL_BAND
+    if not bool(edge.any()):
+        return
+    share = k[edge].abs().sum(0)
+    if bool((share > CERTIFY_REL * size.clamp(min=ADAPT_ABS)).any()):
+        raise GradestError(
+            f"f grows so fast that E f (or its gradient) still has mass {TAIL - TAIL_BAND:g} standard "
+            "deviations out, beyond which quadrature cannot follow it; E f may be infinite: check f's "
+            "growth against the Normal's tails, or compare estimators against each other"
+        )
+
+
 def _adaptive(f, dist, leaves) -> ExactGradient:
     r"""L, ∂L/∂μ, ∂L/∂σ = ∫ f(μ + σz) φ(z) (1, z/σ, (z² − 1)/σ) dz by adaptive Gauss–Kronrod.
 
@@ -453,6 +472,7 @@ def _adaptive(f, dist, leaves) -> ExactGradient:
         _check_finite(active, dist)
     final = done
     k, g = _components(final, sigma)
+    _check_tails(final, k, _magnitude(final, sigma))
     refined = _bisect(f, dist, shape, final, tables)
     _check_finite(refined, dist)
     k2, _ = _components(refined, sigma)
