@@ -288,3 +288,41 @@ def test_resume_without_epochs_finishes_the_runs_own_epochs(tmp_path: Path, monk
     assert main(["vae", "train", "--resume", "--out", str(out)]) == 0
     lines = (out / "metrics.jsonl").read_text().splitlines()
     assert [json.loads(line)["epoch"] for line in lines] == [1, 2]
+
+
+def _untimed(value):
+    if isinstance(value, dict):
+        return {k: _untimed(v) for k, v in value.items() if "seconds" not in k and k != "monitor_share"}
+    return [_untimed(v) for v in value] if isinstance(value, list) else value
+
+
+def _run_numbers(folder: Path) -> dict:
+    files = {name: _untimed([json.loads(line) for line in (folder / name).read_text().splitlines()])
+             for name in ("metrics.jsonl", "monitor.jsonl")}
+    files["summary"] = _untimed(json.loads((folder / "summary.json").read_text()))
+    files["config"] = json.loads((folder / "config.json").read_text())
+    files["weights"] = torch.load(folder / "checkpoint.pt", weights_only=True)["model"]
+    return files
+
+
+def test_compare_on_dask_writes_the_serial_runs(tmp_path: Path, capsys) -> None:
+    """One Dask task per estimator (2 in-process workers): the run folders of a serial compare."""
+    from gradest.lab.parallel import cell_map, dask_available
+
+    if not dask_available():
+        pytest.skip("needs pip install 'gradest[dask]'")
+    args = [*TINY, "--epochs", "1", "--estimator", "pathwise", "--estimator", "vimco:2"]
+    threads = torch.get_num_threads()
+    with cell_map(workers=2, processes=False) as cells:
+        address = cells.client.scheduler.address
+        assert main(["vae", "compare", *args, "--scheduler", address, "--out", str(tmp_path / "dask")]) == 0
+    torch.set_num_threads(threads)  # the workers' threads share torch's global setting
+    printed = capsys.readouterr().out
+    assert printed.index("pathwise: trained") < printed.index("vimco:2: trained")  # in the given order
+    assert main(["vae", "compare", *args, "--out", str(tmp_path / "serial")]) == 0
+    for label in ("pathwise", "vimco-k2"):
+        dask, serial = _run_numbers(tmp_path / "dask" / label), _run_numbers(tmp_path / "serial" / label)
+        weights = dask.pop("weights"), serial.pop("weights")
+        assert dask == serial, label
+        assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[1])
+    assert "vimco:2" in (tmp_path / "dask" / "report.html").read_text()

@@ -15,6 +15,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradest.cli.app import app
+from gradest.cli.lab import Scheduler, Workers
 from gradest.cli.options import Device, seed_option
 from gradest.errors import GradestError
 from gradest.io import write_json
@@ -462,13 +463,19 @@ def compare_command(
     var_repeats: VarRepeats = 10,
     monitor_every: MonitorEvery = None,
     iwae_k: IwaeK = 100,
+    workers: Workers = None,
+    scheduler: Scheduler = None,
 ) -> None:
     """Train several estimators on the same data and seed, and render one report with all curves.
 
     Example: gradest vae compare --estimator pathwise --estimator score --estimator vimco:5 --epochs 10
+    (add --workers 4 to train the estimators as tasks of a local Dask cluster)
     """
+    from gradest.lab.parallel import cell_map, serial_map
+    from gradest.vae.compare import compare, run_folder
+    from gradest.vae.data import absolute_spec
     from gradest.vae.report import compare_report
-    from gradest.vae.train import CHECKPOINT, SUMMARY, NonFiniteLoss, TrainConfig
+    from gradest.vae.train import CHECKPOINT, TrainConfig
 
     specs = [_parse_spec(s, k) for s in (estimator or _COMPARE_DEFAULT)]
     runs: dict[str, Path] = {}
@@ -476,9 +483,9 @@ def compare_command(
         label = name if kk == 1 else f"{name}:{kk}"
         if label in runs:
             raise GradestError(f"--estimator {label} is given twice")
-        runs[label] = out / label.replace(":", "-k")
+        runs[label] = run_folder(out, label)
     base = TrainConfig(
-        dataset=dataset,
+        dataset=absolute_spec(dataset),  # a worker may run from another folder
         binarize=binarize,
         hidden=tuple(hidden or (400,)),
         latent=latent,
@@ -500,16 +507,17 @@ def compare_command(
     for folder in (out, *runs.values()):
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
-    summaries, stopped = {}, {}
-    for label, config in configs.items():
-        try:
-            _train_with_progress(config, runs[label], resume=False)
-        except NonFiniteLoss as err:
-            # A diverging estimator is a result of the comparison: the others still run and report.
-            stopped[label] = str(err)
-            continue
-        summaries[label] = json.loads((runs[label] / SUMMARY).read_text())
-    report = compare_report(out, runs, stopped)
+    with cell_map(workers, scheduler) as cells:
+        remote = cells is not serial_map
+
+        def on_run(label: str, stopped: str | None) -> None:
+            if remote:  # a worker's epochs are not seen from here: one line per run, in order
+                console.print(f"{label}: {'stopped' if stopped else 'trained'} ({runs[label]})")
+
+        result = compare(configs, out, cell_map=cells, on_run=on_run,
+                         train_one=lambda config, folder: _train_with_progress(config, folder, resume=False))
+    summaries, stopped = result.summaries, result.stopped
+    report = compare_report(out, runs, stopped, setting=base)
     if summaries:
         console.print(_summary_table(summaries))
     for label in stopped:

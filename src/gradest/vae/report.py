@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
 from gradest import report as html
+from gradest.errors import GradestError
 from gradest.io import write_atomic
 from gradest.monitor import plot, read_jsonl
 from gradest.rng import make_generator
@@ -235,12 +236,16 @@ def _monitor_section(runs: Mapping[str, str | Path], config: TrainConfig) -> lis
 
 
 def compare_report(
-    out: str | Path, runs: Mapping[str, str | Path], stopped: Mapping[str, str] | None = None
+    out: str | Path,
+    runs: Mapping[str, str | Path],
+    stopped: Mapping[str, str] | None = None,
+    setting: TrainConfig | None = None,
 ) -> Path:
     """Write ``OUT/report.html`` putting the runs ``label -> folder`` side by side.
 
     ``stopped``: label -> message of the runs that stopped on a non-finite loss; their curves run
     up to the last good epoch (none if it was the first) and their test figures are blank.
+    ``setting``: the shared options, shown when no run got as far as saving its config.json.
     """
     out = Path(out)
     stopped = dict(stopped or {})
@@ -249,7 +254,10 @@ def compare_report(
         for label, folder in runs.items()
     }
     summaries = {label: _read_summary(Path(folder)) for label, folder in runs.items()}
-    first = TrainConfig.from_dict(_read_config(next(iter(runs.values()))))
+    saved = [Path(f) for f in runs.values() if (Path(f) / CONFIG).is_file()]
+    if not saved and setting is None:
+        raise GradestError("no run saved its config.json; pass setting= (the runs' shared options)")
+    first = TrainConfig.from_dict(_read_config(saved[0])) if saved else setting
     parts = [
         html.section("Objective", html.math(_BOUND_TEXT)),
         html.section(
