@@ -18,6 +18,12 @@ method's Taylor polynomial h of f around μ) enters with its variance-optimal co
 β = Cov(A, C)/Var C, leaving Var(A − βC) = Var A − Cov(A, C)²/Var C: the large-N limit of an
 estimated coefficient. The leave-one-out baseline has the limit b = E f.
 
+Which terms make an estimator is the estimator's own knowledge: its registry entry supplies a
+``variance`` hook that writes them in the vocabulary of :class:`TermKit` (``kit.score(kit.minus(b))``,
+``kit.mvd(coupled=True)``, a control ``kit.score(kit.h(order))``), so a newly registered estimator
+gets exact-variance curves by registering its hook, without an edit here. The costs' values,
+derivatives and antiderivatives come from the one table :data:`gradest.costs.COST_FORMS`.
+
 Integrals are composite Gauss–Legendre over [−14, 14] (Rayleigh: [0, 14]) with panels narrow
 against the cost's features — a fraction of the period 2π/k of cos(kx) and of the width 1/√(2k) of
 exp(−kx²) — which converges to machine precision; the error estimate is the change when the panels
