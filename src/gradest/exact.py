@@ -393,7 +393,7 @@ def _check_finite(p: _Panels, dist) -> None:
         return
     out = p.z[bad].abs()
     nearest = int(out.argmin())
-    mu, sigma = (float(v.reshape(-1)[0]) for v in _normal_parts(dist))
+    mu, sigma = (float(v.detach().reshape(-1)[0]) for v in _normal_parts(dist))
     raise GradestError(
         f"f is NaN or inf at {int(bad.sum())} quadrature nodes (the nearest at x = "
         f"{mu + sigma * float(p.z[bad][nearest]):.6g}, {float(out[nearest]):.3g} standard deviations "
