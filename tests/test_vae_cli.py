@@ -326,3 +326,26 @@ def test_compare_on_dask_writes_the_serial_runs(tmp_path: Path, capsys) -> None:
         assert dask == serial, label
         assert all(torch.equal(weights[0][n], weights[1][n]) for n in weights[1])
     assert "vimco:2" in (tmp_path / "dask" / "report.html").read_text()
+
+
+def test_collapse_note_threshold() -> None:
+    from gradest.vae.report import collapse_note
+
+    expected = "posterior collapse: only 1 of 20 latent units active (KL 0.11 nats)"
+    assert collapse_note(1, 20, 0.11).startswith(expected)
+    assert "Var_x E_q[z_u] > 0.01" in collapse_note(9, 20, 1.0) and "below 50%" in collapse_note(9, 20, 1.0)
+    assert collapse_note(10, 20, 5.0) == "" and collapse_note(None, 20, None) == ""
+
+
+def test_posterior_collapse_is_said_on_the_console_and_in_the_report(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "run"
+    args = [*TINY, "--epochs", "1", "--latent", "20", "--var-repeats", "0", "--out", str(out)]
+    assert main(["vae", "train", *args]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["active_units"] < 10  # one epoch on 8×8 digits: the latent code is barely used
+    units, kl = summary["active_units"], summary["kl"]
+    said = f"posterior collapse: only {units} of 20 latent units active (KL {kl:.2f}"
+    assert said in " ".join(capsys.readouterr().out.split())
+    assert said in (out / "report.html").read_text()
+    assert main(["vae", "eval", str(out), "--iwae-k", "8"]) == 0
+    assert said in " ".join(capsys.readouterr().out.split())

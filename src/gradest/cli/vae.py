@@ -324,11 +324,21 @@ def train_command(
     report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))
+    _print_collapse(summary, TrainConfig.from_dict(json.loads((out / "config.json").read_text())).latent)
     monitored = _monitor_line(summary, out)
     if monitored:
         console.print(monitored)
     files = "metrics.jsonl, monitor.jsonl" if monitored else "metrics.jsonl"
     console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}")
+
+
+def _print_collapse(summary: dict, latent: int, prefix: str = "") -> None:
+    """The posterior-collapse warning of :func:`gradest.vae.report.collapse_note`, if any."""
+    from gradest.vae.report import collapse_note
+
+    note = collapse_note(summary.get("active_units"), latent, summary.get("kl"))
+    if note:
+        console.print(prefix + note, style="yellow", markup=False)
 
 
 def _monitor_line(summary: dict, out: Path) -> str:
@@ -414,6 +424,7 @@ def eval_command(
         **evaluation.to_dict(),
     }
     console.print(_summary_table({config.estimator: result}))
+    _print_collapse(result, config.latent)
     if json_path is not None:
         write_json(json_path, result)
         console.print(f"wrote {json_path}")
@@ -520,6 +531,8 @@ def compare_command(
     report = compare_report(out, runs, stopped, setting=base)
     if summaries:
         console.print(_summary_table(summaries))
+    for label, summary in summaries.items():
+        _print_collapse(summary, base.latent, f"{label}: ")
     for label in stopped:
         console.print(f"[red]{label} stopped[/] (non-finite loss): see {report}")
     console.print(f"wrote {report}")

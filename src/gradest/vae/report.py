@@ -26,12 +26,31 @@ from gradest.rng import make_generator
 from gradest.vae.train import CONFIG, METRICS, MONITOR, SUMMARY, TrainConfig, load_run, read_metrics
 
 REPORT = "report.html"
+#: posterior collapse is flagged when fewer than this share of the latent units are active
+COLLAPSE_SHARE = 0.5
 _BOUND_TEXT = (
     "−ELBO(x) = −E_q(z|x)[log p(x|z)] + KL(q(z|x) ‖ p(z))      (nats per image; lower is better)\n"
     "NLL_K(x) = −E[log (1/K) Σ_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)      (IWAE; → −log p(x))\n"
     "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over R repeated estimates on one batch\n"
     "monitor: the same per parameter group (encoder φ, decoder θ, all), SNR = ‖mean ĝ‖ / √tr Cov(ĝ)"
 )
+
+
+def collapse_note(active_units: int | None, latent: int, kl: float | None) -> str:
+    """'posterior collapse: only 1 of 20 latent units active (KL 0.11 nats) …', or '' without collapse.
+
+    A unit u is active when its posterior mean varies across the test images, Var_x E_q[z_u] > 0.01
+    (Burda et al., 2016); collapse is flagged when fewer than :data:`COLLAPSE_SHARE` of the units are.
+    """
+    if active_units is None or active_units >= COLLAPSE_SHARE * latent:
+        return ""
+    kl_text = "" if kl is None else f" (KL {kl:.2f} nats)"
+    return (
+        f"posterior collapse: only {active_units} of {latent} latent units active{kl_text}; a unit is "
+        f"active when Var_x E_q[z_u] > 0.01, and collapse is flagged below {COLLAPSE_SHARE:.0%} of them. "
+        "The decoder models the images without the latent code: train longer, or try fewer latent units "
+        "(--latent) or another --estimator"
+    )
 
 
 def _curve_figure(
@@ -158,8 +177,10 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
         ),
     ]
     if summary:
+        note = collapse_note(summary.get("active_units"), config.latent, summary.get("kl"))
         parts.append(
-            html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows({config.estimator: summary})))
+            html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows({config.estimator: summary})),
+                         *([html.paragraph(note)] if note else []))
         )
     parts += [
         html.section(
@@ -268,7 +289,9 @@ def compare_report(
                 "the same data and seed for every estimator"
             ),
         ),
-        html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows(summaries))),
+        html.section("Test set", html.table(_SUMMARY_HEAD, _summary_rows(summaries)), *(
+            html.paragraph(f"{label}: {note}") for label, s in summaries.items() if s
+            for note in [collapse_note(s.get("active_units"), first.latent, s.get("kl"))] if note)),
     ]
     if stopped:
         parts.append(
