@@ -26,7 +26,8 @@ from gradest.vae import distributed
 from gradest.vae.train import TrainConfig, read_metrics, train
 
 TOLERANCE = 1e-5
-TINY = TrainConfig(dataset="digits", hidden=(16,), latent=4, epochs=2, batch_size=128, var_repeats=3, iwae_k=4)
+TINY = TrainConfig(dataset="digits", hidden=(16,), latent=4, epochs=2, batch_size=128, var_repeats=3,
+                   iwae_k=4)
 CONFIGS = {
     "pathwise": dataclasses.replace(TINY, estimator="pathwise", k=3, binarize="dynamic"),
     "score": dataclasses.replace(TINY, estimator="score"),
@@ -125,3 +126,12 @@ def test_a_last_batch_smaller_than_the_group_is_refused() -> None:
     with pytest.raises(GradestError, match="--batch-size"):
         distributed.check_batches(distributed.ProcessGroup(0, 4), 1438, 1436)
     distributed.check_batches(distributed.ProcessGroup(0, 2), 1438, 1436)
+
+
+@pytest.mark.parametrize("command", [["eval", "x"], ["compare"]])
+def test_eval_and_compare_refuse_torchrun(monkeypatch, capsys, command) -> None:
+    from gradest.cli import main
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(["vae", *command]) == 2
+    assert "runs in one process (torchrun is for gradest vae train)" in capsys.readouterr().err

@@ -332,6 +332,17 @@ def train_command(
     console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}")
 
 
+def _one_process(command: str) -> None:
+    """Only ``vae train`` is data-parallel: under torchrun, every process would write the same files."""
+    from gradest.vae.distributed import world_from_env
+
+    if world_from_env()[1] > 1:
+        raise GradestError(
+            f"gradest vae {command} runs in one process (torchrun is for gradest vae train); "
+            f"run it without torchrun{', or with --workers N for Dask' if command == 'compare' else ''}"
+        )
+
+
 def _print_collapse(summary: dict, latent: int, prefix: str = "") -> None:
     """The posterior-collapse warning of :func:`gradest.vae.report.collapse_note`, if any."""
     from gradest.vae.report import collapse_note
@@ -405,6 +416,7 @@ def eval_command(
     from gradest.vae.evaluate import evaluate
     from gradest.vae.train import STREAM_EVAL, check_iwae, load_run
 
+    _one_process("eval")
     if iwae_k < 1:
         raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
     if json_path is not None and json_path.is_dir():
@@ -488,6 +500,7 @@ def compare_command(
     from gradest.vae.report import compare_report
     from gradest.vae.train import CHECKPOINT, TrainConfig
 
+    _one_process("compare")
     specs = [_parse_spec(s, k) for s in (estimator or _COMPARE_DEFAULT)]
     runs: dict[str, Path] = {}
     for name, kk in specs:
