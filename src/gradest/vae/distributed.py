@@ -217,10 +217,22 @@ def session(device: str = "cpu") -> Iterator[Group]:
     if not dist.is_available():
         raise GradestError("this PyTorch build has no torch.distributed; train in one process")
     cuda = device.startswith("cuda")
+    if cuda and local_rank >= torch.cuda.device_count():
+        raise GradestError(
+            f"process {rank} (local rank {local_rank}) needs GPU cuda:{local_rank}, but "
+            f"{torch.cuda.device_count()} are visible; start at most that many processes per node"
+        )
     if cuda:
         torch.cuda.set_device(local_rank)
     backend = "nccl" if cuda else "gloo"
-    dist.init_process_group(backend, rank=rank, world_size=world)
+    try:
+        dist.init_process_group(backend, rank=rank, world_size=world)
+    except (RuntimeError, ValueError) as err:  # no MASTER_ADDR, a port in use, a peer that never came
+        reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        raise GradestError(
+            f"process {rank} of {world} could not join the {backend} group ({reason}); start the "
+            "processes with torchrun --nproc-per-node N -m gradest vae train …"
+        ) from None
     group = ProcessGroup(rank, world, torch.device(f"cuda:{local_rank}") if cuda else None)
     try:
         yield group
