@@ -85,7 +85,11 @@ def blr_page(config: Mapping, summary: Mapping[str, Mapping[str, float]], figure
         rp.section(
             "Setting",
             rp.math("ELBO(μ, σ) = E_q[Σ_i log p(y_i | x_i, w)] − KL(q ‖ N(0, I)),  "
-                    "q(w) = N(μ, diag σ²),  σ = exp(log σ)"),
+                    "q(w) = N(μ, diag σ²),  σ = exp(log σ)",
+                    r"\mathrm{ELBO}(\mu, \sigma) = \mathbb{E}_{q}\Big[\textstyle\sum_i"
+                    r" \log p(y_i \mid x_i, w)\Big]"
+                    r" - \mathrm{KL}\big(q \,\|\, \mathcal N(0, I)\big), \qquad"
+                    r" q(w) = \mathcal N(\mu, \operatorname{diag}\sigma^2), \quad \sigma = \exp(\log\sigma)"),
             rp.paragraph(cfg),
             rp.paragraph(f"Total time {seconds:.1f} s."),
         ),
