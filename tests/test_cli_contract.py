@@ -201,23 +201,32 @@ LOCKED_RUNS = {
 }
 
 
+@pytest.fixture(scope="module")
+def held_folders(tmp_path_factory):
+    """One folder per command, each held by output_lock in another process (a first run) for the tests."""
+    root = tmp_path_factory.mktemp("held")
+    folders = {command: root / command for command in LOCKED_RUNS}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import contextlib, sys\nfrom gradest.io import output_lock\n"
+         f"with contextlib.ExitStack() as stack:\n"
+         f"    for folder in {[str(f) for f in folders.values()]!r}:\n"
+         "        stack.enter_context(output_lock(folder))\n"
+         "    print('locked', flush=True)\n    sys.stdin.read()\n"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "locked"
+    yield folders
+    holder.communicate("", timeout=60)
+    assert holder.returncode == 0
+
+
 @pytest.mark.parametrize("command", LOCKED_RUNS)
-def test_a_second_run_into_a_folder_in_use_is_refused(capsys, tmp_path, command):
+def test_a_second_run_into_a_folder_in_use_is_refused(capsys, held_folders, command):
     # another process (a first run) holds the folder; the second run is refused at once and writes
     # nothing, instead of both rewriting the files and the last writer dropping the other's rows
-    out = tmp_path / "out"
-    holder = subprocess.Popen(
-        [sys.executable, "-c", "import sys\nfrom gradest.io import output_lock\n"
-         f"with output_lock({str(out)!r}):\n    print('locked', flush=True)\n    sys.stdin.read()\n"],
-        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        code = main([*LOCKED_RUNS[command], "--out", str(out)])
-        _assert_one_error_line(code, capsys.readouterr().err, f"--out {out} is in use by another gradest run")
-        assert list(out.iterdir()) == []
-    finally:
-        holder.communicate("", timeout=60)
-    assert holder.returncode == 0
+    out = held_folders[command]
+    code = main([*LOCKED_RUNS[command], "--out", str(out)])
+    _assert_one_error_line(code, capsys.readouterr().err, f"--out {out} is in use by another gradest run")
+    assert list(out.iterdir()) == []
 
 
 def test_a_diverged_blr_run_keeps_the_others(capsys, tmp_path):

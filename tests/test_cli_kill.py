@@ -67,12 +67,25 @@ def reference(tmp_path_factory):
     return _rows(out / "sweep.csv")
 
 
+@pytest.fixture(scope="module")
+def killed(tmp_path_factory):
+    """write step -> the folder of a sweep SIGKILLed at it and its return code (run side by side)."""
+    root = tmp_path_factory.mktemp("killed")
+    runs = {at: subprocess.Popen([sys.executable, "-c", KILLER, *SWEEP, "--out", str(root / str(at))],
+                                 env={**os.environ, "KILL_AT_WRITE": str(at)}, stdout=subprocess.DEVNULL,
+                                 stderr=subprocess.PIPE)
+            for at in range(1, WRITES + 1)}
+    done = {}
+    for at, run in runs.items():
+        _, stderr = run.communicate(timeout=300)
+        done[at] = (root / str(at), run.returncode, stderr.decode()[-2000:])
+    return done
+
+
 @pytest.mark.parametrize("at", range(1, WRITES + 1))
-def test_sweep_killed_at_each_write_resumes_to_the_same_csv(tmp_path, capsys, reference, at):
-    out = tmp_path / "sweep"
-    killed = subprocess.run([sys.executable, "-c", KILLER, *SWEEP, "--out", str(out)],
-                            env={**os.environ, "KILL_AT_WRITE": str(at)}, capture_output=True, timeout=300)
-    assert killed.returncode == -signal.SIGKILL, killed.stderr.decode()[-2000:]
+def test_sweep_killed_at_each_write_resumes_to_the_same_csv(capsys, reference, killed, at):
+    out, code, stderr = killed[at]
+    assert code == -signal.SIGKILL, stderr
     temps = [p.name for p in out.iterdir() if TEMP_PATTERN.match(p.name)]
     assert len(temps) == 1  # the half-written temporary the kill left
     if (out / "sweep.csv").exists():  # complete rows only: a prefix of the full sweep
