@@ -255,3 +255,15 @@ def test_user_strings_are_printed_as_given_not_as_markup(capsys, tmp_path):
                  "--out", str(tmp_path / "g[bold]")]) == 0
     printed = " ".join(capsys.readouterr().out.split())
     assert "column 'height [cm]'" in printed and "g[bold]" in printed
+
+
+def test_a_diverged_blr_run_on_dask_keeps_the_others_too(tmp_path):
+    pytest.importorskip("distributed")
+    from gradest.lab.blr import BLRConfig, run_blr
+    from gradest.lab.parallel import cell_map
+
+    config = BLRConfig(steps=30, lr=0.01, log_every=10, variance_samples=10)
+    with cell_map(2, processes=False) as cells:
+        result = run_blr(["pathwise", "score"], config, tmp_path, cell_map=cells)
+    assert list(result.summary) == ["pathwise"] and list(result.failed) == ["score"]
+    assert "diverged at step 3" in result.failed["score"]
