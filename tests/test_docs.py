@@ -30,7 +30,8 @@ def test_page_runs(page, monkeypatch, tmp_path):
     monkeypatch.chdir(tmp_path)  # anything a page writes lands in a temporary folder
     monkeypatch.setattr(registry, "_REGISTRY", dict(registry._REGISTRY))  # a page may register one
     namespace = {"__name__": "docs"}
-    for i, block in enumerate(re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)):
+    blocks = re.findall(r"```python\n(.*?)```", page.read_text(encoding="utf-8"), flags=re.S)
+    for i, block in enumerate(blocks):
         exec(compile(block, f"{page.name} block {i}", "exec"), namespace)
 
 
@@ -41,7 +42,8 @@ def _undocumented(obj, name: str) -> list[str]:
             if attr.startswith("_"):
                 continue
             raw = inspect.getattr_static(obj, attr)
-            if inspect.isclass(raw) or not (callable(raw) or isinstance(raw, property | classmethod | staticmethod)):
+            method = callable(raw) or isinstance(raw, property | classmethod | staticmethod)
+            if inspect.isclass(raw) or not method:
                 continue
             if issubclass(obj, tuple) and attr in ("count", "index"):
                 continue  # NamedTuple's own

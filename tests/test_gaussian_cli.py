@@ -33,7 +33,8 @@ def test_no_argument_run_writes_every_file(default_run):
     assert html.index("The question") < html.index("Short answer") < html.index("Derivation")
     answer = html[html.index("Short answer"):html.index("Derivation")]
     assert "For σ in particular" in answer and "nll with exact" in answer
-    # nothing fetched from the network: no external src/href/url() (KaTeX's script mentions URLs it never loads)
+    # nothing fetched from the network: no external src/href/url()
+    # (the inlined KaTeX script mentions URLs it never loads)
     assert not re.search(r"""(src|href)\s*=\s*["']?\s*(https?:)?//|url\(\s*["']?(https?:)?//""", html)
     assert "data-tex=" in html and "katex.render" in html  # the derivation typeset by the KaTeX inlined
 

@@ -8,17 +8,19 @@ decoded and every TeX block was typeset by the KaTeX shipped inside the page.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from gradest.cli import main
 
-BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
-               None)
+BROWSER = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome")
+                if shutil.which(b)), None)
 pytestmark = pytest.mark.skipif(BROWSER is None, reason="no headless Chromium installed")
 
 _PROBE_HEAD = """<script>
@@ -55,8 +57,8 @@ def browse(report: Path, tmp: Path) -> dict:
     """Load ``report`` in headless Chromium without network; the probe's findings as a dict."""
     text = report.read_text(encoding="utf-8")
     probed = report.parent / f"probed-{report.stem}.html"  # beside it: relative links still resolve
-    probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1).replace("</body>", _PROBE_TAIL + "</body>"),
-                      encoding="utf-8")
+    probed.write_text(text.replace("<head>", "<head>" + _PROBE_HEAD, 1)
+                      .replace("</body>", _PROBE_TAIL + "</body>"), encoding="utf-8")
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
            "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # any fetch would fail
            f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
@@ -126,13 +128,14 @@ def test_the_gaussian_report_typesets_its_derivation(tmp_path):
 
 def test_the_documentation_site_typesets_offline(tmp_path):
     """The site built by mkdocs: math typeset by the KaTeX it ships, no console errors, no network."""
-    mkdocs = shutil.which("mkdocs") or str(Path(__import__("sys").executable).with_name("mkdocs"))
+    mkdocs = shutil.which("mkdocs") or str(Path(sys.executable).with_name("mkdocs"))
     if not Path(mkdocs).exists():
         pytest.skip("mkdocs not installed (pip install -e '.[docs]')")
     root = Path(__file__).resolve().parents[1]
     site = tmp_path / "site"
+    env = {**os.environ, "NO_MKDOCS_2_WARNING": "1"}
     subprocess.run([mkdocs, "build", "--strict", "--quiet", "--site-dir", str(site)], cwd=root, check=True,
-                   capture_output=True, timeout=300, env={**__import__("os").environ, "NO_MKDOCS_2_WARNING": "1"})
+                   capture_output=True, timeout=300, env=env)
     for page in ["index.html", "question/index.html", "tutorials/extending/index.html"]:
         seen = browse(site / page, tmp_path)
         assert seen["problems"] == [] and seen["broken"] == 0, (page, seen)
