@@ -9,7 +9,10 @@ Adam step per batch on the objective's surrogate loss, then records in ``OUT/met
 
 and writes ``OUT/checkpoint.pt`` atomically: model, optimizer, baseline, generator states, metrics
 and the monitor's records. ``resume=True`` continues from it and reproduces the uninterrupted run
-number for number.
+number for number; it first rewrites metrics.jsonl, monitor.jsonl and config.json from the
+checkpoint, so a process killed between two of an epoch's writes loses nothing. config.json is
+written with the first checkpoint: a run stopped in its first epoch leaves no config behind.
+Under ``torchrun`` the global batch is shared by the processes (:mod:`gradest.vae.distributed`).
 
 The gradient variance is measured by :class:`gradest.monitor.GradientMonitor` after every
 ``monitor_every`` Adam steps (default: the steps of an epoch, so at each epoch's end), with
