@@ -299,8 +299,8 @@ def _locscale_to_params(error: torch.Tensor, dist, leaves) -> dict[str, torch.Te
     out = {k: torch.zeros_like(v) for k, v in leaves.items()}
     for row, coords in enumerate((mu, sigma)):
         for j in range(coords.numel()):
-            if not float(error[row, j]) > 0.0:
-                continue
+            if not float(error[row, j]) > 0.0 or not coords.requires_grad:
+                continue  # (a coordinate the builder fixed carries no error to the parameters)
             jac = _grad(coords[j], leaves)
             for k in leaves:
                 out[k] = out[k] + jac[k].abs() * error[row, j]
