@@ -349,3 +349,10 @@ def test_posterior_collapse_is_said_on_the_console_and_in_the_report(tmp_path: P
     assert said in (out / "report.html").read_text()
     assert main(["vae", "eval", str(out), "--iwae-k", "8"]) == 0
     assert said in " ".join(capsys.readouterr().out.split())
+
+
+def test_a_run_folder_with_markup_characters_is_printed_as_given(tmp_path: Path, capsys) -> None:
+    out = tmp_path / "v[/]w"
+    assert main(["vae", "train", *TINY, "--latent", "2", "--epochs", "1", "--out", str(out)]) == 0
+    printed = "".join(capsys.readouterr().out.split())  # rich may wrap the long line anywhere
+    assert "".join(f"wrote {out}/metrics.jsonl".split()) in printed

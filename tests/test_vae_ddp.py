@@ -135,3 +135,13 @@ def test_eval_and_compare_refuse_torchrun(monkeypatch, capsys, command) -> None:
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["vae", *command]) == 2
     assert "runs in one process (torchrun is for gradest vae train)" in capsys.readouterr().err
+
+
+def test_binary_latents_are_refused_in_data_parallel_training(tmp_path):
+    """Their estimators carry state of their own that the split does not carry: one error, nothing written."""
+    config = dataclasses.replace(TINY, latent_dist="bernoulli", arch="linear", estimator="disarm", k=1,
+                                 latent=4, hidden=())
+    group = distributed.ProcessGroup(0, 2)  # the check comes before any collective call
+    with pytest.raises(GradestError, match="Gaussian latents only"):
+        train(config, tmp_path / "run", group=group)
+    assert not (tmp_path / "run" / "checkpoint.pt").exists()

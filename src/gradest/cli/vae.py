@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -181,7 +182,7 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
                         resume=resume,
                         on_step=on_step,
                         on_epoch=on_epoch,
-                        on_phase=lambda text: console.print(text),
+                        on_phase=lambda text: console.print(text, markup=False),
                         group=group,
                     )
                 except GradestError as err:
@@ -190,7 +191,7 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
                     raise
         except NonFiniteLoss as err:
             progress.stop()
-            console.print(f"[red]stopped:[/] {err}")
+            console.print(f"[red]stopped:[/] {escape(str(err))}")
             raise
         except KeyboardInterrupt:
             progress.stop()
@@ -198,12 +199,13 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
 
             if not (out / CHECKPOINT).is_file():  # stopped in the first epoch: nothing to resume
                 console.print(f"interrupted before the first epoch ended: nothing was saved in {out}; "
-                              "run the same command again to start over")
+                              "run the same command again to start over", markup=False)
                 raise
             console.print(
                 f"interrupted: the finished epochs are saved in {out}; continue with "
                 f"gradest vae train --resume --epochs {config.epochs} --out {out}",
                 soft_wrap=True,  # the command stays on one line, ready to paste
+                markup=False,
             )
             raise
 
@@ -327,9 +329,9 @@ def train_command(
     _print_collapse(summary, TrainConfig.from_dict(json.loads((out / "config.json").read_text())).latent)
     monitored = _monitor_line(summary, out)
     if monitored:
-        console.print(monitored)
+        console.print(monitored, markup=False)
     files = "metrics.jsonl, monitor.jsonl" if monitored else "metrics.jsonl"
-    console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}")
+    console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}", markup=False)
 
 
 def _one_process(command: str) -> None:
@@ -439,7 +441,7 @@ def eval_command(
     _print_collapse(result, config.latent)
     if json_path is not None:
         write_json(json_path, result)
-        console.print(f"wrote {json_path}")
+        console.print(f"wrote {json_path}", markup=False)
 
 
 def _parse_spec(spec: str, default_k: int) -> tuple[str, int]:
@@ -536,7 +538,7 @@ def compare_command(
 
         def on_run(label: str, stopped: str | None) -> None:
             if remote:  # a worker's epochs are not seen from here: one line per run, in order
-                console.print(f"{label}: {'stopped' if stopped else 'trained'} ({runs[label]})")
+                console.print(f"{label}: {'stopped' if stopped else 'trained'} ({runs[label]})", markup=False)
 
         result = compare(configs, out, cell_map=cells, on_run=on_run,
                          train_one=lambda config, folder: _train_with_progress(config, folder, resume=False))
@@ -547,8 +549,8 @@ def compare_command(
     for label, summary in summaries.items():
         _print_collapse(summary, base.latent, f"{label}: ")
     for label in stopped:
-        console.print(f"[red]{label} stopped[/] (non-finite loss): see {report}")
-    console.print(f"wrote {report}")
+        console.print(f"[red]{escape(label)} stopped[/] (non-finite loss): see {escape(str(report))}")
+    console.print(f"wrote {report}", markup=False)
     if not summaries:
         raise typer.Exit(1)  # nothing finished: a failure, not a comparison
 

@@ -397,6 +397,12 @@ def train(
     model = run.model
     device = run.train.device
     check_batches(group, run.train.shape[0], config.batch_size)
+    if group.world > 1 and config.latent_dist != "gaussian":
+        # the binary-latent estimators keep state of their own (learned controls, their optimizers),
+        # which the data-parallel split does not carry yet: refuse rather than train something else
+        raise GradestError(
+            f"data-parallel training supports Gaussian latents only; train --latent-dist "
+            f"{config.latent_dist} in one process (gradest vae train without torchrun)")
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
     baseline = make_baseline(objective, config.baseline_decay)
     g_data = make_generator(config.seed + STREAM_DATA)
