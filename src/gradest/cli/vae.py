@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import json
@@ -19,7 +20,7 @@ from gradest.cli.app import app
 from gradest.cli.lab import Scheduler, Workers
 from gradest.cli.options import Device, seed_option
 from gradest.errors import GradestError
-from gradest.io import write_json
+from gradest.io import output_lock, write_json
 
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
@@ -317,8 +318,12 @@ def train_command(
         _check_resume_options(config, out, given)
     else:
         config.check()
+    # one process: the run folder is held for the run (a second run into it is refused); under
+    # torchrun rank 0 alone writes, and the processes share the folder
+    holding = output_lock(out) if world == 1 else contextlib.nullcontext()
     try:
-        _train_with_progress(config, out, resume)
+        with holding:
+            _train_with_progress(config, out, resume)
     except NonFiniteLoss:
         raise typer.Exit(1) from None
     if rank != 0:
