@@ -34,6 +34,18 @@ _BOUND_TEXT = (
     "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over R repeated estimates on one batch\n"
     "monitor: the same per parameter group (encoder φ, decoder θ, all), SNR = ‖mean ĝ‖ / √tr Cov(ĝ)"
 )
+_BOUND_TEX = (
+    r"\begin{aligned}"
+    r"-\mathrm{ELBO}(x) &= -\mathbb{E}_{q(z\mid x)}\left[\log p(x\mid z)\right]"
+    r" + \mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) && \text{nats per image; lower is better} \\"
+    r"\mathrm{NLL}_K(x) &= -\mathbb{E}\Big[\log \tfrac1K \textstyle\sum_k p(x, z_k)/q(z_k\mid x)\Big],"
+    r"\quad z_k \sim q(z\mid x) && \text{IWAE; } \to -\log p(x) \\"
+    r"\text{grad\_var} &= \operatorname{tr}\operatorname{Cov}(\hat g_\phi)"
+    r" && \text{encoder gradient, } R \text{ repeated estimates on one batch} \\"
+    r"\mathrm{SNR} &= \lVert \bar{\hat g} \rVert \big/ \sqrt{\operatorname{tr}\operatorname{Cov}(\hat g)}"
+    r" && \text{per parameter group (encoder, decoder, all)}"
+    r"\end{aligned}"
+)
 
 
 def collapse_note(active_units: int | None, latent: int, kl: float | None) -> str:
@@ -171,7 +183,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
         recon = model.reconstruct(originals)
         samples = model.sample(32, gen)
     parts = [
-        html.section("Objective", html.math(_BOUND_TEXT)),
+        html.section("Objective", html.math(_BOUND_TEXT, _BOUND_TEX)),
         html.section(
             "Run", html.table(["option", "value"], [[k, str(v)] for k, v in config.to_dict().items()])
         ),
@@ -196,11 +208,14 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
             "Reconstructions",
             html.figure(
                 image_grid(torch.cat([originals, recon]), run.data.shape, 16),
-                "top: test images; bottom: E[x | z = μ(x)]",
+                "top: test images; bottom: E[x | z = μ(x)]" if config.latent_dist == "gaussian"
+                else "top: test images; bottom: E[x | b] at the posterior mode b = 1[q(b_u = 1 | x) > ½]",
             ),
         ),
         html.section(
-            "Samples", html.figure(image_grid(samples, run.data.shape, 16), "E[x | z], z ~ N(0, I)")
+            "Samples", html.figure(image_grid(samples, run.data.shape, 16),
+                                   "E[x | z], z ~ N(0, I)" if config.latent_dist == "gaussian"
+                                   else "E[x | b], b ~ the learned prior Bernoulli(σ(prior logits))")
         ),
     ]
     if config.latent == 2 and config.latent_dist == "gaussian":  # binary latents: 4 points, no plot
@@ -280,7 +295,7 @@ def compare_report(
         raise GradestError("no run saved its config.json; pass setting= (the runs' shared options)")
     first = TrainConfig.from_dict(_read_config(saved[0])) if saved else setting
     parts = [
-        html.section("Objective", html.math(_BOUND_TEXT)),
+        html.section("Objective", html.math(_BOUND_TEXT, _BOUND_TEX)),
         html.section(
             "Setting",
             html.paragraph(
