@@ -63,3 +63,17 @@ def test_a_share_of_no_cells_is_not_a_disagreement():
     rows += [_row("cos", p, "mvd-uncoupled", 2.0, 2.0) for p in ("loc", "scale")]
     coupling = _verdict(rows, "Coupling")
     assert coupling.verdict == UNTESTED and "same cell" in coupling.evidence
+
+
+def test_claims_without_a_common_cell_are_not_tested():
+    """pathwise and score measured, but never on the same (cost, k): no evidence either way, no crash."""
+    rows = [_row("square", p, "pathwise", 0.5, 4.0) for p in ("loc", "scale")]
+    rows += [_row("cos", p, "score", 0.5, 1.0) for p in ("loc", "scale")]
+    slow = _verdict(rows, "For slowly varying")
+    assert slow.verdict == UNTESTED and "no cell holds both" in slow.evidence
+    # at large k the square cost's variance is measured for pathwise and mvd but not for score
+    rows = [_row("square", p, e, 10.0, v) for p in ("loc", "scale")
+            for e, v in (("pathwise", 4.0), ("mvd", 9.0))]
+    rows += [_row("cos", p, "score", 10.0, 1.0) for p in ("loc", "scale")]
+    large = _verdict(rows, "Without a control variate")
+    assert large.verdict == UNTESTED and "k=10" in large.evidence

@@ -67,12 +67,15 @@ def sweep_findings(rows: Sequence) -> list[Finding]:
                            f"from μ = {loc:g}; this sweep's k: {', '.join(f'{k:g}' for k in ks)}"))
     else:
         k = max(far, key=lambda k: abs(k - loc))
-        worst = {p: max((e for e in iid if ("square", p, e, k) in var),
-                        key=lambda e, p=p: var["square", p, e, k])
-                 for p in ("loc", "scale")}
-        ok = all(w == "score" for w in worst.values())
-        out.append(Finding(claim, _verdict(ok),
-                           f"k={k:g}: highest variance for μ: {worst['loc']}, for σ: {worst['scale']}"))
+        measured = {p: [e for e in iid if ("square", p, e, k) in var] for p in ("loc", "scale")}
+        if not all(len(m) > 1 and "score" in m for m in measured.values()):
+            out.append(Finding(claim, UNTESTED, f"k={k:g}: needs the square cost's variance of score and "
+                               "another estimator for μ and σ at that k"))
+        else:
+            worst = {p: max(measured[p], key=lambda e, p=p: var["square", p, e, k]) for p in measured}
+            ok = all(w == "score" for w in worst.values())
+            out.append(Finding(claim, _verdict(ok),
+                               f"k={k:g}: highest variance for μ: {worst['loc']}, for σ: {worst['scale']}"))
 
     claim = "The pathwise variance for μ under (x−k)² does not depend on k (it is 4σ²)."
     vals = np.array([var["square", "loc", "pathwise", k] for k in ks
@@ -95,13 +98,13 @@ def sweep_findings(rows: Sequence) -> list[Finding]:
         out.append(Finding(claim, UNTESTED, f"needs a high frequency, |k|σ ≥ {LARGE:g} (|k| ≥ "
                            f"{LARGE / scale:g}); this sweep's k: {', '.join(f'{k:g}' for k in ks)}"))
     else:
-        k_hi = ks[-1]
-        pw = {(p, k): var["cos", p, "pathwise", k] for p in ("loc", "scale") for k in (ks[0], k_hi)}
-        grows = all(pw[p, k_hi] > pw[p, ks[0]] for p in ("loc", "scale"))
+        k_hi, k_lo = max(high, key=abs), min(ks, key=abs)
+        pw = {(p, k): var["cos", p, "pathwise", k] for p in ("loc", "scale") for k in (k_lo, k_hi)}
+        grows = all(pw[p, k_hi] > pw[p, k_lo] for p in ("loc", "scale"))
         above = all(pw[p, k_hi] > var["cos", p, e, k_hi] for p in ("loc", "scale") for e in others)
         detail = ", ".join(f"{e} {var['cos', 'loc', e, k_hi]:.3g}" for e in ["pathwise", *others])
         out.append(Finding(claim, _verdict(grows and above),
-                           f"k={k_hi:g}, ∂/∂μ: {detail}; pathwise grows from k={ks[0]:g}: {grows}"))
+                           f"k={k_hi:g}, ∂/∂μ: {detail}; pathwise grows from k={k_lo:g}: {grows}"))
 
     out.append(_fraction_claim(
         "Coupling (common random numbers) lowers the variance of the measure-valued estimator.",
@@ -124,12 +127,16 @@ def sweep_findings(rows: Sequence) -> list[Finding]:
         out.append(Finding(claim, UNTESTED, f"needs a slowly varying cost, |k|σ ≤ {SMALL:g} (|k| ≤ "
                            f"{SMALL / scale:g}); this sweep's k: {', '.join(f'{k:g}' for k in ks)}"))
     else:
-        k = ks[0]
+        k = min(slow, key=abs)
         cells = [(c, p) for c in sorted(costs) for p in ("loc", "scale")
                  if (c, p, "pathwise", k) in var and (c, p, "score", k) in var]
         wins = [var[c, p, "pathwise", k] < var[c, p, "score", k] for c, p in cells]
-        out.append(Finding(claim, _verdict(bool(wins) and all(wins)),
-                           f"k={k:g}: pathwise lower in {sum(wins)} of {len(wins)} (cost, parameter) cells"))
+        if not cells:
+            out.append(Finding(claim, UNTESTED, f"k={k:g}: no cell holds both pathwise and score"))
+        else:
+            out.append(Finding(claim, _verdict(all(wins)),
+                               f"k={k:g}: pathwise lower in {sum(wins)} of {len(wins)} (cost, parameter) "
+                               "cells"))
     return out
 
 
