@@ -77,3 +77,18 @@ def test_the_api_reference_covers_every_public_symbol():
     missing = [n for n in gradest.__all__ if n != "__version__" and n not in rendered
                and f"gradest.{n}" not in rendered]
     assert missing == [], f"public symbols missing from docs/reference: {missing}"
+
+
+def test_the_site_builds_strictly(tmp_path):
+    """``mkdocs build --strict``: a docstring the API reference cannot parse fails here, not only in CI."""
+    import os
+    import subprocess
+    import sys
+
+    mkdocs = Path(sys.executable).with_name("mkdocs")
+    if not mkdocs.exists():
+        pytest.skip("mkdocs not installed (pip install -e '.[docs]')")
+    done = subprocess.run([str(mkdocs), "build", "--strict", "--site-dir", str(tmp_path / "site")],
+                          cwd=DOCS.parent, capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
+    assert done.returncode == 0, done.stderr[-3000:]

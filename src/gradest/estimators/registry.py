@@ -48,7 +48,8 @@ _PLUGINS = {"loaded": False}
 
 
 def register(name: str, summary: str, argument: str | None = None, required: bool = False,
-             variance: Callable | None = None):
+             variance: Callable | None = None
+             ) -> Callable[[Callable[[str | None], Estimator]], Callable[[str | None], Estimator]]:
     """Decorator adding an estimator factory to the registry, so that every part of gradest (the
     command line, ``select``, the sweep, the conformance kit :mod:`gradest.testing`) finds it by name.
 

@@ -244,7 +244,9 @@ def select(
     """Pilot-run every candidate and rank by efficiency = single-sample variance × seconds per sample.
 
     Args:
-        f, dist_builder, params: the problem, as for every estimator.
+        f: the cost, as for every estimator.
+        dist_builder: parameters -> distribution, as for every estimator.
+        params: name -> tensor, as for every estimator.
         estimators: candidates (names or Estimator values); default :func:`default_candidates`.
             Candidates that do not apply (e.g. pathwise for a discrete family) are listed with
             the reason and not ranked.
