@@ -103,7 +103,7 @@ def test_report_renders_in_a_browser(command, tmp_path):
     seen = browse(out / "report.html", tmp_path)
     assert seen["problems"] == [], seen["problems"]
     assert seen["images"] > 0 and seen["broken"] == 0, seen
-    assert seen["untypeset"] == 0 and seen["katexErrors"] == 0, seen
+    assert seen["tex"] > 0 and seen["untypeset"] == 0 and seen["katexErrors"] == 0, seen
 
 
 def test_the_probe_catches_untypeset_math_and_broken_images(tmp_path):

@@ -78,6 +78,7 @@ class CostForms:
     normal_mean: E[c(x)] for x ~ N(loc, scale²), elementwise (torch; differentiable).
     normal_grad: (∂/∂loc, ∂/∂scale) of that expectation, elementwise, written out.
     formula: c(x) for help texts.
+    tex: c(x) in TeX, for the reports' typeset formulas.
     """
 
     formula: str
@@ -88,6 +89,7 @@ class CostForms:
     feature: Callable[[float], float | None]
     normal_mean: Callable
     normal_grad: Callable
+    tex: str = ""
 
 
 def _square_mean(loc, scale, k):
@@ -154,18 +156,22 @@ def _linear_grad(loc, scale, k):
 COST_FORMS: dict[str, CostForms] = {
     "square": CostForms(
         "(x − k)²", lambda x, k: (x - k) ** 2, lambda x, k: 2.0 * (x - k),
-        lambda x, k: _xp(x).full_like(x, 2.0), _square_anti, lambda k: None, _square_mean, _square_grad),
+        lambda x, k: _xp(x).full_like(x, 2.0), _square_anti, lambda k: None, _square_mean, _square_grad,
+        tex=r"(x - k)^2"),
     "exp": CostForms(
         "exp(−k x²)", lambda x, k: _xp(x).exp(-k * x**2), lambda x, k: -2.0 * k * x * _xp(x).exp(-k * x**2),
         lambda x, k: (4.0 * k**2 * x**2 - 2.0 * k) * _xp(x).exp(-k * x**2), _exp_anti,
-        lambda k: 1.0 / math.sqrt(2.0 * k) if k > 0 else None, _exp_mean, _exp_grad),
+        lambda k: 1.0 / math.sqrt(2.0 * k) if k > 0 else None, _exp_mean, _exp_grad,
+        tex=r"e^{-k x^2}"),
     "cos": CostForms(
         "cos(k x)", lambda x, k: _xp(x).cos(k * x), lambda x, k: -k * _xp(x).sin(k * x),
         lambda x, k: -(k**2) * _xp(x).cos(k * x), _cos_anti,
-        lambda k: 2.0 * math.pi / abs(k) if k != 0 else None, _cos_mean, _cos_grad),
+        lambda k: 2.0 * math.pi / abs(k) if k != 0 else None, _cos_mean, _cos_grad,
+        tex=r"\cos(k x)"),
     "linear": CostForms(
         "k x", lambda x, k: k * x, lambda x, k: _xp(x).full_like(x, k), lambda x, k: _xp(x).zeros_like(x),
-        lambda x0, dx, k: k * dx * (x0 + 0.5 * dx), lambda k: None, _linear_mean, _linear_grad),
+        lambda x0, dx, k: k * dx * (x0 + 0.5 * dx), lambda k: None, _linear_mean, _linear_grad,
+        tex=r"k x"),
 }
 
 #: name -> formula, for help texts

@@ -54,10 +54,11 @@ def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Fin
         rp.section(
             "Setting",
             rp.math(f"x ~ N(μ = {config.loc:g}, σ² = {config.scale:g}²),  costs "
-                    f"{', '.join(config.costs)},  k ∈ {{{', '.join(f'{k:g}' for k in config.ks)}}}\n"
-                    f"estimators: {', '.join(config.estimators)};  N = {config.samples} samples "
-                    f"per cell, seed {config.seed}"
-                    + ("" if config.device == "cpu" else f", on {config.device}")),
+                    f"{', '.join(config.costs)},  k ∈ {{{', '.join(f'{k:g}' for k in config.ks)}}}",
+                    _setting_tex(config)),
+            rp.paragraph(f"Estimators: {', '.join(config.estimators)}; N = {config.samples} samples "
+                         f"per cell, seed {config.seed}"
+                         + ("" if config.device == "cpu" else f", on {config.device}") + "."),
             rp.paragraph("Variance means the variance of ONE single-sample estimate ĝ of ∂/∂μ or "
                          "∂/∂σ of E f(x). Exact values by numerical integration over the "
                          "estimators' base distributions (Normal, Rayleigh, double-sided Maxwell)."),
@@ -101,3 +102,18 @@ def blr_page(config: Mapping, summary: Mapping[str, Mapping[str, float]], figure
              "seconds"), rows)),
         rp.section("Findings of the survey, checked", findings_table(findings)),
     )
+
+
+def _setting_tex(config) -> str:
+    """The sweep's distribution and costs in TeX: x ~ N(μ, σ²), f ∈ {…}, k ∈ {…}."""
+    from gradest.costs import COST_FORMS
+
+    def text(name: str) -> str:  # a user's cost name, as TeX text
+        return r"\text{" + "".join(rf"\{ch}" if ch in "_{}#%&$" else ch for ch in name
+                                   if ch not in "\\^~") + "}"
+
+    costs = ",\\ ".join(COST_FORMS[c].tex if c in COST_FORMS and COST_FORMS[c].tex else text(c)
+                         for c in config.costs)
+    ks = ",\\ ".join(f"{k:g}" for k in config.ks)
+    return (rf"x \sim \mathcal N\big(\mu = {config.loc:g},\ \sigma^2 = {config.scale:g}^2\big), \qquad"
+            rf" f(x) \in \{{{costs}\}}, \qquad k \in \{{{ks}\}}")
