@@ -325,3 +325,27 @@ def test_the_value_a_terminal_node_returns_cannot_be_counted_twice():
     with graph(make_generator(0), num_samples=8) as g:
         c = model(g, lambda g, c: None)
     assert c.shape == (8,) and torch.isfinite(c).all()
+
+
+@pytest.mark.parametrize("est", ["score", "enumerate", "disarm"])
+def test_a_then_cost_is_downstream_of_every_earlier_node_whatever_parents_says(est):
+    """parents= names what the node's distribution depends on; its then= cost may use any earlier sample,
+    so an upstream score node's term must see that cost (it used to be dropped: a zero gradient)."""
+    a = torch.tensor([0.3, -0.5, 0.8], dtype=torch.float64, requires_grad=True)
+    c0 = torch.tensor([-0.2, 0.4, 0.1], dtype=torch.float64, requires_grad=True)
+
+    def model(g, name):
+        z1 = g.sample("z1", Bernoulli(logits=a), "score")
+        g.sample("z3", Bernoulli(logits=c0), name, parents=(),
+                 then=lambda z3: ((z3 + 2 * z1) ** 2).sum(-1))
+
+    exact = torch.cat([t.reshape(-1) for t in torch.autograd.grad(
+        enumerate_graph(lambda g: model(g, "score")), [a, c0])])
+    n = 20_000
+    with graph(make_generator(1), num_samples=n) as g:
+        model(g, est)
+    total = g.per_node({"a": a, "c0": c0}).total
+    rows = torch.cat([total["a"], total["c0"]], dim=1)
+    z = (rows.mean(0) - exact) / (rows.std(0) / n**0.5)
+    assert exact[:3].abs().min() > 1.0  # the upstream parameter's gradient is far from zero
+    assert z.abs().max() < Z_TOL, z

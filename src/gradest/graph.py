@@ -409,6 +409,9 @@ class Graph:
         self._refuse_terminal(f"node {name!r}", [t for t in vars(unwrap(dist)).values()
                                                 if isinstance(t, torch.Tensor)])
         ancestors = self._ancestors(parents)
+        # a then= cost may close over any earlier sample (parents= names what dist depends on, not
+        # what fn uses, and score samples carry no graph to tell): every earlier node is upstream of it
+        then_upstream = ancestors | frozenset(self.nodes)
         if batched is None:
             batched = bool(self.nodes) and dist.batch_shape[:1] == (self.num_samples,)
         if batched and dist.batch_shape[:1] != (self.num_samples,):
@@ -417,7 +420,7 @@ class Graph:
                 f"got {list(dist.batch_shape)}"
             )
         if kind == "callable":
-            return self._callable(name, dist, est, batched, ancestors, then)
+            return self._callable(name, dist, est, batched, ancestors, then, then_upstream)
         if kind == "score":
             value = self._draw(name, dist, batched, False)
             baseline = est.baseline
@@ -433,7 +436,7 @@ class Graph:
         if then is None:
             return value
         out = self._then(name, then, value)
-        self.costs[name] = CostNode(name, out, ancestors | {name})
+        self.costs[name] = CostNode(name, out, then_upstream | {name})
         return self._terminal_value(name, self._per_particle(out.detach()))
 
     def _terminal_value(self, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -501,12 +504,14 @@ class Graph:
         return b + (relaxed - relaxed.detach())  # forward: the exact draw b; backward: p's or x̃'s
 
     def _callable(self, name: str, dist: Distribution, est: Estimator, batched: bool,
-                  ancestors: frozenset[str], then: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+                  ancestors: frozenset[str], then: Callable[[torch.Tensor], torch.Tensor],
+                  upstream: frozenset[str]) -> torch.Tensor:
+        """A terminal node: its estimator's hook on ``then``; the cost's upstream nodes ``upstream``."""
         n = self.num_samples
         if isinstance(est, Enumerate):
             value, own, direct = self._enumerated(name, dist, est, batched, then)
             self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable")
-            self.costs[name] = CostNode(name, value, ancestors, own, direct)
+            self.costs[name] = CostNode(name, value, upstream, own, direct)
             return self._terminal_value(name, value.detach())
         node = self._node(dist, batched)
         like = node.like()
@@ -533,7 +538,7 @@ class Graph:
         values = terms.values.detach().to(like.dtype)
         live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
         self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True)
-        self.costs[name] = CostNode(name, live, ancestors, own, direct)
+        self.costs[name] = CostNode(name, live, upstream, own, direct)
         return self._terminal_value(name, values)
 
     def _enumerated(self, name: str, dist: Distribution, est: Enumerate, batched: bool,
