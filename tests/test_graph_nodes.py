@@ -349,3 +349,38 @@ def test_a_then_cost_is_downstream_of_every_earlier_node_whatever_parents_says(e
     z = (rows.mean(0) - exact) / (rows.std(0) / n**0.5)
     assert exact[:3].abs().min() > 1.0  # the upstream parameter's gradient is far from zero
     assert z.abs().max() < Z_TOL, z
+
+
+def test_a_second_derivative_through_a_first_order_node_is_refused():
+    """disarm's hook returns a detached ĝ: its Hessian would miss ∂ĝ/∂θ (0.18 against the exact 0.2346),
+    so differentiating twice is refused; an enumerate node still differentiates to every order."""
+    a = torch.tensor(0.3, dtype=torch.float64, requires_grad=True)
+    k = torch.tensor(0.8, dtype=torch.float64, requires_grad=True)
+
+    def model(g, est):
+        z1 = g.sample("z1", Bernoulli(logits=a), "score")
+        g.sample("z3", Bernoulli(logits=k * z1 - 0.2), est, then=lambda z: (z - 0.3 * k) ** 2 + z * k)
+
+    (gk,) = torch.autograd.grad(enumerate_graph(lambda g: model(g, "score")), k, create_graph=True)
+    (exact,) = torch.autograd.grad(gk, k)
+    with graph(make_generator(0), num_samples=2000) as g:
+        model(g, "disarm")
+    (first,) = torch.autograd.grad(g.surrogate(), k, retain_graph=True)  # first order: fine
+    assert torch.isfinite(first)
+    with pytest.raises(GradestError, match="first derivatives only"):
+        torch.autograd.grad(g.surrogate(), k, create_graph=True)
+    assert g.per_node({"a": a, "k": k}).total["k"].shape == (2000,)  # the split still works
+    with graph(make_generator(0), num_samples=2000) as g:
+        model(g, "enumerate")
+    (gk,) = torch.autograd.grad(g.surrogate(), k, create_graph=True)  # every order: not refused
+    (second,) = torch.autograd.grad(gk, k)  # (checked against enumeration in the second-order tests)
+    assert torch.isfinite(second) and exact > 0.2
+
+
+def test_a_root_node_with_n_rows_is_not_taken_for_a_batched_one():
+    """parents=() means no upstream sample: a parameter of N rows is N variables per particle."""
+    theta = torch.tensor([0.2, -0.3, 0.5], dtype=torch.float64)
+    with graph(make_generator(0), num_samples=3) as g:
+        g.sample("z0", Bernoulli(logits=torch.tensor(0.0, dtype=torch.float64)), "score")
+        z1 = g.sample("z1", Bernoulli(logits=theta), "score", parents=())
+    assert z1.shape == (3, 3)

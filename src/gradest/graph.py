@@ -372,7 +372,7 @@ class Graph:
             or an Estimator value; see the module docstring for what each becomes.
         parents: the nodes ``dist`` depends on (their ancestors are added); default every earlier node.
         batched: whether ``dist`` already carries the particle axis (built from upstream samples);
-            default: its batch shape starts with N and an earlier node exists.
+            default: its batch shape starts with N, an earlier node exists and ``parents`` is not ``()``.
         then: ``fn(z) -> [N] or [N, *C]``, the cost of everything downstream of this node (needed
             by callable nodes, accepted by all): the node becomes terminal, its cost a cost of the
             graph, and the call returns the per-particle cost estimate ``[N]`` — for reading only: it
@@ -412,8 +412,8 @@ class Graph:
         # a then= cost may close over any earlier sample (parents= names what dist depends on, not
         # what fn uses, and score samples carry no graph to tell): every earlier node is upstream of it
         then_upstream = ancestors | frozenset(self.nodes)
-        if batched is None:
-            batched = bool(self.nodes) and dist.batch_shape[:1] == (self.num_samples,)
+        if batched is None:  # a root (parents=()) never carries the particle axis
+            batched = bool(self.nodes) and parents != () and dist.batch_shape[:1] == (self.num_samples,)
         if batched and dist.batch_shape[:1] != (self.num_samples,):
             raise GradestError(
                 f"node {name!r}: batched=True needs a batch shape starting with N = {self.num_samples}, "
@@ -536,6 +536,9 @@ class Graph:
         else:
             direct = like.new_zeros(n)
         values = terms.values.detach().to(like.dtype)
+        # the hook's ĝ is detached: its derivative is not ∂ĝ/∂θ, so differentiating twice through
+        # this node is refused (the per-node Jacobian's double backward is a first-order quantity)
+        own, direct = _FirstOrderOnly.apply(own, name), _FirstOrderOnly.apply(direct, name)
         live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
         self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True)
         self.costs[name] = CostNode(name, live, upstream, own, direct)
@@ -746,6 +749,30 @@ class _nothing:
         return None
 
 
+#: > 0 while jacobian_rows runs (a plain counter, not a context variable: autograd may run backward
+#: functions on its device threads, which do not see the caller's context)
+_JACOBIAN_DEPTH = [0]
+
+
+class _FirstOrderOnly(torch.autograd.Function):
+    """Identity whose backward refuses to build a graph (``create_graph=True``, a second derivative),
+    except inside :func:`jacobian_rows`, whose backward-through-backward yields first derivatives."""
+
+    @staticmethod
+    def forward(ctx, t: torch.Tensor, name: str) -> torch.Tensor:
+        ctx.node = name
+        return t.view_as(t)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        if torch.is_grad_enabled() and not _JACOBIAN_DEPTH[0]:
+            raise GradestError(
+                f"node {ctx.node!r} gives first derivatives only (its estimator's hook returns a detached "
+                "estimate), so a second derivative through it would be wrong; differentiate once "
+                "(no create_graph=True), or use 'enumerate' or 'score-loo' for that node")
+        return grad, None
+
+
 def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | None = None
                   ) -> list[torch.Tensor]:
     """∂rows_r/∂target for every row r: ``[R, *target.shape]`` each.
@@ -755,6 +782,14 @@ def jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | N
     (a backward pass through the backward pass, linear in u), O(Σ numel) passes. Default: the one
     with fewer passes. Either way the passes run in chunks of ``CHUNK``.
     """
+    _JACOBIAN_DEPTH[0] += 1
+    try:
+        return _jacobian_rows(rows, targets, mode)
+    finally:
+        _JACOBIAN_DEPTH[0] -= 1
+
+
+def _jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | None) -> list[torch.Tensor]:
     sizes = [t.numel() for t in targets]
     r, d = rows.shape[0], sum(sizes)
     if not rows.requires_grad:  # nothing in the rows depends on the targets
