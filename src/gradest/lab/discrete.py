@@ -45,6 +45,7 @@ import torch
 from torch.distributions import Bernoulli
 
 from gradest import report as html
+from gradest.diagnostics import mean_stderr
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.estimators.base import Estimator
@@ -219,17 +220,17 @@ def measure_cell(config: DiscreteConfig, t: float, bits: int, name: str, seed: i
     bias = float(averaged.mean()) - exact
     if abs(bias) <= ROUNDING * bits:  # an exact estimator's rounding (mvd, disarm at D = 1): no bias
         bias = 0.0
-    block_means = torch.stack([b.mean() for b in blocks])
-    bias_se = float(block_means.std()) / math.sqrt(len(blocks))  # the spread of independent block means
+    labels = torch.repeat_interleave(torch.arange(len(blocks)), torch.tensor([len(b) for b in blocks]))
+    bias_se = float(mean_stderr(averaged, labels))  # the spread of the independent blocks' means
     q = torch.cat(devs).square().mean(1)
-    variance, variance_se = float(q.mean()), float(q.std()) / math.sqrt(n)
+    variance, variance_se = float(q.mean()), float(mean_stderr(q))
     sign = []
     positive = exact > 0
     for m in config.sign_samples:
         groups = n // m
         means = g[: groups * m].reshape(groups, m, bits).mean(1)
         right = ((means > 0) == positive).to(torch.float64).mean(1)  # per group
-        se = float(right.std()) / math.sqrt(groups) if groups > 1 else math.nan
+        se = float(mean_stderr(right)) if groups > 1 else math.nan
         sign.append(SignPoint(m, float(right.mean()), se))
     base = name.split("+")[0]
     return DiscreteRow(
