@@ -13,3 +13,8 @@ class GradestError(ValueError):
 
 class NonFiniteError(GradestError):
     """NaN or inf where a finite number is needed (a parameter, a cost): often a diverged run."""
+
+
+class SampleHealthError(GradestError):
+    """Draws that stopped being samples of the distribution (underflowed onto the support's edge,
+    collapsed onto a point): an estimate from them would be silently wrong."""

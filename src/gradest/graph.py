@@ -95,7 +95,6 @@ from gradest.estimators.base import (
     Estimator,
     Node,
     _graph_reaches,
-    support_moves_with_parameters,
     unwrap,
 )
 from gradest.estimators.baselines import Constant, LeaveOneOut, NoBaseline
@@ -106,6 +105,7 @@ from gradest.estimators.registry import get_estimator
 from gradest.estimators.relaxed import GumbelSoftmax, StraightThrough
 from gradest.estimators.score import ScoreFunction
 from gradest.estimators.unordered_set import UnorderedSet
+from gradest.provenance import Provenance
 
 #: how each estimator class runs as a graph node (module docstring); anything else is refused
 NODE_KINDS: dict[type[Estimator], str] = {
@@ -318,12 +318,19 @@ class Graph:
         #: (node, marker): the values returned by terminal (then=) nodes carry a marker leaf, so that
         #: counting such a value again — as a cost, or in a later node — is caught, not silently doubled
         self._terminal: list[tuple[str, torch.Tensor]] = []
+        #: which samples each tensor was computed from, while the with-block runs (gradest.provenance)
+        self._provenance: Provenance | None = None
 
     def __enter__(self) -> Graph:
+        self._provenance = Provenance()
+        self._provenance.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self.sealed = True
+        if self._provenance is not None:
+            self._provenance.__exit__(*exc)
+            self._provenance = None
 
     @property
     def first_order_only(self) -> list[str]:
@@ -385,7 +392,6 @@ class Graph:
                 f"node {name!r} needs a torch.distributions.Distribution, got {type(dist).__name__}")
         kind, est = node_estimator(name, estimator)
         label = est.name
-        family = type(unwrap(dist)).__name__
         if then is not None and not callable(then):
             raise GradestError(
                 f"node {name!r}: then= must be a callable fn(z) -> cost, got {type(then).__name__}")
@@ -394,15 +400,10 @@ class Graph:
                 f"node {name!r}: {label!r} evaluates the downstream cost at points other than the draw, "
                 "which the graph cannot re-run; give it as then=fn (fn(z) -> [N] cost of everything "
                 f"downstream of {name!r}), or use 'score-loo' for this node")
-        if kind == "reparameterized" or kind == "callable":
-            reason = est.applicable(dist)
-            if reason is not None:
-                raise GradestError(f"node {name!r}: {reason}")
-        elif support_moves_with_parameters(dist):
-            raise GradestError(
-                f"node {name!r}: the support of {family} moves with its parameters, so the score function "
-                "would miss the boundary terms; use 'pathwise' for this node"
-            )
+        # the same capability checks as a single node's (families, boundaries, moving supports)
+        reason = est.applicable(dist)
+        if reason is not None:
+            raise GradestError(f"node {name!r}: {reason}")
         if est.min_samples > self.num_samples:
             raise GradestError(f"node {name!r}: {label} needs num_samples ≥ {est.min_samples}, got "
                                f"{self.num_samples}")
@@ -410,19 +411,13 @@ class Graph:
                                                 if isinstance(t, torch.Tensor)])
         ancestors = self._ancestors(parents)
         # a then= cost may close over any earlier sample (parents= names what dist depends on, not
-        # what fn uses, and score samples carry no graph to tell): every earlier node is upstream of it
+        # what fn uses): every earlier node is upstream of it
         then_upstream = ancestors | frozenset(self.nodes)
-        if batched is None:  # a root (parents=()) never carries the particle axis
-            batched = bool(self.nodes) and parents != () and dist.batch_shape[:1] == (self.num_samples,)
-        if batched and dist.batch_shape[:1] != (self.num_samples,):
-            raise GradestError(
-                f"node {name!r}: batched=True needs a batch shape starting with N = {self.num_samples}, "
-                f"got {list(dist.batch_shape)}"
-            )
+        batched = self._batched(f"node {name!r}", dist, parents, ancestors, batched)
         if kind == "callable":
             return self._callable(name, dist, est, batched, ancestors, then, then_upstream)
         if kind == "score":
-            value = self._draw(name, dist, batched, False)
+            value = self._draw(name, dist, batched, False, est)
             baseline = est.baseline
             node = StochasticNode(name, label, value, dist.log_prob(value), ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
@@ -433,17 +428,69 @@ class Graph:
             if value.requires_grad:  # the per-node split blocks the gradient into this sample
                 value.register_hook(self._gate(name))
         self.nodes[name] = node
+        self._mark(name, value)
         if then is None:
             return value
         out = self._then(name, then, value)
         self.costs[name] = CostNode(name, out, then_upstream | {name})
         return self._terminal_value(name, self._per_particle(out.detach()))
 
+    def _origin(self, what: str, value: object, parents: Sequence[str] | None,
+                ancestors: frozenset[str]) -> frozenset[str] | None:
+        """The nodes ``value`` was computed from (None outside a with-block, where nothing is
+        followed); refuses a dependence that ``parents=`` leaves out (its score term would be lost)."""
+        if self._provenance is None:
+            return None
+        origin = self._provenance.of(value)
+        missing = origin - ancestors
+        if parents is not None and missing:
+            raise GradestError(
+                f"{what} is computed from the samples of {', '.join(sorted(missing))}, which parents= "
+                f"({', '.join(parents) if not isinstance(parents, str) else parents} and their ancestors) "
+                "leaves out, so their learning signal would miss it; add them to parents=, or leave "
+                "parents= out (every earlier node)")
+        return origin
+
+    def _batched(self, what: str, dist: Distribution, parents: Sequence[str] | None,
+                 ancestors: frozenset[str], batched: bool | None) -> bool:
+        """Whether ``dist`` carries the particle axis: by provenance (its parameters computed from
+        earlier samples), never by its shape; an explicit ``batched`` is checked against it."""
+        n = self.num_samples
+        origin = self._origin(what, dist, parents, ancestors)
+        if batched is None:
+            if origin is None:  # nothing followed: refuse to guess where the shape is ambiguous
+                if self.nodes and parents != () and dist.batch_shape[:1] == (n,):
+                    raise GradestError(
+                        f"{what}: its batch shape starts with N = {n}, and outside a with-block the graph "
+                        "cannot tell a per-particle distribution from a batch of size N; say which with "
+                        "batched=True (built from upstream samples) or batched=False, or build the graph "
+                        "in `with gradest.graph(...) as g:`")
+                batched = False
+            else:
+                batched = bool(origin)
+        elif origin and not batched:
+            raise GradestError(
+                f"{what}: batched=False, but its parameters are computed from the samples of "
+                f"{', '.join(sorted(origin))}, so it is one distribution per particle; drop batched=")
+        if batched and dist.batch_shape[:1] != (n,):
+            source = f"its parameters are computed from the samples of {', '.join(sorted(origin))}, so " \
+                if origin else "batched=True: "
+            raise GradestError(
+                f"{what}: {source}its batch shape must start with the particle axis N = {n}, got "
+                f"{list(dist.batch_shape)} (a sum or mean over dim 0 mixes the particles; reduce over "
+                "negative dims)")
+        return batched
+
+    def _mark(self, name: str, value: torch.Tensor) -> torch.Tensor:
+        if self._provenance is not None:
+            self._provenance.mark(value, name)
+        return value
+
     def _terminal_value(self, name: str, value: torch.Tensor) -> torch.Tensor:
         """``value`` (detached, [N]) plus a zero marker leaf of node ``name``: same numbers, traceable."""
         marker = torch.zeros((), dtype=value.dtype, device=value.device, requires_grad=True)
         self._terminal.append((name, marker))
-        return value + marker
+        return self._mark(name, value + marker)
 
     def _refuse_terminal(self, what: str, tensors: Sequence[torch.Tensor]) -> None:
         """Refuse tensors computed from a terminal node's returned cost (it is a cost already)."""
@@ -479,9 +526,14 @@ class Graph:
             raise NonFiniteError(f"node {name!r}: then= returned NaN or inf; check its domain")
         return out
 
-    def _draw(self, name: str, dist: Distribution, batched: bool, reparameterized: bool) -> torch.Tensor:
+    def _draw(self, name: str, dist: Distribution, batched: bool, reparameterized: bool,
+              est: Estimator) -> torch.Tensor:
         shape = () if batched else (self.num_samples,)
-        return rng.sample(dist, shape, self.generator, reparameterized)
+        x = rng.sample(dist, shape, self.generator, reparameterized)
+        # the estimator's sample-health checks, as for one node (a training step: gradest.health)
+        est.healthy(Node(dist, self.num_samples, batched, dist.batch_shape, dist.event_shape, type(dist),
+                         {}), x)
+        return x
 
     def _node(self, dist: Distribution, batched: bool) -> Node:
         """The node as an estimator's hook sees it (its family tensor: the logits)."""
@@ -491,7 +543,7 @@ class Graph:
 
     def _reparameterized(self, name: str, dist: Distribution, est: Estimator, batched: bool) -> torch.Tensor:
         if isinstance(est, Pathwise):
-            return self._draw(name, dist, batched, True)
+            return self._draw(name, dist, batched, True, est)
         family, _, z, b = est.perturbed(self._node(dist, batched), self.generator)
         from gradest.estimators import concrete
 
@@ -594,7 +646,14 @@ class Graph:
         if not torch.isfinite(value).all():
             raise NonFiniteError(f"cost {name!r} has NaN or inf values; check its domain")
         self._refuse_terminal(f"cost {name!r}", [value])
-        self.costs[name] = CostNode(name, value, self._ancestors(parents))
+        ancestors = self._ancestors(parents)
+        if self._origin(f"cost {name!r}", value, parents, ancestors) == frozenset():
+            raise GradestError(
+                f"cost {name!r} is computed from no sampled node (shape {list(value.shape)}), so it has no "
+                "particle axis, whatever its shape: a term of the parameters alone is not a cost of the "
+                "graph; add it to the loss outside it (g.surrogate() + term), or compute the cost from "
+                "the samples g.sample returned")
+        self.costs[name] = CostNode(name, value, ancestors)
         return value
 
     # the estimator -------------------------------------------------------------------------

@@ -61,7 +61,7 @@ import torch
 from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 from torch.distributions.utils import clamp_probs
 
-from gradest import rng
+from gradest import contract, health, rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
 
@@ -120,6 +120,14 @@ class Capabilities:
     interior: needs the probabilities of a discrete family given as ``probs`` strictly inside
         (0, 1): at 0 or 1 one outcome is never drawn (and torch clamps log p), so a likelihood-ratio
         estimate of the derivative there is 0 whatever f is.
+    separable: weights each element's log-density (or perturbation) by that element's own cost, so
+        a per-element cost f_n,b must depend on x_n,b alone (probed on the first call, refused
+        otherwise: :mod:`gradest.contract`). False for estimators that only differentiate f.
+    health: which unhealthy draws make it silently wrong (:mod:`gradest.health`): ``"any"`` (its
+        estimate reads the density at the draws and how f varies across them: draws clamped on the
+        support's edge or collapsed onto a point), ``"continuous"`` (only a continuous family's, whose
+        perturbed points collapse with the draws: measure-valued derivatives), ``"none"`` (f′(x)
+        ∂x/∂θ along explicit paths, enumeration; implicit paths have regimes of their own).
     """
 
     needs_rsample: bool = False
@@ -130,6 +138,13 @@ class Capabilities:
     biased: bool = False
     replicates: bool = False
     interior: bool = False
+    separable: bool = True
+    health: str = "any"
+
+    def __post_init__(self) -> None:
+        if self.health not in health.KINDS:
+            raise GradestError(f"Capabilities.health must be one of {', '.join(health.KINDS)}, "
+                               f"got {self.health!r}")
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
@@ -265,7 +280,9 @@ class BoundCost:
     """
 
     def __init__(self, f: Cost, declared: tuple[str, ...], for_f: dict[str, torch.Tensor],
-                 num_samples: int, batch_shape: torch.Size) -> None:
+                 num_samples: int, batch_shape: torch.Size, *, estimator: str = "",
+                 separable: bool = False, diagnostic: bool = False,
+                 watch: Mapping[str, torch.Tensor] | None = None, probe: bool = True) -> None:
         self.f = f
         self.declared = declared
         self.for_f = for_f
@@ -273,22 +290,70 @@ class BoundCost:
         self.batch_shape = batch_shape
         #: cost elements per sample (1 for a cost of shape [N]), known after the first call
         self.elements: int | None = None
+        #: the contract probe (gradest.contract): who asks, what it refuses, which parameters to watch
+        self.estimator = estimator
+        self.separable = separable
+        self.diagnostic = diagnostic
+        self.watch = {k: v for k, v in (watch or {}).items() if k not in declared}
+        self.probed = not probe
+
+    def _evaluate(self, x: torch.Tensor, direct: bool) -> torch.Tensor:
+        n = x.shape[0]
+        if not self.declared:
+            return self.f(x)
+        if direct and n != self.num_samples:
+            raise RuntimeError("the direct term is evaluated on the N samples only")
+        kwargs = {
+            k: (v if direct else v.detach()[:1].expand(n, *v.shape[1:]))
+            for k, v in self.for_f.items()
+            if k in self.declared
+        }
+        return self.f(x, **kwargs)
 
     def __call__(self, x: torch.Tensor, direct: bool = True) -> torch.Tensor:
         n = x.shape[0]
-        if not self.declared:
-            out = self.f(x)
+        if self.probed:
+            out = self.check(self._evaluate(x, direct), n)
         else:
-            if direct and n != self.num_samples:
-                raise RuntimeError("the direct term is evaluated on the N samples only")
-            kwargs = {
-                k: (v if direct else v.detach()[:1].expand(n, *v.shape[1:]))
-                for k, v in self.for_f.items()
-                if k in self.declared
-            }
-            out = self.f(x, **kwargs)
-        out = self.check(out, n)
+            out = self._probe(x, direct)
         self.elements = math.prod(out.shape[1:])  # per sample, whatever the number of points
+        return out
+
+    def _probe(self, x: torch.Tensor, direct: bool) -> torch.Tensor:
+        """The first evaluation, watched and repeated once on a changed draw (gradest.contract)."""
+        n = x.shape[0]
+        key = contract.key_of(self.f, x, tuple(sorted(self.watch)), self.separable, self.diagnostic)
+        known, refusal = contract.verdict(key)
+        if known:
+            self.probed = True
+            if refusal is not None:
+                raise GradestError(refusal)
+            return self.check(self._evaluate(x, direct), n)
+        with contract.replayed_rng(x.device) as replay:
+            with contract.reads(self.watch) as found:
+                out = self.check(self._evaluate(x, direct), n)
+            if found:
+                refusal = contract.undeclared_message(found[0])
+            else:
+                swapped = contract.swap(x, math.prod(out.shape[1:]))
+                if swapped is None:  # every draw equal: nothing to compare yet, probe the next call
+                    return out
+                moved, element, _ = swapped
+                replay()
+                with torch.no_grad():
+                    kind = contract.mixing(out, self.check(self._evaluate(moved, direct), n), element)
+                    if kind is not None:  # the same draws again: a cost that is random, not mixing?
+                        replay()
+                        if contract.mixing(out, self.check(self._evaluate(x, direct), n), element):
+                            kind = None  # f is not a function of x alone here: nothing to conclude
+                if (kind == "samples" and (self.separable or self.diagnostic)) \
+                        or (kind == "elements" and self.separable):
+                    refusal = contract.mixing_message(kind, self.estimator or "the estimator",
+                                                      list(out.shape))
+        contract.remember(key, refusal)
+        self.probed = True
+        if refusal is not None:
+            raise GradestError(refusal)
         return out
 
     def check(self, out: object, n: int) -> torch.Tensor:
@@ -502,6 +567,9 @@ class Node(NamedTuple):
     event_shape: torch.Size
     builder: Builder
     params: dict[str, torch.Tensor]
+    #: the diagnostic view (per_sample), where standard errors are read: sample health refuses a
+    #: discrete family's collapsed draws there too (gradest.health)
+    diagnostic: bool = False
 
     @property
     def sample_shape(self) -> torch.Size:
@@ -719,12 +787,22 @@ class Estimator:
     def draw(self, node: Node, generator: torch.Generator, reparameterized: bool) -> torch.Tensor:
         """x ~ p(x; θ) ``[N, *B, *E]``: from the generator, or through the sampler's inverse CDF."""
         if self.sampler is None:
-            return rng.sample(node.dist, node.sample_shape, generator, reparameterized)
-        dim = node.batch_shape.numel() * node.event_shape.numel()
-        u = self.sampler.uniforms(node.num_samples, dim, generator)
-        x = inverse_cdf(node, u, self.sampler)
-        # detach for sample(): the score function must see no path from θ through x
-        return x if reparameterized else x.detach()
+            x = rng.sample(node.dist, node.sample_shape, generator, reparameterized)
+        else:
+            dim = node.batch_shape.numel() * node.event_shape.numel()
+            u = self.sampler.uniforms(node.num_samples, dim, generator)
+            x = inverse_cdf(node, u, self.sampler)
+            # detach for sample(): the score function must see no path from θ through x
+            x = x if reparameterized else x.detach()
+        self.healthy(node, x)
+        return x
+
+    def healthy(self, node: Node, x: torch.Tensor) -> None:
+        """Refuse draws ``x [N, *B, *E]`` of the node that stopped being samples of its family
+        (underflowed onto the support's edge, collapsed onto a point: :mod:`gradest.health`).
+        ``draw`` calls it; a hook that draws in its own way calls it on its draws."""
+        health.check(node.dist, x, self.capabilities.health, training=not node.diagnostic,
+                     what=f"{self.name}: ")
 
     def uniforms(self, num_samples: int, dim: int, generator: torch.Generator,
                   like: torch.Tensor) -> torch.Tensor:
@@ -816,20 +894,17 @@ class Estimator:
             replicas, dist, single = replicate(dist_builder, leaves, num_samples)
             self.require(single)
             node = Node(dist, num_samples, True, single.batch_shape, single.event_shape,
-                        dist_builder, replicas)
+                        dist_builder, replicas, diagnostic=True)
             cost = BoundCost(f, declared, cost_arguments(replicas, single, num_samples), num_samples,
-                             single.batch_shape)
+                             single.batch_shape, estimator=self.name,
+                             separable=self.capabilities.separable, diagnostic=True, watch=params)
             terms = self.terms(cost, node, generator)
             values = terms.values
             closed_over = _graph_reaches(terms.carrier, list(params.values())) \
                 if isinstance(terms.carrier, torch.Tensor) else []
             if closed_over:
                 name = list(params)[closed_over[0]]
-                raise GradestError(
-                    f"f uses the parameter {name!r} without declaring it, so its direct term ∂f/∂{name} "
-                    f"would be lost; declare it, e.g. def f(x, {name}): …, and gradest passes it "
-                    "(with a leading sample axis) and adds the term"
-                )
+                raise GradestError(contract.undeclared_message(name))
             grads = terms.gradients(list(replicas.values()))
         for name, g in zip(replicas, grads, strict=True):
             # a finite sum implies finite terms; only then is the elementwise check needed
@@ -876,7 +951,8 @@ class Estimator:
         self.require(dist)
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
         cost = BoundCost(f, declared, cost_arguments(plain_replicas(params, num_samples), dist, num_samples),
-                         num_samples, dist.batch_shape)
+                         num_samples, dist.batch_shape, estimator=self.name,
+                         separable=self.capabilities.separable)
         terms = self.terms(cost, node, generator)
         loss = terms.values.mean()
         carried = terms.scalar()

@@ -35,6 +35,7 @@ References: Paisley, Blei & Jordan (2012); Mohamed et al., JMLR 21 (2020) §7; o
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import torch
@@ -43,7 +44,6 @@ from torch.distributions import Distribution, Normal
 from gradest.errors import GradestError
 from gradest.estimators.base import (
     BoundCost,
-    Capabilities,
     Estimator,
     Node,
     Terms,
@@ -202,15 +202,15 @@ class ControlVariate(Estimator):
         families = control.families if caps.families is None else caps.families
         if control.families is not None and caps.families is not None:
             families = tuple(c for c in caps.families if issubclass(c, control.families))
-        self.capabilities = Capabilities(
-            needs_rsample=caps.needs_rsample,
+        # the wrapped estimator's needs, and a control variate's own: the control's derivative,
+        # its coefficients fitted on per-sample gradients, each sample's cost weighted by itself
+        self.capabilities = dataclasses.replace(
+            caps,
             differentiates_f=caps.differentiates_f or control.differentiates_f,
             families=families,
-            discrete=caps.discrete,
-            fixed_support=caps.fixed_support,
-            biased=caps.biased,
             replicates=True,
-            interior=caps.interior,
+            separable=True,
+            health="any",
         )
         self.draws_through_inverse_cdf = inner.draws_through_inverse_cdf
 

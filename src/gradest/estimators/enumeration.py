@@ -41,7 +41,8 @@ MAX_SUPPORT = 2**12
 class Enumerate(Estimator):
     """ĝ_n = ∇θ Σ_x p(x; θ) f(x; θ) for every n: the exact gradient, zero variance."""
 
-    capabilities = Capabilities(families=(Bernoulli, Categorical, OneHotCategorical), interior=True)
+    capabilities = Capabilities(families=(Bernoulli, Categorical, OneHotCategorical), interior=True,
+                                health="none")
     draws_through_inverse_cdf = False  # (no random numbers at all)
 
     def __init__(self, max_support: int = MAX_SUPPORT, name: str = "enumerate") -> None:

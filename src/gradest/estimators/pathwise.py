@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import torch
 
-from gradest.errors import GradestError
+from gradest import health
+from gradest.errors import GradestError, SampleHealthError
 from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, constant_in_x, total
 
 
@@ -27,7 +28,14 @@ class Pathwise(Estimator):
     """ĝ_n = ∇θ f(x_n(θ); θ), x_n = g(ε_n; θ)."""
 
     name = "pathwise"
-    capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False)
+    capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False, separable=False,
+                                health="none")
+
+    def healthy(self, node: Node, x: torch.Tensor) -> None:
+        """Explicit paths are unaffected by clamped or collapsed draws; implicit ones have a range."""
+        reason = health.implicit_out_of_range(node.dist)
+        if reason is not None:
+            raise SampleHealthError(f"{self.name}: {reason}")
 
     def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:

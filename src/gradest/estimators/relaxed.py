@@ -75,7 +75,8 @@ class Annealing:
 class _Relaxed(Estimator):
     """Shared by the three: families, refusals, the temperature and its schedule."""
 
-    capabilities = Capabilities(families=concrete.RELAXABLE, differentiates_f=True, biased=True)
+    capabilities = Capabilities(families=concrete.RELAXABLE, differentiates_f=True, biased=True,
+                                separable=False, health="none")
     draws_through_inverse_cdf = False  # (the sampler's uniforms become the Gumbel/logistic noise)
 
     def __init__(self, temperature: float | Annealing | None, name: str) -> None:

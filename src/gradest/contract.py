@@ -1,0 +1,217 @@
+r"""The cost's contract, verified on a probe instead of inferred from shapes.
+
+The estimand is L(θ) = E_x[Σ_b f_b(x; θ)] for ONE draw x, so a cost evaluated on N draws
+``x [N, *B, *E]`` must treat them as N independent runs, and a per-element cost ``[N, *C]`` used
+as per-element learning signals must have f_n,b depend on x_n,b alone. Neither can be read from
+f's output shape: ``x.sum(0)`` of a ``[N, B]`` draw with B = N has the shape of one value per sample,
+and a batch-norm layer in training mode returns one value per element while mixing them. And a
+cost that reads a parameter it did not declare loses the direct term ∂f/∂θ in the per-sample view
+whether or not that parameter needs a gradient.
+
+So the first evaluation of a cost (per cost code, shapes and estimator kind: :class:`ProbeKey`)
+is watched and repeated once:
+
+* **mixing**: the same f on the same draws but for one draw of one element, swapped for another
+  draw's value (the global RNG replayed, so that dropout draws the same masks): every other output
+  must stay as it was. One that moves in another sample's row means f mixes samples (refused:
+  every estimator's estimand would change); in the same row, f mixes elements (refused where the
+  estimator weights each element by its own cost, ``Capabilities.separable``; the fix: return the
+  total ``[N]``);
+* **undeclared parameters**: under a ``TorchFunctionMode``, the memory of every tensor f hands to
+  torch is compared with the parameters' (storage identity, not ``requires_grad``): a parameter f
+  reads without declaring it is refused in the per-sample view, naming the fix.
+
+A verdict is cached (pass or the refusal), so a training loop pays for the probe once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator, Mapping
+from typing import NamedTuple
+
+import torch
+from torch.overrides import TorchFunctionMode
+from torch.utils._pytree import tree_flatten
+
+#: metadata reads that do not use a tensor's values
+_METADATA = frozenset({"__get__", "numel", "dim", "size", "stride", "is_floating_point", "element_size",
+                       "nelement", "is_contiguous", "ndimension", "data_ptr", "storage_offset",
+                       "is_complex", "get_device", "__len__"})
+_VERDICTS: dict[ProbeKey, str | None] = {}
+_MAX_VERDICTS = 4096
+
+
+class ProbeKey(NamedTuple):
+    """What a verdict holds for: the cost's code (a closure made anew each step shares it), the
+    draws' shape and dtype, the parameters watched, and whether element mixing is refused."""
+
+    code: object
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    watched: tuple[str, ...]
+    separable: bool
+    diagnostic: bool
+
+
+def key_of(f: Callable, x: torch.Tensor, watched: tuple[str, ...], separable: bool,
+           diagnostic: bool) -> ProbeKey:
+    code = getattr(f, "__code__", None)
+    if code is None or getattr(f, "__defaults__", None) or getattr(f, "__kwdefaults__", None):
+        code = f  # a callable object, or a function whose defaults may hold state: the object itself
+    return ProbeKey(code, tuple(x.shape), x.dtype, watched, separable, diagnostic)
+
+
+def verdict(key: ProbeKey) -> tuple[bool, str | None]:
+    """(known, refusal): whether the key was probed, and the refusal found (None: it passed)."""
+    if key in _VERDICTS:
+        return True, _VERDICTS[key]
+    return False, None
+
+
+def remember(key: ProbeKey, refusal: str | None) -> None:
+    if len(_VERDICTS) >= _MAX_VERDICTS:
+        _VERDICTS.clear()
+    _VERDICTS[key] = refusal
+
+
+# ── undeclared parameters: which memory f reads ─────────────────────────────────────────────
+
+
+def _span(t: torch.Tensor) -> tuple[int, int, int]:
+    """(storage, first byte, last byte) of the memory a strided tensor reads."""
+    if t.numel() == 0 or t.layout != torch.strided or t.device.type == "meta":
+        return (0, 0, -1)
+    start = t.data_ptr()
+    extent = sum((s - 1) * abs(st) for s, st in zip(t.shape, t.stride(), strict=True))
+    return (t.untyped_storage().data_ptr(), start, start + (extent + 1) * t.element_size() - 1)
+
+
+class _Reads(TorchFunctionMode):
+    """Records the memory spans of every tensor argument of the torch calls made under it."""
+
+    def __init__(self, watched: Mapping[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.spans = {name: _span(t) for name, t in watched.items()}
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        if self.spans and getattr(func, "__name__", "") not in _METADATA:
+            for a in tree_flatten((args, kwargs))[0]:
+                if isinstance(a, torch.Tensor):
+                    self._check(a)
+        return func(*args, **kwargs)
+
+    def _check(self, t: torch.Tensor) -> None:
+        storage, lo, hi = _span(t)
+        if hi < lo:
+            return
+        for name, (s, a, b) in list(self.spans.items()):
+            if s == storage and lo <= b and a <= hi:
+                self.found.append(name)
+                del self.spans[name]
+
+
+@contextlib.contextmanager
+def reads(watched: Mapping[str, torch.Tensor]) -> Iterator[list[str]]:
+    """``with reads({name: tensor}) as found:`` — the watched parameters read under the block."""
+    if not watched:
+        yield []
+        return
+    mode = _Reads(watched)
+    with mode:
+        yield mode.found
+
+
+def undeclared_message(name: str) -> str:
+    return (
+        f"f uses the parameter {name!r} without declaring it, so its direct term ∂f/∂{name} would be "
+        f"lost; declare it, e.g. def f(x, {name}): …, and gradest passes it (with a leading sample axis) "
+        "and adds the term"
+    )
+
+
+# ── mixing: does one draw's change move other outputs ───────────────────────────────────────
+
+
+@contextlib.contextmanager
+def replayed_rng(device: torch.device) -> Iterator[Callable[[], None]]:
+    """Yields ``replay()``, which puts the global RNG back where it was on entry; the RNG state
+    after the block is the one it had before ``replay`` was first called."""
+    cuda = device.type == "cuda"
+    start = torch.get_rng_state(), (torch.cuda.get_rng_state(device) if cuda else None)
+    after: list = []
+
+    def replay() -> None:
+        if not after:
+            after.append((torch.get_rng_state(), torch.cuda.get_rng_state(device) if cuda else None))
+        torch.set_rng_state(start[0])
+        if cuda:
+            torch.cuda.set_rng_state(start[1], device)
+
+    try:
+        yield replay
+    finally:
+        if after:
+            torch.set_rng_state(after[0][0])
+            if cuda:
+                torch.cuda.set_rng_state(after[0][1], device)
+
+
+def swap(x: torch.Tensor, cells: int) -> tuple[torch.Tensor, int, int] | None:
+    """x with draw (0, e) replaced by a different value of element e from another sample (or of
+    another element of sample 0): (x′, e, source row), or None when every candidate is equal."""
+    n = x.shape[0]
+    flat = x.detach().reshape(n, cells, -1)
+    for e in range(min(cells, 4)):
+        differs = (flat[:, e] != flat[0, e]).any(-1)
+        rows = differs.nonzero()
+        if rows.numel():
+            j = int(rows[0, 0])
+            out = flat.clone()
+            out[0, e] = flat[j, e]
+            return out.reshape(x.shape), e, j
+    if cells > 1:
+        differs = (flat[0] != flat[0, 0]).any(-1)
+        cols = differs.nonzero()
+        if cols.numel():
+            out = flat.clone()
+            out[0, 0] = flat[0, int(cols[0, 0])]
+            return out.reshape(x.shape), 0, 0
+    return None
+
+
+def mixing(before: torch.Tensor, after: torch.Tensor, element: int) -> str | None:
+    """'samples' or 'elements' when outputs other than (0, element) moved, else None."""
+    n = before.shape[0]
+    a, b = before.detach().reshape(n, -1), after.detach().reshape(n, -1)
+    scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
+    tol = 64 * torch.finfo(a.dtype).eps * (1.0 + scale) if a.is_floating_point() else 0.0
+    moved = (a - b).abs() > tol
+    if n > 1 and bool(moved[1:].any()):
+        return "samples"
+    cells = a.shape[1]
+    if cells > 1:
+        others = torch.ones(cells, dtype=torch.bool, device=moved.device)
+        others[element if element < cells else 0] = False
+        if bool((moved[0] & others).any()):
+            return "elements"
+    return None
+
+
+def mixing_message(kind: str, estimator: str, shape: list[int]) -> str:
+    if kind == "samples":
+        return (
+            f"f mixes the samples: changing one draw moved the cost of other samples (a mean, sum or "
+            f"normalisation over dim 0, or a batch-norm layer in training mode over the draws; output "
+            f"shape {shape}); each of the N samples is an independent run of the model, so f must act "
+            "on each alone: reduce over negative dims (x.sum(-1)), or put the network in eval mode"
+        )
+    return (
+        f"f mixes the batch elements of one sample: changing one element's draw moved the cost of "
+        f"others (a centring over the batch, a batch-norm layer in training mode; output shape {shape}), "
+        f"and {estimator} weights each element's log-density by that element's own cost, which would "
+        "bias it; return the total per sample, shape [N] (e.g. f(x).sum(-1)), or make f act on each "
+        "element alone"
+    )

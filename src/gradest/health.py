@@ -1,0 +1,208 @@
+r"""Sample health: draws that stopped being samples of p(x; θ), found before they make an estimate.
+
+Every estimate is a function of its draws, and in floating point a family can stop producing
+samples of p while every draw stays finite:
+
+* **On the support's edge.** Gamma, Beta and Dirichlet draws with a concentration ≪ 1 fall below
+  the dtype's smallest positive normal number or within ε of 1, where torch clamps them. log p and
+  its θ-derivative at a clamped draw are not those at the true draw (log(1 − x) is −36 instead of
+  −7000), so a score-function estimate from them is confidently wrong (Beta(10⁻⁴, 10⁻⁴), f = x:
+  d/dc₀ = +2502 ± 6 where the truth is −2500). For a continuous family a draw on the edge has
+  probability 0, so more of them than the dtype's resolution explains (a fraction ``EDGE_RATE``)
+  means the family's mass lies beyond the clamp. Measured on Beta: the score's bias is 8 standard
+  errors with 1.4 % of the draws clamped, and nil with 10⁻⁵.
+* **Collapsed onto a point.** Every draw of an element equal, or spread over fewer than
+  ``RESOLUTION`` representable numbers: a continuous family whose scale is below the resolution
+  of its location (Normal(1, 10⁻¹⁷): x − μ is 0 or rounding), a discrete one whose other outcomes
+  are too rare for N draws (Poisson(10⁻⁹): every draw 0). An estimate built from how f varies
+  across the draws then reads 0 ± 0, or a rounding artefact, whatever the truth.
+* **Outside the implicit gradient's range.** torch's implicit reparameterization of Beta and
+  Dirichlet (∂x/∂α from the CDF) is inaccurate when two concentrations are both below
+  ``IMPLICIT_FLOOR``: pathwise d/dc₁ of E[x] under Beta(0.003, 0.003) is 48 standard errors off,
+  under Beta(0.01, 0.01), Beta(0.003, 1) and Beta(1, 0.003) within 1.5.
+
+``Capabilities.health`` says which of the first two make an estimator wrong: ``"any"`` (score
+function, its baselines and control variates, ARM and DisARM: they read log p at the draws and how
+f varies across them), ``"continuous"`` (measure-valued derivatives: a continuous family's
+perturbed points collapse with its draws, a discrete family's differences are exact), ``"none"``
+(explicit pathwise gradients f′(x) ∂x/∂θ, enumeration); implicit pathwise families are held to the
+third.
+
+A continuous family's draws collapse by chance with probability ≈ (RESOLUTION·ulp/σ)^(N−1), nil
+for N ≥ ``MIN_DRAWS``; a discrete family's do with probability p₀^N (p₀ the collapsed value's
+probability), which is not small for small N: that collapse is refused where standard errors are
+read (``per_sample``, the diagnostic view), with the number of draws the regime needs, and left
+alone in training steps, where an uninformative step is unbiased.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch.distributions import Beta, Dirichlet, Distribution, Independent, constraints
+
+from gradest.errors import SampleHealthError
+
+#: a collapsed continuous element spans fewer representable numbers than this
+RESOLUTION = 64
+#: continuous families are checked for a collapse from this many draws on (chance: nil)
+MIN_DRAWS = 8
+#: the fraction of draws on a continuous support's edge that the dtype's resolution explains
+EDGE_RATE = 2.0**-16
+#: below this, two concentrations of a Beta or Dirichlet put its implicit gradient out of range
+IMPLICIT_FLOOR = 0.01
+#: what the ``health`` capability may say
+KINDS = ("any", "continuous", "none")
+
+
+def _family(dist: Distribution) -> Distribution:
+    while isinstance(dist, Independent):
+        dist = dist.base_dist
+    return dist
+
+
+def is_discrete(dist: Distribution) -> bool:
+    try:
+        return bool(dist.support.is_discrete)
+    except NotImplementedError:
+        return False
+
+
+def _fixed(v: object) -> float | None:
+    if isinstance(v, torch.Tensor):
+        if v.numel() != 1:
+            return None
+        v = v.item()
+    return float(v) if isinstance(v, int | float) else None
+
+
+def edges(dist: Distribution) -> tuple[float | None, float | None]:
+    """The fixed finite bounds (0 or 1) of a continuous support, where underflowed draws land."""
+    if is_discrete(dist):
+        return None, None
+    try:
+        c = dist.support
+    except NotImplementedError:
+        return None, None
+    while hasattr(c, "base_constraint"):  # independent and similar wrappers
+        c = c.base_constraint
+    if isinstance(c, constraints._Simplex):
+        return 0.0, 1.0
+    lo = hi = None
+    if isinstance(c, constraints._GreaterThan | constraints._GreaterThanEq | constraints._Interval
+                  | constraints._HalfOpenInterval):
+        lo = _fixed(c.lower_bound)
+    if isinstance(c, constraints._Interval | constraints._HalfOpenInterval):
+        hi = _fixed(c.upper_bound)
+    # only the bounds where an underflow lands: 0 from below, 1 by rounding up (not a Uniform's low)
+    return (lo if lo == 0.0 else None), (hi if hi == 1.0 and lo == 0.0 else None)
+
+
+def on_edge(dist: Distribution, x: torch.Tensor) -> str | None:
+    """Why the draws ``x`` sit on the support's edge (underflowed), or None."""
+    lo, hi = edges(dist)
+    if (lo is None and hi is None) or not x.is_floating_point():
+        return None
+    x = x.detach()
+    finfo = torch.finfo(x.dtype)
+    at = x <= finfo.tiny if lo is not None else torch.zeros_like(x, dtype=torch.bool)
+    if hi is not None:
+        at = at | (x >= 1.0 - finfo.eps)
+    count = int(at.sum())
+    if count == 0 or count <= EDGE_RATE * x.numel():
+        return None
+    family = type(_family(dist)).__name__
+    where = "0 (the dtype's smallest positive number)" if hi is None else "0 or 1"
+    return (
+        f"{count} of {x.numel()} draws of {family} ({x.dtype}) sit on the support's edge, {where}, where "
+        "torch clamps what underflows: they are no longer samples of the distribution, and "
+        "log p at them is not the density's, so a score-type estimate is wrong; the estimator is reliable "
+        "while the family's mass stays off the edge (Beta/Dirichlet concentrations above about 0.3, Gamma's "
+        "above about 0.02 in float64, 0.2 in float32): use 'pathwise', which is unaffected, or keep the "
+        "parameters out of that regime"
+    )
+
+
+def _resolution(x: torch.Tensor) -> torch.Tensor:
+    """The spacing of representable numbers at each element's largest magnitude (one ulp)."""
+    top = x.abs().amax(0)
+    return torch.nextafter(top, torch.full_like(top, math.inf)) - top
+
+
+def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None:
+    """Why the N draws ``x [N, *B, *E]`` of some element collapsed onto a point, or None.
+
+    training: a training step (surrogate, graph): only a continuous family's collapse, which is
+    never chance, is reported; the diagnostic view (per_sample) reports a discrete one's too.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return None
+    discrete = is_discrete(dist)
+    if (not discrete and n < MIN_DRAWS) or (discrete and training):
+        return None
+    x = x.detach()
+    flat = x.reshape(n, -1)
+    hi, lo = flat.amax(0), flat.amin(0)
+    spread = hi - lo
+    if discrete or not x.is_floating_point():
+        bad = spread == 0
+    else:
+        bad = spread < RESOLUTION * _resolution(flat)
+    if not bool(bad.any()):
+        return None
+    index = int(bad.nonzero()[0, 0])
+    element = list(torch.unravel_index(torch.tensor(index), x.shape[1:])) if x.dim() > 1 else []
+    where = f" of element {[int(i) for i in element]}" if element else ""
+    family = type(_family(dist)).__name__
+    if discrete:
+        value = float(lo[index])
+        return (
+            f"all {n} draws{where} of {family} are {value:g}: the estimator sees no other outcome, so its "
+            f"estimate reads f's change as 0 and its standard error as 0 whatever the truth; the other "
+            f"outcomes are too rare for {n} draws — draw enough samples for several of them "
+            "(N ≳ 5 / P(x ≠ the common value)), or use 'mvd' (f(x + 1) − f(x), exact differences) or the "
+            "exact gradient (gradest.exact_grad, enumeration)"
+        )
+    return (
+        f"the {n} draws{where} of {family} ({x.dtype}) span fewer than {RESOLUTION} representable "
+        f"numbers (from {float(lo[index]):.17g} to {float(hi[index]):.17g}): its scale is below the "
+        "resolution of its location, so x − μ is rounding and the estimator reads it as signal; "
+        "the family is reliable while scale/|location| stays well above the dtype's eps × "
+        f"{RESOLUTION} (use float64, centre the variable, or use 'pathwise', which is unaffected)"
+    )
+
+
+def implicit_out_of_range(dist: Distribution) -> str | None:
+    """Why torch's implicit pathwise gradient of ``dist`` is out of its accurate range, or None."""
+    family = _family(dist)
+    if isinstance(family, Beta):
+        pair = torch.stack(torch.broadcast_tensors(family.concentration1, family.concentration0), -1)
+    elif isinstance(family, Dirichlet):
+        pair = family.concentration
+    else:
+        return None
+    small = (pair.detach() < IMPLICIT_FLOOR).sum(-1) >= 2
+    if not bool(small.any()):
+        return None
+    return (
+        f"{type(family).__name__} has two concentrations below {IMPLICIT_FLOOR:g} "
+        f"(smallest {float(pair.detach().min()):.3g}), where torch's implicit reparameterization "
+        "gradient is inaccurate (Beta(0.003, 0.003): 48 standard errors off); keep at most one "
+        f"concentration below {IMPLICIT_FLOOR:g}, or use 'score-loo' where its draws stay off the edge"
+    )
+
+
+def check(dist: Distribution, x: torch.Tensor, kind: str, training: bool, what: str = "") -> None:
+    """Refuse draws ``x [N, *B, *E]`` of ``dist`` that stopped being samples of it (see module doc).
+
+    kind: the estimator's ``Capabilities.health``; training: a training step, not a diagnostic.
+    """
+    if kind == "none":
+        return
+    reason = on_edge(dist, x)
+    if reason is None and (kind == "any" or not is_discrete(dist)):
+        reason = collapsed(dist, x, training)
+    if reason is not None:
+        raise SampleHealthError(f"{what}{reason}")
