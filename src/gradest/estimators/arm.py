@@ -65,6 +65,7 @@ class ARM(Estimator):
         (u,) = concrete.uniforms(self, node, concrete.noise_shape(node), generator)
         p = torch.sigmoid(ell.detach())
         b = (u < p).to(u.dtype)
+        self.healthy(node, b)  # every b alike: the pair's difference never shows f(1) − f(0)
         b_anti = (1.0 - u < p).to(u.dtype)
         fb, fa = cost(b), cost(b_anti)  # with gradients only where f depends on θ or tensors of its own
         with torch.no_grad():  # the difference is a constant of the math

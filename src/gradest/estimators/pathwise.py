@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from gradest import health
-from gradest.errors import GradestError, SampleHealthError
+from gradest.errors import GradestError
 from gradest.estimators.base import BoundCost, Capabilities, Estimator, Node, Terms, constant_in_x, total
 
 
@@ -29,13 +28,7 @@ class Pathwise(Estimator):
 
     name = "pathwise"
     capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False, separable=False,
-                                health="none")
-
-    def healthy(self, node: Node, x: torch.Tensor) -> None:
-        """Explicit paths are unaffected by clamped or collapsed draws; implicit ones have a range."""
-        reason = health.implicit_out_of_range(node.dist)
-        if reason is not None:
-            raise SampleHealthError(f"{self.name}: {reason}")
+                                health="edge")
 
     def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:

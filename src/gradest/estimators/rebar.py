@@ -168,6 +168,7 @@ class Rebar(Estimator):
         u, v = concrete.uniforms(self, node, concrete.noise_shape(node), generator, count=2)
         ell = node.per_sample(ell_live.detach())
         b = concrete.hard(family, ell + rng.logistic(u))
+        self.healthy(node, b)
         fb = cost(b)  # the value; the direct term of a cost that declares θ; f's own tensors
         elements = fb.shape[1:]
         learn = self.learn and self._in_surrogate
