@@ -121,7 +121,7 @@ def test_straight_through_forwards_the_exact_draw():
         seen.clear()
         est = get_estimator(spec).per_sample(f, bernoulli_logits, {"logits": t(0.2, -0.7, 1.0)}, 500,
                                              make_generator(2))
-        (x,) = seen
+        x = seen[0]  # (the contract probe evaluates f again on a changed draw: gradest.contract)
         assert bool(((x == 0) | (x == 1)).all())
         assert torch.equal(est.values, (x * t(1.0, -2.0, 0.5)).sum(-1))
     # and the frequencies are the Bernoulli's

@@ -131,19 +131,20 @@ def test_a_declared_parameter_gets_its_direct_term_and_metadata_reads_are_no_use
     assert set(shape_only.grads) == {"loc", "scale"}
 
 
-def test_the_probe_runs_once_per_cost():
+def test_the_probe_runs_once_per_cost_and_parameters():
     calls = []
 
     def f(x):
         calls.append(1)
         return x**2
 
-    est = gradest.get_estimator("score-loo")
-    est.per_sample(f, Normal, loc_scale(), 100, gen())
-    first = len(calls)
-    calls.clear()
-    est.per_sample(f, Normal, loc_scale(), 100, gen())
-    assert first == 2 and len(calls) == 1
+    est, params = gradest.get_estimator("score-loo"), loc_scale()
+    counts = []
+    for view in (est.per_sample, est.per_sample, est.surrogate, est.surrogate):
+        calls.clear()
+        view(f, Normal, params, 100, gen())
+        counts.append(len(calls))
+    assert counts == [2, 1, 2, 1]  # each view's first call is probed (one more evaluation), once
 
 
 # ── sample health: draws that stopped being samples ────────────────────────────────────────

@@ -44,22 +44,37 @@ _MAX_VERDICTS = 4096
 
 class ProbeKey(NamedTuple):
     """What a verdict holds for: the cost's code (a closure made anew each step shares it), the
-    draws' shape and dtype, the parameters watched, and whether element mixing is refused."""
+    draws' shape and dtype, whether element and sample mixing are refused, and — where parameters
+    are watched — what the closure holds and where the parameters live (the same code can close
+    over a parameter in one call and over something else in the next)."""
 
     code: object
     shape: tuple[int, ...]
     dtype: torch.dtype
-    watched: tuple[str, ...]
     separable: bool
     diagnostic: bool
+    watched: tuple[object, ...]
 
 
-def key_of(f: Callable, x: torch.Tensor, watched: tuple[str, ...], separable: bool,
+def key_of(f: Callable, x: torch.Tensor, watched: Mapping[str, torch.Tensor], separable: bool,
            diagnostic: bool) -> ProbeKey:
     code = getattr(f, "__code__", None)
     if code is None or getattr(f, "__defaults__", None) or getattr(f, "__kwdefaults__", None):
         code = f  # a callable object, or a function whose defaults may hold state: the object itself
-    return ProbeKey(code, tuple(x.shape), x.dtype, watched, separable, diagnostic)
+    held: tuple[object, ...] = ()
+    if watched:
+        cells = getattr(f, "__closure__", None) or ()
+        held = (tuple(id(c.cell_contents) for c in cells if _filled(c)),
+                tuple((k, _span(t)) for k, t in sorted(watched.items())))
+    return ProbeKey(code, tuple(x.shape), x.dtype, separable, diagnostic, held)
+
+
+def _filled(cell: object) -> bool:
+    try:
+        cell.cell_contents  # noqa: B018 — an empty cell raises
+    except ValueError:
+        return False
+    return True
 
 
 def verdict(key: ProbeKey) -> tuple[bool, str | None]:
@@ -87,6 +102,16 @@ def _span(t: torch.Tensor) -> tuple[int, int, int]:
     return (t.untyped_storage().data_ptr(), start, start + (extent + 1) * t.element_size() - 1)
 
 
+def _overlap(a: tuple[int, int, int], b: tuple[int, int, int]) -> bool:
+    return a[0] == b[0] and a[1] <= b[2] and b[1] <= a[2] and a[1] <= a[2] and b[1] <= b[2]
+
+
+def aliases(x: torch.Tensor, watched: Mapping[str, torch.Tensor]) -> bool:
+    """Whether the points ``x`` share memory with a watched parameter (f evaluated at θ itself)."""
+    span = _span(x)
+    return any(_overlap(span, _span(t)) for t in watched.values())
+
+
 class _Reads(TorchFunctionMode):
     """Records the memory spans of every tensor argument of the torch calls made under it."""
 
@@ -104,11 +129,9 @@ class _Reads(TorchFunctionMode):
         return func(*args, **kwargs)
 
     def _check(self, t: torch.Tensor) -> None:
-        storage, lo, hi = _span(t)
-        if hi < lo:
-            return
-        for name, (s, a, b) in list(self.spans.items()):
-            if s == storage and lo <= b and a <= hi:
+        span = _span(t)
+        for name, watched in list(self.spans.items()):
+            if _overlap(span, watched):
                 self.found.append(name)
                 del self.spans[name]
 

@@ -15,6 +15,11 @@ batched and event-shaped parameters) that ``estimator.applicable`` accepts, it c
 * **shapes**: ``grads[k]`` is ``[N, *param.shape]``, ``values`` is ``[N]``, all finite.
 * **f's derivative**: where ``capabilities.differentiates_f`` is False, both views run with a cost
   whose backward raises.
+* **traps** (:func:`trap_cases`): draws on the support's edge, draws collapsed onto a point, a cost
+  mixing the elements, a parameter read without being declared. The estimator must refuse each
+  with a GradestError (the template's sample-health and contract probes do, for an estimator that
+  draws through ``Estimator.draw`` or calls ``Estimator.healthy`` on its draws) or pass its bias
+  check: refused or right, never a confident wrong number.
 
 The report states the power of its bias checks: :meth:`ConformanceReport.power` is the probability
 that an estimator whose mean is (1 + b) ∇θ L is flagged, computed from the measured standard errors
@@ -76,6 +81,9 @@ class Case:
     params: Mapping[str, torch.Tensor]
     cost: Callable[[torch.Tensor], torch.Tensor]
     exact: Callable[..., dict[str, torch.Tensor]] | None = None
+    #: a trap (draws that collapse, a cost that breaks the contract): the estimator must refuse it
+    #: with a GradestError or get it right; the word names the trap
+    trap: str = ""
 
 
 def _independent_normal(loc, scale):
@@ -99,6 +107,38 @@ def _categorical_cost(x):
 
 def _one_hot_cost(x):
     return (x * _VALUES.to(x)).sum(-1)
+
+
+def _centred(x):  # per-element cost f_b = (x_b − x̄)²: every element's cost depends on all of them
+    return (x - x.mean(-1, keepdim=True)) ** 2
+
+
+def trap_cases() -> list[Case]:
+    """Where a silently wrong estimate hides: draws on the support's edge, draws that collapse onto a
+    point, a per-element cost that mixes the elements, a parameter read without being declared.
+    The template's checks (:mod:`gradest.health`, :mod:`gradest.contract`) refuse each for the
+    estimators they would mislead; an estimator is held to: refused, or right."""
+    hidden = _f64(0.6)
+    return [
+        Case("gamma concentration 1e-6 (draws on the edge)", Gamma,
+             {"concentration": _f64(1e-6), "rate": _f64(1.0)}, lambda x: x,
+             lambda concentration, rate: {"concentration": 1.0 / rate, "rate": -concentration / rate**2},
+             trap="edge"),
+        Case("poisson rate 1e-9 (every draw 0)", Poisson, {"rate": _f64(1e-9)}, lambda x: x,
+             lambda rate: {"rate": torch.ones_like(rate)}, trap="rare"),
+        Case("normal scale 1e-17 (draws collapsed)", Normal, {"loc": _f64(1.0), "scale": _f64(1e-17)},
+             lambda x: x**2, lambda loc, scale: {"loc": 2 * loc, "scale": 2 * scale}, trap="collapse"),
+        # E Σ_b (x_b − x̄)² = (B − 1)/B Σ_b σ_b²
+        Case("normal batch [8], a cost mixing the elements", Normal,
+             {"loc": torch.zeros(8, dtype=torch.float64), "scale": torch.linspace(0.5, 2.0, 8,
+                                                                                 dtype=torch.float64)},
+             _centred, lambda loc, scale: {"loc": torch.zeros_like(loc), "scale": 2 * scale * 7 / 8},
+             trap="mixing"),
+        # f = c x with c the very tensor passed as loc: E f = μ², ∂μ = 2μ
+        Case("normal, loc read by f without being declared", Normal, {"loc": hidden, "scale": _f64(1.0)},
+             lambda x: hidden * x, lambda loc, scale: {"loc": 2 * loc, "scale": torch.zeros_like(scale)},
+             trap="undeclared"),
+    ]
 
 
 def default_cases() -> list[Case]:
@@ -307,20 +347,25 @@ def check_estimator(
     notes: list[str] = []
     pending: list[tuple[str, torch.Tensor, torch.Tensor, float, list[float], list[float]]] = []
     ran = 0
-    for case in cases if cases is not None else default_cases():
+    for case in cases if cases is not None else [*default_cases(), *trap_cases()]:
         reason = probe.applicable(case.builder(**_leaves(case.params)))
         if reason is not None:
             continue
         ran += 1
         try:
-            checks += _contract_checks(maker, case, seed, caps.differentiates_f)
+            contract = _contract_checks(maker, case, seed, caps.differentiates_f)
             if caps.biased:
+                checks += contract
                 continue
             estimate = batches.per_sample(maker.make(), case.cost, case.builder, case.params, samples,
                                           make_generator(_seed(case.name, "bias", seed)), batches=BATCHES)
         except GradestError as err:
-            checks.append(Check(case.name, "runs", False, f"refused after applicable() accepted: {err}"))
+            first = str(err).split(";")[0]
+            checks.append(Check(case.name, "trap" if case.trap else "runs", bool(case.trap),
+                                f"refused: {first}" if case.trap else
+                                f"refused after applicable() accepted: {err}"))
             continue
+        checks += contract
         exact, error = _exact(case)
         stderr = estimate.stderr()
         zs, grads, ses = [], [], []

@@ -322,7 +322,9 @@ class BoundCost:
     def _probe(self, x: torch.Tensor, direct: bool) -> torch.Tensor:
         """The first evaluation, watched and repeated once on a changed draw (gradest.contract)."""
         n = x.shape[0]
-        key = contract.key_of(self.f, x, tuple(sorted(self.watch)), self.separable, self.diagnostic)
+        if contract.aliases(x, self.watch):  # f at the parameters themselves (a Taylor point): later
+            return self.check(self._evaluate(x, direct), n)
+        key = contract.key_of(self.f, x, self.watch, self.separable, self.diagnostic)
         known, refusal = contract.verdict(key)
         if known:
             self.probed = True

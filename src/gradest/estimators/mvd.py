@@ -243,7 +243,9 @@ RULES: dict[type[Distribution], Rule] = {
 class MeasureValued(Estimator):
     """ĝ_n = c (f(x⁺_n) − f(x⁻_n)) per coordinate, coupled (paper) or with independent draws."""
 
-    capabilities = Capabilities(families=tuple(RULES), fixed_support=True)
+    # a discrete family's differences f(x + 1) − f(x) stay exact where its draws collapse; a continuous
+    # family's perturbed points x ± σw collapse with them
+    capabilities = Capabilities(families=tuple(RULES), fixed_support=True, health="continuous")
     # the rules turn a sampler's uniforms into draws themselves (Poisson refuses samplers)
     draws_through_inverse_cdf = False
 
@@ -275,6 +277,7 @@ class MeasureValued(Estimator):
         # the perturbed points are evaluated without gradients: the estimator never differentiates f
         with torch.no_grad():
             grads, x0 = rule(self, points, family, node, generator)
+        self.healthy(node, x0)
         fx = points.base(x0)
         # the direct term (where f depends on θ or on tensors of its own) by autograd; ĝ through the
         # family's parameters, and by the chain rule to whatever parameterization the builder used

@@ -38,7 +38,7 @@ import torch
 from torch.distributions import Normal
 
 from gradest.diagnostics import to_json_value
-from gradest.errors import GradestError
+from gradest.errors import GradestError, SampleHealthError
 from gradest.estimators import get_estimator
 from gradest.io import write_atomic
 from gradest.lab.parallel import CellMap, serial_map
@@ -184,34 +184,39 @@ def train(
         state=[est])
     log: dict[str, list[float]] = {c: [] for c in LOG_COLUMNS}
     start = time.perf_counter()
-    for step in range(config.steps + 1):
-        batch = torch.randperm(n, generator=gen)[: config.batch_size]
-        xb, yb = data.x_train[batch], data.y_train[batch]
-        scale = n / len(batch)
+    step = 0
+    try:
+        for step in range(config.steps + 1):
+            batch = torch.randperm(n, generator=gen)[: config.batch_size]
+            xb, yb = data.x_train[batch], data.y_train[batch]
+            scale = n / len(batch)
 
-        def f(w, xb=xb, yb=yb, scale=scale):
-            return scale * log_likelihood(w, xb, yb)
+            def f(w, xb=xb, yb=yb, scale=scale):
+                return scale * log_likelihood(w, xb, yb)
 
-        if step % config.log_every == 0 or step == config.steps:
-            _log(log, step, monitor.measure(step, f), loc, log_scale, data, eval_eps)
-        if step == config.steps:
-            break
-        lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
-        objective = est.surrogate(f, variational, {"loc": loc, "log_scale": log_scale},
-                                  config.num_samples, gen) - kl_to_prior(loc, log_scale)
-        grad_loc, grad_ls = torch.autograd.grad(-objective, [loc, log_scale])
-        with torch.no_grad():
-            loc -= lr * grad_loc
-            log_scale -= lr * grad_ls
-            scale = log_scale.exp()
-            if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
-                raise GradestError(
-                    f"training with {est.name} diverged at step {step + 1}: the variational mean or "
-                    f"scale left the floating-point range; use a smaller --lr than {config.lr:g} "
-                    "(the survey's is 1e-3)"
-                )
-        if on_step is not None:
-            on_step(step + 1)
+            if step % config.log_every == 0 or step == config.steps:
+                _log(log, step, monitor.measure(step, f), loc, log_scale, data, eval_eps)
+            if step == config.steps:
+                break
+            lr = config.lr * 0.5 * (1.0 + math.cos(math.pi * step / config.steps))
+            objective = est.surrogate(f, variational, {"loc": loc, "log_scale": log_scale},
+                                      config.num_samples, gen) - kl_to_prior(loc, log_scale)
+            grad_loc, grad_ls = torch.autograd.grad(-objective, [loc, log_scale])
+            with torch.no_grad():
+                loc -= lr * grad_loc
+                log_scale -= lr * grad_ls
+                scale = log_scale.exp()
+                if not (torch.isfinite(loc).all() and torch.isfinite(scale).all() and (scale > 0).all()):
+                    raise GradestError(
+                        f"training with {est.name} diverged at step {step + 1}: the variational mean or "
+                        f"scale left the floating-point range; use a smaller --lr than {config.lr:g} "
+                        "(the survey's is 1e-3)"
+                    )
+            if on_step is not None:
+                on_step(step + 1)
+    except SampleHealthError as err:  # the draws left the family's reliable range: the run diverged
+        raise GradestError(f"training with {est.name} diverged at step {step + 1} (use a smaller --lr than "
+                           f"{config.lr:g}): {err}") from None
     seconds = time.perf_counter() - start
     with torch.no_grad():
         ll, acc = heldout(loc.detach(), log_scale.detach(), data, make_generator(config.seed + 3))
