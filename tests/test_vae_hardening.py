@@ -80,6 +80,19 @@ def test_damaged_checkpoints_are_one_error(run, tmp_path, capsys, damage, needle
     assert "weights_only" not in err and "Errno" not in err
 
 
+@pytest.mark.parametrize("command", ["eval", "resume"])
+def test_a_checkpoint_with_nan_weights_is_one_error_not_a_diagnosis(run, tmp_path, capsys, command) -> None:
+    out = _copy(run, tmp_path)
+    state = torch.load(out / "checkpoint.pt", weights_only=True)
+    first = next(iter(state["model"]))
+    state["model"][first] = torch.full_like(state["model"][first], float("nan"))
+    torch.save(state, out / "checkpoint.pt")
+    args = ["vae", "eval", str(out)] if command == "eval" else \
+        ["vae", "train", "--resume", "--epochs", "2", "--out", str(out)]
+    assert main(args) == 2
+    _one_error(capsys, "holds NaN or inf weights", repr(first))
+
+
 @pytest.mark.parametrize(
     ("edit", "needle"),
     [

@@ -287,6 +287,15 @@ def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict
         TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError, AttributeError) as err:
         raise GradestError(f"{path} holds a malformed run config ({_first_line(err)}); {fix}") from None
+    weights = state["model"] if isinstance(state["model"], dict) else {}
+    for name, value in weights.items():
+        if isinstance(value, torch.Tensor) and value.is_floating_point() \
+                and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise NonFiniteError(
+                f"{path} holds NaN or inf weights ({bad} of {value.numel()} in {name!r}): every figure from "
+                f"it would be meaningless; {fix}, with a smaller --lr if the run diverged"
+            )
     return state
 
 
