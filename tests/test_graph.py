@@ -271,7 +271,9 @@ def test_refusals_name_the_fix():
         with pytest.raises(GradestError, match=r"one value per particle .* got \[3\]"):
             g.cost("c", torch.zeros(3))
         g.sample("bits", Bernoulli(logits=torch.zeros(3)))
-        g.cost("c", torch.zeros(4, 5))
+        with pytest.raises(GradestError, match="computed from no sampled node"):
+            g.cost("constant", torch.zeros(4, 5))  # a particle axis in shape only
+        g.cost("c", z.unsqueeze(-1).expand(4, 5) * 1.0)
         with pytest.raises(GradestError, match="does not line up"):
             g.rows()
         with pytest.raises(GradestError, match=r"batched=True needs a batch shape starting with N = 4"):

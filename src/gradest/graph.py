@@ -473,12 +473,13 @@ class Graph:
                 f"{what}: batched=False, but its parameters are computed from the samples of "
                 f"{', '.join(sorted(origin))}, so it is one distribution per particle; drop batched=")
         if batched and dist.batch_shape[:1] != (n,):
-            source = f"its parameters are computed from the samples of {', '.join(sorted(origin))}, so " \
-                if origin else "batched=True: "
+            if not origin:
+                raise GradestError(f"{what}: batched=True needs a batch shape starting with N = {n}, got "
+                                   f"{list(dist.batch_shape)}")
             raise GradestError(
-                f"{what}: {source}its batch shape must start with the particle axis N = {n}, got "
-                f"{list(dist.batch_shape)} (a sum or mean over dim 0 mixes the particles; reduce over "
-                "negative dims)")
+                f"{what}: its parameters are computed from the samples of {', '.join(sorted(origin))}, so "
+                f"its batch shape must start with the particle axis N = {n}, got {list(dist.batch_shape)} "
+                "(a sum or mean over dim 0 mixes the particles; reduce over negative dims)")
         return batched
 
     def _mark(self, name: str, value: torch.Tensor) -> torch.Tensor:
@@ -990,7 +991,7 @@ class _Discovery(Graph):
     def sample(self, name, dist, estimator="score", parents=None, batched=None, then=None):
         return super().sample(name, dist, "score", parents, batched, then)
 
-    def _draw(self, name, dist, batched, reparameterized):
+    def _draw(self, name, dist, batched, reparameterized, est):
         size, kind = _support(name, dist)
         x = rng.sample(dist, () if batched else (1,), self.generator, False)
         batch = x.shape[1: x.dim() - len(dist.event_shape)]
@@ -1013,7 +1014,7 @@ class _Enumeration(Graph):
     def sample(self, name, dist, estimator="score", parents=None, batched=None, then=None):
         return super().sample(name, dist, "score", parents, batched, then)
 
-    def _draw(self, name, dist, batched, reparameterized):
+    def _draw(self, name, dist, batched, reparameterized, est):
         s = self.supports.get(name)
         if s is None or _support(name, dist)[0] != s.size:
             raise GradestError(f"the model's node {name!r} changed between two runs; enumeration needs a "

@@ -28,8 +28,9 @@ collapse with its draws, a discrete family's differences are exact), ``"edge"`` 
 A continuous family's draws collapse by chance with probability ≈ (RESOLUTION·ulp/σ)^(N−1), nil
 for N ≥ ``MIN_DRAWS``; a discrete family's do with probability p₀^N (p₀ the collapsed value's
 probability), which is not small for small N: that collapse is refused where standard errors are
-read (``per_sample``, the diagnostic view), with the number of draws the regime needs, and left
-alone in training steps, where an uninformative step is unbiased.
+read (``per_sample``, the diagnostic view, from ``MIN_DISCRETE_DRAWS`` draws on: a smaller call is a
+block its caller pools), with the number of draws the regime needs, and left alone in training
+steps, where an uninformative step is unbiased.
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ from gradest.errors import SampleHealthError
 RESOLUTION = 64
 #: continuous families are checked for a collapse from this many draws on (chance: nil)
 MIN_DRAWS = 8
+#: discrete families from this many (a smaller call is a block of a larger sample, pooled by its
+#: caller: gradest.batches, the discrete lab)
+MIN_DISCRETE_DRAWS = 32
 #: the fraction of draws on a continuous support's edge that the dtype's resolution explains
 EDGE_RATE = 2.0**-16
 #: what the ``health`` capability may say
@@ -136,7 +140,7 @@ def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None
     if n < 2:
         return None
     discrete = is_discrete(dist)
-    if (not discrete and n < MIN_DRAWS) or (discrete and training):
+    if n < (MIN_DISCRETE_DRAWS if discrete else MIN_DRAWS) or (discrete and training):
         return None
     x = x.detach()
     flat = x.reshape(n, -1)
