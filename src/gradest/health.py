@@ -124,9 +124,9 @@ def on_edge(dist: Distribution, x: torch.Tensor) -> str | None:
     )
 
 
-def _resolution(x: torch.Tensor) -> torch.Tensor:
+def _resolution(lo: torch.Tensor, hi: torch.Tensor) -> torch.Tensor:
     """The spacing of representable numbers at each element's largest magnitude (one ulp)."""
-    top = x.abs().amax(0)
+    top = torch.maximum(lo.abs(), hi.abs())
     return torch.nextafter(top, torch.full_like(top, math.inf)) - top
 
 
@@ -143,13 +143,12 @@ def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None
     if n < (MIN_DISCRETE_DRAWS if discrete else MIN_DRAWS) or (discrete and training):
         return None
     x = x.detach()
-    flat = x.reshape(n, -1)
-    hi, lo = flat.amax(0), flat.amin(0)
+    lo, hi = torch.aminmax(x.reshape(n, -1), dim=0)  # one pass over the draws
     spread = hi - lo
     if discrete or not x.is_floating_point():
         bad = spread == 0
     else:
-        bad = spread < RESOLUTION * _resolution(flat)
+        bad = spread < RESOLUTION * _resolution(lo, hi)
     if not bool(bad.any()):
         return None
     index = int(bad.nonzero()[0, 0])
