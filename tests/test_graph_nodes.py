@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch.distributions import Bernoulli, Categorical, Normal
 
+import gradest
 from conftest import Z_TOL
 from gradest import get_estimator
 from gradest.errors import GradestError
@@ -384,3 +385,58 @@ def test_a_root_node_with_n_rows_is_not_taken_for_a_batched_one():
         g.sample("z0", Bernoulli(logits=torch.tensor(0.0, dtype=torch.float64)), "score")
         z1 = g.sample("z1", Bernoulli(logits=theta), "score", parents=())
     assert z1.shape == (3, 3)
+
+
+# ── a user's estimator (the extending tutorial's, verbatim) as a graph node ───────────────────
+
+
+class TutorialLooScore(gradest.Estimator):
+    """Score function with a leave-one-out baseline: (f(x_n) − mean of the others) ∇θ log p(x_n; θ)."""
+
+    name = "my-loo-score"
+    capabilities = gradest.Capabilities(fixed_support=True, interior=True)
+    min_samples = 2
+    couples_samples = True
+
+    def terms(self, cost, node, generator):
+        x = self.draw(node, generator, reparameterized=False)
+        fx = cost(x)
+        signal = fx.detach()
+        n = signal.shape[0]
+        weight = signal - (signal.sum(0) - signal) / (n - 1)
+        log_p = node.dist.log_prob(x)
+        weight = weight.reshape(*weight.shape, *[1] * (log_p.dim() - weight.dim()))
+        carrier = (weight * log_p).sum()
+        if fx.requires_grad:
+            carrier = carrier + fx.sum()
+        return gradest.Terms(carrier=carrier, explicit=[], values=signal.reshape(n, -1).sum(1))
+
+
+def test_a_users_estimator_is_a_callable_node_by_default():
+    """Declared nothing about graphs: it runs as a terminal node on its then= cost, against enumeration."""
+    assert TutorialLooScore().capabilities.node == "callable"
+    grad, _ = exact_derivatives(two_nodes, THETA2, "score")
+    per_grad, _, _ = particle_estimates(two_nodes, THETA2, V2, TutorialLooScore(), second=False)
+    assert_within(per_grad, grad, "the tutorial's estimator as the terminal node")
+
+
+def test_a_users_estimator_on_a_continuous_node_below_a_score_node():
+    """z1 ~ Bernoulli(σ(a)), z2 ~ Normal(μ + w z1, 1), cost (z2 − 1)²: E = E_z1[(μ + w z1 − 1)² + 1]."""
+    theta = torch.tensor([0.4, -0.3, 0.8])
+
+    def model(g, th):
+        a, mu, w = th.unbind(-1)
+        z1 = g.sample("z1", Bernoulli(logits=a), "score-loo", batched=th.dim() > 1)
+        g.sample("z2", Normal(mu + w * z1, torch.ones(())), TutorialLooScore(),
+                 then=lambda z2: (z2 - 1.0) ** 2)
+
+    a, mu, w = theta.tolist()
+    p = 1 / (1 + math.exp(-a))
+    exact = torch.tensor([p * (1 - p) * ((mu + w - 1) ** 2 - (mu - 1) ** 2),
+                          2 * (p * (mu + w - 1) + (1 - p) * (mu - 1)),
+                          2 * p * (mu + w - 1)])
+    rows = theta.expand(N, 3).clone().requires_grad_(True)
+    with graph(make_generator(3), N) as g:
+        model(g, rows)
+    (grad,) = torch.autograd.grad(g.surrogate() * N, rows)
+    assert_within(grad, exact, "the tutorial's estimator on a Normal node")

@@ -22,7 +22,8 @@ the nodes whose batch shape starts with C, as for the single-node estimators). A
 from the caller's generator (:func:`gradest.rng.sample`).
 
 Every registered estimator name (or an Estimator value) is accepted as a node's estimator where its
-method can be a node; :data:`NODE_KINDS` says how each one runs:
+method can be a node; its ``capabilities.node`` says how it runs (data on the estimator, so an
+estimator a user registers joins graphs, the monitor and the Pyro bridge as the built-in ones do):
 
 * ``score``, ``score-loo``, ``score-const=B`` — **score** nodes, in the DiCE surrogate above (every
   order).
@@ -46,7 +47,10 @@ method can be a node; :data:`NODE_KINDS` says how each one runs:
   (:attr:`Graph.first_order_only` names them): their explicit ĝ is detached, as in their
   single-node surrogates. A RELAX control learns, and an annealed temperature moves on, only in a
   graph made with ``learn=True`` (a training step) and an estimator value kept across steps
-  (``est = get_estimator("relax")`` once, then ``g.sample(..., est, then=fn)`` each step).
+  (``est = get_estimator("relax")`` once, then ``g.sample(..., est, then=fn)`` each step). Any
+  estimator that declares nothing about graphs is a callable node: its hook runs on a copy of the
+  node with one row of the family's tensors per particle, so ∂S/∂(row n) is particle n's estimate
+  whatever the hook puts in its carrier S.
 * ``score-ema``, ``score-optb``, the control variates (``*-delta``), ``mvd``, ``mvd-uncoupled`` and
   any ``+sampler`` suffix are refused, naming the alternative: a moving average of a node's
   downstream cost, a coefficient fitted on per-sample gradients, f at perturbed points of a
@@ -85,11 +89,10 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
-from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
+from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
 from gradest import rng
 from gradest.errors import GradestError, NonFiniteError
-from gradest.estimators.arm import ARM
 from gradest.estimators.base import (
     BoundCost,
     Estimator,
@@ -100,24 +103,9 @@ from gradest.estimators.base import (
 from gradest.estimators.baselines import Constant, LeaveOneOut, NoBaseline
 from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.pathwise import Pathwise
-from gradest.estimators.rebar import Rebar
 from gradest.estimators.registry import get_estimator
-from gradest.estimators.relaxed import GumbelSoftmax, StraightThrough
-from gradest.estimators.score import ScoreFunction
-from gradest.estimators.unordered_set import UnorderedSet
 from gradest.provenance import Provenance
 
-#: how each estimator class runs as a graph node (module docstring); anything else is refused
-NODE_KINDS: dict[type[Estimator], str] = {
-    ScoreFunction: "score",
-    Pathwise: "reparameterized",
-    GumbelSoftmax: "reparameterized",
-    StraightThrough: "reparameterized",
-    ARM: "callable",
-    Rebar: "callable",  # and Relax, its subclass
-    UnorderedSet: "callable",
-    Enumerate: "callable",
-}
 #: bound on the number of joint values :func:`enumerate_graph` sums over
 MAX_SUPPORT = 2**16
 #: rows of the identity handed to one batched backward pass in :meth:`Graph.per_node`
@@ -126,28 +114,63 @@ _REFUSED = ("as a graph node; use 'score-loo' (any family, every order), 'disarm
             "(Bernoulli) or 'pathwise' (reparameterizable families)")
 
 
+def node_tensors(dist: Distribution) -> dict[str, torch.Tensor]:
+    """The tensors a family (under ``Independent``) was built from, by constructor argument; of a
+    probs/logits pair the logits (live either way: derived logits carry the chain to the probs)."""
+    family = unwrap(dist)
+    try:
+        names = list(family.arg_constraints)
+    except NotImplementedError:
+        names = []
+    present = {k: vars(family)[k] for k in names if isinstance(vars(family).get(k), torch.Tensor)}
+    if "logits" in present and "probs" in present:
+        del present["probs"]
+    return present
+
+
+def rebuild(name: str, dist: Distribution, tensors: Mapping[str, torch.Tensor]) -> Distribution:
+    """``dist``'s family built anew from ``tensors`` (same constructor arguments), re-wrapped."""
+    ndims = []
+    family = dist
+    while isinstance(family, Independent):
+        ndims.append(family.reinterpreted_batch_ndims)
+        family = family.base_dist
+    try:
+        if not tensors:
+            raise TypeError("no parameter tensors")
+        out = type(family)(**tensors, validate_args=False)
+    except (TypeError, ValueError, RuntimeError) as err:
+        raise GradestError(
+            f"node {name!r}: a callable node runs its estimator on one copy of the family per particle, and "
+            f"{type(family).__name__} could not be rebuilt from its parameters {sorted(tensors)} ({err}); "
+            "build the node from a torch family (Normal, Bernoulli, Categorical, …, under Independent) and "
+            "put transforms inside then=") from None
+    for k in reversed(ndims):
+        out = Independent(out, k)
+    return out
+
+
 def magic_box(tau: torch.Tensor) -> torch.Tensor:
     """𝔐(τ) = exp(τ − τ.detach()): value 1, gradient 𝔐(τ)∇τ, to every order."""
     return torch.exp(tau - tau.detach())  # detach: the value is fixed at 1, the derivatives are not
 
 
 def node_estimator(name: str, spec: str | Estimator) -> tuple[str, Estimator]:
-    """(kind, estimator) for node ``name``; refuses, naming the alternative, what cannot be a node."""
+    """(role, estimator) for node ``name``: the role its ``capabilities.node`` declares; refuses,
+    naming the alternative, what cannot be a node."""
     est = get_estimator(spec)
     label = getattr(est, "name", type(est).__name__)
     if est.sampler is not None:
         raise GradestError(f"node {name!r}: {label!r} draws dependent samples (a sampler suffix), which a "
                            "graph's independent particles cannot hold; drop the '+…' suffix")
-    kind = next((k for cls, k in NODE_KINDS.items() if type(est) is cls or issubclass(type(est), cls)), None)
-    if kind == "score" and not isinstance(est.baseline, NoBaseline | LeaveOneOut | Constant):
+    kind = est.capabilities.node
+    baseline = getattr(est, "baseline", None)
+    if kind == "score" and not isinstance(baseline, NoBaseline | LeaveOneOut | Constant):
         raise GradestError(
             f"node {name!r}: {label!r} keeps a moving average across calls, and a graph is built anew each "
             "step; use 'score-loo' (the other particles' costs) or 'score-const=B' for this node")
-    if kind is None:
-        why = {"ControlVariate": "fits control-variate coefficients on per-sample gradients",
-               "MeasureValued": "evaluates the downstream cost at perturbed points"}
-        raise GradestError(f"node {name!r}: {label!r} {why.get(type(est).__name__, 'has no node form')}, "
-                           f"so it is refused {_REFUSED}")
+    if kind == "none":
+        raise GradestError(f"node {name!r}: {label!r} {est.node_refusal}, so it is refused {_REFUSED}")
     return kind, est
 
 
@@ -537,24 +560,15 @@ class Graph:
         return x
 
     def _node(self, dist: Distribution, batched: bool) -> Node:
-        """The node as an estimator's hook sees it (its family tensor: the logits)."""
+        """The node as an estimator's hook sees it (batch ``[N, *B]`` when ``batched``)."""
         batch = dist.batch_shape[1:] if batched else dist.batch_shape
         return Node(dist, self.num_samples, batched, batch, dist.event_shape, type(dist),
-                    {"logits": unwrap(dist).logits})
+                    node_tensors(dist), learn=self.learn)
 
     def _reparameterized(self, name: str, dist: Distribution, est: Estimator, batched: bool) -> torch.Tensor:
         if isinstance(est, Pathwise):
             return self._draw(name, dist, batched, True, est)
-        family, _, z, b = est.perturbed(self._node(dist, batched), self.generator)
-        from gradest.estimators import concrete
-
-        temperature = est.temperature
-        if self.learn:
-            est.steps += 1  # a training step: an annealing schedule moves on, after this step used τ_t
-        if isinstance(est, GumbelSoftmax):
-            return concrete.soft(family, z, temperature)
-        relaxed = concrete.soft(family, z, temperature) if est.gumbel else family.probs
-        return b + (relaxed - relaxed.detach())  # forward: the exact draw b; backward: p's or x̃'s
+        return est.node_sample(self._node(dist, batched), self.generator)
 
     def _callable(self, name: str, dist: Distribution, est: Estimator, batched: bool,
                   ancestors: frozenset[str], then: Callable[[torch.Tensor], torch.Tensor],
@@ -566,8 +580,14 @@ class Graph:
             self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable")
             self.costs[name] = CostNode(name, value, upstream, own, direct)
             return self._terminal_value(name, value.detach())
-        node = self._node(dist, batched)
-        like = node.like()
+        # the hook runs on a copy of the node with one row of the family's tensors per particle (detached
+        # leaves): ∂S/∂(row n) is particle n's estimate whatever the hook puts in its carrier S
+        family = node_tensors(dist)
+        rows = {k: (v if batched else v.expand(n, *v.shape)).detach().clone() for k, v in family.items()}
+        rows = {k: v.requires_grad_(True) if v.is_floating_point() else v for k, v in rows.items()}
+        copy = rebuild(name, dist, rows)
+        like = next(iter(rows.values()))
+        node = Node(copy, n, True, copy.batch_shape[1:], copy.event_shape, type(dist), rows, learn=self.learn)
         # tag_n = 1: S is linear in each particle's cost, so ∂S/∂tag_n is particle n's share of S
         tag = torch.ones(n, dtype=like.dtype, device=like.device, requires_grad=True)
 
@@ -576,18 +596,21 @@ class Graph:
             return out * tag.reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
 
         cost = BoundCost(tagged, (), {}, n, node.batch_shape)
-        learning = est.training() if self.learn and isinstance(est, Rebar) else _nothing()
-        with torch.enable_grad(), learning:
+        with torch.enable_grad():
             terms = est.terms(cost, node, self.generator)
+            carrier = terms.carrier
+            live_carrier = isinstance(carrier, torch.Tensor) and carrier.requires_grad
+            # ∂S/∂tag keeps its graph (f's direct use of θ and of upstream samples); the rows' gradients
+            # are the node's explicit estimate ĝ_n, detached as for one node
+            direct = torch.autograd.grad(carrier, tag, create_graph=True, retain_graph=True,
+                                         allow_unused=True, materialize_grads=True)[0] if live_carrier \
+                else like.new_zeros(n)
+            grads = terms.gradients([v for v in rows.values() if v.requires_grad])
         own = like.new_zeros(n)
-        for phi, g in terms.explicit:
+        for k, g in zip([k for k, v in rows.items() if v.requires_grad], grads, strict=True):
+            phi = family[k]
             if phi.requires_grad:
                 own = own + (phi * g.detach()).reshape(n, -1).sum(1)  # ∂/∂φ_n: ĝ_n, the node's estimate
-        carrier = terms.carrier
-        if isinstance(carrier, torch.Tensor) and carrier.requires_grad:
-            (direct,) = torch.autograd.grad(carrier, tag, create_graph=True)
-        else:
-            direct = like.new_zeros(n)
         values = terms.values.detach().to(like.dtype)
         # the hook's ĝ is detached: its derivative is not ∂ĝ/∂θ, so differentiating twice through
         # this node is refused (the per-node Jacobian's double backward is a first-order quantity)
@@ -799,14 +822,6 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph(num_samples={self.num_samples}, nodes={list(self.nodes)}, costs={list(self.costs)})"
-
-
-class _nothing:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 #: > 0 while jacobian_rows runs (a plain counter, not a context variable: autograd may run backward

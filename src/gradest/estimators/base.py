@@ -68,6 +68,8 @@ from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
 Cost = Callable[..., torch.Tensor]
 Builder = Callable[..., Distribution]
 REDUCTIONS = ("sum", "mean")
+#: what ``Capabilities.node`` may say
+NODE_ROLES = ("score", "reparameterized", "callable", "none")
 
 
 class PerSampleGradients(NamedTuple):
@@ -128,6 +130,11 @@ class Capabilities:
         support's edge or collapsed onto a point), ``"continuous"`` (only a continuous family's, whose
         perturbed points collapse with the draws: measure-valued derivatives), ``"none"`` (f′(x)
         ∂x/∂θ along explicit paths, enumeration; implicit paths have regimes of their own).
+    node: how it runs as a node of a stochastic computation graph (:mod:`gradest.graph`):
+        ``"score"`` (a DiCE score term, every order), ``"reparameterized"`` (``node_sample`` returns a
+        draw whose autograd path carries the gradient), ``"callable"`` (terminal, with ``then=``: its
+        hook runs on the downstream cost, first order), ``"none"`` (no node form: ``node_refusal``
+        says why). A registered estimator is a callable node unless it says otherwise.
     """
 
     needs_rsample: bool = False
@@ -140,11 +147,14 @@ class Capabilities:
     interior: bool = False
     separable: bool = True
     health: str = "any"
+    node: str = "callable"
 
     def __post_init__(self) -> None:
         if self.health not in health.KINDS:
             raise GradestError(f"Capabilities.health must be one of {', '.join(health.KINDS)}, "
                                f"got {self.health!r}")
+        if self.node not in NODE_ROLES:
+            raise GradestError(f"Capabilities.node must be one of {', '.join(NODE_ROLES)}, got {self.node!r}")
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
@@ -572,6 +582,9 @@ class Node(NamedTuple):
     #: the diagnostic view (per_sample), where standard errors are read: sample health refuses a
     #: discrete family's collapsed draws there too (gradest.health)
     diagnostic: bool = False
+    #: a training step of a graph built with learn=True: learned controls take their variance step,
+    #: annealing schedules advance
+    learn: bool = False
 
     @property
     def sample_shape(self) -> torch.Size:
@@ -798,6 +811,14 @@ class Estimator:
             x = x if reparameterized else x.detach()
         self.healthy(node, x)
         return x
+
+    #: why it has no graph-node form (``capabilities.node == "none"``), read by the graph's refusal
+    node_refusal: str = "has no node form"
+
+    def node_sample(self, node: Node, generator: torch.Generator) -> torch.Tensor:
+        """A reparameterized graph node's draw ``[N, *B, *E]``: its autograd path carries the
+        gradient to every order (``capabilities.node == "reparameterized"``)."""
+        return self.draw(node, generator, reparameterized=True)
 
     def healthy(self, node: Node, x: torch.Tensor) -> None:
         """Refuse draws ``x [N, *B, *E]`` of the node that stopped being samples of its family

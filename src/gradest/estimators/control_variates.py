@@ -192,6 +192,7 @@ class ControlVariate(Estimator):
 
     #: c_(−n) comes from the other samples: the estimates are dependent (see :mod:`gradest.batches`)
     couples_samples = True
+    node_refusal = "fits control-variate coefficients on per-sample gradients"
 
     def __init__(self, inner: Estimator, control, name: str | None = None) -> None:
         self.inner = inner
@@ -211,6 +212,7 @@ class ControlVariate(Estimator):
             replicates=True,
             separable=True,
             health="any",
+            node="none",
         )
         self.draws_through_inverse_cdf = inner.draws_through_inverse_cdf
 

@@ -245,7 +245,9 @@ class MeasureValued(Estimator):
 
     # a discrete family's differences f(x + 1) − f(x) stay exact where its draws collapse; a continuous
     # family's perturbed points x ± σw collapse with them
-    capabilities = Capabilities(families=tuple(RULES), fixed_support=True, health="continuous")
+    capabilities = Capabilities(families=tuple(RULES), fixed_support=True, health="continuous",
+                                node="none")
+    node_refusal = "evaluates the downstream cost at perturbed points"
     # the rules turn a sampler's uniforms into draws themselves (Poisson refuses samplers)
     draws_through_inverse_cdf = False
 

@@ -28,7 +28,7 @@ class Pathwise(Estimator):
 
     name = "pathwise"
     capabilities = Capabilities(needs_rsample=True, differentiates_f=True, discrete=False, separable=False,
-                                health="edge")
+                                health="edge", node="reparameterized")
 
     def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,7 +171,7 @@ class Rebar(Estimator):
         self.healthy(node, b)
         fb = cost(b)  # the value; the direct term of a cost that declares θ; f's own tensors
         elements = fb.shape[1:]
-        learn = self.learn and self._in_surrogate
+        learn = self.learn and (self._in_surrogate or node.learn)
         with torch.enable_grad():
             control = self._control(node.like(), math.prod(b.shape[1:]) // max(math.prod(elements), 1))
             # a private copy of ℓ: the control's gradients reach θ only through the pair (ℓ, ĝ) below

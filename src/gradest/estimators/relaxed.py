@@ -76,7 +76,7 @@ class _Relaxed(Estimator):
     """Shared by the three: families, refusals, the temperature and its schedule."""
 
     capabilities = Capabilities(families=concrete.RELAXABLE, differentiates_f=True, biased=True,
-                                separable=False, health="none")
+                                separable=False, health="none", node="reparameterized")
     draws_through_inverse_cdf = False  # (the sampler's uniforms become the Gumbel/logistic noise)
 
     def __init__(self, temperature: float | Annealing | None, name: str) -> None:
@@ -120,6 +120,18 @@ class _Relaxed(Estimator):
         (u,) = concrete.uniforms(self, node, concrete.noise_shape(node), generator)
         z = concrete.perturb(family, ell, u)
         return family, ell, z, concrete.hard(family, z)
+
+    def node_sample(self, node: Node, generator: torch.Generator) -> torch.Tensor:
+        """A graph node's draw: the relaxed sample x̃ (gumbel-softmax), or the hard draw b whose backward
+        pass is p's or x̃'s (straight-through); one training step of an annealing schedule."""
+        family, _, z, b = self.perturbed(node, generator)
+        temperature = self.temperature
+        if node.learn:
+            self.steps += 1  # a training step: the schedule moves on, after this step used τ_t
+        if isinstance(self, GumbelSoftmax):
+            return concrete.soft(family, z, temperature)
+        relaxed = concrete.soft(family, z, temperature) if self.gumbel else family.probs
+        return b + (relaxed - relaxed.detach())  # forward: the exact draw b; backward: p's or x̃'s
 
     def checked(self, cost: BoundCost, x: torch.Tensor, fx: torch.Tensor) -> None:
         if x.requires_grad and not fx.requires_grad and not concrete.constant_in_x(cost, x, fx):

@@ -58,7 +58,7 @@ def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor
 class ScoreFunction(Estimator):
     """ĝ_n = Σ_b (f_b(x_n) − b_n,b) ∇θ log p(x_n,b; θ) [+ ∇θ f(x_n; θ)]."""
 
-    capabilities = Capabilities(fixed_support=True, interior=True)
+    capabilities = Capabilities(fixed_support=True, interior=True, node="score")
 
     def __init__(self, baseline: Baseline | None = None, name: str = "score") -> None:
         self.baseline = NoBaseline() if baseline is None else baseline
