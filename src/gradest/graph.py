@@ -595,7 +595,9 @@ class Graph:
             out = self._then(name, then, x)
             return out * tag.reshape(n, *([1] * (out.dim() - 1))).to(out.dtype)
 
-        cost = BoundCost(tagged, (), {}, n, node.batch_shape)
+        # the then= cost's contract probed as a single node's (gradest.contract): mixing refused
+        cost = BoundCost(tagged, (), {}, n, node.batch_shape, estimator=est.name,
+                         separable=est.capabilities.separable)
         with torch.enable_grad():
             terms = est.terms(cost, node, self.generator)
             carrier = terms.carrier
