@@ -276,7 +276,7 @@ def test_bad_inputs_give_precise_errors():
     for call, message in cases:
         with pytest.raises(GradestError, match=message):
             call()
-    with pytest.raises(TypeError, match=r"torch\.Generator"):
+    with pytest.raises(GradestError, match=r"torch\.Generator"):
         est.per_sample(f, Normal, normal, 10, 0)
 
 

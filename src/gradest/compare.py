@@ -10,6 +10,7 @@ median of ``TIMING_ROUNDS`` calls in rotated order: they do not depend on the or
 from __future__ import annotations
 
 import copy
+import reprlib
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -18,11 +19,11 @@ import torch
 from gradest import batches
 from gradest.device import device_of, resolve_device
 from gradest.diagnostics import EstimatorSummary, median, summarize, to_json_value
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators import Estimator, get_estimator
-from gradest.estimators.base import Builder, build
+from gradest.estimators.base import Builder, build, check_num_samples, check_params
 from gradest.exact import ExactGradient, exact_grad
-from gradest.rng import make_generator
+from gradest.rng import check_seed, make_generator
 
 #: samples of the untimed warm-up call of each estimator, before any timing
 WARM_UP_SAMPLES = 256
@@ -44,6 +45,9 @@ def timings(estimators: Sequence[Estimator], f, dist_builder: Builder, params: M
     baselines untouched); the median drops a round that a machine's hiccup slowed. One plain call
     each, also for an estimator that is run as independent batches for its stderr.
     """
+    if isinstance(rounds, bool) or not isinstance(rounds, int) or rounds < 1:
+        raise GradestError(f"rounds must be an integer ≥ 1 (the median of that many timed calls), "
+                           f"got {rounds!r}")
     times: list[list[float]] = [[] for _ in estimators]
     for j in timing_order(len(estimators), rounds):
         est = copy.deepcopy(estimators[j])
@@ -86,9 +90,27 @@ def compare(
 
     device: where the parameters, the generators and so the samples live (``cpu``, ``cuda``,
     ``cuda:N``); the parameters are moved there. None: the parameters' own device.
+
+    Raises:
+        GradestError: any argument out of its contract (an estimators string instead of a list, a
+            seed outside [0, 2**64 − 1], num_samples < 1, …), or a run that would not fit in memory.
     """
+    if isinstance(estimators, str | Estimator) or not isinstance(estimators, Sequence):
+        raise GradestError(f"estimators must be a list of names or Estimators, e.g. ['pathwise', 'score'], "
+                           f"got {type(estimators).__name__} {reprlib.repr(estimators)}")
     if not estimators:
         raise GradestError("give at least one estimator")
+    if not callable(f):
+        raise GradestError(f"f must be a function of the samples x [N, ...] -> [N], got {type(f).__name__}")
+    check_num_samples(num_samples)
+    check_seed(seed)
+    if config is not None and not isinstance(config, Mapping):
+        raise GradestError(f"config must be a mapping (it goes into the JSON as it is), got "
+                           f"{type(config).__name__}")
+    if on_estimator is not None and not callable(on_estimator):
+        raise GradestError(f"on_estimator must be a function of the estimator's name, or None; got "
+                           f"{type(on_estimator).__name__}")
+    params = check_params(params)
     resolved = [get_estimator(e) for e in estimators]
     if device is None:
         device = device_of(params.values())
@@ -98,17 +120,12 @@ def compare(
     _refuse_beyond_memory(dist_builder, params, num_samples, device)
     try:
         exact, note = exact_grad(f, dist_builder, params), None
+    except NonFiniteError:
+        # E f = ∞ (or NaN parameters): there is no gradient to estimate, and the Monte Carlo numbers
+        # would be finite and meaningless
+        raise
     except GradestError as err:
         exact, note = None, str(err)
-    if exact is not None and not (bool(torch.isfinite(exact.value).all())
-                                  and all(bool(torch.isfinite(g).all()) for g in exact.grads.values())):
-        # E f = ∞ (exp(−k x²) with k < 0 under a wide Normal): there is no gradient to estimate, and
-        # the Monte Carlo numbers would be finite and meaningless
-        raise GradestError(
-            f"E f is not finite at these parameters (exact value {float(exact.value.sum()):g}), so "
-            "∇θ E f does not exist; change the parameters or the cost (for exp with k < 0 keep "
-            "1 + 2kσ² > 0)"
-        )
     # every estimator's untimed warm-up first: a throwaway copy pays the first-call costs (autograd,
     # thread pools) and leaves stateful baselines of the measured estimator untouched
     for est in resolved:

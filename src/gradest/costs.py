@@ -25,6 +25,7 @@ import importlib
 import importlib.util
 import inspect
 import math
+import numbers
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -51,7 +52,22 @@ class Cost:
     elementwise: Elementwise
     normal_mean: Callable[[torch.Tensor, torch.Tensor, float], torch.Tensor] | None = None
 
+    def __post_init__(self) -> None:
+        if not isinstance(self.name, str):
+            raise GradestError(f"a Cost's name must be a string, got {type(self.name).__name__}")
+        object.__setattr__(self, "k", check_k(self.k, f"cost {self.name!r}"))
+        if not callable(self.elementwise):
+            raise GradestError(f"cost {self.name!r}: elementwise must be a function (x, k) -> c(x), got "
+                               f"{type(self.elementwise).__name__}")
+        if self.normal_mean is not None and not callable(self.normal_mean):
+            raise GradestError(f"cost {self.name!r}: normal_mean must be a function (loc, scale, k) -> E c "
+                               f"or None, got {type(self.normal_mean).__name__}")
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if not isinstance(x, torch.Tensor) or x.dim() == 0:
+            got = f"shape {list(x.shape)}" if isinstance(x, torch.Tensor) else type(x).__name__
+            raise GradestError(f"cost {self.name!r} takes samples as a tensor [N, ...], got {got}; "
+                               "e.g. x.reshape(1, -1) for one sample")
         if not x.is_floating_point():
             x = x.to(torch.get_default_dtype())
         return self.elementwise(x, self.k).reshape(x.shape[0], -1).sum(1)
@@ -60,6 +76,15 @@ class Cost:
         """E[f(x)] for x ~ N(loc, diag(scale²)), differentiable in loc and scale."""
         if self.normal_mean is None:
             raise GradestError(f"cost {self.name!r} has no closed-form expectation")
+        if not (isinstance(loc, torch.Tensor) and isinstance(scale, torch.Tensor)
+                and loc.is_floating_point() and scale.is_floating_point()):
+            raise GradestError("expectation_normal takes loc and scale as floating-point tensors, got "
+                               f"{type(loc).__name__} and {type(scale).__name__}; e.g. torch.tensor(1.0)")
+        try:
+            loc, scale = torch.broadcast_tensors(loc, scale)
+        except RuntimeError:
+            raise GradestError(f"loc {list(loc.shape)} and scale {list(scale.shape)} do not broadcast; give "
+                               "them one shape, or a scalar for one of them") from None
         return self.normal_mean(loc, scale, self.k).sum()
 
 
@@ -90,6 +115,27 @@ class CostForms:
     normal_mean: Callable
     normal_grad: Callable
     tex: str = ""
+    #: the smallest k the cost takes (exp(−k x²) with k < 0 grows like a Gaussian: E f = ∞ under
+    #: a Normal with 2|k|σ² ≥ 1, and its Normal-weighted integrals have no fixed tail)
+    k_min: float = -math.inf
+
+
+def check_k(k: object, what: str = "the cost") -> float:
+    """``k`` as a finite float, or a GradestError (a string, a bool, a tensor, NaN or ±inf)."""
+    if isinstance(k, torch.Tensor):
+        raise GradestError(f"k of {what} must be a number, got a tensor; give float(k) (k is a constant "
+                           "of the cost, never differentiated)")
+    if isinstance(k, bool | np.bool_) or not isinstance(k, numbers.Real):
+        raise GradestError(f"k of {what} must be a real number, got {type(k).__name__} {_short(k)}; "
+                           "e.g. k=2.0")
+    if not math.isfinite(float(k)):
+        raise GradestError(f"k of {what} must be a finite number, got {float(k)}; e.g. k=2.0")
+    return float(k)
+
+
+def _short(value: object, limit: int = 40) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
 
 
 def _square_mean(loc, scale, k):
@@ -162,7 +208,7 @@ COST_FORMS: dict[str, CostForms] = {
         "exp(−k x²)", lambda x, k: _xp(x).exp(-k * x**2), lambda x, k: -2.0 * k * x * _xp(x).exp(-k * x**2),
         lambda x, k: (4.0 * k**2 * x**2 - 2.0 * k) * _xp(x).exp(-k * x**2), _exp_anti,
         lambda k: 1.0 / math.sqrt(2.0 * k) if k > 0 else None, _exp_mean, _exp_grad,
-        tex=r"e^{-k x^2}"),
+        tex=r"e^{-k x^2}", k_min=0.0),
     "cos": CostForms(
         "cos(k x)", lambda x, k: _xp(x).cos(k * x), lambda x, k: -k * _xp(x).sin(k * x),
         lambda x, k: -(k**2) * _xp(x).cos(k * x), _cos_anti,
@@ -179,14 +225,26 @@ NAMED_COSTS: dict[str, str] = {name: forms.formula for name, forms in COST_FORMS
 
 
 def named_cost(name: str, k: float = 1.0) -> Cost:
-    """The registered cost ``name`` with constant ``k``."""
-    if name not in COST_FORMS:
+    """The registered cost ``name`` with constant ``k``.
+
+    Raises:
+        GradestError: an unknown name; a k that is not a finite real number, or outside the
+            cost's range (exp takes k ≥ 0).
+    """
+    if not isinstance(name, str) or name not in COST_FORMS:
         raise GradestError(
-            f"unknown cost {name!r}; choose one of {', '.join(COST_FORMS)} "
+            f"unknown cost {_short(name)}; choose one of {', '.join(COST_FORMS)} "
             "or load your own with FILE.py:FUNCTION or package.module:FUNCTION"
         )
     forms = COST_FORMS[name]
-    return Cost(name, float(k), forms.value, forms.normal_mean)
+    k = check_k(k, f"cost {name!r}")
+    if k < forms.k_min:
+        raise GradestError(
+            f"cost {name} = {forms.formula} needs k ≥ {forms.k_min:g}, got k = {k:g}: with k < 0 it grows "
+            "like a Gaussian and E f is not finite under a Normal with 2|k|σ² ≥ 1; give k ≥ 0 (or "
+            "write your own cost, FILE.py:FUNCTION)"
+        )
+    return Cost(name, k, forms.value, forms.normal_mean)
 
 
 def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], torch.Tensor]:
@@ -194,6 +252,11 @@ def load_cost(spec: str, k: float | None = None) -> Callable[[torch.Tensor], tor
 
     A loaded function with a parameter named ``k`` receives ``k`` when one is given.
     """
+    if not isinstance(spec, str):
+        raise GradestError(f"a cost spec must be a string (a named cost, FILE.py:FUNCTION or "
+                           f"package.module:FUNCTION), got {type(spec).__name__}")
+    if k is not None:
+        k = check_k(k, f"cost {spec}")
     if ":" not in spec:
         return named_cost(spec, 1.0 if k is None else k)
     target, _, func_name = spec.rpartition(":")

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 import torch
 
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import PerSampleGradients
 
 if TYPE_CHECKING:  # gradest.exact imports scipy: loaded where an exact gradient is used, not here
@@ -202,7 +203,18 @@ def param_stats(
     error: the exact reference's own error estimate (z is taken against both uncertainties).
     resolution: what float arithmetic resolves of the mean (e.g. ``ROUNDING`` × the size of the
         terms), added to the stderr in quadrature; None: nothing added.
+
+    Raises:
+        GradestError: samples that are not a real floating-point tensor ``[N ≥ 1, *shape]`` with
+            data (meta, sparse); an exact or error of another shape than one sample, or not finite;
+            groups that are not ``[N]`` integer labels ≥ 0; a resolution that is not ≥ 0.
     """
+    samples = _check_samples(samples)
+    exact = _check_reference(exact, samples, "exact")
+    error = _check_reference(error, samples, "error")
+    groups = check_groups(groups, samples.shape[0], samples.device)
+    if resolution is not None:
+        resolution = _check_resolution(resolution)
     n = samples.shape[0]
     mean = samples.mean(0)
     var = variance(samples)
@@ -218,11 +230,39 @@ def summarize(
     estimate: PerSampleGradients,
     exact: ExactGradient | Mapping[str, torch.Tensor] | None = None,
 ) -> EstimatorSummary:
-    """One record per estimator: statistics per parameter, and seconds per sample."""
+    """One record per estimator: statistics per parameter, and seconds per sample.
+
+    Args:
+        estimate: what an estimator's ``per_sample`` returned.
+        exact: what :func:`gradest.exact_grad` returned, or name -> gradient with the estimate's
+            parameter names exactly; None: no z-scores.
+
+    Raises:
+        GradestError: an estimate that is not a PerSampleGradients; an exact gradient whose names
+            are not the estimate's, or whose values are not tensors of the parameters' shapes.
+    """
     from gradest.exact import ExactGradient
 
+    if not isinstance(estimate, PerSampleGradients):
+        raise GradestError(f"summarize takes what an estimator's per_sample returned (a "
+                           f"PerSampleGradients), got {type(estimate).__name__}")
+    if estimate.num_samples < 1:
+        raise GradestError("the estimate holds no samples; draw at least one (num_samples ≥ 1)")
     truth = exact.grads if isinstance(exact, ExactGradient) else exact
     errors = (exact.error or {}) if isinstance(exact, ExactGradient) else {}
+    if truth is not None:
+        if not isinstance(truth, Mapping):
+            raise GradestError(f"exact must be what gradest.exact_grad returned or a mapping of parameter "
+                               f"name -> gradient, got {type(exact).__name__}")
+        missing = [k for k in estimate.grads if k not in truth]
+        extra = [str(k) for k in truth if k not in estimate.grads]
+        if missing or extra:
+            parts = ([f"missing {', '.join(map(repr, missing))}"] if missing else []) + \
+                    ([f"extra {', '.join(map(repr, extra))}"] if extra else [])
+            raise GradestError(f"exact has other parameter names than the estimate ({'; '.join(parts)}); "
+                               f"give exactly {', '.join(map(repr, estimate.grads))}")
+        for name, g in estimate.grads.items():
+            _check_reference(truth[name], g, f"exact[{name!r}]")
     params = {
         name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None),
                           errors.get(name))
@@ -234,3 +274,82 @@ def summarize(
         seconds_per_sample=estimate.seconds / estimate.num_samples,
         params=params,
     )
+
+
+# ── checks of the public functions' inputs ────────────────────────────────────────────────────
+
+
+def _check_samples(samples: object) -> torch.Tensor:
+    if not isinstance(samples, torch.Tensor):
+        raise GradestError(f"samples must be a tensor [N, *shape] of single-sample estimates, got "
+                           f"{type(samples).__name__}; e.g. per_sample.grads['loc']")
+    _check_dense(samples, "samples")
+    if not samples.is_floating_point():
+        raise GradestError(f"samples must be real floating-point, got {samples.dtype}; convert them, e.g. "
+                           ".double()")
+    if samples.dim() == 0 or samples.shape[0] == 0:
+        raise GradestError(f"samples must be [N, *shape] with N ≥ 1 single-sample estimates, got shape "
+                           f"{list(samples.shape)}")
+    if not bool(torch.isfinite(samples).all()):
+        raise NonFiniteError("samples contain NaN or inf; their statistics would be NaN: check the "
+                             "estimator's settings and f")
+    return samples
+
+
+def _check_dense(value: torch.Tensor, what: str) -> None:
+    if value.is_meta:
+        raise GradestError(f"{what} is a meta tensor, which holds no values; give one with data")
+    if value.layout != torch.strided:
+        raise GradestError(f"{what} must be a dense tensor, got {value.layout}; give .to_dense()")
+
+
+def _check_reference(value: object, samples: torch.Tensor, what: str) -> torch.Tensor | None:
+    """``exact`` or ``error``: one finite value per coordinate of a sample, as a tensor."""
+    if value is None:
+        return None
+    if not isinstance(value, torch.Tensor):
+        raise GradestError(f"{what} must be a tensor of shape {list(samples.shape[1:])} (one value per "
+                           f"coordinate), got {type(value).__name__}; wrap it with torch.tensor(...)")
+    _check_dense(value, what)
+    if value.is_complex():
+        raise GradestError(f"{what} must be real, got {value.dtype}")
+    if tuple(value.shape) != tuple(samples.shape[1:]):
+        raise GradestError(f"{what} has shape {list(value.shape)} but one sample has shape "
+                           f"{list(samples.shape[1:])}; give one value per coordinate of the parameter")
+    if not bool(torch.isfinite(value).all()):
+        raise NonFiniteError(f"{what} contains NaN or inf; a z-score against it means nothing: check "
+                             "the reference gradient")
+    if what == "error" and bool((value < 0).any()):
+        raise GradestError("error (the reference's uncertainty) must be ≥ 0")
+    return value
+
+
+def check_groups(groups: object, n: int, device: torch.device) -> torch.Tensor | None:
+    """``[n]`` non-negative integer labels of independent groups (None passes), or a GradestError."""
+    if groups is None:
+        return None
+    if isinstance(groups, torch.Tensor):
+        _check_dense(groups, "groups")
+    if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.is_complex() \
+            or groups.dtype == torch.bool:
+        got = groups.dtype if isinstance(groups, torch.Tensor) else type(groups).__name__
+        raise GradestError(f"groups must be an integer tensor [N] of group labels (or None), got {got}; "
+                           "e.g. torch.tensor([0, 0, 1, 1])")
+    if tuple(groups.shape) != (n,):
+        raise GradestError(f"groups must hold one label per sample, shape [{n}], got {list(groups.shape)}")
+    if n and bool((groups < 0).any()):
+        raise GradestError("group labels must be integers ≥ 0")
+    return groups.to(device)
+
+
+def _check_resolution(resolution: object) -> torch.Tensor | float:
+    number = isinstance(resolution, int | float) and not isinstance(resolution, bool)
+    tensor = isinstance(resolution, torch.Tensor) and resolution.is_floating_point() \
+        and resolution.numel() > 0 and not resolution.is_meta
+    if not (number or tensor):
+        raise GradestError(f"resolution must be a number ≥ 0 (or a float tensor), got "
+                           f"{type(resolution).__name__}")
+    value = torch.as_tensor(resolution)
+    if not bool(torch.isfinite(value).all()) or bool((value < 0).any()):
+        raise GradestError(f"resolution must be finite and ≥ 0, got {value.tolist()}")
+    return resolution

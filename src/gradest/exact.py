@@ -24,7 +24,7 @@ import torch
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, Normal, OneHotCategorical
 
 from gradest.costs import Cost
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import (
     BoundCost,
     Builder,
@@ -98,9 +98,11 @@ def _enumeration(f, dist):
     support = family.enumerate_support(expand=True)  # [K, *batch, *event] of the family
     k, batch, event = support.shape[0], family.batch_shape, family.event_shape
     b = math.prod(batch)
-    if k**b > MAX_SUPPORT:
+    if b * math.log2(max(k, 1)) > math.log2(MAX_SUPPORT):
+        # k**b itself can have more digits than Python will print (2^20000)
+        count = f" = {k**b}" if b * math.log2(max(k, 1)) < 64 else ""
         raise GradestError(
-            f"enumeration needs {k}^{b} = {k**b} support points, more than {MAX_SUPPORT}; "
+            f"enumeration needs {k}^{b}{count} support points, more than {MAX_SUPPORT}; "
             "use a Monte Carlo estimate with many samples instead"
         )
     flat = support.reshape(k, b, *event)
@@ -126,10 +128,19 @@ def exact_grad(
         method: ``"auto"`` or one of ``closed-form``, ``quadrature``, ``enumeration``.
 
     Raises:
-        GradestError: when the named method (or, for ``auto``, every method) does not apply.
+        GradestError: when the named method (or, for ``auto``, every method) does not apply, or f
+            is not callable.
+        NonFiniteError: E f or its gradient is not finite at these parameters (exp(−k x²) with
+            k < 0 under a wide Normal): there is no gradient to check against.
     """
-    if method != "auto" and method not in METHODS:
+    if not isinstance(method, str) or (method != "auto" and method not in METHODS):
         raise GradestError(f"unknown method {method!r}; choose auto or one of {', '.join(METHODS)}")
+    if not callable(f):
+        raise GradestError(f"f must be a function of the samples x [N, ...] -> [N], got {type(f).__name__}; "
+                           "e.g. gradest.named_cost('square')")
+    if not callable(dist_builder):
+        raise GradestError(f"dist_builder must be a function of the parameters -> a Distribution (e.g. "
+                           f"torch.distributions.Normal), got {type(dist_builder).__name__}")
     params = check_params(params)
     declared = declared_parameters(f, tuple(params))
     leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
@@ -139,7 +150,7 @@ def exact_grad(
         for name in METHODS if method == "auto" else (method,):
             if name == "quadrature":
                 if _quadrature_applies(dist):
-                    return _quadrature(cost, dist, leaves)
+                    return _finite(_quadrature(cost, dist, leaves))
                 continue
             if name == "closed-form":
                 result = None if declared else _closed_form(f, dist)
@@ -148,8 +159,19 @@ def exact_grad(
             if result is None:
                 continue
             value, _ = result
-            return ExactGradient(_grad(value, leaves), value.detach(), name, None)
+            return _finite(ExactGradient(_grad(value, leaves), value.detach(), name, None))
     raise GradestError(_why_not(method, f, dist))
+
+
+def _finite(exact: ExactGradient) -> ExactGradient:
+    """``exact``, or a NonFiniteError: an infinite E f (or gradient) is no reference to check against."""
+    if not (bool(torch.isfinite(exact.value).all())
+            and all(bool(torch.isfinite(g).all()) for g in exact.grads.values())):
+        raise NonFiniteError(
+            f"E f is not finite at these parameters (exact value {float(exact.value.sum()):g}, by "
+            f"{exact.method}), so ∇θ E f does not exist; change the parameters or the cost"
+        )
+    return exact
 
 
 class _TotalCost:

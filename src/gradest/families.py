@@ -26,16 +26,29 @@ class Family(NamedTuple):
     param_sets: tuple[tuple[str, ...], ...]
 
     def build(self, **params: torch.Tensor) -> D.Distribution:
-        return self.cls(**params, validate_args=True)
+        """The distribution, its arguments validated; a GradestError names what torch refused."""
+        try:
+            return self.cls(**params, validate_args=True)
+        except (ValueError, TypeError, RuntimeError) as err:
+            first = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise GradestError(f"invalid parameters for {self.name}: {first}; it takes "
+                               f"{self._accepted()}") from None
+
+    def _accepted(self) -> str:
+        return " or ".join("{" + ", ".join(s) + "}" for s in self.param_sets)
 
     def check(self, params: Mapping[str, torch.Tensor]) -> None:
         """Raise GradestError unless ``params`` is one accepted set with values in range."""
-        given = tuple(sorted(params))
+        if not isinstance(params, Mapping):
+            raise GradestError(f"family {self.name!r} takes a mapping of parameter name -> tensor "
+                               f"{self._accepted()}, got {type(params).__name__}")
+        given = tuple(sorted(map(str, params)))
         if given not in {tuple(sorted(s)) for s in self.param_sets}:
-            accepted = " or ".join("{" + ", ".join(s) + "}" for s in self.param_sets)
             raise GradestError(
-                f"family {self.name!r} takes parameters {accepted}, got {{{', '.join(given)}}}"
+                f"family {self.name!r} takes parameters {self._accepted()}, got {{{', '.join(given)}}}"
             )
+        for key, value in params.items():
+            _check_tensor(self.name, key, value)
         for key, value in params.items():
             if not torch.isfinite(value).all():
                 raise GradestError(f"parameter {key}={value.tolist()} of {self.name} must be finite")
@@ -67,13 +80,29 @@ class Family(NamedTuple):
                 f"parameters of {self.name} have shapes that do not broadcast: {given}; give them one "
                 f"shape, e.g. {_example(widest.shape)}, or a scalar to share one value"
             ) from None
-        try:
-            self.build(**params)
-        except (ValueError, RuntimeError) as err:
-            raise GradestError(f"invalid parameters for {self.name}: {str(err).splitlines()[0]}") from None
+        self.build(**params)
         problem = _DEGENERATE.get(self.name, lambda _: None)(params)
         if problem is not None:
             raise GradestError(f"{self.name} with {problem}")
+
+
+def _check_tensor(family: str, key: str, value: object) -> None:
+    """A dense real floating-point tensor with data and at least one number, or a GradestError."""
+    if not isinstance(value, torch.Tensor):
+        raise GradestError(f"parameter {key} of {family} must be a torch.Tensor, got {type(value).__name__}; "
+                           f"wrap it with torch.tensor(..., dtype=torch.float64)")
+    if value.is_meta:
+        raise GradestError(f"parameter {key} of {family} is a meta tensor, which holds no values; give "
+                           "one with data (on cpu or cuda)")
+    if value.layout != torch.strided:
+        raise GradestError(f"parameter {key} of {family} must be a dense tensor, got {value.layout}; "
+                           "give value.to_dense()")
+    if not value.is_floating_point():
+        raise GradestError(f"parameter {key} of {family} must be a real floating-point tensor to be "
+                           f"differentiated, got {value.dtype}; use torch.tensor(..., dtype=torch.float64)")
+    if value.numel() == 0:
+        raise GradestError(f"parameter {key} of {family} has no numbers (shape {list(value.shape)}); give "
+                           "at least one")
 
 
 def _two_categories(key: str) -> str:
@@ -142,7 +171,7 @@ FAMILIES: dict[str, Family] = {
 
 def get_family(name: str) -> Family:
     """The family registered under ``name`` (see ``FAMILIES``), or a GradestError listing them."""
-    family = FAMILIES.get(name.lower())
+    family = FAMILIES.get(name.lower()) if isinstance(name, str) else None
     if family is None:
         raise GradestError(f"unknown family {name!r}; choose one of: {', '.join(FAMILIES)}")
     return family

@@ -99,12 +99,14 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
+from gradest.diagnostics import check_groups
 from gradest.errors import GradestError
 from gradest.estimators.base import PerSampleGradients
-from gradest.rng import make_generator
+from gradest.rng import check_seed, make_generator
 from gradest.snapshot import Snapshot, global_rngs_forked
 
 if TYPE_CHECKING:
@@ -247,6 +249,14 @@ def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = N
         groups: ``[R]`` labels of dependent estimates (antithetic pairs, quasi-Monte Carlo
             randomizations), or None when the R estimates are independent.
     """
+    if not isinstance(estimates, torch.Tensor) or not estimates.is_floating_point() or estimates.is_meta \
+            or estimates.layout != torch.strided:
+        got = f"{estimates.dtype} {estimates.layout} on {estimates.device}" \
+            if isinstance(estimates, torch.Tensor) else type(estimates).__name__
+        raise GradestError(f"estimates must be a dense real floating-point tensor [R, P], got {got}")
+    if estimates.dim() == 2 and estimates.shape[1] == 0:
+        raise GradestError("the estimates have no coordinates (shape [R, 0]); give at least one")
+    groups = check_groups(groups, estimates.shape[0] if estimates.dim() else 0, estimates.device)
     return _statistics([_sums(estimates, groups)])
 
 
@@ -299,6 +309,15 @@ def parameter_groups(source: nn.Module | Mapping[str, Any]) -> dict[str, dict[st
         for name, p in members.items():
             if not isinstance(p, torch.Tensor) or not p.is_floating_point():
                 raise GradestError(f"parameter {name!r} of group {group!r} must be a floating-point tensor")
+            if p.is_meta:
+                raise GradestError(f"parameter {name!r} of group {group!r} is a meta tensor, which holds no "
+                                   "values; monitor the model once its parameters are materialized")
+            if p.layout != torch.strided:
+                raise GradestError(f"parameter {name!r} of group {group!r} is a {p.layout} tensor; the "
+                                   "monitor takes dense parameters")
+            if p.numel() == 0:
+                raise GradestError(f"parameter {name!r} of group {group!r} has no numbers (shape "
+                                   f"{list(p.shape)}): it has no gradient to measure; leave it out")
     groups = {g: m for g, m in groups.items() if m}
     if not groups:
         raise GradestError("no parameters to monitor (all frozen?): give tensors that require gradients")
@@ -324,6 +343,110 @@ def _takes_repeats(fn: Callable[..., Any]) -> bool:
         return "repeats" in inspect.signature(fn).parameters
     except (TypeError, ValueError):
         return False
+
+
+# ── checks of the monitor's arguments ────────────────────────────────────────────────────────
+
+
+def check_jsonl(path: object) -> Path:
+    """``path`` as a file the monitor can append to, or a GradestError — at construction, not at the
+    first measurement minutes into training. Leaves no trace (an absent file is created and removed)."""
+    if not isinstance(path, str | os.PathLike) or isinstance(os.fspath(path), bytes):
+        raise GradestError(f"jsonl must be a file path (a str or a pathlib.Path), got {type(path).__name__}")
+    text = os.fspath(path)
+    if not text.strip() or "\0" in text:
+        raise GradestError(f"jsonl={text!r} is not a file name; give one, e.g. jsonl='run/monitor.jsonl'")
+    target = Path(text)
+    try:
+        _check_file_target(target, text)
+    except OSError as err:  # a name too long, a loop of links, …
+        raise GradestError(f"jsonl={text[:60]!r}: cannot write there ({err.strerror or err}); give a "
+                           "writable file path") from None
+    return target
+
+
+def _check_file_target(target: Path, text: str) -> None:
+    longest = max(target.parts, key=lambda part: len(os.fsencode(part)))
+    if len(os.fsencode(longest)) > _NAME_MAX:
+        raise GradestError(f"jsonl: the name {longest[:40]}… has {len(os.fsencode(longest))} bytes, more "
+                           f"than the {_NAME_MAX} a file name may have; give a shorter one")
+    if target.is_dir() or text.endswith(os.sep):
+        raise GradestError(f"jsonl={text!r} is a folder; give a file in it, e.g. {target / 'monitor.jsonl'}")
+    folder = target.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise GradestError(f"jsonl={text!r} lies under {folder}, which is a file; give a path in a folder")
+    try:
+        if target.exists():
+            with open(target, "a", encoding="utf-8"):
+                pass
+        elif target.parent.exists():
+            os.close(os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL))
+            os.unlink(target)
+        elif not os.access(folder, os.W_OK | os.X_OK):
+            raise PermissionError(13, "Permission denied")
+    except FileExistsError:  # created meanwhile by someone else: it exists, the monitor appends to it
+        pass
+
+
+def _check_tags(tags: object) -> dict[str, Any]:
+    """Constant JSON fields; a tag named like a record field would silently overwrite it (or be lost)."""
+    if tags is None:
+        return {}
+    if not isinstance(tags, Mapping):
+        raise GradestError(f"tags must be a mapping of field -> value, e.g. {{'estimator': 'score-loo'}}, "
+                           f"got {type(tags).__name__}")
+    out = dict(tags)
+    bad = [k for k in out if not isinstance(k, str)]
+    if bad:
+        raise GradestError(f"tag names must be strings, got {bad[0]!r}")
+    taken = [k for k in out if k in GroupStats._fields]
+    if taken:
+        raise GradestError(f"tag {taken[0]!r} is a field of every record ({', '.join(GroupStats._fields)}); "
+                           "name the tag otherwise, e.g. 'run_" + taken[0] + "'")
+    try:
+        json.dumps(out, allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise GradestError(f"tags must be JSON values (str, finite numbers, bool, None, lists, dicts): "
+                           f"{err}") from None
+    return out
+
+
+def _check_prefix(prefix: object) -> str:
+    if not isinstance(prefix, str) or not prefix.strip():
+        raise GradestError(f"prefix (the TensorBoard tag prefix) must be a non-empty string, got {prefix!r}")
+    return prefix
+
+
+def _check_step(step: object) -> int:
+    if isinstance(step, bool | np.bool_) or not isinstance(step, int | np.integer) or step < 0:
+        raise GradestError(f"step must be the training step, an integer ≥ 0, got {step!r}")
+    return int(step)
+
+
+#: the longest file or folder name most file systems take, in bytes (ext4, XFS, APFS, NTFS)
+_NAME_MAX = 255
+#: bytes per repeat and monitored number (float64 estimates, their deviations and a copy), and per
+#: pair of repeats (the Gram matrix and the batched path's identity)
+_BYTES_PER_ESTIMATE, _BYTES_PER_PAIR = 32, 16
+
+
+def _refuse_beyond_memory(repeats: int, numbers: int, device: torch.device) -> None:
+    """Refuse ``repeats`` whose estimates could never fit in memory (the kernel would kill the run)."""
+    from gradest.compare import available_gpu_memory, available_memory
+
+    available = available_gpu_memory(device) if device.type == "cuda" else available_memory()
+    if available is None:
+        return
+    need = repeats * numbers * _BYTES_PER_ESTIMATE + repeats**2 * _BYTES_PER_PAIR
+    if need > available:
+        fits = 2
+        while 2 * fits * numbers * _BYTES_PER_ESTIMATE + (2 * fits) ** 2 * _BYTES_PER_PAIR <= available // 2:
+            fits *= 2
+        raise GradestError(f"repeats={repeats} needs about {need / 2**30:.1f} GiB for the estimates of "
+                           f"{numbers} numbers, more than the {available / 2**30:.1f} GiB available; use "
+                           f"repeats ≤ {fits} (128 to 256 resolve the variance well)")
 
 
 # ── the monitor ──────────────────────────────────────────────────────────────────────────────
@@ -375,10 +498,15 @@ class GradientMonitor:
     ) -> None:
         if (loss_fn is None) == (estimates_fn is None):
             raise GradestError("give exactly one of loss_fn (a stochastic loss) and estimates_fn")
-        if isinstance(every, bool) or not isinstance(every, int) or every < 1:
+        for what, fn in (("loss_fn", loss_fn), ("estimates_fn", estimates_fn)):
+            if fn is not None and not callable(fn):
+                raise GradestError(f"{what} must be a function (batch, generator, …), got "
+                                   f"{type(fn).__name__}")
+        if isinstance(every, bool | np.bool_) or not isinstance(every, int | np.integer) or every < 1:
             raise GradestError(f"every must be an integer ≥ 1, got {every!r}")
-        if isinstance(repeats, bool) or not isinstance(repeats, int) or repeats < 2:
+        if isinstance(repeats, bool | np.bool_) or not isinstance(repeats, int | np.integer) or repeats < 2:
             raise GradestError(f"repeats must be an integer ≥ 2 (a variance needs two), got {repeats!r}")
+        every, repeats = int(every), int(repeats)
         if mode not in MODES:
             raise GradestError(f"mode must be one of {', '.join(MODES)}, got {mode!r}")
         self.groups = parameter_groups(params)
@@ -395,19 +523,23 @@ class GradientMonitor:
                                "losses; without a repeats argument use mode='loop'")
         self.batched = batched and mode != "loop"
         self.every, self.repeats, self.batch = every, repeats, batch
-        self.tags, self.prefix = dict(tags or {}), prefix
+        self.tags, self.prefix = _check_tags(tags), _check_prefix(prefix)
         device = next(iter(self.named.values())).device
+        _refuse_beyond_memory(repeats, sum(p.numel() for p in self.named.values()), device)
+        if isinstance(state, str | bytes | Mapping) or not isinstance(state, Iterable):
+            raise GradestError(f"state must be a list of the objects the loss changes (e.g. [estimator]), "
+                               f"got {type(state).__name__}")
         if isinstance(seed, torch.Generator):
             self.generator = seed
         else:
-            self.generator = make_generator(int(seed), device)
+            self.generator = make_generator(check_seed(seed), device)
         # the global RNG's seeds come from a side stream, so the main one is the loss's alone
         self._fork_seeds = make_generator((self.generator.initial_seed() ^ _FORK_SALT) % _SEED_HIGH)
         modules = [params] if isinstance(params, nn.Module) else \
             [v for v in params.values() if isinstance(v, nn.Module)]
         buffers = [b for m in modules for b in m.buffers()]
         self._restorable = [*state, buffers]
-        self.jsonl = None if jsonl is None else Path(jsonl)
+        self.jsonl = None if jsonl is None else check_jsonl(jsonl)
         self._writer, self._own_writer = _tensorboard_writer(tensorboard)
         self.records: list[GroupStats] = []
         self._first: float | None = None
@@ -418,6 +550,7 @@ class GradientMonitor:
 
     def step(self, step: int, batch: Any = None) -> list[GroupStats] | None:
         """Call once per training step: measures when ``step % every == 0``, else only keeps time."""
+        step = _check_step(step)
         now = time.perf_counter()
         if self._first is None:
             self._first = now
@@ -427,6 +560,7 @@ class GradientMonitor:
 
     def measure(self, step: int, batch: Any = None) -> list[GroupStats]:
         """Draw R estimates now, record and write their statistics (one record per group)."""
+        step = _check_step(step)
         start = time.perf_counter()
         if self._first is None:
             self._first = start
@@ -471,8 +605,21 @@ class GradientMonitor:
 
     def load_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
         """Restore what :meth:`state_dict` returned (the states may come back on any device)."""
-        self.generator.set_state(state["generator"].cpu())
-        self._fork_seeds.set_state(state["fork_seeds"].cpu())
+        keys = ("generator", "fork_seeds")
+        if not isinstance(state, Mapping) or any(not isinstance(state.get(k), torch.Tensor) for k in keys):
+            got = sorted(map(str, state)) if isinstance(state, Mapping) else type(state).__name__
+            raise GradestError(f"load_state_dict takes what GradientMonitor.state_dict() returned, tensors "
+                               f"under {', '.join(keys)}; got {got}")
+        generator, fork_seeds = self.generator.get_state(), self._fork_seeds.get_state()
+        try:
+            self.generator.set_state(state["generator"].cpu())
+            self._fork_seeds.set_state(state["fork_seeds"].cpu())
+        except (RuntimeError, TypeError, ValueError) as err:
+            self.generator.set_state(generator)  # all or nothing
+            self._fork_seeds.set_state(fork_seeds)
+            first = (str(err).splitlines() or [""])[0]
+            raise GradestError(f"load_state_dict: not a GradientMonitor state ({first}); give what "
+                               "state_dict() returned") from None
 
     def close(self) -> None:
         """Flush and close a TensorBoard writer the monitor opened (JSONL needs nothing)."""
@@ -511,10 +658,25 @@ class GradientMonitor:
     def _given(self, out: Mapping[str, torch.Tensor] | PerSampleGradients
                ) -> tuple[dict[str, torch.Tensor], torch.Tensor | None]:
         grads, labels = (out.grads, out.groups) if isinstance(out, PerSampleGradients) else (out, None)
+        if not isinstance(grads, Mapping):
+            raise GradestError(f"estimates_fn must return {{name: [R, *shape]}} or a PerSampleGradients, got "
+                               f"{type(out).__name__}")
         missing = [n for n in self.named if n not in grads]
         if missing:
             raise GradestError(f"estimates_fn returned no estimates for {missing[0]!r}; "
                                f"expected the names {', '.join(self.named)}")
+        count = None
+        for n, p in self.named.items():
+            g = grads[n]
+            shape = list(g.shape) if isinstance(g, torch.Tensor) else type(g).__name__
+            if not isinstance(g, torch.Tensor) or not g.is_floating_point() or g.dim() == 0 \
+                    or tuple(g.shape[1:]) != tuple(p.shape) or g.shape[0] < 2 \
+                    or (count is not None and g.shape[0] != count):
+                raise GradestError(f"estimates_fn returned {shape} for {n!r}; give R ≥ 2 floating-point "
+                                   f"estimates of its shape, [R, {', '.join(map(str, p.shape))}], the same R "
+                                   "for every parameter")
+            count = g.shape[0]
+        labels = check_groups(labels, count, next(iter(self.named.values())).device)
         return {n: grads[n].detach() for n in self.named}, labels
 
     def _loop(self, batch: Any, snapshot: Snapshot) -> tuple[dict[str, torch.Tensor], NodeEstimates]:
@@ -602,7 +764,12 @@ def _tensorboard_writer(target: Any) -> tuple[Any, bool]:
     if target is None:
         return None, False
     if not isinstance(target, str | os.PathLike):
+        if not callable(getattr(target, "add_scalar", None)) or not callable(getattr(target, "flush", None)):
+            raise GradestError(f"tensorboard must be a log folder or a SummaryWriter (with add_scalar and "
+                               f"flush), got {type(target).__name__}")
         return target, False
+    if Path(target).exists() and not Path(target).is_dir():
+        raise GradestError(f"tensorboard={os.fspath(target)!r} is a file; give a log folder")
     try:
         from torch.utils.tensorboard import SummaryWriter
     except ImportError:
@@ -620,12 +787,21 @@ def _tensorboard_writer(target: Any) -> tuple[Any, bool]:
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
     """The records of a monitor's JSONL file (a torn last line, from a crash, is left out)."""
     out = []
-    with open(path, encoding="utf-8") as handle:
-        for line in handle:
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError:
-                continue
+    try:
+        with open(path, encoding="utf-8") as handle:
+            for number, line in enumerate(handle, 1):
+                try:
+                    row = json.loads(line)
+                except json.JSONDecodeError:
+                    continue
+                if not isinstance(row, dict):
+                    raise GradestError(f"{path}: line {number} is not a record (a JSON object); is it a "
+                                       "gradest monitor JSONL file?")
+                out.append(row)
+    except OSError as err:
+        raise GradestError(f"cannot read {path}: {err.strerror}") from None
+    except UnicodeDecodeError:
+        raise GradestError(f"{path} is not text (UTF-8); give a gradest monitor JSONL file") from None
     return out
 
 
@@ -641,17 +817,27 @@ def plot(records: Iterable[GroupStats | Mapping[str, Any]], path: str | os.PathL
     Returns:
         the matplotlib ``Figure``.
     """
-    from matplotlib.figure import Figure
-
+    if isinstance(records, str | bytes | Mapping) or not isinstance(records, Iterable):
+        raise GradestError(f"plot takes a list of records (monitor.records or read_jsonl(path)), got "
+                           f"{type(records).__name__}")
+    if isinstance(series, str):
+        series = (series,)
     lines: dict[tuple[str, str], list[Mapping[str, Any]]] = {}
     for r in records:
         row = r.to_json() if isinstance(r, GroupStats) else r
+        lacking = [k for k in ("step", "group", "variance", "snr")
+                   if not isinstance(row, Mapping) or k not in row]
+        if lacking:
+            raise GradestError(f"plot: a record lacks {', '.join(lacking)}; give GroupStats or the rows of "
+                               "read_jsonl(path)")
         lines.setdefault((" ".join(str(row.get(k)) for k in series), str(row["group"])), []).append(row)
     # one colour per run and one line style per group when runs are told apart; else a colour per group
     runs = list(dict.fromkeys(run for run, _ in lines))
     groups = list(dict.fromkeys(group for _, group in lines))
     colours = [f"C{i % 10}" for i in range(len(runs) if series else len(groups))]
     styles = ["-", "--", ":", "-."]
+    from matplotlib.figure import Figure  # here: matplotlib takes a second to import
+
     fig = Figure(figsize=(11, 4.2), layout="constrained")
     ax_var, ax_snr = fig.subplots(1, 2)
     for (run, group), rows in lines.items():

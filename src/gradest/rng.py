@@ -29,11 +29,16 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable
 
+import numpy as np
 import torch
 import torch.distributions as D
 from torch.distributions.utils import clamp_probs
 
+from gradest.errors import GradestError
+
 _SEED_HIGH = 2**62
+#: the largest seed torch takes as it is (a larger one overflows, a negative one wraps around)
+SEED_MAX = 2**64 - 1
 _FALLBACK_LOCK = threading.Lock()
 
 Shape = torch.Size | tuple[int, ...]
@@ -42,20 +47,91 @@ FamilySampler = Callable[[D.Distribution, torch.Size, torch.Generator], torch.Te
 SAMPLERS: dict[type[D.Distribution], FamilySampler] = {}
 
 
+def check_seed(seed: object, what: str = "seed") -> int:
+    """``seed`` as an int in [0, SEED_MAX], or a GradestError: torch would wrap a negative seed to
+    2**64 − 1 (or round 1.5 to 1) without a word, and two different seeds would give one stream."""
+    if isinstance(seed, bool | np.bool_) or not isinstance(seed, int | np.integer):
+        raise GradestError(f"{what} must be an integer from 0 to 2**64 − 1, got {type(seed).__name__} "
+                           f"{_short(seed)}; give a Python int, e.g. {what}=0")
+    if not 0 <= int(seed) <= SEED_MAX:
+        raise GradestError(f"{what} must be an integer from 0 to 2**64 − 1, got {_short(seed)}; torch "
+                           "would wrap it to another seed: give one in that range")
+    return int(seed)
+
+
+def _short(value: object, limit: int = 40) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for one-line messages."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit - 1]}…"
+
+
+def check_device(device: object) -> torch.device:
+    """``device`` (a name like ``cpu``, ``cuda:1``, or a torch.device) as a torch.device that can hold
+    a generator on this machine, or a GradestError."""
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError, ValueError):
+        raise GradestError(f"device {_short(device)} is not a device; give cpu, cuda or cuda:N "
+                           "(or a torch.device)") from None
+    if resolved.type == "cpu" and resolved.index not in (None, 0):
+        raise GradestError(f"device {str(resolved)!r}: there is one CPU device; give cpu")
+    if resolved.type == "meta":
+        raise GradestError("device 'meta' holds no data and so no random numbers; give cpu or cuda "
+                           "(the device of real parameters)")
+    if resolved.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise GradestError(f"device {str(resolved)!r}: CUDA is not available (this PyTorch build or "
+                               "machine has no GPU); give cpu")
+        if resolved.index is not None and resolved.index >= count:
+            raise GradestError(f"device {str(resolved)!r}: this machine has {count} GPU(s), cuda:0 to "
+                               f"cuda:{count - 1}")
+    return resolved
+
+
 def make_generator(seed: int, device: str | torch.device = "cpu") -> torch.Generator:
-    """A fresh generator seeded with `seed` (the only way gradest turns a seed into randomness)."""
-    gen = torch.Generator(device=device)
-    gen.manual_seed(int(seed))
+    """A fresh generator seeded with `seed` (the only way gradest turns a seed into randomness).
+
+    Args:
+        seed: an int from 0 to 2**64 − 1 (a numpy integer too; not a bool, a float or a string).
+        device: where the generator lives: ``cpu``, ``cuda``, ``cuda:N``, … or a torch.device.
+    Raises:
+        GradestError: a seed outside that range or of another type; a device that is not one, or
+            that this machine or PyTorch build does not have.
+    """
+    seed = check_seed(seed)
+    resolved = check_device(device)
+    try:
+        gen = torch.Generator(device=resolved)
+    except (RuntimeError, AssertionError) as err:
+        first = (str(err).splitlines() or [type(err).__name__])[0][:100]
+        raise GradestError(f"cannot make a generator on device {str(resolved)!r} on this machine ({first}); "
+                           "give a device it has, e.g. cpu") from None
+    gen.manual_seed(seed)
     return gen
 
 
 def check_generator(generator: object) -> torch.Generator:
     if not isinstance(generator, torch.Generator):
-        raise TypeError(
+        raise GradestError(
             f"expected a torch.Generator, got {type(generator).__name__}; "
             "create one with gradest.make_generator(seed)"
         )
     return generator
+
+
+def check_shape(shape: object, what: str = "sample_shape") -> torch.Size:
+    """``shape`` as a torch.Size of non-negative ints, or a GradestError (torch says TypeError or
+    RuntimeError deep inside a sampler)."""
+    items = (shape,) if isinstance(shape, int | np.integer) and not isinstance(shape, bool) else shape
+    try:
+        bad = isinstance(items, str | bytes) or any(
+            isinstance(n, bool | np.bool_) or not isinstance(n, int | np.integer) or n < 0 for n in items)
+    except TypeError:
+        bad = True
+    if bad:
+        raise GradestError(f"{what} must be a tuple of integers ≥ 0, got {_short(shape)}; e.g. (100,)")
+    return torch.Size(int(n) for n in items)
 
 
 def _same_device(a: torch.device, b: torch.device) -> bool:
@@ -73,13 +149,20 @@ def _noise(fill: Callable[..., torch.Tensor], shape: Shape, generator: torch.Gen
 
 def normal(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Standard normal ε ``shape`` on ``like``'s device and dtype."""
-    return _noise(torch.randn, shape, generator, like)
+    return _noise(torch.randn, check_shape(shape, "shape"), check_generator(generator), _like(like))
 
 
 def uniform(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Uniform(0, 1) ``shape`` on ``like``'s device and dtype, with 0 excluded."""
-    u = _noise(torch.rand, shape, generator, like)
+    u = _noise(torch.rand, check_shape(shape, "shape"), check_generator(generator), _like(like))
     return u.clamp_min(torch.finfo(u.dtype).tiny)
+
+
+def _like(like: object) -> torch.Tensor:
+    if not isinstance(like, torch.Tensor):
+        raise GradestError(f"like must be a tensor whose device and dtype the noise takes, got "
+                           f"{type(like).__name__}")
+    return like
 
 
 def logistic(u: torch.Tensor) -> torch.Tensor:
@@ -108,7 +191,10 @@ def sample(dist: D.Distribution, sample_shape: Shape, generator: torch.Generator
     draw with no gradient (``sample``).
     """
     check_generator(generator)
-    sample_shape = torch.Size(sample_shape)
+    sample_shape = check_shape(sample_shape)
+    if not isinstance(dist, D.Distribution):
+        raise GradestError(f"expected a torch.distributions.Distribution to sample, got "
+                           f"{type(dist).__name__}")
     if not reparameterized:
         with torch.no_grad():
             return _sample(dist, sample_shape, generator, False).detach()
@@ -156,7 +242,14 @@ def _global_fallback(dist, sample_shape, generator, reparameterized):
 def register_sampler(*families: type[D.Distribution]):
     """Decorator: the generator-aware sampler of ``families`` (and their subclasses)."""
 
+    for family in families:
+        if not (isinstance(family, type) and issubclass(family, D.Distribution)):
+            raise GradestError(f"register_sampler takes torch.distributions classes, got {_short(family)}")
+
     def wrap(fn: FamilySampler) -> FamilySampler:
+        if not callable(fn):
+            raise GradestError(f"a sampler must be a function (dist, sample_shape, generator) -> x, got "
+                               f"{type(fn).__name__}")
         for family in families:
             SAMPLERS[family] = fn
         return fn
@@ -283,4 +376,11 @@ def _exp_relaxed_categorical(dist, sample_shape, generator):
 
 def poisson(rate: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """x ~ Poisson(rate) elementwise (no gradient), from ``generator``, on ``rate``'s device."""
+    check_generator(generator)
+    if not isinstance(rate, torch.Tensor) or not rate.is_floating_point():
+        got = rate.dtype if isinstance(rate, torch.Tensor) else type(rate).__name__
+        raise GradestError(f"the Poisson rate must be a floating-point tensor, got {got}; "
+                           "e.g. torch.tensor([2.0])")
+    if not bool(torch.isfinite(rate).all()) or bool((rate < 0).any()):
+        raise GradestError("the Poisson rate must be finite and ≥ 0 everywhere")
     return _poisson(D.Poisson(rate.detach(), validate_args=False), torch.Size(()), generator)

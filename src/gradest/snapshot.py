@@ -29,6 +29,7 @@ import numpy as np
 import torch
 
 from gradest.errors import GradestError
+from gradest.rng import check_seed
 
 #: values kept as they are: code and classes are not state
 _OPAQUE = (types.FunctionType, types.BuiltinFunctionType, types.MethodType, types.ModuleType, type,
@@ -171,6 +172,9 @@ class Snapshot:
     """
 
     def __init__(self, objects: Iterable[Any]) -> None:
+        if isinstance(objects, str | bytes | dict) or not isinstance(objects, Iterable):
+            raise GradestError(f"Snapshot takes a list of the objects to restore (e.g. [estimator, "
+                               f"model.bn]), got {type(objects).__name__}")
         self.objects = list(objects)
         memo: dict[int, Any] = {}
         self._saved = [_capture(obj, memo) for obj in self.objects]
@@ -192,12 +196,13 @@ def global_rngs_forked(seed: int) -> Iterator[None]:
     (seeding an uninitialized device would act later, on the training run); their streams are
     restored.
     """
+    seed = check_seed(seed)
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_initialized() else []
     py_state = random.getstate()
     np_state = np.random.get_state()  # noqa: NPY002  (the legacy global state is restored)
     try:
         with torch.random.fork_rng(devices=devices, device_type="cuda"):
-            torch.default_generator.manual_seed(int(seed))
+            torch.default_generator.manual_seed(seed)
             yield
     finally:
         random.setstate(py_state)

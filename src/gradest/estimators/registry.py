@@ -85,18 +85,50 @@ def register(name: str, summary: str, argument: str | None = None, required: boo
         The decorator; it returns the factory unchanged.
 
     Raises:
-        ValueError: a name with ``+`` or ``=``, or one already registered.
+        GradestError: an empty name, one with ``+``, ``=`` or white space, or one already registered;
+            a summary that is not one line of text; an argument name that is not a word; required
+            without an argument; a variance hook or a factory that is not callable.
     """
+    _check_word(name, "an estimator name", "my-score")
+    if "+" in name or "=" in name:
+        raise GradestError(f"estimator names cannot contain '+' or '=' (the spec grammar), got {name!r}; "
+                           "use letters, digits and '-', e.g. 'my-score'")
+    if name in _REGISTRY:
+        raise GradestError(f"estimator {name!r} is already registered; choose another name (registered: "
+                           f"{', '.join(_REGISTRY)})")
+    if not isinstance(summary, str) or not summary.strip() or "\n" in summary or "\r" in summary:
+        raise GradestError(f"the summary of estimator {name!r} must be one non-empty line of text, got "
+                           f"{summary!r}")
+    if argument is not None:
+        _check_word(argument, f"the argument name of estimator {name!r}", "b")
+        if "+" in argument or "=" in argument:
+            raise GradestError(f"the argument name of estimator {name!r} cannot contain '+' or '=', got "
+                               f"{argument!r}")
+    if not isinstance(required, bool):
+        raise GradestError(f"required must be True or False, got {required!r}")
+    if required and argument is None:
+        raise GradestError(f"estimator {name!r}: required=True needs an argument name, e.g. argument='b'")
+    if variance is not None and not callable(variance):
+        raise GradestError(f"the variance hook of estimator {name!r} must be a function (kit, arg) -> "
+                           f"terms, or None; got {type(variance).__name__}")
 
     def wrap(factory: Callable[[str | None], Estimator]) -> Callable[[str | None], Estimator]:
-        if "+" in name or "=" in name:
-            raise ValueError(f"estimator names cannot contain '+' or '=' (the spec grammar), got {name!r}")
+        if not callable(factory):
+            raise GradestError(f"register({name!r}, …) decorates a factory (argument or None) -> "
+                               f"Estimator, got {type(factory).__name__}")
         if name in _REGISTRY:
-            raise ValueError(f"estimator {name!r} is already registered")
+            raise GradestError(f"estimator {name!r} is already registered; choose another name")
         _REGISTRY[name] = Entry(factory, summary, argument, required, variance)
         return factory
 
     return wrap
+
+
+def _check_word(text: object, what: str, example: str) -> None:
+    """A non-empty string without white space (it is typed on a command line), or a GradestError."""
+    if not isinstance(text, str) or not text or any(c.isspace() for c in text) or not text.isprintable():
+        raise GradestError(f"{what} must be a non-empty string without spaces, got {text!r}; "
+                           f"e.g. {example!r}")
 
 
 def load_plugins() -> None:
@@ -164,20 +196,31 @@ def get_estimator(spec: str | Estimator) -> Estimator:
     """An estimator from ``NAME[=ARG][+SAMPLER[=ARG]]``; an Estimator passes through unchanged."""
     if isinstance(spec, Estimator):
         return spec
-    text = str(spec)
+    if not isinstance(spec, str):
+        raise GradestError(f"an estimator is a name like 'pathwise' or 'score-const=2' or an Estimator, "
+                           f"got {type(spec).__name__}; see gradest.available()")
+    text = spec
+    if not text.strip():
+        raise GradestError(f"give an estimator name, got {text!r}; choose one of: {', '.join(available())}")
     base, plus, sampler_spec = text.partition("+")
     if plus and (not sampler_spec or "+" in sampler_spec):
         raise GradestError(
             f"give exactly one sampler after '+', e.g. {base}+antithetic or {base}+qmc, got {text!r}; "
             f"samplers: {', '.join(SAMPLERS)}"
         )
-    name, _, arg = base.partition("=")
+    name, equals, arg = base.partition("=")
     entry = lookup(name)
-    if entry.argument is None and arg:
-        raise GradestError(f"estimator {name!r} takes no argument, got {spec!r}")
+    if entry.argument is None and equals:
+        raise GradestError(f"estimator {name!r} takes no argument, got {spec!r}; drop the '=…'")
     if entry.required and not arg:
         raise GradestError(f"estimator {name!r} needs a value: {name}={entry.argument.upper()}")
+    if equals and not arg:
+        raise GradestError(f"estimator {name!r}: no value after '=' in {spec!r}; give one, "
+                           f"{name}={entry.argument.upper()}, or drop the '=' for the default")
     estimator = entry.factory(arg or None)
+    if not isinstance(estimator, Estimator):
+        raise GradestError(f"the factory registered as {name!r} returned {type(estimator).__name__}, not a "
+                           "gradest.Estimator; fix the factory (or the plugin that registers it)")
     if sampler_spec:
         estimator.sampler = get_sampler(sampler_spec)
     estimator.name = text
