@@ -29,7 +29,7 @@ import torch
 
 from gradest.monitor import GradientMonitor
 from gradest.vae.bernoulli import EVALUATIONS, LatentEstimator, monitor_loss
-from gradest.vae.objectives import get_objective
+from gradest.vae.catalog import get_objective
 from gradest.vae.train import TrainConfig, load_checkpoint, load_run, setup, train
 
 SPECS = ["score-loo", "vimco", "gumbel-st=0.5", "arm", "disarm", "rebar", "relax"]

@@ -16,8 +16,8 @@ from torch import nn
 from gradest.estimators.baselines import MovingAverage
 from gradest.monitor import read_jsonl
 from gradest.rng import make_generator
+from gradest.vae.catalog import get_objective
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
-from gradest.vae.objectives import get_objective
 from gradest.vae.train import STREAM_DIAG, TrainConfig, load_checkpoint, setup, train
 
 TINY = TrainConfig(

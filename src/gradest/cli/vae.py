@@ -24,7 +24,8 @@ from gradest.io import output_lock, write_json
 
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
-from gradest.vae.objectives import OBJECTIVES, architecture_defaults, get_objective
+from gradest.vae.catalog import get_objective
+from gradest.vae.objectives import OBJECTIVES, architecture_defaults
 
 if TYPE_CHECKING:
     from gradest.vae.train import TrainConfig

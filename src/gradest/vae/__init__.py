@@ -16,10 +16,11 @@ reachable as ``gradest.vae.train``.
 or one step at a time: ``OBJECTIVES["vimco"].fn(model, x, k, generator, None).loss.backward()``.
 """
 
+from gradest.vae.catalog import get_objective
 from gradest.vae.data import ImageData, load_images, read_idx
 from gradest.vae.evaluate import Evaluation, evaluate
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
-from gradest.vae.objectives import OBJECTIVES, Estimate, Objective, get_objective
+from gradest.vae.objectives import OBJECTIVES, Estimate, Objective
 from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics
 from gradest.vae.train import train as train_vae  # not `train`: that name is the module gradest.vae.train
 from gradest.vae.variance import GradientVariance, encoder_gradient_variance, repeat_gradients

@@ -53,7 +53,7 @@ from gradest.estimators.base import Estimator
 from gradest.estimators.rebar import Rebar
 from gradest.estimators.registry import get_estimator
 from gradest.vae.model import SigmoidBeliefVAE, bernoulli_latent_log_prob
-from gradest.vae.objectives import Estimate, Objective, vimco_estimate
+from gradest.vae.objectives import OBJECTIVES, Estimate, Objective, vimco_estimate
 
 #: evaluations of f per sample of each estimator (the table's budget is K × this, per image)
 EVALUATIONS = {"score-loo": 1, "gumbel-st": 1, "vimco": 1, "arm": 2, "disarm": 2, "rebar": 3, "relax": 3}
@@ -168,12 +168,10 @@ NAMES = tuple(_SUMMARIES)
 CHOICES = "score-loo, vimco, gumbel-st=TEMP, rebar, relax, arm, disarm"
 
 
-def get_objective(spec: str, k: int) -> Objective:
+def binary_objective(spec: str, k: int) -> Objective:
     """The binary-latent objective ``spec`` (``NAME`` or ``gumbel-st=TEMP``), checked for ``k``."""
     name, eq, _ = spec.partition("=")
     if name not in _SUMMARIES:
-        from gradest.vae.objectives import OBJECTIVES
-
         why = (f"{name} is an estimator of the Gaussian VAE (it needs reparameterizable latents)"
                if name in OBJECTIVES else f"unknown --estimator {spec!r}")
         raise GradestError(f"{why}; with --latent-dist bernoulli choose one of: {CHOICES}")

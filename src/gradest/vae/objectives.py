@@ -226,17 +226,9 @@ OBJECTIVES: dict[str, Objective] = {
 }
 
 
-LATENT_DISTS = ("gaussian", "bernoulli")
-
-
-def get_objective(name: str, k: int, latent_dist: str = "gaussian") -> Objective:
-    """The objective ``name`` for the latents ``latent_dist``, checked to accept ``k`` samples per image."""
-    if latent_dist not in LATENT_DISTS:
-        raise GradestError(f"--latent-dist must be one of {', '.join(LATENT_DISTS)}, got {latent_dist!r}")
-    if latent_dist == "bernoulli":
-        from gradest.vae import bernoulli  # it builds on this module
-
-        return bernoulli.get_objective(name, k)
+def gaussian_objective(name: str, k: int) -> Objective:
+    """The Gaussian-latent objective ``name``, checked to accept ``k`` samples per image
+    (:func:`gradest.vae.catalog.get_objective` chooses between the latent families)."""
     entry = OBJECTIVES.get(name)
     base, colon, k_text = name.partition(":")
     if entry is None and colon and base in OBJECTIVES:

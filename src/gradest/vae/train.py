@@ -55,11 +55,12 @@ from gradest.estimators.baselines import MovingAverage
 from gradest.io import write_atomic, write_json
 from gradest.monitor import GradientMonitor
 from gradest.rng import make_generator
+from gradest.vae.catalog import get_objective
 from gradest.vae.data import ImageData, absolute_spec, binarize, check_binarize, load_images
 from gradest.vae.distributed import Group, check_batches
 from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
 from gradest.vae.model import VAE, SigmoidBeliefVAE
-from gradest.vae.objectives import Objective, check_architecture, get_objective, make_baseline
+from gradest.vae.objectives import Objective, check_architecture, make_baseline
 from gradest.vae.variance import repeat_gradients
 
 CHECKPOINT = "checkpoint.pt"
