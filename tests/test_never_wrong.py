@@ -263,3 +263,50 @@ def test_a_graph_node_applies_the_boundary_refusal():
         with gradest.graph(gen(), num_samples=8) as g:
             b = g.sample("b", Bernoulli(probs=t(1.0)), "score-loo")
             g.cost("c", (b - 0.6) ** 2)
+
+
+# ── misuse of the estimators' own API: a GradestError naming the fix ──────────────────────────
+
+
+@pytest.mark.parametrize(("params", "needle"), [
+    ({"loc": torch.zeros(2, dtype=D, device="meta"), "scale": torch.ones(2, dtype=D, device="meta")},
+     "meta device"),
+    ({"loc": torch.zeros(3, dtype=D).to_sparse(), "scale": torch.ones(3, dtype=D)}, "dense"),
+    ({"loc": torch.zeros(0, dtype=D), "scale": torch.ones(0, dtype=D)}, "no elements"),
+])
+def test_parameters_without_values_are_refused(params, needle):
+    for view in ("per_sample", "surrogate"):
+        with pytest.raises(gradest.GradestError, match=needle):
+            getattr(gradest.get_estimator("pathwise"), view)(lambda x: x, Normal, params, 10, gen())
+
+
+def test_a_sample_count_beyond_memory_names_the_count_that_fits():
+    from gradest.compare import available_memory
+
+    if available_memory() is None:
+        pytest.skip("free memory cannot be read here")
+    with pytest.raises(gradest.GradestError, match="num_samples 10000000000000 needs about .* use at most"):
+        gradest.get_estimator("pathwise").per_sample(lambda x: x, Normal, {"loc": t(0.0), "scale": t(1.0)},
+                                                     10**13, gen())
+
+
+def test_constructors_and_functions_check_their_arguments():
+    from gradest.estimators import Constant, ControlVariate, MeasureValued, ScoreFunction
+
+    cases = [
+        (lambda: gradest.get_estimator("pathwise").per_sample(3, Normal, {"loc": t(0.0), "scale": t(1.0)},
+                                                              10, gen()), "f must be a function"),
+        (lambda: ScoreFunction(3), "baseline must be a baseline"),
+        (lambda: ControlVariate(3, 4), "wraps an Estimator"),
+        (lambda: Constant(float("nan")), "finite number"),
+        (lambda: Constant("x"), "finite number"),
+        (lambda: MeasureValued(coupled="x"), "coupled must be True or False"),
+        (lambda: gradest.Capabilities(needs_rsample="x"), "needs_rsample must be True or False"),
+        (lambda: gradest.Capabilities(node="leaf"), "Capabilities.node must be one of"),
+        (lambda: gradest.attribute(3), "NodeGradients"),
+        (lambda: gradest.enumerate_graph(3), "a function model"),
+        (lambda: gradest.select(3, Normal, {"loc": t(0.0), "scale": t(1.0)}), "f must be a function"),
+    ]
+    for call, needle in cases:
+        with pytest.raises(gradest.GradestError, match=needle):
+            call()

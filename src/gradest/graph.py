@@ -274,6 +274,9 @@ def variance_stderr(grads: Mapping[str, torch.Tensor]) -> float:
 
 def attribute(node_grads: NodeGradients) -> Attribution:
     """Which node makes the gradient noisy: the single-sample variance of each node's term."""
+    if not isinstance(node_grads, NodeGradients):
+        raise GradestError(f"attribute takes the NodeGradients of Graph.per_node(params), got "
+                           f"{type(node_grads).__name__}")
     nodes = {k: trace_variance(g) for k, g in node_grads.grads.items()}
     whole = trace_variance(node_grads.total)
     stderr = {k: variance_stderr(g) for k, g in node_grads.grads.items()}
@@ -1053,6 +1056,9 @@ def enumerate_graph(model: Callable[[Graph], object], max_support: int = MAX_SUP
     (once to learn the nodes, once on every joint value). The result's autograd gradients of every
     order are the exact ones: the oracle for :meth:`Graph.surrogate`.
     """
+    if not callable(model):
+        raise GradestError(f"enumerate_graph takes a function model(g) that builds the graph, got "
+                           f"{type(model).__name__}")
     with torch.no_grad():
         with _Discovery() as first:
             model(first)

@@ -61,7 +61,7 @@ import torch
 from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 from torch.distributions.utils import clamp_probs
 
-from gradest import contract, health, rng
+from gradest import contract, health, limits, rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
 
@@ -155,6 +155,15 @@ class Capabilities:
                                f"got {self.health!r}")
         if self.node not in NODE_ROLES:
             raise GradestError(f"Capabilities.node must be one of {', '.join(NODE_ROLES)}, got {self.node!r}")
+        for flag in ("needs_rsample", "differentiates_f", "discrete", "fixed_support", "biased", "replicates",
+                     "interior", "separable"):
+            if not isinstance(getattr(self, flag), bool):
+                raise GradestError(f"Capabilities.{flag} must be True or False, got {getattr(self, flag)!r}")
+        families = self.families
+        if families is not None and (not isinstance(families, tuple) or not all(
+                isinstance(c, type) and issubclass(c, Distribution) for c in families)):
+            raise GradestError("Capabilities.families must be None or a tuple of torch.distributions "
+                               f"classes, got {families!r}")
 
 
 # ── parameters, builders, costs ─────────────────────────────────────────────────────────────
@@ -170,11 +179,20 @@ def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 f"parameter {name!r} must be a torch.Tensor, got {type(value).__name__}; "
                 f"wrap it with torch.tensor(...)"
             )
+        if value.layout != torch.strided:
+            raise GradestError(f"parameter {name!r} is a {value.layout} tensor; give a dense one "
+                               "(.to_dense())")
+        if value.device.type == "meta":
+            raise GradestError(f"parameter {name!r} is on the meta device, which holds no values; give it "
+                               "values on cpu or cuda (e.g. torch.empty_like(p, device='cpu'))")
         if not value.is_floating_point():
             raise GradestError(
                 f"parameter {name!r} must be a floating-point tensor to be differentiated, "
                 f"got dtype {value.dtype}; use torch.tensor(..., dtype=torch.float64)"
             )
+        if value.numel() == 0:
+            raise GradestError(f"parameter {name!r} has no elements (shape {list(value.shape)}): there is no "
+                               "gradient to estimate; give it at least one value")
         finite = torch.isfinite(value)
         if not finite.all():
             bad = int((~finite).sum())
@@ -217,6 +235,23 @@ def check_num_samples(num_samples: int, minimum: int = 1) -> int:
     if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < minimum:
         raise GradestError(f"num_samples must be an integer ≥ {minimum}, got {num_samples!r}")
     return num_samples
+
+
+#: below this many numbers (N × numbers per sample) a call is not checked against free memory
+_MEMORY_CHECK_FROM = 2**26
+
+
+def check_memory(num_samples: int, params: Mapping[str, torch.Tensor], dist: Distribution) -> None:
+    """Refuse, with the N that fits, a call whose draws and per-sample gradients exceed free memory."""
+    numbers = sum(v.numel() for v in params.values()) + dist.batch_shape.numel() * dist.event_shape.numel()
+    if num_samples * numbers >= _MEMORY_CHECK_FROM:
+        limits.refuse_beyond_memory("num_samples", num_samples, numbers)
+
+
+def check_cost(f: object) -> None:
+    if not callable(f):
+        raise GradestError(f"f must be a function of the samples, f(x) -> costs [N] or [N, *B], got "
+                           f"{type(f).__name__}")
 
 
 def declared_parameters(f: Cost, names: tuple[str, ...]) -> tuple[str, ...]:
@@ -488,16 +523,16 @@ def _mixes(replicated: Distribution, single: Distribution, rows: int) -> str | N
     return None
 
 
-def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int
-              ) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
+def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int,
+              single: Distribution | None = None) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
     """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
 
     Tries the plain layout (every parameter ``[N, *shape]``), then the right-aligned one (a shared
     parameter of lower rank gets singleton axes), on a probe of R replicas (R ≥ 2, a size no axis
     has): the builder must give batch shape ``[R, *B]`` and the same family tensors in every row as
-    without replication.
+    without replication. ``single``: the build from ``params`` themselves, where the caller has it.
     """
-    single = build(dist_builder, params)
+    single = build(dist_builder, params) if single is None else single
     # probe with a replica count no axis has, so that broadcasting cannot succeed by coincidence
     sizes = {n for v in params.values() for n in v.shape} | set(single.batch_shape) | set(single.event_shape)
     rows = next(r for r in range(2, 3 + len(sizes)) if r not in sizes)
@@ -908,13 +943,16 @@ class Estimator:
         """Single-sample estimates ``[num_samples, *param.shape]`` for each parameter (batched)."""
         start = time.perf_counter()
         rng.check_generator(generator)
+        check_cost(f)
         params = check_params(params)
         num_samples = self.check_samples(num_samples)
         declared = declared_parameters(f, tuple(params))
         # Detach: the per-sample view is a diagnostic and must not touch the caller's graph.
         leaves = {k: v.detach().requires_grad_(True) for k, v in params.items()}
         with torch.enable_grad():
-            replicas, dist, single = replicate(dist_builder, leaves, num_samples)
+            single = build(dist_builder, leaves)
+            check_memory(num_samples, params, single)
+            replicas, dist, single = replicate(dist_builder, leaves, num_samples, single)
             self.require(single)
             node = Node(dist, num_samples, True, single.batch_shape, single.event_shape,
                         dist_builder, replicas, diagnostic=True)
@@ -967,10 +1005,12 @@ class Estimator:
         if reduction not in REDUCTIONS:
             raise GradestError(f"reduction must be one of {', '.join(REDUCTIONS)}, got {reduction!r}")
         rng.check_generator(generator)
+        check_cost(f)
         params = check_params(params)
         num_samples = self.check_samples(num_samples)
         declared = declared_parameters(f, tuple(params))
         dist = build(dist_builder, params)
+        check_memory(num_samples, params, dist)
         self.require(dist)
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
         cost = BoundCost(f, declared, cost_arguments(plain_replicas(params, num_samples), dist, num_samples),

@@ -13,6 +13,7 @@ estimates are dependent and their standard error comes from independent calls
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -48,6 +49,11 @@ class Constant:
     value: float
     min_samples = 1
     couples_samples = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.value, bool) or not isinstance(self.value, int | float) \
+                or not math.isfinite(self.value):
+            raise GradestError(f"a constant baseline must be a finite number, got {self.value!r}")
 
     def __call__(self, values: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
         return torch.full_like(values, float(self.value))

@@ -195,6 +195,12 @@ class ControlVariate(Estimator):
     node_refusal = "fits control-variate coefficients on per-sample gradients"
 
     def __init__(self, inner: Estimator, control, name: str | None = None) -> None:
+        if not isinstance(inner, Estimator):
+            raise GradestError(f"a control variate wraps an Estimator (e.g. get_estimator('score')), "
+                               f"got {inner!r}")
+        if not hasattr(control, "fit"):
+            raise GradestError(f"control must be a control variate (DeltaMethod, ConstantControl), "
+                               f"got {control!r}")
         self.inner = inner
         self.control = control
         self.name = name or f"{inner.name}-cv"

@@ -261,6 +261,8 @@ class MeasureValued(Estimator):
         return reason
 
     def __init__(self, coupled: bool = True, name: str | None = None) -> None:
+        if not isinstance(coupled, bool):
+            raise GradestError(f"coupled must be True or False, got {coupled!r}")
         self.coupled = coupled
         self.name = name or ("mvd" if coupled else "mvd-uncoupled")
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import torch
 
+from gradest.errors import GradestError
 from gradest.estimators.base import (
     BoundCost,
     Capabilities,
@@ -61,6 +62,9 @@ class ScoreFunction(Estimator):
     capabilities = Capabilities(fixed_support=True, interior=True, node="score")
 
     def __init__(self, baseline: Baseline | None = None, name: str = "score") -> None:
+        if baseline is not None and not (callable(baseline) and hasattr(baseline, "min_samples")):
+            raise GradestError(f"baseline must be a baseline (gradest.NoBaseline, Constant, LeaveOneOut, "
+                               f"MovingAverage or one with min_samples and __call__), got {baseline!r}")
         self.baseline = NoBaseline() if baseline is None else baseline
         self.name = name
         self.min_samples = self.baseline.min_samples

@@ -264,8 +264,10 @@ def select(
         A :class:`Selection`: the most efficient unbiased candidate, why (near ties named), and the
         ranked table with intervals.
     """
-    if num_samples < 2:
-        raise GradestError(f"num_samples must be ≥ 2 to measure a variance, got {num_samples}")
+    if not callable(f):
+        raise GradestError(f"f must be a function of the samples, f(x) -> costs [N], got {type(f).__name__}")
+    if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 2:
+        raise GradestError(f"num_samples must be an integer ≥ 2 to measure a variance, got {num_samples!r}")
     check_threads(threads)
     specs = list(estimators) if estimators else default_candidates()
     if not specs:
