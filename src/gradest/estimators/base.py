@@ -524,7 +524,8 @@ def _mixes(replicated: Distribution, single: Distribution, rows: int) -> str | N
 
 
 def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_samples: int,
-              single: Distribution | None = None) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
+              single: Distribution | None = None
+              ) -> tuple[dict[str, torch.Tensor], Distribution, Distribution]:
     """Replicas ``[N, …]`` of the parameters, the replicated distribution and the single one.
 
     Tries the plain layout (every parameter ``[N, *shape]``), then the right-aligned one (a shared
