@@ -215,3 +215,17 @@ def test_float32_at_half_a_million_samples_is_unbiased(spec, seed):
             continue
         z = error / stderr[name].double()
         assert abs(z) <= Z_TOL, f"{spec} seed {seed} {name}: z = {z.item():.2f}"
+
+
+
+@pytest.mark.parametrize(("dtype", "step"), [(torch.float32, 2.0**-24), (torch.float64, 2.0**-53)])
+def test_a_zero_uniform_becomes_the_middle_of_its_cell(monkeypatch, dtype, step):
+    """torch.rand's 0 stands for [0, step): rng.uniform makes it step/2, which logistic and Gumbel noise
+    keep near the cell's mass (the dtype's smallest number would put it 20 to 70 units out)."""
+    from gradest import rng
+
+    real = torch.rand
+    monkeypatch.setattr(torch, "rand", lambda *a, **k: torch.zeros_like(real(*a, **k)))
+    u = rng.uniform((3,), torch.Generator().manual_seed(0), torch.zeros((), dtype=dtype))
+    assert torch.equal(u, torch.full((3,), step / 2, dtype=dtype))
+    assert float(rng.logistic(u)[0]) == pytest.approx(math.log(step / 2), rel=1e-6)

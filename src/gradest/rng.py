@@ -153,9 +153,15 @@ def normal(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torc
 
 
 def uniform(shape: Shape, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
-    """Uniform(0, 1) ``shape`` on ``like``'s device and dtype, with 0 excluded."""
+    """Uniform(0, 1) ``shape`` on ``like``'s device and dtype, with 0 excluded.
+
+    ``torch.rand`` draws multiples of eps/2 (2⁻²⁴ in float32); a 0 stands for the first cell
+    [0, step), so it becomes the cell's middle, step/2 (not the dtype's smallest number, which the
+    logistic and Gumbel transforms would send 20 to 70 units further out than the cell's mass).
+    """
     u = _noise(torch.rand, check_shape(shape, "shape"), check_generator(generator), _like(like))
-    return u.clamp_min(torch.finfo(u.dtype).tiny)
+    half_step = torch.finfo(u.dtype).eps / 4  # rand steps by eps/2
+    return torch.where(u == 0, torch.full_like(u, half_step), u)
 
 
 def _like(like: object) -> torch.Tensor:
