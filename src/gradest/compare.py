@@ -23,6 +23,12 @@ from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder, build, check_num_samples, check_params
 from gradest.exact import ExactGradient, exact_grad
+from gradest.memory import (
+    BYTES_PER_SAMPLE_BASE,
+    BYTES_PER_SAMPLE_PER_NUMBER,
+    available_gpu_memory,
+    available_memory,
+)
 from gradest.rng import check_seed, make_generator
 
 #: samples of the untimed warm-up call of each estimator, before any timing
@@ -149,31 +155,6 @@ def compare(
     summaries = [s._replace(seconds_per_sample=t / s.num_samples) for s, t in zip(summaries, seconds,
                                                                                      strict=True)]
     return Comparison(dict(config or {}), exact, note, summaries)
-
-
-#: measured peak memory per sample of one estimator's run (samples, per-sample gradients and the
-#: autograd graph): about BASE + PER_NUMBER bytes per number held per sample (parameters + one draw)
-BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER = 200, 32
-
-
-def available_memory() -> int | None:
-    """MemAvailable of /proc/meminfo in bytes, or None where there is no such file."""
-    try:
-        with open("/proc/meminfo", encoding="ascii") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        return None
-    return None
-
-
-def available_gpu_memory(device: torch.device) -> int | None:
-    """Free memory of the GPU ``device`` in bytes, or None where CUDA cannot say."""
-    try:
-        return int(torch.cuda.mem_get_info(device)[0])
-    except (RuntimeError, AssertionError, ValueError):
-        return None
 
 
 def _refuse_beyond_memory(dist_builder: Builder, params: Mapping[str, torch.Tensor],

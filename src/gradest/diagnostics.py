@@ -1,4 +1,7 @@
-r"""Diagnostics of an estimator, pure functions of its single-sample estimates ĝ_1..ĝ_N.
+r"""Diagnostics of an estimator: its per-sample record summarized against an exact gradient.
+
+The statistics themselves live one floor down, in :mod:`gradest.stats` (imported here, so
+``gradest.diagnostics.mean_stderr`` and the rest keep working):
 
     mean      ḡ = (1/N) Σ ĝ_n                      the estimate of ∇θ L
     variance  s² = Σ (ĝ_n − ḡ)² / (N − 1)          of ONE single-sample estimate
@@ -25,7 +28,6 @@ and ``variance`` stays the variance of one (marginal) single-sample estimate; N 
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -33,6 +35,23 @@ import torch
 
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import PerSampleGradients
+from gradest.stats import (  # noqa: F401 — the statistics, re-exported where callers look for them
+    ROUNDING,
+    batch_rmse,
+    check_dense,
+    check_groups,
+    degrees_of_freedom,
+    effective_variance,
+    log_interval,
+    mean_stderr,
+    median,
+    pooled,
+    to_json_value,
+    variance,
+    variance_stderr,
+    z_bound,
+    z_score,
+)
 
 if TYPE_CHECKING:  # gradest.exact imports scipy: loaded where an exact gradient is used, not here
     from gradest.exact import ExactGradient
@@ -62,135 +81,6 @@ class EstimatorSummary(NamedTuple):
         out["seconds_per_sample"] = self.seconds_per_sample
         out["num_samples"] = self.num_samples
         return out
-
-
-def to_json_value(value: torch.Tensor | float | None) -> Any:
-    """Tensor -> float or nested lists; NaN and ±inf -> None (JSON has no such numbers)."""
-    if value is None:
-        return None
-    if isinstance(value, torch.Tensor):
-        value = value.detach().cpu().double().tolist()
-    if isinstance(value, list):
-        return [to_json_value(v) for v in value]
-    return float(value) if math.isfinite(value) else None
-
-
-#: relative resolution of float64 estimates after the few operations an estimator performs
-ROUNDING = 64 * torch.finfo(torch.float64).eps
-
-
-def variance(samples: torch.Tensor) -> torch.Tensor:
-    """s² = Σ (ĝ_n − ḡ)² / (N − 1) along the sample axis (two passes: centred, then squared)."""
-    n = samples.shape[0]
-    if n < 2:
-        return torch.full_like(samples.mean(0), math.nan)
-    return (samples - samples.mean(0)).pow(2).sum(0) / (n - 1)
-
-
-def variance_stderr(samples: torch.Tensor) -> torch.Tensor:
-    """Standard error of s²: √(max(m₄ − s⁴, 0) / N), m₄ the fourth central sample moment."""
-    m4 = (samples - samples.mean(0)).pow(4).mean(0)
-    return ((m4 - variance(samples) ** 2).clamp_min(0.0) / samples.shape[0]).sqrt()
-
-
-def batch_rmse(samples: torch.Tensor, size: int, truth: torch.Tensor | float) -> torch.Tensor:
-    """Root mean square of (mean of a batch of ``size`` − truth) over the disjoint batches that fit."""
-    count = samples.shape[0] // size
-    means = samples[: count * size].reshape(count, size, *samples.shape[1:]).mean(1)
-    return ((means - truth) ** 2).mean(0).sqrt()
-
-
-def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor,
-            error: torch.Tensor | None = None) -> torch.Tensor:
-    """(mean − exact) / √(stderr² + error²): against the reference's total uncertainty.
-
-    ``error`` is the reference's own error estimate (quadrature), None for a closed form or an
-    enumeration. A difference within rounding of the reference, 64ε(1 + |exact|), is no evidence of
-    bias and gives 0, whatever the stderr (an estimate exact up to rounding has a stderr made of
-    rounding noise, far below the rounding of its sum); a larger gap with no uncertainty gives ±inf.
-    """
-    diff = mean - exact.to(mean)
-    scale = stderr if error is None else (stderr**2 + error.to(mean) ** 2).sqrt()
-    tiny = 64 * torch.finfo(mean.dtype).eps * (1.0 + exact.to(mean).abs())
-    return torch.where(diff.abs() <= tiny, torch.zeros_like(diff), diff / scale)
-
-
-def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """Standard error of ``samples.mean(0)``; over independent groups when ``groups`` is given."""
-    n = samples.shape[0]
-    if groups is None:
-        return (variance(samples) / n).sqrt()
-    size = int(groups.max()) + 1
-    counts = torch.bincount(groups, minlength=size).to(samples.dtype)
-    if size < 2:
-        return torch.full_like(samples.mean(0), math.nan)
-    groups = groups.to(samples.device)
-    sums = samples.new_zeros(size, *samples.shape[1:]).index_add_(0, groups, samples)
-    shape = (size,) + (1,) * (samples.dim() - 1)
-    share = (counts / n).reshape(shape)
-    means = sums / counts.reshape(shape)
-    deviation = means - samples.mean(0)
-    return (size / (size - 1) * (share**2 * deviation**2).sum(0)).sqrt()
-
-
-def effective_variance(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
-    """N · stderr²: the single-sample variance an i.i.d. scheme would need for the same stderr."""
-    return samples.shape[0] * mean_stderr(samples, groups) ** 2
-
-
-def degrees_of_freedom(num_samples: int, groups: torch.Tensor | None = None) -> int:
-    """Of the stderr: N − 1 for i.i.d. samples, G − 1 over G independent groups (pairs, batches)."""
-    return num_samples - 1 if groups is None else int(torch.unique(groups).numel()) - 1
-
-
-def z_bound(false_alarm: float, tests: int, dof: float = math.inf) -> float:
-    """Two-sided Bonferroni bound on |z| for ``tests`` z-scores with a total false-alarm rate.
-
-    z over a stderr with ``dof`` degrees of freedom is Student-t distributed (a stderr from 16
-    batches or 10 randomizations has heavier tails than N(0, 1)); inf: the normal bound.
-    """
-    from scipy.stats import norm, t  # here: scipy.stats takes ~0.4 s to import
-
-    level = false_alarm / (2 * max(tests, 1))
-    return float(norm.isf(level) if not math.isfinite(dof) else t.isf(level, max(dof, 1)))
-
-
-def pooled(means: list[torch.Tensor], stderrs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and stderr of R independent batches of equal size: (Σ m_r / R, √(Σ se_r²) / R)."""
-    r = len(means)
-    return sum(means) / r, (sum(se**2 for se in stderrs) / r**2).sqrt()
-
-
-def median(values: torch.Tensor | list[float]) -> float:
-    """The median (the lower middle value of an even count, as torch's)."""
-    return float(torch.as_tensor(values, dtype=torch.float64).median())
-
-
-def log_interval(values: torch.Tensor | list[float], robust: bool = False,
-                 confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
-    """A positive quantity measured once per independent batch: (center, interval on the log scale).
-
-    center: the batches' mean, or their median with ``robust``; interval center × exp(±q · se(log)),
-    with se(log) = sd/(√R · center) for the mean and 1.2533 · 1.4826 · MAD(log v)/√R for the median
-    (a median of timings: one slow batch, a machine's hiccup, moves neither), q the Student-t
-    quantile with R − 1 degrees of freedom. A zero center gives [0, 0]; fewer than 2 batches NaNs.
-    """
-    from scipy.stats import t  # here: scipy.stats takes ~0.4 s to import
-
-    v = torch.as_tensor(values, dtype=torch.float64)
-    r = v.numel()
-    center = median(v) if robust else float(v.mean())
-    if r < 2 or not math.isfinite(center):
-        return center, (math.nan, math.nan)
-    if center <= 0:
-        return center, (0.0, 0.0)
-    if robust:
-        logs = v.clamp_min(torch.finfo(torch.float64).tiny).log()
-        se = 1.2533 * 1.4826 * float((logs - logs.median()).abs().median()) / math.sqrt(r)
-    else:
-        se = float(v.std(correction=1)) / (math.sqrt(r) * center)
-    q = float(t.ppf(0.5 + confidence / 2, r - 1))
-    return center, (center * math.exp(-q * se), center * math.exp(q * se))
 
 
 def param_stats(
@@ -283,7 +173,7 @@ def _check_samples(samples: object) -> torch.Tensor:
     if not isinstance(samples, torch.Tensor):
         raise GradestError(f"samples must be a tensor [N, *shape] of single-sample estimates, got "
                            f"{type(samples).__name__}; e.g. per_sample.grads['loc']")
-    _check_dense(samples, "samples")
+    check_dense(samples, "samples")
     if not samples.is_floating_point():
         raise GradestError(f"samples must be real floating-point, got {samples.dtype}; convert them, e.g. "
                            ".double()")
@@ -296,13 +186,6 @@ def _check_samples(samples: object) -> torch.Tensor:
     return samples
 
 
-def _check_dense(value: torch.Tensor, what: str) -> None:
-    if value.is_meta:
-        raise GradestError(f"{what} is a meta tensor, which holds no values; give one with data")
-    if value.layout != torch.strided:
-        raise GradestError(f"{what} must be a dense tensor, got {value.layout}; give .to_dense()")
-
-
 def _check_reference(value: object, samples: torch.Tensor, what: str) -> torch.Tensor | None:
     """``exact`` or ``error``: one finite value per coordinate of a sample, as a tensor."""
     if value is None:
@@ -310,7 +193,7 @@ def _check_reference(value: object, samples: torch.Tensor, what: str) -> torch.T
     if not isinstance(value, torch.Tensor):
         raise GradestError(f"{what} must be a tensor of shape {list(samples.shape[1:])} (one value per "
                            f"coordinate), got {type(value).__name__}; wrap it with torch.tensor(...)")
-    _check_dense(value, what)
+    check_dense(value, what)
     if value.is_complex():
         raise GradestError(f"{what} must be real, got {value.dtype}")
     if tuple(value.shape) != tuple(samples.shape[1:]):
@@ -322,24 +205,6 @@ def _check_reference(value: object, samples: torch.Tensor, what: str) -> torch.T
     if what == "error" and bool((value < 0).any()):
         raise GradestError("error (the reference's uncertainty) must be ≥ 0")
     return value
-
-
-def check_groups(groups: object, n: int, device: torch.device) -> torch.Tensor | None:
-    """``[n]`` non-negative integer labels of independent groups (None passes), or a GradestError."""
-    if groups is None:
-        return None
-    if isinstance(groups, torch.Tensor):
-        _check_dense(groups, "groups")
-    if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.is_complex() \
-            or groups.dtype == torch.bool:
-        got = groups.dtype if isinstance(groups, torch.Tensor) else type(groups).__name__
-        raise GradestError(f"groups must be an integer tensor [N] of group labels (or None), got {got}; "
-                           "e.g. torch.tensor([0, 0, 1, 1])")
-    if tuple(groups.shape) != (n,):
-        raise GradestError(f"groups must hold one label per sample, shape [{n}], got {list(groups.shape)}")
-    if n and bool((groups < 0).any()):
-        raise GradestError("group labels must be integers ≥ 0")
-    return groups.to(device)
 
 
 def _check_resolution(resolution: object) -> torch.Tensor | float:

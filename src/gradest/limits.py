@@ -1,4 +1,4 @@
-r"""What the machine bounds, checked before a run starts: memory, threads, worker processes.
+r"""What the machine bounds, checked before a run starts: memory, time, threads, worker processes.
 
 Memory: a run holding m numbers per sample (parameters, one draw, per-sample gradients and the autograd
 graph) peaks at about
@@ -34,7 +34,7 @@ def refuse_beyond_memory(option: str, count: int, numbers: int = 1, *, per_item:
     counted item instead of the per-sample estimate (e.g. a training step's logged record), with its
     own ``hint``. Where free memory cannot be read (no /proc/meminfo) nothing is refused.
     """
-    from gradest.compare import BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER, available_memory
+    from gradest.memory import BYTES_PER_SAMPLE_BASE, BYTES_PER_SAMPLE_PER_NUMBER, available_memory
 
     available = available_memory()
     if available is None:
@@ -49,3 +49,26 @@ def refuse_beyond_memory(option: str, count: int, numbers: int = 1, *, per_item:
             f"{option} {count} needs about {need / 2**30:.1f} GiB, more than the {available / 2**30:.1f} "
             f"GiB available; use at most about {fits} ({hint})"
         )
+
+
+#: the longest run a count may ask for: a value that cannot finish within a week even at the fastest
+#: speed measured is refused, with the largest value that could (a typo of a few zeros, not a plan)
+TIME_BUDGET_SECONDS = 7 * 86400
+
+
+def refuse_beyond_time(option: str, count: int, seconds_each: float, *, unit: str, hint: str = "") -> None:
+    """Raise GradestError if ``count`` units of at least ``seconds_each`` seconds each exceed
+    :data:`TIME_BUDGET_SECONDS`: a run that would go on for weeks is refused before it starts.
+
+    ``seconds_each`` is a lower bound (the fastest case measured), so nothing that could finish in time
+    is refused; ``unit`` names one unit (``epoch``, ``step``).
+    """
+    if count * seconds_each <= TIME_BUDGET_SECONDS:
+        return
+    fits = max(1, int(TIME_BUDGET_SECONDS // seconds_each))
+    days = count * seconds_each / 86400
+    span = f"{days:.3g} days" if days < 3650 else f"{days / 365.25:.3g} years"
+    raise GradestError(
+        f"{option} {count} would run for at least {span} (≥ {seconds_each:.2g} s per {unit}); give at most "
+        f"{fits}, a week's worth{f' ({hint})' if hint else ''}"
+    )

@@ -64,6 +64,7 @@ from torch.distributions.utils import clamp_probs
 from gradest import contract, health, limits, rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.sampling import Sampler, inverse_cdf, open_unit
+from gradest.stats import mean_stderr
 
 Cost = Callable[..., torch.Tensor]
 Builder = Callable[..., Distribution]
@@ -101,8 +102,6 @@ class PerSampleGradients(NamedTuple):
 
     def stderr(self) -> dict[str, torch.Tensor]:
         """Standard error of each mean, over independent groups when the samples are not i.i.d."""
-        from gradest.diagnostics import mean_stderr  # diagnostics imports this module
-
         return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
 
 

@@ -23,7 +23,7 @@ _LAZY = {
     "load_dataset": "gradest.gaussian.data",
     "check_out_dir": "gradest.gaussian.report",
     "write_outputs": "gradest.gaussian.report",
-    "Results": "gradest.gaussian.walkthrough",
+    "Results": "gradest.gaussian.results",
     "run": "gradest.gaussian.walkthrough",
     "Settings": "gradest.gaussian.settings",
 }

@@ -16,7 +16,7 @@ from gradest.gaussian import closed_form as cf
 from gradest.gaussian.objectives import SIGMA_FLOOR, SQUARED_STEP_SCALE
 
 if TYPE_CHECKING:
-    from gradest.gaussian.walkthrough import Results
+    from gradest.gaussian.results import Results
 
 #: |z| beyond this is reported as a disagreement (two-sided false-alarm rate 0.27% per number)
 Z_ALARM = 3.0

@@ -17,7 +17,7 @@ from gradest import report as html
 from gradest.errors import GradestError
 from gradest.gaussian import closed_form as cf
 from gradest.gaussian.conclusions import fmt_at
-from gradest.gaussian.walkthrough import Results
+from gradest.gaussian.results import Results
 from gradest.io import write_atomic, write_json
 
 COLOURS = {"pathwise": "#1f77b4", "score": "#d62728", "score-baseline": "#ff7f0e",

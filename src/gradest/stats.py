@@ -1,0 +1,187 @@
+r"""The statistics of single-sample estimates ĝ_1..ĝ_N: the floor every other module stands on.
+
+    mean      ḡ = (1/N) Σ ĝ_n                      the estimate of ∇θ L
+    variance  s² = Σ (ĝ_n − ḡ)² / (N − 1)          of ONE single-sample estimate
+    stderr    s / √N                               of the mean ḡ
+    snr       |ḡ| / s                              signal-to-noise ratio of one sample
+    z         (ḡ − ∇θ L) / stderr                  bias in standard errors (≈ N(0, 1) if unbiased)
+    se(s²)    √((m₄ − s⁴) / N)                     standard error of s² itself (m₄: 4th central moment)
+
+All are elementwise over a parameter's coordinates. Leave-one-out baselines and coefficients make
+the ĝ_n of one call dependent, and s/√N can then be far off (a 1/N² term dominates where the
+single-sample variance is tiny): :mod:`gradest.batches` runs such estimators as independent calls,
+labelled as groups, so the grouped formula below applies.
+
+Antithetic and quasi-Monte Carlo samplers (and independent batches) make the ĝ_n dependent within
+groups (pairs, randomizations, batches) and independent across them. The stderr of the mean then
+comes from the G group means m_g with sizes n_g (the cluster estimator; for equal sizes it is the
+spread of the m_g / √G), with G − 1 degrees of freedom (z is then Student-t distributed):
+
+    stderr² = G/(G − 1) · Σ_g (n_g/N)² (m_g − ḡ)²
+
+and ``variance`` stays the variance of one (marginal) single-sample estimate; N · stderr² is the
+*effective* single-sample variance, the one to compare against i.i.d. sampling.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+
+from gradest.errors import GradestError
+
+#: relative resolution of float64 estimates after the few operations an estimator performs
+ROUNDING = 64 * torch.finfo(torch.float64).eps
+
+
+def to_json_value(value: torch.Tensor | float | None) -> Any:
+    """Tensor -> float or nested lists; NaN and ±inf -> None (JSON has no such numbers)."""
+    if value is None:
+        return None
+    if isinstance(value, torch.Tensor):
+        value = value.detach().cpu().double().tolist()
+    if isinstance(value, list):
+        return [to_json_value(v) for v in value]
+    return float(value) if math.isfinite(value) else None
+
+
+def variance(samples: torch.Tensor) -> torch.Tensor:
+    """s² = Σ (ĝ_n − ḡ)² / (N − 1) along the sample axis (two passes: centred, then squared)."""
+    n = samples.shape[0]
+    if n < 2:
+        return torch.full_like(samples.mean(0), math.nan)
+    return (samples - samples.mean(0)).pow(2).sum(0) / (n - 1)
+
+
+def variance_stderr(samples: torch.Tensor) -> torch.Tensor:
+    """Standard error of s²: √(max(m₄ − s⁴, 0) / N), m₄ the fourth central sample moment."""
+    m4 = (samples - samples.mean(0)).pow(4).mean(0)
+    return ((m4 - variance(samples) ** 2).clamp_min(0.0) / samples.shape[0]).sqrt()
+
+
+def batch_rmse(samples: torch.Tensor, size: int, truth: torch.Tensor | float) -> torch.Tensor:
+    """Root mean square of (mean of a batch of ``size`` − truth) over the disjoint batches that fit."""
+    count = samples.shape[0] // size
+    means = samples[: count * size].reshape(count, size, *samples.shape[1:]).mean(1)
+    return ((means - truth) ** 2).mean(0).sqrt()
+
+
+def z_score(mean: torch.Tensor, stderr: torch.Tensor, exact: torch.Tensor,
+            error: torch.Tensor | None = None) -> torch.Tensor:
+    """(mean − exact) / √(stderr² + error²): against the reference's total uncertainty.
+
+    ``error`` is the reference's own error estimate (quadrature), None for a closed form or an
+    enumeration. A difference within rounding of the reference, 64ε(1 + |exact|), is no evidence of
+    bias and gives 0, whatever the stderr (an estimate exact up to rounding has a stderr made of
+    rounding noise, far below the rounding of its sum); a larger gap with no uncertainty gives ±inf.
+    """
+    diff = mean - exact.to(mean)
+    scale = stderr if error is None else (stderr**2 + error.to(mean) ** 2).sqrt()
+    tiny = 64 * torch.finfo(mean.dtype).eps * (1.0 + exact.to(mean).abs())
+    return torch.where(diff.abs() <= tiny, torch.zeros_like(diff), diff / scale)
+
+
+def mean_stderr(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """Standard error of ``samples.mean(0)``; over independent groups when ``groups`` is given."""
+    n = samples.shape[0]
+    if groups is None:
+        return (variance(samples) / n).sqrt()
+    size = int(groups.max()) + 1
+    counts = torch.bincount(groups, minlength=size).to(samples.dtype)
+    if size < 2:
+        return torch.full_like(samples.mean(0), math.nan)
+    groups = groups.to(samples.device)
+    sums = samples.new_zeros(size, *samples.shape[1:]).index_add_(0, groups, samples)
+    shape = (size,) + (1,) * (samples.dim() - 1)
+    share = (counts / n).reshape(shape)
+    means = sums / counts.reshape(shape)
+    deviation = means - samples.mean(0)
+    return (size / (size - 1) * (share**2 * deviation**2).sum(0)).sqrt()
+
+
+def effective_variance(samples: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+    """N · stderr²: the single-sample variance an i.i.d. scheme would need for the same stderr."""
+    return samples.shape[0] * mean_stderr(samples, groups) ** 2
+
+
+def degrees_of_freedom(num_samples: int, groups: torch.Tensor | None = None) -> int:
+    """Of the stderr: N − 1 for i.i.d. samples, G − 1 over G independent groups (pairs, batches)."""
+    return num_samples - 1 if groups is None else int(torch.unique(groups).numel()) - 1
+
+
+def z_bound(false_alarm: float, tests: int, dof: float = math.inf) -> float:
+    """Two-sided Bonferroni bound on |z| for ``tests`` z-scores with a total false-alarm rate.
+
+    z over a stderr with ``dof`` degrees of freedom is Student-t distributed (a stderr from 16
+    batches or 10 randomizations has heavier tails than N(0, 1)); inf: the normal bound.
+    """
+    from scipy.stats import norm, t  # here: scipy.stats takes ~0.4 s to import
+
+    level = false_alarm / (2 * max(tests, 1))
+    return float(norm.isf(level) if not math.isfinite(dof) else t.isf(level, max(dof, 1)))
+
+
+def pooled(means: list[torch.Tensor], stderrs: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and stderr of R independent batches of equal size: (Σ m_r / R, √(Σ se_r²) / R)."""
+    r = len(means)
+    return sum(means) / r, (sum(se**2 for se in stderrs) / r**2).sqrt()
+
+
+def median(values: torch.Tensor | list[float]) -> float:
+    """The median (the lower middle value of an even count, as torch's)."""
+    return float(torch.as_tensor(values, dtype=torch.float64).median())
+
+
+def log_interval(values: torch.Tensor | list[float], robust: bool = False,
+                 confidence: float = 0.95) -> tuple[float, tuple[float, float]]:
+    """A positive quantity measured once per independent batch: (center, interval on the log scale).
+
+    center: the batches' mean, or their median with ``robust``; interval center × exp(±q · se(log)),
+    with se(log) = sd/(√R · center) for the mean and 1.2533 · 1.4826 · MAD(log v)/√R for the median
+    (a median of timings: one slow batch, a machine's hiccup, moves neither), q the Student-t
+    quantile with R − 1 degrees of freedom. A zero center gives [0, 0]; fewer than 2 batches NaNs.
+    """
+    from scipy.stats import t  # here: scipy.stats takes ~0.4 s to import
+
+    v = torch.as_tensor(values, dtype=torch.float64)
+    r = v.numel()
+    center = median(v) if robust else float(v.mean())
+    if r < 2 or not math.isfinite(center):
+        return center, (math.nan, math.nan)
+    if center <= 0:
+        return center, (0.0, 0.0)
+    if robust:
+        logs = v.clamp_min(torch.finfo(torch.float64).tiny).log()
+        se = 1.2533 * 1.4826 * float((logs - logs.median()).abs().median()) / math.sqrt(r)
+    else:
+        se = float(v.std(correction=1)) / (math.sqrt(r) * center)
+    q = float(t.ppf(0.5 + confidence / 2, r - 1))
+    return center, (center * math.exp(-q * se), center * math.exp(q * se))
+
+
+def check_dense(value: torch.Tensor, what: str) -> None:
+    """Refuse a tensor without values (meta) or a sparse one, naming ``what``."""
+    if value.is_meta:
+        raise GradestError(f"{what} is a meta tensor, which holds no values; give one with data")
+    if value.layout != torch.strided:
+        raise GradestError(f"{what} must be a dense tensor, got {value.layout}; give .to_dense()")
+
+
+def check_groups(groups: object, n: int, device: torch.device) -> torch.Tensor | None:
+    """``[n]`` non-negative integer labels of independent groups (None passes), or a GradestError."""
+    if groups is None:
+        return None
+    if isinstance(groups, torch.Tensor):
+        check_dense(groups, "groups")
+    if not isinstance(groups, torch.Tensor) or groups.is_floating_point() or groups.is_complex() \
+            or groups.dtype == torch.bool:
+        got = groups.dtype if isinstance(groups, torch.Tensor) else type(groups).__name__
+        raise GradestError(f"groups must be an integer tensor [N] of group labels (or None), got {got}; "
+                           "e.g. torch.tensor([0, 0, 1, 1])")
+    if tuple(groups.shape) != (n,):
+        raise GradestError(f"groups must hold one label per sample, shape [{n}], got {list(groups.shape)}")
+    if n and bool((groups < 0).any()):
+        raise GradestError("group labels must be integers ≥ 0")
+    return groups.to(device)
