@@ -1,7 +1,12 @@
 """Shared test settings: float64 everywhere (as in Pyro's tests), fixed seeds, no global RNG."""
 
+import os
+from pathlib import Path
+
 import pytest
 import torch
+from hypothesis import HealthCheck, Phase, settings
+from hypothesis.database import DirectoryBasedExampleDatabase
 
 #: A test flags an estimate whose error exceeds this many standard errors. Under an unbiased
 #: estimator the false-alarm rate per check is P(|Z| > 5) ≈ 5.7e-7.
@@ -29,3 +34,19 @@ def _float64():
 def t(*values):
     """A float64 tensor (scalar for one number)."""
     return torch.tensor(values[0] if len(values) == 1 else list(values), dtype=torch.float64)
+
+
+# Hypothesis profiles for tests/test_properties.py: "ci" (the default) is derandomized and bounded, so
+# every run draws the same cases in the suite's time; "long" (HYPOTHESIS_PROFILE=long, `make fuzz`)
+# draws new ones each run, many more, and shrinks a failure to a minimal case, kept for replay under
+# .pytest_cache (ignored by git).
+settings.register_profile(
+    "ci", max_examples=200, derandomize=True, deadline=None, database=None, print_blob=True,
+    phases=(Phase.explicit, Phase.generate), suppress_health_check=[HealthCheck.too_slow],
+)
+settings.register_profile(
+    "long", max_examples=1500, deadline=None, print_blob=True,
+    database=DirectoryBasedExampleDatabase(Path(__file__).parent.parent / ".pytest_cache" / "hypothesis"),
+    suppress_health_check=[HealthCheck.too_slow],
+)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
