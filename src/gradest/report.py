@@ -37,6 +37,19 @@ img{max-width:100%}.note{color:#555;font-size:.9rem}
 """
 
 
+#: the reports' colours, one per series in order (every figure of every command draws from it)
+PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
+           "#7f7f7f", "#bcbd22", "#17becf"]
+
+
+def log_positive(values: Iterable[float]):
+    """Values for a log axis, which cannot show 0 (an exact control variate): those become NaN."""
+    import numpy as np
+
+    values = np.asarray(values, dtype=float)
+    return np.where(values > 0, values, np.nan)
+
+
 def png_bytes(fig: Figure, dpi: int = 110) -> bytes:
     """Render a matplotlib figure to PNG bytes."""
     buf = io.BytesIO()

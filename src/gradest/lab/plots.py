@@ -11,28 +11,21 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from gradest.costs import NAMED_COSTS
+from gradest.report import PALETTE, log_positive
 
 PARAM_LABEL = {"loc": "μ", "scale": "σ"}
 
 
-_PALETTE = ["#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b", "#e377c2",
-            "#7f7f7f", "#bcbd22", "#17becf"]
 _DASHES = ["-", "--", ":", "-."]
 
 
 def _colors(names: Sequence[str]) -> dict[str, str]:
-    return {n: _PALETTE[i % len(_PALETTE)] for i, n in enumerate(names)}
+    return {n: PALETTE[i % len(PALETTE)] for i, n in enumerate(names)}
 
 
 def _styles(names: Sequence[str]) -> dict[str, str]:
     """A new line style each time the colours repeat: more than ten estimators stay distinct."""
-    return {n: _DASHES[(i // len(_PALETTE)) % len(_DASHES)] for i, n in enumerate(names)}
-
-
-def _positive(values: np.ndarray) -> np.ndarray:
-    """A log axis cannot show 0 (an exact control variate): those points are left out."""
-    values = np.asarray(values, dtype=float)
-    return np.where(values > 0, values, np.nan)
+    return {n: _DASHES[(i // len(PALETTE)) % len(_DASHES)] for i, n in enumerate(names)}
 
 
 def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequence[str]) -> Figure:
@@ -53,7 +46,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 color = colors[est]
                 if (cost, param, est) in curves:
                     ks, var = curves[cost, param, est]
-                    ax.plot(ks, _positive(var), color=color, ls=styles[est], lw=1.4, label=est)
+                    ax.plot(ks, log_positive(var), color=color, ls=styles[est], lw=1.4, label=est)
                     ks_drawn += list(ks)
                     positive |= bool(np.any(np.asarray(var, dtype=float) > 0))
                 # A measured variance where the exact one is 0 (an exact control variate) is
@@ -61,7 +54,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 pts = [r for r in rows if r.cost == cost and r.param == param and r.estimator == est
                        and r.variance_exact != 0.0]
                 if pts:
-                    ax.errorbar([r.k for r in pts], _positive([r.variance for r in pts]),
+                    ax.errorbar([r.k for r in pts], log_positive([r.variance for r in pts]),
                                 yerr=np.nan_to_num([2 * r.variance_stderr for r in pts]), fmt="o", ms=4,
                                 color=color, mfc="white", lw=0.8, capsize=2,
                                 label=None if (cost, param, est) in curves else est)
@@ -107,7 +100,7 @@ def blr_figure(logs: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     axes = fig.subplots(3, 2).ravel()
     for ax, (key, title, log) in zip(axes, panels, strict=True):
         for est, log_cols in logs.items():
-            ax.plot(log_cols["step"], _positive(log_cols[key]) if log else log_cols[key],
+            ax.plot(log_cols["step"], log_positive(log_cols[key]) if log else log_cols[key],
                     color=colors[est], lw=1.2, label=est)
         if log:
             ax.set_yscale("log")
@@ -148,10 +141,10 @@ def discrete_figure(rows) -> Figure:
             bits = [r.bits for r in cells]
             label = f"{est} (biased)" if cells[0].biased else est
             # a variance at float rounding (an estimator exact on this cost) would only stretch the axis
-            ax_var.errorbar(bits, _positive([r.variance if r.variance > (1e-13 * r.bits) ** 2 else 0.0
+            ax_var.errorbar(bits, log_positive([r.variance if r.variance > (1e-13 * r.bits) ** 2 else 0.0
                                              for r in cells]),
                             yerr=[2 * r.variance_stderr for r in cells], label=label, capsize=2, **style)
-            ax_bias.errorbar(bits, _positive([abs(r.bias) for r in cells]),
+            ax_bias.errorbar(bits, log_positive([abs(r.bias) for r in cells]),
                              yerr=[2 * r.bias_stderr for r in cells], capsize=2, **style)
             exact = [(r.bits, r.variance_exact) for r in cells if r.variance_exact is not None]
             if exact:
@@ -179,30 +172,4 @@ def discrete_figure(rows) -> Figure:
     axes[0][0].legend(fontsize=7, loc="best")
     fig.suptitle("E[Σᵢ (bᵢ − t)²], b ~ Bernoulli(σ(θ)): every discrete estimator against the closed form",
                  fontsize=11)
-    return fig
-
-
-def attribution_figure(nodes: Mapping[str, float], stderr: Mapping[str, float], total: float,
-                       total_stderr: float | None = None, title: str = "") -> Figure:
-    """Per-node single-sample gradient variance (trace of the covariance) with ± 2 se, and the total.
-
-    Args:
-        nodes: group -> variance (:class:`gradest.graph.Attribution`'s ``nodes``).
-        stderr: group -> standard error of that variance.
-    """
-    names = [*nodes, "total"]
-    values = [nodes[n] for n in nodes] + [total]
-    errors = [stderr.get(n, 0.0) for n in nodes] + [total_stderr or 0.0]
-    errors = [2 * e if np.isfinite(e) else 0.0 for e in errors]
-    fig = Figure(figsize=(1.2 * len(names) + 3, 3.8), layout="constrained")
-    ax = fig.subplots()
-    colors = [_PALETTE[i % len(_PALETTE)] for i in range(len(nodes))] + ["#555555"]
-    positive = [v for v in values if v > 0]
-    ax.bar(range(len(names)), _positive(values), yerr=errors, color=colors, capsize=4)
-    ax.set_xticks(range(len(names)), names)
-    if positive and max(positive) > 100 * min(positive):
-        ax.set_yscale("log")
-    ax.set_ylabel("variance of one single-sample gradient")
-    ax.grid(True, axis="y", alpha=0.3)
-    ax.set_title(title or "Which node makes the gradient noisy: per-node variance (± 2 se)", fontsize=10)
     return fig

@@ -1,0 +1,146 @@
+"""Which node makes the gradient noisy: per-node single-particle gradients of a built graph
+and their variances with standard errors (see :mod:`gradest.graph`)."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
+
+import torch
+
+from gradest.errors import GradestError
+from gradest.graph.dice import align, baselines, per_particle, values
+from gradest.graph.jacobian import jacobian_rows
+from gradest.graph.records import Attribution, NodeGradients
+
+if TYPE_CHECKING:
+    from gradest.graph.model import Graph
+
+
+def trace_variance(grads: Mapping[str, torch.Tensor]) -> float:
+    """Σ over parameters and coordinates of the unbiased variance over the leading axis."""
+    return float(sum(g.reshape(g.shape[0], -1).var(0, unbiased=True).sum() for g in grads.values()))
+
+
+#: the smaller side of the Gram matrix that the standard error's tr Σ² term is computed up to
+_GRAM_LIMIT = 4096
+
+
+def variance_stderr(grads: Mapping[str, torch.Tensor]) -> float:
+    """Standard error of :func:`trace_variance` from N i.i.d. rows.
+
+    v̂ is a U-statistic with kernel ½‖ĝ_r − ĝ_s‖²: Var v̂ = Var q/N + 2 tr Σ²/(N(N − 1)) with
+    q = ‖ĝ − E ĝ‖²; Var q from the rows' centred squared norms, tr Σ² from the smaller of the two
+    Gram matrices (left out, an O(1/N²) term, when both sides exceed 4096).
+    """
+    flat = torch.cat([g.reshape(g.shape[0], -1).to(torch.float64) for g in grads.values()], 1)
+    n = flat.shape[0]
+    if n < 3:
+        return math.nan
+    dev = flat - flat.mean(0)
+    q = dev.square().sum(1) * (n / (n - 1))
+    spread = float(q.var(correction=1)) / n
+    if min(dev.shape) <= _GRAM_LIMIT:
+        gram = dev.T @ dev if dev.shape[1] <= dev.shape[0] else dev @ dev.T
+        spread += 2.0 * float((gram * gram).sum()) / (n - 1) ** 2 / (n * (n - 1))
+    return math.sqrt(spread)
+
+
+def attribute(node_grads: NodeGradients) -> Attribution:
+    """Which node makes the gradient noisy: the single-sample variance of each node's term."""
+    if not isinstance(node_grads, NodeGradients):
+        raise GradestError(f"attribute takes the NodeGradients of Graph.per_node(params), got "
+                           f"{type(node_grads).__name__}")
+    nodes = {k: trace_variance(g) for k, g in node_grads.grads.items()}
+    whole = trace_variance(node_grads.total)
+    stderr = {k: variance_stderr(g) for k, g in node_grads.grads.items()}
+    stderr["total"] = variance_stderr(node_grads.total)
+    n = int(node_grads.values.shape[0])
+    return Attribution(nodes, whole, whole - sum(nodes.values()), stderr, n)
+
+
+def node_rows(g: Graph) -> dict[str, torch.Tensor]:
+    """Node -> ``[N]`` rows whose first derivatives are the node's own term, per particle
+    (score and callable nodes), and ``"costs"``: the rows of the costs' own gradient, which
+    :meth:`per_node` splits among the reparameterized nodes and ``"direct"``."""
+    if not g.costs:
+        raise GradestError("the graph has no cost; add one with g.cost(name, tensor)")
+    by_node: dict[str, list[tuple[torch.Size, torch.Tensor]]] = {}
+    for w, shape, b in baselines(g):
+        by_node.setdefault(w.name, []).append((shape, b))
+    out: dict[str, torch.Tensor] = {}
+    for name, node in g.nodes.items():
+        if node.log_prob is not None:
+            row: torch.Tensor | float = 0.0
+            for c in g.costs.values():
+                if name in c.ancestors:
+                    row = row + per_particle(g, c.value.detach() * align(node.log_prob, c.value.shape))
+            for shape, b in by_node.get(name, []):
+                row = row - per_particle(g, b * align(node.log_prob, shape))
+            if isinstance(row, torch.Tensor):
+                out[name] = row
+        elif node.kind == "callable":
+            out[name] = g.costs[name].own
+    out["costs"] = sum(per_particle(g, c.value if c.direct is None else c.direct)
+                       for c in g.costs.values())
+    return out
+
+
+def split(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor], mode: str | None,
+           reduce: bool) -> dict[str, dict[str, torch.Tensor]]:
+    """group -> param name -> ``[N, *shape]`` single-particle gradients (``[1, *shape]``, their
+    mean, with ``reduce``)."""
+    if not isinstance(params, Mapping):
+        params = {f"param{i}": p for i, p in enumerate(params)}
+    if not params or not all(isinstance(p, torch.Tensor) and p.requires_grad for p in params.values()):
+        raise GradestError("per_node needs parameters: a mapping name -> tensor with requires_grad=True")
+    groups = node_rows(g)
+    costs = groups.pop("costs")
+    names, targets = list(params), list(params.values())
+    width = 1 if reduce else g.num_samples
+
+    def shaped(rows: torch.Tensor) -> torch.Tensor:
+        return rows.mean(0, keepdim=True) if reduce else rows.reshape(width)
+
+    out: dict[str, dict[str, torch.Tensor]] = {}
+    if groups:
+        jac = jacobian_rows(torch.cat([shaped(r) for r in groups.values()]), targets, mode)
+        for i, group in enumerate(groups):
+            out[group] = {k: j[i * width:(i + 1) * width].detach()
+                          for k, j in zip(names, jac, strict=True)}
+    # the costs' gradient with the first k reparameterized nodes blocked, k = 0 … K: D_k
+    gated = [k for k, v in g.nodes.items() if v.kind == "reparameterized"]
+    blocked = []
+    for k in range(len(gated) + 1):
+        g._blocked = frozenset(gated[:k])
+        try:
+            jac = jacobian_rows(shaped(costs), targets, mode)
+        finally:
+            g._blocked = frozenset()
+        blocked.append({name: j.detach() for name, j in zip(names, jac, strict=True)})
+    for i, node in enumerate(gated):  # paths that start at θ's use in node i: D_i − D_{i+1}
+        out[node] = {k: blocked[i][k] - blocked[i + 1][k] for k in names}
+    out["direct"] = blocked[-1]
+    return {k: out[k] for k in [*g.nodes, "direct"] if k in out}  # in the order of sampling
+
+
+def per_node(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor],
+             mode: str | None = None) -> NodeGradients:
+    """Single-particle gradients of each group with respect to ``params``, batched.
+
+    ``mode``: how :func:`jacobian_rows` differentiates (default: forward for fewer parameter
+    coordinates than rows, else reverse). The graph is retained, so ``surrogate().backward()``
+    still works afterwards.
+    """
+    out = split(g, params, mode, reduce=False)
+    names = list(next(iter(out.values())))
+    total = {k: sum(out[g][k] for g in out) for k in names}
+    return NodeGradients(out, total, values(g))
+
+
+def node_means(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
+               ) -> dict[str, dict[str, torch.Tensor]]:
+    """group -> param name -> the group's share of ∇ surrogate (the mean over the particles):
+    one backward pass per group rather than N (what :class:`gradest.GradientMonitor` records)."""
+    return {g: {k: v[0] for k, v in d.items()} for g, d in split(g, params, "reverse", True).items()}
