@@ -27,6 +27,9 @@ def resolve_device(name: str | torch.device) -> torch.device:
         )
     if device.type not in ("cpu", "cuda"):
         raise GradestError(f"--device {name!r}: only cpu and cuda are supported")
+    if device.type == "cpu" and device.index not in (None, 0):
+        # torch accepts cpu:N for any N, and every such device is the one CPU: a typo for cuda:N
+        raise GradestError(f"--device {name!r}: there is one CPU device, cpu (for a GPU: cuda:N)")
     if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
         raise GradestError(
             f"--device {name}: this machine has {torch.cuda.device_count()} GPU(s), cuda:0 to "

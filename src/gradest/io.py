@@ -19,7 +19,7 @@ import os
 import re
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -146,7 +146,8 @@ def check_outputs(folder: str | os.PathLike, names: Iterable[str], option: str =
 
 
 @contextmanager
-def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Path]:
+def output_lock(folder: str | os.PathLike, option: str = "--out",
+                in_use: Callable[[Path], str] | None = None) -> Iterator[Path]:
     """Hold an exclusive lock on the output ``folder`` (created if needed) for the block.
 
     A second run into the same folder is refused at once with a GradestError, never merged half-way.
@@ -154,7 +155,8 @@ def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Pa
     when the process ends, however it ends. On entry, write_atomic's temporary files older than the
     run are removed (a run killed mid-write leaves one). If the block fails and the folder was created
     here and is still empty, it (and the parents created with it) is removed again: a refused run
-    leaves nothing behind.
+    leaves nothing behind. ``in_use(folder)``: the message when another process holds the lock (the run
+    folders of :mod:`gradest.runs` name the command that holds it).
     """
     folder = Path(folder)
     start = time.time()
@@ -180,6 +182,7 @@ def output_lock(folder: str | os.PathLike, option: str = "--out") -> Iterator[Pa
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 raise GradestError(
+                    in_use(folder) if in_use is not None else
                     f"{option} {folder} is in use by another gradest run; wait for it to finish, or "
                     "choose another folder (two runs into one folder would overwrite each other's files)"
                 ) from None

@@ -8,54 +8,49 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.options import parse_floats, seed_option, threads_option
-from gradest.errors import GradestError
-from gradest.io import check_outputs, output_lock
+from gradest.cli.options import seed_option, threads_option
+from gradest.cli.validate import Count, Numbers, OutDir, Real, Text, joined, option
+from gradest.runs import claim
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
 
-def _integers(items: list[str] | None, option: str) -> list[int]:
-    out = []
-    for value in parse_floats(items, option):
-        if value != int(value):
-            raise GradestError(f"{option} takes whole numbers, got {value:g}")
-        out.append(int(value))
-    return out
-
-
 @app.command(name="discrete")
 def discrete_command(
-    t: Annotated[list[str] | None, typer.Option(
-        "--t", help="Targets t, comma-separated and/or repeated (default 0.499,0.45). At t = 0.499 "
-                    "the gradient is σ'(θ)·0.002: only an unbiased, low-variance estimator gets its "
-                    "sign.")] = None,
-    bits: Annotated[list[str] | None, typer.Option(
-        help="Numbers of bits D, comma-separated and/or repeated (default 1,10,50,200; 1 to 1000). "
-             "Every bit adds its cost to every other bit's learning signal.")] = None,
-    estimator: Annotated[list[str] | None, typer.Option(
-        help="Repeatable (default: score, score-loo, mvd, arm, disarm, rebar, relax, gumbel-softmax=0.5, "
-             "gumbel-st=0.5, straight-through). Any registered estimator that applies to Bernoulli "
-             "(see gradest compare --help); enumerate with --bits up to 12.")] = None,
-    samples: Annotated[int, typer.Option(
-        min=80, help="Single-sample estimates per cell (t, D, estimator), drawn in 20 independent "
-                     "calls (the bias's standard error comes from their means).")] = 1000,
-    theta: Annotated[float, typer.Option(help="The logit θ₀ of every bit, in [-20, 20].")] = 0.0,
-    sign_samples: Annotated[list[str] | None, typer.Option(
-        help="Sample counts m for the probability that the mean of m estimates has the right sign "
-             "(default 1,4,16,64; each at most samples/2).")] = None,
-    relax_steps: Annotated[int, typer.Option(
-        min=0, help="Training steps of RELAX's control network (16 samples each) before it is "
-                    "measured.")] = 50,
+    t: Annotated[list[tuple] | None, option(
+        Numbers(Real()),
+        "Targets t, comma-separated and/or repeated (default 0.499,0.45). At t = 0.499 the gradient is "
+        "σ'(θ)·0.002: only an unbiased, low-variance estimator gets its sign.", "--t")] = None,
+    bits: Annotated[list[tuple] | None, option(
+        Numbers(Count(1, 1000)),  # lab.discrete.MAX_BITS (not imported here: it loads matplotlib)
+        "Numbers of bits D, comma-separated and/or repeated (default 1,10,50,200; 1 to 1000). "
+        "Every bit adds its cost to every other bit's learning signal.")] = None,
+    estimator: Annotated[list[str] | None, option(
+        Text(what="an estimator name"),
+        "Repeatable (default: score, score-loo, mvd, arm, disarm, rebar, relax, gumbel-softmax=0.5, "
+        "gumbel-st=0.5, straight-through). Any registered estimator that applies to Bernoulli "
+        "(see gradest compare --help); enumerate with --bits up to 12.")] = None,
+    samples: Annotated[int, option(
+        Count(80), "Single-sample estimates per cell (t, D, estimator), drawn in 20 independent calls "
+                   "(the bias's standard error comes from their means).")] = 1000,
+    theta: Annotated[float, option(
+        Real(-20.0, 20.0, rule="is a logit in [-20, 20] (σ(θ) inside (0, 1))"),
+        "The logit θ₀ of every bit, in [-20, 20].")] = 0.0,
+    sign_samples: Annotated[list[tuple] | None, option(
+        Numbers(Count(1)),
+        "Sample counts m for the probability that the mean of m estimates has the right sign "
+        "(default 1,4,16,64; each at most samples/2).")] = None,
+    relax_steps: Annotated[int, option(
+        Count(0), "Training steps of RELAX's control network (16 samples each) before it is "
+                  "measured.")] = 50,
     seed: Annotated[int, seed_option("Cell k draws from a generator seeded seed + k.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/discrete"),
+    out: Annotated[Path, option(OutDir(), "Output folder.")] = Path("gradest-out/discrete"),
     threads: Annotated[int, threads_option(
         "torch intra-op threads (0: torch's default); one by default, these tensors are small.")] = 1,
 ) -> None:
@@ -85,17 +80,16 @@ def discrete_command(
     )
 
     config = DiscreteConfig(
-        targets=tuple(parse_floats(t, "--t") or DEFAULT_TARGETS),
-        bits=tuple(_integers(bits, "--bits") or DEFAULT_BITS),
+        targets=tuple(joined(t) or DEFAULT_TARGETS),
+        bits=tuple(joined(bits) or DEFAULT_BITS),
         estimators=tuple(estimator or DEFAULT_ESTIMATORS),
         samples=samples, theta=theta,
-        sign_samples=tuple(_integers(sign_samples, "--sign-samples") or DEFAULT_SIGN_SAMPLES),
+        sign_samples=tuple(joined(sign_samples) or DEFAULT_SIGN_SAMPLES),
         relax_steps=relax_steps, seed=seed, threads=None if threads == 0 else threads,
     )
-    check_outputs(out, FILES)
     start = time.perf_counter()
-    with output_lock(out), Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                    TimeElapsedColumn(), console=console, transient=False) as progress:
+    columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+    with claim(out, "discrete", FILES), Progress(*columns, console=console, transient=False) as progress:
         task = progress.add_task("discrete", total=len(config.cells()))
 
         def on_cell(done: int, total: int, label: str) -> None:

@@ -9,41 +9,37 @@ import sys
 from pathlib import Path
 from typing import Annotated
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
 from gradest.cli.options import Device, seed_option
+from gradest.cli.validate import Count, InFile, OutDir, Text, option
 from gradest.gaussian.settings import Settings
-from gradest.io import check_outputs, output_lock
 from gradest.limits import refuse_beyond_memory
+from gradest.runs import OUTPUTS as RUN_FILES
+from gradest.runs import claim
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 _DEFAULTS = Settings()
 #: the files the walkthrough writes into --out
-OUTPUTS = ("report.html", "variance_vs_sigma.png", "stderr_vs_samples.png", "trajectories.png",
-           "results.json")
+OUTPUTS = RUN_FILES["gaussian"]
 
 
 @app.command(name="gaussian")
 def gaussian_command(
-    data: Annotated[
-        Path | None,
-        typer.Option(help="CSV file with a header row; without it, 100 draws from a Normal shipped "
-                          "with gradest are used."),
-    ] = None,
-    column: Annotated[
-        str | None, typer.Option(help="Column of --data to use (not needed for a one-column file).")
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder for report.html, the PNG plots and results.json.")] = Path(
-        "gradest-out/gaussian"
-    ),
+    data: Annotated[Path | None, option(
+        InFile("data file"), "CSV file with a header row; without it, 100 draws from a Normal shipped with "
+                            "gradest are used.")] = None,
+    column: Annotated[str | None, option(
+        Text(what="a column name"), "Column of --data to use (not needed for a one-column file).")] = None,
+    out: Annotated[Path, option(
+        OutDir(), "Folder for report.html, the PNG plots and results.json.")] = Path("gradest-out/gaussian"),
     seed: Annotated[int, seed_option("Seed of every torch.Generator used (same seed, same report).")] = 0,
-    steps: Annotated[int, typer.Option(min=1, help="SGD steps per fit.")] = _DEFAULTS.steps,
-    samples_per_step: Annotated[
-        int, typer.Option(min=2, help="Samples of the stochastic node per SGD step, for every estimator.")
+    steps: Annotated[int, option(Count(1), "SGD steps per fit.")] = _DEFAULTS.steps,
+    samples_per_step: Annotated[int, option(
+        Count(2), "Samples of the stochastic node per SGD step, for every estimator.")
     ] = _DEFAULTS.samples_per_step,
     device: Device = "cpu",
 ) -> None:
@@ -59,13 +55,11 @@ def gaussian_command(
     """
     from gradest.gaussian.conclusions import fmt_at
     from gradest.gaussian.data import load_dataset
-    from gradest.gaussian.report import check_out_dir, write_outputs
+    from gradest.gaussian.report import write_outputs
     from gradest.gaussian.walkthrough import run
 
     dataset = load_dataset(data, column)
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step, device=device).validate()
-    check_out_dir(out)
-    check_outputs(out, OUTPUTS)
     refuse_beyond_memory("--samples-per-step", samples_per_step, 3)  # μ, σ and one draw per sample
     # each fit keeps its (μ, σ) trajectory: two float64 per step, for 7 fits (and room for the plots)
     refuse_beyond_memory("--steps", steps, per_item=8 * 2 * 7 * 4,
@@ -76,7 +70,7 @@ def gaussian_command(
         f"({dataset.described})"
     ))
     columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
-    with output_lock(out), Progress(*columns, console=console, transient=False) as bar:
+    with claim(out, "gaussian", OUTPUTS), Progress(*columns, console=console, transient=False) as bar:
         tasks: dict[str, int] = {}
 
         def progress(label: str, done: int, total: int) -> None:

@@ -7,20 +7,40 @@ import time
 from pathlib import Path
 from typing import Annotated
 
-import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.compare import parse_param
-from gradest.cli.options import Device, parse_floats, seed_option, threads_option
+from gradest.cli.compare import parse_params
+from gradest.cli.options import (
+    WORKER_WAIT,
+    Device,
+    Scheduler,
+    Workers,
+    WorkerWait,
+    seed_option,
+    threads_option,
+)
+from gradest.cli.validate import (
+    Assignment,
+    CostSpec,
+    Count,
+    Numbers,
+    OutDir,
+    OutFile,
+    Real,
+    Text,
+    joined,
+    option,
+)
 from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
-from gradest.io import check_outputs, output_lock, write_json
-from gradest.limits import WORKERS_MAX, refuse_beyond_memory
+from gradest.io import write_json
+from gradest.limits import refuse_beyond_memory
+from gradest.runs import claim
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
@@ -32,13 +52,13 @@ def _threads(value: int) -> int | None:
     return None if value == 0 else value
 
 
-Workers = Annotated[int | None, typer.Option(
-    min=1, max=WORKERS_MAX,
-    help="Run the cells as tasks on a local Dask cluster of this many worker processes (one "
-         "thread each); same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
-Scheduler = Annotated[str | None, typer.Option(
-    help="Run the cells on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers need "
-         "gradest installed); same rows, same order as a serial run.")]
+def _dask(workers: int | None, scheduler: str | None, wait: float):
+    """The cell map of --workers / --scheduler, telling on the console what Dask is doing (waiting for
+    workers, a worker lost)."""
+    from gradest.lab.parallel import cell_map
+
+    return cell_map(workers, scheduler, worker_wait=wait,
+                    on_event=lambda text: console.print(escape(text), highlight=False))
 
 
 def _progress() -> Progress:
@@ -48,28 +68,32 @@ def _progress() -> Progress:
 
 @app.command(name="sweep")
 def sweep_command(
-    cost: Annotated[list[str] | None, typer.Option(
-        help=f"Repeatable; default square, exp, cos. One of: "
-             f"{'; '.join(f'{n}: {f}' for n, f in NAMED_COSTS.items())}.")] = None,
-    k: Annotated[list[str] | None, typer.Option(
-        help="Values of k, comma-separated and/or repeated (default 0.1,0.5,1,2,3,5,10); e.g. "
-             "--k 0.1,1,10 --k 50; negative values with =, e.g. --k=-2,0,2 (square, cos and linear; "
-             "exp needs k ≥ 0).")] = None,
-    param: Annotated[list[str] | None, typer.Option(
-        help="loc=VALUE and scale=VALUE of the Normal (default loc=1, scale=1).")] = None,
-    estimator: Annotated[list[str] | None, typer.Option(
-        help="Repeatable (default pathwise, score, score-delta, mvd, mvd-uncoupled). Any registered "
-             "name (see gradest compare --help), e.g. mvd-delta, score-optb, score-delta=1, with an "
-             "optional sampler suffix, e.g. pathwise+antithetic, mvd+qmc; sampler cells are measured "
-             "but get no exact-variance curve.")] = None,
-    samples: Annotated[int, typer.Option(min=2, help="Samples per cell.")] = 100_000,
+    cost: Annotated[list[str] | None, option(
+        Text(what="a cost name"),
+        f"Repeatable; default square, exp, cos. One of: "
+        f"{'; '.join(f'{n}: {f}' for n, f in NAMED_COSTS.items())}.")] = None,
+    k: Annotated[list[tuple] | None, option(
+        Numbers(Real()),
+        "Values of k, comma-separated and/or repeated (default 0.1,0.5,1,2,3,5,10); e.g. "
+        "--k 0.1,1,10 --k 50; negative values with =, e.g. --k=-2,0,2 (square, cos and linear; "
+        "exp needs k ≥ 0).")] = None,
+    param: Annotated[list[tuple] | None, option(
+        Assignment(), "loc=VALUE and scale=VALUE of the Normal (default loc=1, scale=1).")] = None,
+    estimator: Annotated[list[str] | None, option(
+        Text(what="an estimator name"),
+        "Repeatable (default pathwise, score, score-delta, mvd, mvd-uncoupled). Any registered "
+        "name (see gradest compare --help), e.g. mvd-delta, score-optb, score-delta=1, with an "
+        "optional sampler suffix, e.g. pathwise+antithetic, mvd+qmc; sampler cells are measured "
+        "but get no exact-variance curve.")] = None,
+    samples: Annotated[int, option(Count(2), "Samples per cell.")] = 100_000,
     seed: Annotated[int, seed_option("Seed of every cell's torch.Generator.")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder; a sweep already there is resumed.")] = Path(
+    out: Annotated[Path, option(OutDir(), "Output folder; a sweep already there is resumed.")] = Path(
         "gradest-out/sweep"),
     threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     device: Device = "cpu",
     workers: Workers = None,
     scheduler: Scheduler = None,
+    worker_wait: WorkerWait = WORKER_WAIT,
 ) -> None:
     """Single-sample gradient variance over k for costs of x ~ N(μ, σ²): the survey's Gaussian figure.
 
@@ -83,25 +107,22 @@ def sweep_command(
     --samples 100000 --seed 0 --out runs/sweep (add --workers 4 to run the cells on 4 local processes)
     """
     from gradest.lab import sweep as sw
-    from gradest.lab.parallel import cell_map
 
     values = {"loc": 1.0, "scale": 1.0}
-    for text in param or []:
-        name, tensor = parse_param(text)
+    for name, tensor in parse_params(param or []).items():
         if name not in values or tensor.numel() != 1:
-            raise GradestError(f"the sweep takes --param loc=NUMBER and --param scale=NUMBER, got {text!r}")
+            raise GradestError(f"the sweep takes --param loc=NUMBER and --param scale=NUMBER, got --param "
+                               f"{name}")
         values[name] = float(tensor)
-    if k is not None and not k:
-        raise GradestError("--k needs values, e.g. --k 0.1,1,10")
     config = sw.SweepConfig(
-        costs=tuple(cost or sw.DEFAULT_COSTS), ks=tuple(parse_floats(k, "--k") or sw.DEFAULT_KS),
+        costs=tuple(cost or sw.DEFAULT_COSTS), ks=tuple(joined(k) or sw.DEFAULT_KS),
         loc=values["loc"], scale=values["scale"], estimators=tuple(estimator or sw.DEFAULT_ESTIMATORS),
         samples=samples, seed=seed, threads=_threads(threads), device=device,
     )
     refuse_beyond_memory("--samples", samples, 3)  # loc, scale and one draw per sample
     # every file the sweep writes, checked before the first cell: a late error leaves nothing written
-    check_outputs(out, (sw.CSV_NAME, "sweep.png", "report.html"))
-    with output_lock(out), cell_map(workers, scheduler) as cells, _progress() as progress:
+    with claim(out, "sweep", sw.FILES), _dask(workers, scheduler, worker_wait) as cells, \
+            _progress() as progress:
         task = progress.add_task("sweep", total=len(config.cells()))
 
         def on_cell(done: int, total: int, label: str) -> None:
@@ -119,28 +140,29 @@ def sweep_command(
 
 @app.command(name="advise")
 def advise_command(
-    dist: Annotated[str, typer.Option(help=f"Family: {', '.join(FAMILIES)}.")] = "normal",
-    param: Annotated[list[str] | None, typer.Option(
-        help="NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]); shapes that broadcast "
-             "(a scalar is shared). "
-             "Default loc=1, scale=1 (normal only); e.g. --dist gamma --param concentration=2 "
-             "--param rate=3.")] = None,
-    cost: Annotated[str, typer.Option(help=(
+    dist: Annotated[str, option(Text(what="a family"), f"Family: {', '.join(FAMILIES)}.")] = "normal",
+    param: Annotated[list[tuple] | None, option(
+        Assignment(),
+        "NAME=VALUE, repeatable; VALUE a number or JSON list (loc=[0,1,2]); shapes that broadcast "
+        "(a scalar is shared). Default loc=1, scale=1 (normal only); e.g. --dist gamma --param "
+        "concentration=2 --param rate=3.")] = None,
+    cost: Annotated[str, option(CostSpec(), (
         f"Named cost ({', '.join(f'{n}: {f}' for n, f in NAMED_COSTS.items())}), or FILE.py:FUNCTION "
         "or package.module:FUNCTION taking samples [N, ...] and returning [N]."))] = "cos",
-    k: Annotated[float | None, typer.Option(help="Constant k of the cost (default 1).")] = None,
-    estimator: Annotated[list[str] | None, typer.Option(
-        help="Candidates (repeatable), e.g. --estimator pathwise --estimator score-optb --estimator "
-             "mvd+qmc; default every registered estimator with and without each sampler suffix "
-             "(+antithetic, +qmc); those that do not apply are listed with the reason.")] = None,
-    samples: Annotated[int, typer.Option(min=2, help="Pilot samples per estimator.")] = 10_000,
+    k: Annotated[float | None, option(Real(), "Constant k of the cost (default 1).")] = None,
+    estimator: Annotated[list[str] | None, option(
+        Text(what="an estimator name"),
+        "Candidates (repeatable), e.g. --estimator pathwise --estimator score-optb --estimator "
+        "mvd+qmc; default every registered estimator with and without each sampler suffix "
+        "(+antithetic, +qmc); those that do not apply are listed with the reason.")] = None,
+    samples: Annotated[int, option(Count(2), "Pilot samples per estimator.")] = 10_000,
     seed: Annotated[int, seed_option("Seed of the torch.Generator.")] = 0,
-    json_path: Annotated[
-        Path | None, typer.Option("--json", help="Write the ranking as JSON here (atomically).")
-    ] = None,
+    json_path: Annotated[Path | None, option(
+        OutFile(), "Write the ranking as JSON here (atomically).", "--json")] = None,
     threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    worker_wait: WorkerWait = WORKER_WAIT,
 ) -> None:
     """Recommend an estimator for ∇θ E_p(x;θ)[f(x)] from a pilot run of every applicable one.
 
@@ -151,23 +173,15 @@ def advise_command(
 
     Example: gradest advise --dist normal --param loc=1 --param scale=1 --cost cos --k 5
     """
-    from gradest.lab.parallel import cell_map
     from gradest.lab.selection import select
 
     family = get_family(dist)
     if not param and family.name != "normal":
         names = " ".join(f"--param {n}=VALUE" for n in family.param_sets[0])
         raise GradestError(f"give the parameters of {family.name}: {names}")
-    params = dict(parse_param(p) for p in (param or ["loc=1", "scale=1"]))
+    params = parse_params(param or [Assignment()("loc=1"), Assignment()("scale=1")])
     family.check(params)
     f = load_cost(cost, k)
-    if json_path is not None:  # before the pilots, not after minutes of them
-        if json_path.is_dir():
-            raise GradestError(
-                f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'advice.json'}")
-        blocked = next((p for p in json_path.parents if p.exists() and not p.is_dir()), None)
-        if blocked is not None:
-            raise GradestError(f"--json {json_path}: {blocked} is a file, not a folder")
     # a cost that fails for every candidate (raises, exits, NaN, e.g. --k nan): one error line, exit 2,
     # as in compare, instead of a table of failed rows and no recommendation
     from gradest.rng import make_generator
@@ -176,7 +190,7 @@ def advise_command(
     probe(f, dist, make_generator(seed))
     refuse_beyond_memory("--samples", samples, sum(v.numel() for v in params.values())
                          + dist.batch_shape.numel() * dist.event_shape.numel())
-    with cell_map(workers, scheduler) as cells, console.status("pilot runs…") as status:
+    with _dask(workers, scheduler, worker_wait) as cells, console.status("pilot runs…") as status:
         result = select(f, family.build, params, estimators=estimator, num_samples=samples, seed=seed,
                         on_estimator=lambda name: status.update(f"pilot run of {name}…"),
                         threads=_threads(threads), cell_map=cells)
@@ -208,22 +222,25 @@ def advise_command(
 
 @app.command(name="blr")
 def blr_command(
-    estimator: Annotated[list[str] | None, typer.Option(
-        help="Repeatable; default pathwise, score, mvd, each with and without the delta-method "
-             "control variate (pathwise-delta, score-delta, mvd-delta).")] = None,
-    steps: Annotated[int, typer.Option(min=1, help="SGD steps (the survey: 5000).")] = 5000,
-    batch: Annotated[int, typer.Option(min=1, help="Data points per step.")] = 32,
-    samples: Annotated[int, typer.Option(min=2, help="Posterior samples per step.")] = 50,
-    lr: Annotated[float, typer.Option(help="Initial learning rate (cosine decay to 0).")] = 1e-3,
-    log_every: Annotated[int, typer.Option(min=1, help="Log metrics every this many steps.")] = 10,
-    variance_samples: Annotated[int, typer.Option(
-        min=2, help="Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
+    estimator: Annotated[list[str] | None, option(
+        Text(what="an estimator name"),
+        "Repeatable; default pathwise, score, mvd, each with and without the delta-method "
+        "control variate (pathwise-delta, score-delta, mvd-delta).")] = None,
+    steps: Annotated[int, option(Count(1), "SGD steps (the survey: 5000).")] = 5000,
+    batch: Annotated[int, option(Count(1), "Data points per step.")] = 32,
+    samples: Annotated[int, option(Count(2), "Posterior samples per step.")] = 50,
+    lr: Annotated[float, option(
+        Real(0.0, lo_open=True), "Initial learning rate (cosine decay to 0).")] = 1e-3,
+    log_every: Annotated[int, option(Count(1), "Log metrics every this many steps.")] = 10,
+    variance_samples: Annotated[int, option(
+        Count(2), "Single-sample estimates used to measure the gradient variance at each log.")] = 1000,
     seed: Annotated[int, seed_option(
         "Seed of the minibatches and every draw (the 80/20 split is fixed).")] = 0,
-    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("gradest-out/blr"),
+    out: Annotated[Path, option(OutDir(), "Output folder.")] = Path("gradest-out/blr"),
     threads: Annotated[int, threads_option(_THREADS_HELP)] = 1,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    worker_wait: WorkerWait = WORKER_WAIT,
 ) -> None:
     """Bayesian logistic regression on breast cancer (569 × 30) by VI, one run per estimator.
 
@@ -238,14 +255,12 @@ def blr_command(
     Example: gradest blr --estimator pathwise --estimator score-delta --steps 500 --out runs/blr
     """
     from gradest.lab.blr import DEFAULT_ESTIMATORS, FILES, BLRConfig, run_blr
-    from gradest.lab.parallel import cell_map
 
     config = BLRConfig(steps=steps, batch_size=batch, num_samples=samples, lr=lr, log_every=log_every,
                        variance_samples=variance_samples, seed=seed, threads=_threads(threads))
     names = list(estimator or DEFAULT_ESTIMATORS)
-    check_outputs(out, FILES)
     start = time.perf_counter()
-    with output_lock(out), cell_map(workers, scheduler) as runs, _progress() as progress:
+    with claim(out, "blr", FILES), _dask(workers, scheduler, worker_wait) as runs, _progress() as progress:
         task = progress.add_task("blr", total=steps * len(names))
 
         def on_step(name: str, index: int, step: int) -> None:

@@ -1,73 +1,46 @@
-"""Options shared by several commands (one definition, one help text)."""
+"""Options shared by several commands: one definition, one help text, one parser each
+(:mod:`gradest.cli.validate`)."""
 
 from __future__ import annotations
 
-import math
 from typing import Annotated
 
-import typer
 from typer.models import OptionInfo
 
-from gradest.errors import GradestError
-from gradest.limits import THREADS_MAX
+from gradest.cli.validate import SEED_MAX, SEED_RANGE, Address, Count, DeviceName, Real, Seed, option
+from gradest.limits import THREADS_MAX, WORKERS_MAX
 
-Device = Annotated[
-    str,
-    typer.Option(
-        help=(
-            "Where the tensors live: cpu, cuda (the current GPU) or cuda:N; cuda needs a PyTorch "
-            "build with CUDA and a GPU. Same seed, same numbers on a given device."
-        )
-    ),
-]
+__all__ = ["SEED_MAX", "SEED_RANGE", "Device", "Scheduler", "WorkerWait", "Workers", "seed_option",
+           "threads_option"]
 
-#: One seed rule for every command: a non-negative 63-bit integer. torch seeds take any value in
-#: [0, 2**64 − 1], so the commands' fixed stream offsets (seed + a few, + 7919, …) always fit.
-SEED_MAX = 2**63 - 1
-SEED_RANGE = "an integer from 0 to 2^63 − 1"
-
-
-def _check_seed(value: int | None) -> int | None:
-    if value is not None and not 0 <= value <= SEED_MAX:
-        raise typer.BadParameter(f"{value} is out of range; give {SEED_RANGE} ({SEED_MAX})")
-    return value
+Device = Annotated[str, option(
+    DeviceName(),
+    "Where the tensors live: cpu, cuda (the current GPU) or cuda:N; cuda needs a PyTorch build with "
+    "CUDA and a GPU. Same seed, same numbers on a given device.")]
 
 
 def seed_option(text: str) -> OptionInfo:
-    """``--seed`` with help `text`, and the seed rule every command shares (refused outside it, exit 2)."""
-    return typer.Option(help=f"{text} {SEED_RANGE[0].upper()}{SEED_RANGE[1:]}.", callback=_check_seed)
-
-
-def _check_threads(value: int) -> int:
-    if not 0 <= value <= THREADS_MAX:
-        raise typer.BadParameter(f"{value} is out of range; give 0 (torch's default) or 1 to {THREADS_MAX} "
-                                 "(4 per CPU core, at least 64)")
-    return value
+    """``--seed`` with help ``text``, and the seed rule every command shares (refused outside it, exit 2)."""
+    return option(Seed(), f"{text} {SEED_RANGE[0].upper()}{SEED_RANGE[1:]}.")
 
 
 def threads_option(text: str) -> OptionInfo:
     """``--threads``: 0 (torch's default) or 1 … THREADS_MAX; torch crashes on a pool of 100 000."""
-    return typer.Option(help=f"{text} At most {THREADS_MAX}.", callback=_check_threads)
+    return option(Count(0, THREADS_MAX, meaning=" (0: torch's default; 4 per CPU core, at least 64)"),
+                  f"{text} At most {THREADS_MAX}.")
 
 
-def parse_floats(items: list[str] | None, option: str, *, finite: bool = True) -> list[float]:
-    """Numbers from ``--k 0.1,1 --k 5``: comma-separated and/or repeated, every entry a number.
-
-    An empty entry (``--k ""``, ``--k 1,,2``, ``--k 1,``) is an error, not skipped: a typo never
-    silently changes the grid. ``finite``: NaN and ±inf are refused too.
-    """
-    out = []
-    for item in items or []:
-        for part in item.split(","):
-            text = part.strip()
-            if not text:
-                raise GradestError(f"{option} {item!r} has an empty entry; give numbers separated by "
-                                   f"commas, e.g. {option} 0.1,1,10")
-            try:
-                value = float(text)
-            except ValueError:
-                raise GradestError(f"{option} takes numbers separated by commas, got {text!r}") from None
-            if finite and not math.isfinite(value):
-                raise GradestError(f"{option} takes finite numbers, got {text!r}")
-            out.append(value)
-    return out
+Workers = Annotated[int | None, option(
+    Count(1, WORKERS_MAX, meaning=" (two per CPU core, at least 8)"),
+    "Run the cells as tasks on a local Dask cluster of this many worker processes (one thread each); "
+    "same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
+Scheduler = Annotated[str | None, option(
+    Address(),
+    "Run the cells on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers need gradest "
+    "installed); same rows, same order as a serial run.")]
+#: how long a run on --scheduler waits while the scheduler has no worker, before it gives up
+WORKER_WAIT = 60.0
+WorkerWait = Annotated[float, option(
+    Real(0.0, 86400.0, lo_open=True, meaning=" seconds"),
+    "With --scheduler: how long to wait, in seconds, while the scheduler has no worker (at the start, or "
+    "after losing them all) before giving up with an error.")]

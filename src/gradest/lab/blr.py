@@ -46,6 +46,7 @@ from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.limits import refuse_beyond_memory
 from gradest.monitor import GradientMonitor, GroupStats
 from gradest.rng import make_generator
+from gradest.runs import OUTPUTS
 
 #: pathwise, score function and measure-valued, each without and with the delta-method control
 DEFAULT_ESTIMATORS = ("pathwise", "pathwise-delta", "score", "score-delta", "mvd", "mvd-delta")
@@ -56,7 +57,7 @@ PREDICTIVE_SAMPLES = 1000
 #: memory a logged step holds until the run ends (its metrics and the monitor's records), generously
 LOGGED_STEP_BYTES = 4096
 #: the files a run writes into its output folder
-FILES = ("metrics.csv", "summary.json", "blr.png", "report.html", "monitor.jsonl")
+FILES = OUTPUTS["blr"]
 LOG_COLUMNS = ("step", "elbo", "accuracy", "var_mean_loc", "var_max_loc", "var_mean_logscale",
                "var_max_logscale")
 

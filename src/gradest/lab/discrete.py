@@ -51,7 +51,9 @@ from gradest.estimators import get_estimator
 from gradest.estimators.base import Estimator
 from gradest.io import write_atomic, write_json
 from gradest.lab.threads import check_threads, intra_op_threads
+from gradest.limits import refuse_beyond_memory, refuse_beyond_time
 from gradest.rng import make_generator
+from gradest.runs import OUTPUTS
 
 #: the unbiased and the relaxed (biased) estimators for Bernoulli nodes
 DEFAULT_ESTIMATORS = ("score", "score-loo", "mvd", "arm", "disarm", "rebar", "relax",
@@ -62,12 +64,18 @@ DEFAULT_SIGN_SAMPLES = (1, 4, 16, 64)
 MAX_BITS = 1000
 #: enumerate sums over 2^D points
 MAX_ENUMERATED_BITS = 12
-FILES = ("results.json", "discrete.png", "report.html")
+FILES = OUTPUTS["discrete"]
 RELAX_BATCH = 16
 #: independent per_sample calls per cell: the bias's standard error comes from their means
 BLOCKS = 20
 #: |bias| per bit below which a difference is float64 rounding of costs of order D
 ROUNDING = 1e-13
+#: numbers held per sample and bit while a cell is measured: the N × D estimates twice (the blocks and
+#: their deviations) and the estimator's draws, relaxations and per-sample gradient graph
+NUMBERS_PER_BIT = 16
+#: the fastest RELAX control step measured (16 samples, one bit: about 7 ms on a 2-core machine), halved
+#: again and again: a lower bound for the time check
+RELAX_STEP_SECONDS = 1e-3
 
 
 @dataclass(frozen=True)
@@ -104,6 +112,8 @@ class DiscreteConfig:
         check_threads(self.threads)
         if self.relax_steps < 0:
             raise GradestError(f"--relax-steps must be ≥ 0, got {self.relax_steps}")
+        # one cell holds its N × D estimates at once: beyond memory, refused with the N that fits
+        refuse_beyond_memory("--samples", self.samples, NUMBERS_PER_BIT * max(self.bits))
         if len(set(self.estimators)) != len(self.estimators) or not self.estimators:
             raise GradestError("give each --estimator once (and at least one)")
         probe = Bernoulli(logits=torch.zeros(2))
@@ -114,6 +124,10 @@ class DiscreteConfig:
             if name.split("+")[0] == "enumerate" and max(self.bits) > MAX_ENUMERATED_BITS:
                 raise GradestError(f"--estimator enumerate sums over 2^D values; use it with --bits up to "
                                    f"{MAX_ENUMERATED_BITS}, or leave it out")
+        learned = sum(bool(getattr(get_estimator(name), "learn", False)) for name in self.estimators)
+        if learned:  # every (t, D) cell of a learned control trains it afresh
+            refuse_beyond_time("--relax-steps", self.relax_steps,
+                               RELAX_STEP_SECONDS * learned * len(self.targets) * len(self.bits), unit="step")
 
     def cells(self) -> list[tuple[float, int, str]]:
         return [(t, d, e) for t in self.targets for d in self.bits for e in self.estimators]

@@ -43,9 +43,12 @@ from gradest.lab import variance_exact as vx
 from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.rng import make_generator
+from gradest.runs import OUTPUTS
 
 PARAMS = ("loc", "scale")
 CSV_NAME = "sweep.csv"
+#: every file a sweep writes into its folder
+FILES = OUTPUTS["sweep"]
 #: the survey's comparison: pathwise, score function with and without a control variate, MVD
 #: coupled and uncoupled
 DEFAULT_ESTIMATORS = ("pathwise", "score", "score-delta", "mvd", "mvd-uncoupled")

@@ -15,9 +15,12 @@ over B_r rows instead of B, the gradient and metric reductions): metrics agree w
 float32 rounding, amplified a little by each Adam step (measured: tests/test_vae_ddp.py).
 
 Rank 0 writes (config, checkpoints, metrics, report) and runs the gradient monitor; every rank
-checks finiteness together (a NaN on one rank stops all of them at the same step). A rank that dies
-makes the others' next collective fail: they raise :class:`PeerFailed`, which the command line
-turns into a silent exit, so the failure is told once, by the rank that failed.
+checks finiteness together (a NaN on one rank stops all of them at the same step). A rank that fails
+says why (:class:`RankFailed`) and marks itself as having spoken; its failure makes the others' next
+collective fail, and they raise :class:`PeerFailed`. A rank that dies without a word (killed, out of
+memory) cannot speak for itself, so the survivors take a roll call on torchrun's store (each writes
+its rank; after :data:`ROLL_CALL_SECONDS` the missing ones are the dead): the lowest survivor names
+them in one line, and the others stop quietly. The failure is told once.
 
 Started by ``torchrun --nproc-per-node W -m gradest vae train …`` (its environment: RANK,
 WORLD_SIZE, LOCAL_RANK, MASTER_ADDR, MASTER_PORT); gloo on the CPU, NCCL on GPUs (rank r on
@@ -28,6 +31,7 @@ single-process group, whose every method is the identity: the one-process code p
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
 from typing import Any
@@ -37,9 +41,22 @@ from torch.overrides import TorchFunctionMode
 
 from gradest.errors import GradestError
 
+#: how long the survivors of a failure wait for each other to answer the roll call
+ROLL_CALL_SECONDS = 2.0
+
 
 class PeerFailed(GradestError):
-    """Another rank of the group failed or was stopped (it tells why); this rank stops quietly."""
+    """Another rank of the group stopped. ``lost``: the ranks that vanished without a word (the roll
+    call's missing); ``speak``: whether this rank is the one to tell it (the lowest survivor, and only
+    if some rank did not speak for itself)."""
+
+    def __init__(self, message: str, lost: tuple[int, ...] = (), speak: bool = False) -> None:
+        super().__init__(message)
+        self.lost, self.speak = lost, speak
+
+    def with_advice(self, advice: str) -> PeerFailed:
+        """The same failure, its message followed by ``advice`` (what was saved, how to resume)."""
+        return PeerFailed(f"{self}; {advice}", self.lost, self.speak)
 
 
 class RankFailed(GradestError):
@@ -80,6 +97,9 @@ class Group:
     def barrier(self) -> None:
         """Wait for every rank (rank 0's files are complete when the others return)."""
 
+    def announce_failure(self) -> None:
+        """Mark this rank as having told its own failure (the roll call does not name it again)."""
+
 
 class ProcessGroup(Group):
     """Rank ``rank`` of ``world`` processes in torch.distributed's default group."""
@@ -111,9 +131,24 @@ class ProcessGroup(Group):
             dist.all_reduce(tensor)
             self.started = True
         except (RuntimeError, ValueError) as err:  # gloo/NCCL: a peer closed its connection or died
-            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-            raise PeerFailed(f"rank {self.rank}: another process stopped ({reason})") from None
+            lost, speak = _roll_call(self.rank, self.world)
+            if lost:
+                names = ", ".join(str(r) for r in lost)
+                message = (f"process{'es' if len(lost) > 1 else ''} {names} of {self.world} stopped without "
+                           "a word (killed, or out of memory?)")
+            else:
+                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+                message = f"rank {self.rank}: another process stopped ({reason})"
+            raise PeerFailed(message, lost, speak) from None
         return tensor
+
+    def announce_failure(self) -> None:
+        store = _store()
+        if store is not None:
+            try:
+                store.set(f"{_ROLL}/spoke/{self.rank}", "1")
+            except (RuntimeError, ValueError):
+                pass
 
     def any(self, flag: bool) -> bool:
         return bool(self._all_reduce(torch.tensor([float(flag)], device=self._device)) > 0)
@@ -181,6 +216,51 @@ class _GlobalMean:
         total = self.group._all_reduce(total)
         self.inner((total[0] / total[1]).to(values.dtype).reshape(1))
         return b
+
+
+_ROLL = f"gradest/roll-call/{os.environ.get('TORCHELASTIC_RUN_ID', '-')}/" \
+        f"{os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')}"
+
+
+def _store():
+    """A client of the rendezvous store (torchrun's agent keeps it; else rank 0's): None if unreachable."""
+    import datetime
+
+    import torch.distributed as dist
+
+    try:
+        return dist.TCPStore(os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False,
+                             timeout=datetime.timedelta(seconds=5))
+    except (KeyError, ValueError, RuntimeError, OSError):
+        return None
+
+
+def _roll_call(rank: int, world: int, wait: float | None = None) -> tuple[tuple[int, ...], bool]:
+    """After a failed collective: (the ranks that neither answered nor told their own failure, whether
+    this rank is the lowest survivor and so tells it). Without a store, nobody can be named: ((), False)."""
+    store = _store()
+    if store is None:
+        return (), False
+    try:
+        store.set(f"{_ROLL}/alive/{rank}", "1")
+        time.sleep(ROLL_CALL_SECONDS if wait is None else wait)
+
+        def present(kind: str, r: int) -> bool:
+            return bool(store.check([f"{_ROLL}/{kind}/{r}"]))
+
+        alive = [r for r in range(world) if present("alive", r)]
+        lost = tuple(r for r in range(world) if r not in alive and not present("spoke", r))
+    except (RuntimeError, ValueError):
+        return (), False
+    return lost, bool(lost) and rank == min(alive)
+
+
+def local_world_from_env() -> int:
+    """Processes per node as torchrun started them (LOCAL_WORLD_SIZE; the world size without it)."""
+    try:
+        return int(os.environ.get("LOCAL_WORLD_SIZE", os.environ.get("WORLD_SIZE", 1)))
+    except ValueError:
+        return 1
 
 
 def world_from_env() -> tuple[int, int, int]:
@@ -257,6 +337,7 @@ __all__ = [
     "RankFailed",
     "check_batches",
     "device_for",
+    "local_world_from_env",
     "session",
     "world_from_env",
 ]
