@@ -27,12 +27,15 @@ A verdict is cached (pass or the refusal), so a training loop pays for the probe
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
 
 import torch
 from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
+
+from gradest.errors import GradestError
 
 #: metadata reads that do not use a tensor's values
 _METADATA = frozenset({"__get__", "numel", "dim", "size", "stride", "is_floating_point", "element_size",
@@ -238,3 +241,44 @@ def mixing_message(kind: str, estimator: str, shape: list[int]) -> str:
         "bias it; return the total per sample, shape [N] (e.g. f(x).sum(-1)), or make f act on each "
         "element alone"
     )
+
+
+def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key: ProbeKey,
+          watched: Mapping[str, torch.Tensor], estimator: str, separable: bool, diagnostic: bool,
+          cells: Callable[[torch.Tensor], int] | None = None) -> torch.Tensor:
+    """``evaluate(x)``, the first time for ``key`` watched and repeated once on a changed draw.
+
+    Returns the output of the real evaluation; raises GradestError with the refusal (remembered for
+    the key) when the cost mixes samples (refused where ``separable`` or ``diagnostic``), mixes
+    elements (where ``separable``) or reads a watched parameter. ``cells``: how many leading
+    elements of a draw the output's elements stand for (default: the output's per-sample size).
+    """
+    known, refusal = verdict(key)
+    if known:
+        if refusal is not None:
+            raise GradestError(refusal)
+        return evaluate(x)
+    with replayed_rng(x.device) as replay:
+        with reads(watched) as found:
+            out = evaluate(x)
+        if found:
+            refusal = undeclared_message(found[0])
+        else:
+            width = cells(out) if cells is not None else math.prod(out.shape[1:])
+            swapped = swap(x, width)
+            if swapped is None:  # every draw equal: nothing to compare yet, probe the next call
+                return out
+            moved, element, _ = swapped
+            replay()
+            with torch.no_grad():
+                kind = mixing(out, evaluate(moved), element)
+                if kind is not None:  # the same draws again: a cost that is random, not mixing?
+                    replay()
+                    if mixing(out, evaluate(x), element):
+                        kind = None  # f is not a function of x alone here: nothing to conclude
+            if (kind == "samples" and (separable or diagnostic)) or (kind == "elements" and separable):
+                refusal = mixing_message(kind, estimator or "the estimator", list(out.shape))
+    remember(key, refusal)
+    if refusal is not None:
+        raise GradestError(refusal)
+    return out

@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Distribution, Independent, constraints
+from torch.distributions import Distribution, Gamma, Independent, constraints
 
 from gradest.errors import SampleHealthError
 
@@ -98,12 +98,19 @@ def edges(dist: Distribution) -> tuple[float | None, float | None]:
     return (lo if lo == 0.0 else None), (hi if hi == 1.0 and lo == 0.0 else None)
 
 
+def _standard(dist: Distribution, x: torch.Tensor) -> torch.Tensor:
+    """The draws on the scale torch clamps them at: a Gamma's (and Chi2's) x · rate (torch draws the
+    unit-rate variable, clamps it at the smallest positive number, then divides by the rate)."""
+    family = _family(dist)
+    return x * family.rate.detach() if isinstance(family, Gamma) else x
+
+
 def on_edge(dist: Distribution, x: torch.Tensor) -> str | None:
     """Why the draws ``x`` sit on the support's edge (underflowed), or None."""
     lo, hi = edges(dist)
     if (lo is None and hi is None) or not x.is_floating_point():
         return None
-    x = x.detach()
+    x = _standard(dist, x.detach())
     finfo = torch.finfo(x.dtype)
     at = x <= finfo.tiny if lo is not None else torch.zeros_like(x, dtype=torch.bool)
     if hi is not None:

@@ -138,37 +138,9 @@ class BoundCost:
         if contract.aliases(x, self.watch):  # f at the parameters themselves (a Taylor point): later
             return self.check(self._evaluate(x, direct), n)
         key = contract.key_of(self.f, x, self.watch, self.separable, self.diagnostic)
-        known, refusal = contract.verdict(key)
-        if known:
-            self.probed = True
-            if refusal is not None:
-                raise GradestError(refusal)
-            return self.check(self._evaluate(x, direct), n)
-        with contract.replayed_rng(x.device) as replay:
-            with contract.reads(self.watch) as found:
-                out = self.check(self._evaluate(x, direct), n)
-            if found:
-                refusal = contract.undeclared_message(found[0])
-            else:
-                swapped = contract.swap(x, math.prod(out.shape[1:]))
-                if swapped is None:  # every draw equal: nothing to compare yet, probe the next call
-                    return out
-                moved, element, _ = swapped
-                replay()
-                with torch.no_grad():
-                    kind = contract.mixing(out, self.check(self._evaluate(moved, direct), n), element)
-                    if kind is not None:  # the same draws again: a cost that is random, not mixing?
-                        replay()
-                        if contract.mixing(out, self.check(self._evaluate(x, direct), n), element):
-                            kind = None  # f is not a function of x alone here: nothing to conclude
-                if (kind == "samples" and (self.separable or self.diagnostic)) \
-                        or (kind == "elements" and self.separable):
-                    refusal = contract.mixing_message(kind, self.estimator or "the estimator",
-                                                      list(out.shape))
-        contract.remember(key, refusal)
-        self.probed = True
-        if refusal is not None:
-            raise GradestError(refusal)
+        out = contract.probe(lambda z: self.check(self._evaluate(z, direct), n), x, key, self.watch,
+                             self.estimator, self.separable, self.diagnostic)
+        self.probed = contract.verdict(key)[0]  # an inconclusive probe (every draw equal) runs again
         return out
 
     def check(self, out: object, n: int) -> torch.Tensor:

@@ -153,7 +153,8 @@ def _transformed_support_moves(dist: TransformedDistribution) -> bool:
 def at_the_boundary(family: Distribution) -> bool:
     """Whether a discrete family was given ``probs`` at 0 or 1, or so near that torch clamps them
     (within its dtype's ε, where log p and its derivative are those of the clamped value)."""
-    probs = vars(family).get("probs")
+    inner = vars(family).get("_categorical")  # OneHotCategorical keeps its probabilities there
+    probs = vars(family).get("probs", vars(inner).get("probs") if inner is not None else None)
     if not isinstance(probs, torch.Tensor) or not is_discrete(family):
         return False
     probs = probs.detach()

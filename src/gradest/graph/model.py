@@ -3,13 +3,14 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, OneHotCategorical
 
-from gradest import rng
+from gradest import contract, rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import BoundCost, Estimator, Node, _graph_reaches, unwrap
 from gradest.estimators.baselines import Constant, LeaveOneOut
@@ -174,7 +175,7 @@ class Graph:
         self._mark(name, value)
         if then is None:
             return value
-        out = self._then(name, then, value)
+        out = self._probed_then(name, then, value, est)
         self.costs[name] = CostNode(name, out, then_upstream | {name})
         return self._terminal_value(name, dice.per_particle(self, out.detach()))
 
@@ -257,6 +258,22 @@ class Graph:
             return torch.zeros_like(grad) if name in self._blocked else None
 
         return hook
+
+    def _probed_then(self, name: str, then: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor,
+                     est: Estimator) -> torch.Tensor:
+        """``then(z)``, its first evaluation probed for mixing as a single node's cost
+        (:mod:`gradest.contract`); a cost whose elements are not the node's leading ones is probed
+        for mixing the samples only."""
+        batch = z.shape[1:]
+        caps = est.capabilities
+
+        def cells(out: torch.Tensor) -> int:
+            tail = out.shape[1:]
+            return math.prod(tail) if tuple(batch[:len(tail)]) == tuple(tail) else 1
+
+        key = contract.key_of(then, z, {}, caps.separable, False)
+        return contract.probe(lambda x: self._then(name, then, x), z, key, {}, est.name, caps.separable,
+                              False, cells)
 
     def _then(self, name: str, then: Callable[[torch.Tensor], torch.Tensor], z: torch.Tensor) -> torch.Tensor:
         out = then(z)

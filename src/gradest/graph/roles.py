@@ -26,7 +26,8 @@ def node_tensors(dist: Distribution) -> dict[str, torch.Tensor]:
         names = list(family.arg_constraints)
     except NotImplementedError:
         names = []
-    present = {k: vars(family)[k] for k in names if isinstance(vars(family).get(k), torch.Tensor)}
+    held = vars(vars(family).get("_categorical", family))  # OneHotCategorical keeps them in its Categorical
+    present = {k: held[k] for k in names if isinstance(held.get(k), torch.Tensor)}
     if "logits" in present and "probs" in present:
         del present["probs"]
     return present
