@@ -39,6 +39,7 @@ from gradest.vae.data import BINARIZE
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
 from gradest.vae.objectives import ARCHES, OBJECTIVES, architecture_defaults
+from gradest.vae.train import LR_MAX
 
 if TYPE_CHECKING:
     from gradest.vae.train import TrainConfig
@@ -60,9 +61,6 @@ _COMPARE_DEFAULT = ["pathwise", "stl", "iwae:5", "iwae-dreg:5", "score", "score-
 
 #: the files a training run writes into its folder
 TRAIN_FILES = OUTPUTS["vae train"]
-#: Adam's first step is lr / (1 − β₁) = 10 lr per unit gradient, in the model's float32: a larger
-#: learning rate cannot even be applied (torch refuses the step's value)
-LR_MAX = 3.4e37
 
 Dataset = Annotated[str, option(
     DatasetSpec(),

@@ -53,6 +53,7 @@ from gradest.diagnostics import to_json_value
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.baselines import MovingAverage
 from gradest.io import write_atomic, write_json
+from gradest.limits import refuse_beyond_time
 from gradest.monitor import GradientMonitor
 from gradest.rng import make_generator
 from gradest.vae.catalog import get_objective
@@ -72,6 +73,14 @@ MONITOR = "monitor.jsonl"
 # shifts the noise training draws.
 STREAM_SETUP, STREAM_DATA, STREAM_NOISE, STREAM_DIAG, STREAM_EVAL = range(5)
 SEED_MAX = 2**63 - 1
+#: Adam's first step is lr / (1 − β₁) = 10 lr per unit gradient, applied in the model's float32: a
+#: larger learning rate cannot even be taken (torch refuses the step's value)
+LR_MAX = 3.4e37
+#: lower bounds of a training epoch's time, for the check of --epochs: an epoch's checkpoint and
+#: test pass cost more than a millisecond, each Adam step more than 0.1 ms (measured: ~1 ms on the
+#: smallest model, 1 image of digits per step)
+EPOCH_SECONDS = 1e-3
+STEP_SECONDS = 1e-4
 #: images × importance samples one evaluation may decode: 10^10 takes hours on a CPU
 MAX_IWAE_DECODES = 10**10
 
@@ -120,8 +129,9 @@ class TrainConfig:
             raise GradestError(f"--monitor-repeats must be 0 (off) or ≥ 2, got {self.var_repeats}")
         if self.monitor_every is not None and self.monitor_every < 1:
             raise GradestError(f"--monitor-every must be ≥ 1 (Adam steps), got {self.monitor_every}")
-        if not (self.lr > 0 and math.isfinite(self.lr)):
-            raise GradestError(f"--lr must be a positive finite number, got {self.lr}")
+        if not (self.lr > 0 and math.isfinite(self.lr)) or self.lr > LR_MAX:
+            raise GradestError(f"--lr must be a positive finite number ≤ {LR_MAX:g} (Adam's step must fit "
+                               f"in float32), got {self.lr}")
         if not 0 <= self.seed <= SEED_MAX:
             # the streams are seed + 0…4: the seed must leave room for them below torch's 2^64
             raise GradestError(f"--seed must be an integer from 0 to 2^63 − 1, got {self.seed}")
@@ -288,6 +298,14 @@ def load_checkpoint(out: str | Path, device: str | torch.device = "cpu") -> dict
         TrainConfig.from_dict(state["config"])
     except (TypeError, ValueError, AttributeError) as err:
         raise GradestError(f"{path} holds a malformed run config ({_first_line(err)}); {fix}") from None
+    epoch, metrics = state["epoch"], state["metrics"]
+    # written after each epoch with that epoch's number and one metrics record per epoch so far
+    if isinstance(epoch, bool) or not isinstance(epoch, int) or not isinstance(metrics, list) \
+            or epoch < 1 or epoch != len(metrics):
+        records = len(metrics) if isinstance(metrics, list) else "no list of"
+        raise GradestError(f"{path} records epoch {epoch!r} with {records} metrics records; a checkpoint "
+                           f"is written after epoch 1 or later, one record per epoch: the file is damaged; "
+                           f"{fix}")
     weights = state["model"] if isinstance(state["model"], dict) else {}
     for name, value in weights.items():
         if isinstance(value, torch.Tensor) and value.is_floating_point() \
@@ -406,6 +424,9 @@ def train(
     check_iwae(config.iwae_k, run.test.shape[0])
     model = run.model
     device = run.train.device
+    steps = -(-run.train.shape[0] // config.batch_size)
+    refuse_beyond_time("--epochs", config.epochs, EPOCH_SECONDS + STEP_SECONDS * steps, unit="epoch",
+                       hint=f"{steps} Adam steps per epoch")
     check_batches(group, run.train.shape[0], config.batch_size)
     if group.world > 1 and config.latent_dist != "gaussian":
         # the binary-latent estimators keep state of their own (learned controls, their optimizers),
@@ -440,7 +461,6 @@ def train(
         records = list(saved_monitor.get("records", []))
         start_epoch = int(state["epoch"]) + 1
     # After the restore: the monitor's loss must see the baseline object that training updates.
-    steps = -(-run.train.shape[0] // config.batch_size)
     monitor = _monitor(config, run, model, objective, baseline, g_diag, steps) if group.is_writer else None
     if monitor is not None and saved_monitor.get("state") is not None:
         _restore(out / CHECKPOINT, "monitor state", lambda: monitor.load_state_dict(saved_monitor["state"]))
