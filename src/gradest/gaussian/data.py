@@ -92,11 +92,28 @@ def load_dataset(path: str | Path | None = None, column: str | None = None) -> D
         raise GradestError(f"--data {path} is a folder; give the CSV file inside it")
     if not path.is_file():
         raise GradestError(f"data file not found: {path}; give a CSV file with a header row")
+    _refuse_beyond_memory(path)
     try:
         raw = path.read_bytes()
     except OSError as err:
         raise GradestError(f"could not read {path}: {err.strerror or err}") from None
     return parse_csv(decode(raw, path), column, str(path))
+
+
+#: memory a CSV's byte takes while it is read and parsed (the bytes, the text, the rows of cells)
+BYTES_PER_CSV_BYTE = 40
+
+
+def _refuse_beyond_memory(path: Path) -> None:
+    """A CSV too large to read and parse in the free memory is refused by its size, before reading."""
+    from gradest.limits import refuse_beyond_memory
+
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise GradestError(f"could not read {path}: {err.strerror or err}") from None
+    refuse_beyond_memory(f"--data {path}: its", size, per_item=BYTES_PER_CSV_BYTE,
+                         hint="bytes; give a smaller file, e.g. a sample of its rows")
 
 
 def decode(raw: bytes, path: Path) -> str:
@@ -162,6 +179,10 @@ def parse_csv(text: str, column: str | None, source: str) -> Dataset:
                 f"{source} has {len(header)} columns ({', '.join(header)}); pick one with --column NAME"
             )
         index = 0
+    elif header.count(column) > 1:
+        places = ", ".join(str(i + 1) for i, h in enumerate(header) if h == column)
+        raise GradestError(f"{source} has {header.count(column)} columns named {column!r} (columns "
+                           f"{places}); rename them so that --column names one")
     elif column in header:
         index = header.index(column)
     else:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import gzip
 import struct
+import zlib
 from pathlib import Path
 from typing import NamedTuple
 
@@ -63,12 +64,15 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
     path = Path(path)
     if not path.is_file():
         raise GradestError(f"IDX file {path} does not exist")
-    raw = path.read_bytes()
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise GradestError(f"could not read {path}: {err.strerror or err}") from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
-        except (OSError, EOFError) as err:
-            raise GradestError(f"{path}: corrupt gzip data ({err})") from None
+        except (OSError, EOFError, zlib.error) as err:  # not gzip after its magic bytes, or cut short
+            raise GradestError(f"{path}: corrupt gzip data ({err}); download the MNIST files again") from None
     if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
         raise GradestError(
             f"{path} is not an IDX file: it should start with 0x00 0x00, a type code and the "
