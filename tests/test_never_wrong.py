@@ -310,3 +310,23 @@ def test_constructors_and_functions_check_their_arguments():
     for call, needle in cases:
         with pytest.raises(gradest.GradestError, match=needle):
             call()
+
+
+def test_per_node_gradients_of_an_implicitly_reparameterized_node_are_not_read_as_zero():
+    """torch's Beta gradient cannot be differentiated again: the forward-mode Jacobian trick would read 0."""
+    a, b = t(2.0).requires_grad_(True), t(3.0).requires_grad_(True)
+    with gradest.graph(gen(6), num_samples=4000) as g:
+        g.cost("c", g.sample("x", Beta(a, b), "pathwise"))
+    ng = g.per_node({"a": a, "b": b})
+    for name, truth in (("a", 3 / 25), ("b", -2 / 25)):  # E x = a/(a + b)
+        rows = ng.grads["x"][name]
+        assert abs(float(rows.mean()) - truth) <= 5 * float(rows.std() / 4000**0.5)
+
+
+def test_per_node_refuses_a_score_node_whose_draws_collapsed():
+    rate = t(1e-9).requires_grad_(True)
+    with gradest.graph(gen(), num_samples=1000) as g:
+        g.cost("c", g.sample("k", Poisson(rate), "score-loo"))
+    with pytest.raises(SampleHealthError, match="node 'k' \\(score-loo\\): all 1000 draws of Poisson are 0"):
+        g.per_node({"rate": rate})
+    g.surrogate().backward()  # a training step with an uninformative draw is still unbiased

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 import torch
 
+from gradest import health
 from gradest.errors import GradestError
 from gradest.graph.dice import align, baselines, per_particle, values
 from gradest.graph.jacobian import jacobian_rows
@@ -133,6 +134,10 @@ def per_node(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tenso
     coordinates than rows, else reverse). The graph is retained, so ``surrogate().backward()``
     still works afterwards.
     """
+    for node in g.nodes.values():  # a diagnostic: a score node's draws held to per_sample's standard
+        if node.dist is not None and node.value is not None:
+            health.check(node.dist, node.value, node.health, training=False,
+                         what=f"node {node.name!r} ({node.estimator}): ")
     out = split(g, params, mode, reduce=False)
     names = list(next(iter(out.values())))
     total = {k: sum(out[g][k] for g in out) for k in names}

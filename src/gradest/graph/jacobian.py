@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from gradest.errors import GradestError
+from gradest.estimators.replication import _graph_reaches
 
 #: rows of the identity handed to one batched backward pass in :meth:`Graph.per_node`
 CHUNK = 512
@@ -61,6 +62,12 @@ def _jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | 
         u = torch.zeros_like(rows, requires_grad=True)
         vjp = torch.autograd.grad(rows, targets, u, retain_graph=True, create_graph=True, allow_unused=True)
         linear = [(g, t) for g, t in zip(vjp, targets, strict=True) if g is not None and g.requires_grad]
+        reached = sum(g is not None for g in vjp)
+        if len(linear) < reached or any(not _graph_reaches(g, [u]) for g, _ in linear):
+            # J^T u reaches a target but not through u: a backward that cannot be differentiated
+            # (torch's implicit Beta/Dirichlet gradient is once_differentiable), whose Jacobian the
+            # trick would read as 0; one backward pass per row instead
+            return _jacobian_rows(rows, targets, "reverse")
         columns = []
         for start in range(0, d, CHUNK):
             stop = min(start + CHUNK, d)

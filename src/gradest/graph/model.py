@@ -165,7 +165,8 @@ class Graph:
             baseline = est.baseline
             node = StochasticNode(name, label, value, dist.log_prob(value), ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
-                                  isinstance(baseline, LeaveOneOut))
+                                  isinstance(baseline, LeaveOneOut), dist=dist,
+                                  health=est.capabilities.health)
         else:
             value = self._reparameterized(name, dist, est, batched)
             node = StochasticNode(name, label, value, None, ancestors, "reparameterized")

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+from torch.distributions import Distribution
 
 
 @dataclass
@@ -26,6 +27,10 @@ class StochasticNode:
     baseline: float | None = None
     loo: bool = False
     first_order: bool = False
+    #: the node's distribution and its estimator's ``Capabilities.health``: the per-particle split, a
+    #: diagnostic, checks a score node's draws as ``per_sample`` does (gradest.health)
+    dist: Distribution | None = None
+    health: str = "none"
 
 
 @dataclass
