@@ -44,3 +44,54 @@ def test_lazy_public_names_still_resolve():
             "import gradest.gaussian as g, gradest.gaussian.walkthrough as w\n"
             "assert g.Settings is w.Settings and g.run is w.run")
     assert "scipy" in top_level_modules(code)  # now they are used, they are loaded
+
+
+def _import_graph() -> dict[str, set[str]]:
+    """Module -> the gradest modules it imports (runtime imports; type-only ones left out)."""
+    import ast
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "src"
+    modules = {}
+    for path in (root / "gradest").rglob("*.py"):
+        name = ".".join(path.relative_to(root).with_suffix("").parts)
+        modules[name.removesuffix(".__init__")] = path
+    edges: dict[str, set[str]] = {m: set() for m in modules}
+    for module, path in modules.items():
+        tree = ast.parse(path.read_text())
+        typing_only = {id(n) for block in ast.walk(tree) if isinstance(block, ast.If)
+                       and "TYPE_CHECKING" in ast.unparse(block.test) for n in ast.walk(block)}
+        for node in ast.walk(tree):
+            if id(node) in typing_only:
+                continue
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [f"{node.module}.{a.name}" if f"{node.module}.{a.name}" in modules else node.module
+                         for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            # a package's own modules import it on the way in: that edge is not a dependency
+            edges[module] |= {n for n in names if n in modules and n != module and n != "gradest"
+                              and not module.startswith(n + ".")}
+    return edges
+
+
+def test_no_import_circles():
+    edges, state, cycle = _import_graph(), {}, []
+
+    def visit(m: str, path: list[str]) -> bool:
+        state[m] = "open"
+        for n in sorted(edges[m]):
+            if state.get(n) == "open":
+                cycle.extend([*path[path.index(n):], n])
+                return True
+            if n not in state and visit(n, [*path, n]):
+                return True
+        state[m] = "done"
+        return False
+
+    for m in sorted(edges):
+        if m not in state and visit(m, [m]):
+            break
+    assert not cycle, " → ".join(cycle)
