@@ -26,7 +26,8 @@ and ``variance`` stays the variance of one (marginal) single-sample estimate; N 
 from __future__ import annotations
 
 import math
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, NamedTuple
 
 import torch
 
@@ -185,3 +186,139 @@ def check_groups(groups: object, n: int, device: torch.device) -> torch.Tensor |
     if n and bool((groups < 0).any()):
         raise GradestError("group labels must be integers ≥ 0")
     return groups.to(device)
+
+
+# ── the gradient statistics of R estimates [R, P]: mean norm, variance (trace), its stderr, SNR ──
+
+
+class Statistics(NamedTuple):
+    """Statistics of R gradient estimates of P numbers (see :func:`gradient_statistics`)."""
+
+    mean_norm: float
+    variance: float
+    variance_stderr: float
+    variance_max: float
+    snr: float
+
+
+def _deviations(estimates: torch.Tensor, mean: torch.Tensor, groups: torch.Tensor | None) -> torch.Tensor:
+    """Centred independent units ``[U, P]``: the R estimates, or one per group of dependent ones.
+
+    With groups of sizes n_g and means m_g (N estimates in all), y_g = √(N G)·(n_g/N)(m_g − ḡ) gives
+    Σ_g y_g²/(G − 1) = N · stderr², the cluster estimate of :func:`mean_stderr`.
+    """
+    if groups is None:
+        return estimates - mean
+    n = estimates.shape[0]
+    size = int(groups.max()) + 1
+    counts = torch.bincount(groups.to(estimates.device), minlength=size).to(estimates.dtype)
+    present = counts > 0
+    sums = estimates.new_zeros(size, estimates.shape[1]).index_add_(0, groups.to(estimates.device), estimates)
+    sums, counts = sums[present], counts[present]
+    g = sums.shape[0]
+    return math.sqrt(n * g) * (counts[:, None] / n) * (sums / counts[:, None] - mean)
+
+
+class GradientSums(NamedTuple):
+    """The additive parts of the statistics of some coordinates: a group's are the sums (for
+    ``variance_max`` the maximum) of its parameters', so no coordinate is processed twice.
+
+    q: ``[U]`` squared norms of the centred units; gram: their ``[U, U]`` Gram matrix (additive over
+    coordinates) while U ≤ ``GRAM_LIMIT``; beyond, ``frobenius`` = ‖S‖²_F from the smaller, P × P side
+    of one block (None where neither side is small: the O(1/U²) term it feeds is left out).
+    """
+
+    mean_sq: torch.Tensor  # ‖ḡ‖²
+    variance: torch.Tensor  # Σ_p of the per-coordinate variances
+    variance_max: torch.Tensor
+    q: torch.Tensor
+    gram: torch.Tensor | None
+    frobenius: torch.Tensor | None
+
+
+#: numbers per block on the CPU (2 MB in float64): a large parameter's float64 copy and its
+#: deviations stay in cache, one block at a time
+_CPU_BLOCK = 1 << 18
+#: the largest side of the Gram matrix the standard error's tr Σ² term is computed with
+GRAM_LIMIT = 4096
+
+
+def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> GradientSums:
+    """The additive parts of :func:`gradient_statistics` for ``estimates [R, P]``."""
+    if estimates.dim() != 2 or estimates.shape[0] < 2:
+        raise GradestError(f"need R ≥ 2 estimates as [R, P], got shape {list(estimates.shape)}")
+    dtype = estimates.dtype if estimates.device.type == "mps" else torch.float64  # MPS has no float64
+    units = estimates.shape[0] if groups is None else int(torch.unique(groups).numel())
+    one_block = units > GRAM_LIMIT or estimates.device.type != "cpu"  # the P × P side needs every column
+    width = max(estimates.shape[1], 1) if one_block else max(_CPU_BLOCK // estimates.shape[0], 1)
+    parts = []
+    for block in estimates.split(width, dim=1) if estimates.shape[1] else [estimates]:
+        block = block.to(dtype)
+        mean = block.mean(0)
+        dev = _deviations(block, mean, groups)
+        if dev.shape[0] < 2:
+            raise GradestError("the estimates form a single group of dependent samples; draw more groups")
+        per_coordinate = torch.einsum("up,up->p", dev, dev) / (dev.shape[0] - 1)
+        most = per_coordinate.max() if per_coordinate.numel() else per_coordinate.new_tensor(-math.inf)
+        gram = frobenius = None
+        if dev.shape[0] <= GRAM_LIMIT:
+            gram = dev @ dev.T
+        elif dev.shape[1] <= GRAM_LIMIT:
+            side = dev.T @ dev  # ‖D Dᵀ‖_F = ‖Dᵀ D‖_F
+            frobenius = (side * side).sum()
+        parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), most, dev.square().sum(1),
+                                  gram, frobenius))
+    return combined(parts)
+
+
+def combined(parts: Sequence[GradientSums]) -> GradientSums:
+    """The parts of the coordinates of ``parts`` together."""
+    if len(parts) == 1:
+        return parts[0]
+    mean_sq, variance, q = (sum(p[i] for p in parts) for i in (0, 1, 3))
+    grams = [p.gram for p in parts]
+    gram = sum(grams) if all(g is not None for g in grams) else None
+    return GradientSums(mean_sq, variance, torch.stack([p.variance_max for p in parts]).max(), q, gram, None)
+
+
+def statistics_of(parts: Sequence[GradientSums]) -> Statistics:
+    """The statistics of the coordinates of ``parts`` together.
+
+    variance = Σ_p Σ_u (d_{u,p})²/(U − 1), unbiased for tr Cov(ĝ); a U-statistic with kernel
+    ½‖ĝ_r − ĝ_s‖², so Var = Var‖ĝ − E ĝ‖²/U + 2 tr(Σ²)/(U(U − 1)): the first from the sample variance
+    of q_u = ‖d_u‖² scaled by (U/(U − 1))² for the centring, tr Σ² by its unbiased (Gaussian) estimate
+    n²/((n − 1)(n + 2)) (‖S‖²_F − (tr S)²/n) with n = U − 1, clamped at 0.
+    """
+    mean_sq, variance, most, q, gram, frobenius = combined(parts)
+    units = q.shape[0]
+    n = units - 1
+    spread = q.var(correction=1) * (units / n) ** 2
+    stderr_sq = spread / units
+    square = (gram * gram).sum() if gram is not None else frobenius
+    if square is not None:
+        frob = square / n**2
+        trace_sq = n**2 / ((n - 1) * (n + 2)) * (frob - variance**2 / n) if n >= 2 else frob
+        stderr_sq = stderr_sq + 2 * trace_sq.clamp_min(0) / (units * n)
+    norm = math.sqrt(float(mean_sq))
+    var = float(variance)
+    snr = norm / math.sqrt(var) if var > 0 else (math.inf if norm > 0 else math.nan)
+    return Statistics(norm, var, float(stderr_sq.sqrt()), float(most), snr)
+
+
+def gradient_statistics(estimates: torch.Tensor, groups: torch.Tensor | None = None) -> Statistics:
+    """Mean-gradient norm, variance (trace of the covariance), its standard error, SNR.
+
+    Args:
+        estimates: ``[R, P]`` R ≥ 2 gradient estimates of P numbers.
+        groups: ``[R]`` labels of dependent estimates (antithetic pairs, quasi-Monte Carlo
+            randomizations), or None when the R estimates are independent.
+    """
+    if not isinstance(estimates, torch.Tensor) or not estimates.is_floating_point() or estimates.is_meta \
+            or estimates.layout != torch.strided:
+        got = f"{estimates.dtype} {estimates.layout} on {estimates.device}" \
+            if isinstance(estimates, torch.Tensor) else type(estimates).__name__
+        raise GradestError(f"estimates must be a dense real floating-point tensor [R, P], got {got}")
+    if estimates.dim() == 2 and estimates.shape[1] == 0:
+        raise GradestError("the estimates have no coordinates (shape [R, 0]); give at least one")
+    groups = check_groups(groups, estimates.shape[0] if estimates.dim() else 0, estimates.device)
+    return statistics_of([gradient_sums(estimates, groups)])

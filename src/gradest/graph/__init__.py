@@ -79,7 +79,7 @@ Carlo estimator", ICML; Mao et al. (2019), "A baseline for any order gradient es
 stochastic computation graphs", ICML.
 """
 
-from gradest.graph.attribution import attribute, trace_variance, variance_stderr
+from gradest.graph.attribution import attribute, group_statistics
 from gradest.graph.dice import align, leave_one_out, magic_box
 from gradest.graph.enumeration import MAX_SUPPORT, enumerate_graph
 from gradest.graph.jacobian import jacobian_rows
@@ -100,13 +100,12 @@ __all__ = [
     "attribution_section",
     "enumerate_graph",
     "graph",
+    "group_statistics",
     "jacobian_rows",
     "leave_one_out",
     "magic_box",
     "node_estimator",
     "report",
-    "trace_variance",
-    "variance_stderr",
 ]
 
 # ``gradest.graph`` is this package's ``graph`` function once gradest has imported it, so the report is

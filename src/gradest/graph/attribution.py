@@ -3,7 +3,6 @@ and their variances with standard errors (see :mod:`gradest.graph`)."""
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -14,38 +13,16 @@ from gradest.errors import GradestError
 from gradest.graph.dice import align, baselines, per_particle, values
 from gradest.graph.jacobian import jacobian_rows
 from gradest.graph.records import Attribution, NodeGradients
+from gradest.stats import Statistics, gradient_statistics
 
 if TYPE_CHECKING:
     from gradest.graph.model import Graph
 
 
-def trace_variance(grads: Mapping[str, torch.Tensor]) -> float:
-    """Σ over parameters and coordinates of the unbiased variance over the leading axis."""
-    return float(sum(g.reshape(g.shape[0], -1).var(0, unbiased=True).sum() for g in grads.values()))
-
-
-#: the smaller side of the Gram matrix that the standard error's tr Σ² term is computed up to
-_GRAM_LIMIT = 4096
-
-
-def variance_stderr(grads: Mapping[str, torch.Tensor]) -> float:
-    """Standard error of :func:`trace_variance` from N i.i.d. rows.
-
-    v̂ is a U-statistic with kernel ½‖ĝ_r − ĝ_s‖²: Var v̂ = Var q/N + 2 tr Σ²/(N(N − 1)) with
-    q = ‖ĝ − E ĝ‖²; Var q from the rows' centred squared norms, tr Σ² from the smaller of the two
-    Gram matrices (left out, an O(1/N²) term, when both sides exceed 4096).
-    """
-    flat = torch.cat([g.reshape(g.shape[0], -1).to(torch.float64) for g in grads.values()], 1)
-    n = flat.shape[0]
-    if n < 3:
-        return math.nan
-    dev = flat - flat.mean(0)
-    q = dev.square().sum(1) * (n / (n - 1))
-    spread = float(q.var(correction=1)) / n
-    if min(dev.shape) <= _GRAM_LIMIT:
-        gram = dev.T @ dev if dev.shape[1] <= dev.shape[0] else dev @ dev.T
-        spread += 2.0 * float((gram * gram).sum()) / (n - 1) ** 2 / (n * (n - 1))
-    return math.sqrt(spread)
+def group_statistics(grads: Mapping[str, torch.Tensor]) -> Statistics:
+    """The gradient statistics (:func:`gradest.stats.gradient_statistics`, the one home of the trace
+    variance and its standard error) of a group's single-particle gradients, parameters joined."""
+    return gradient_statistics(torch.cat([g.reshape(g.shape[0], -1) for g in grads.values()], 1))
 
 
 def attribute(node_grads: NodeGradients) -> Attribution:
@@ -53,12 +30,12 @@ def attribute(node_grads: NodeGradients) -> Attribution:
     if not isinstance(node_grads, NodeGradients):
         raise GradestError(f"attribute takes the NodeGradients of Graph.per_node(params), got "
                            f"{type(node_grads).__name__}")
-    nodes = {k: trace_variance(g) for k, g in node_grads.grads.items()}
-    whole = trace_variance(node_grads.total)
-    stderr = {k: variance_stderr(g) for k, g in node_grads.grads.items()}
-    stderr["total"] = variance_stderr(node_grads.total)
+    per_group = {k: group_statistics(g) for k, g in node_grads.grads.items()}
+    whole = group_statistics(node_grads.total)
+    nodes = {k: s.variance for k, s in per_group.items()}
+    stderr = {k: s.variance_stderr for k, s in per_group.items()} | {"total": whole.variance_stderr}
     n = int(node_grads.values.shape[0])
-    return Attribution(nodes, whole, whole - sum(nodes.values()), stderr, n)
+    return Attribution(nodes, whole.variance, whole.variance - sum(nodes.values()), stderr, n)
 
 
 def node_rows(g: Graph) -> dict[str, torch.Tensor]:
