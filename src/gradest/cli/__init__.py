@@ -74,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
         code = _dispatch(argv)
     if code != 2:
         for w in caught:
-            warnings.showwarning(w.message, w.category, w.filename, w.lineno, w.file, w.line)
+            typer.echo(warnings.formatwarning(w.message, w.category, w.filename, w.lineno, w.line), err=True,
+                       nl=False)
     return code
 
 

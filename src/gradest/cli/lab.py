@@ -39,7 +39,7 @@ from gradest.costs import NAMED_COSTS, load_cost, probe
 from gradest.errors import GradestError
 from gradest.families import FAMILIES, get_family
 from gradest.io import write_json
-from gradest.limits import refuse_beyond_memory
+from gradest.limits import refuse_beyond_memory, refuse_beyond_time
 from gradest.runs import claim
 
 console = Console(width=None if sys.stdout.isatty() else 130)
@@ -254,11 +254,13 @@ def blr_command(
 
     Example: gradest blr --estimator pathwise --estimator score-delta --steps 500 --out runs/blr
     """
-    from gradest.lab.blr import DEFAULT_ESTIMATORS, FILES, BLRConfig, run_blr
+    from gradest.lab.blr import DEFAULT_ESTIMATORS, FILES, STEP_SECONDS, BLRConfig, run_blr
 
     config = BLRConfig(steps=steps, batch_size=batch, num_samples=samples, lr=lr, log_every=log_every,
                        variance_samples=variance_samples, seed=seed, threads=_threads(threads))
     names = list(estimator or DEFAULT_ESTIMATORS)
+    refuse_beyond_time("--steps", steps, STEP_SECONDS * len(names), unit="step",
+                       hint=f"{len(names)} estimator(s) train one after the other")
     start = time.perf_counter()
     with claim(out, "blr", FILES), _dask(workers, scheduler, worker_wait) as runs, _progress() as progress:
         task = progress.add_task("blr", total=steps * len(names))

@@ -526,6 +526,7 @@ def compare_command(
         label: dataclasses.replace(base, estimator=name, k=kk).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
+    check_claimable(out, "vae compare")  # another command's run folder is named as such
     for folder in (out, *runs.values()):
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")

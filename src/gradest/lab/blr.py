@@ -58,6 +58,9 @@ PREDICTIVE_SAMPLES = 1000
 LOGGED_STEP_BYTES = 4096
 #: the files a run writes into its output folder
 FILES = OUTPUTS["blr"]
+#: a lower bound of one SGD step's time (the smallest batch and sample counts take ~0.3 ms), for the
+#: check that --steps can finish
+STEP_SECONDS = 5e-5
 LOG_COLUMNS = ("step", "elbo", "accuracy", "var_mean_loc", "var_max_loc", "var_mean_logscale",
                "var_max_logscale")
 
