@@ -74,8 +74,8 @@ Z = 5.0
 ROUNDING = 64.0
 #: relative error allowed to the closed forms derived here (float64 arithmetic, no cancellation)
 CLOSED_FORM_ERROR = 1e-10
-#: the views agree to this many machine epsilons of the per-sample magnitudes and of the costs' (the
-#: same sums in another order; a baseline's terms are summed apart from the cost's in one of them)
+#: the views agree to this many machine epsilons of the per-sample magnitudes and of the costs', times
+#: the coordinates a parameter is shared by (the same sums in another order: see _elements)
 VIEWS = 1e3
 
 # ── the count report ─────────────────────────────────────────────────────────────────────────
@@ -696,6 +696,14 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
     return problems
 
 
+def _elements(case: Case) -> int:
+    """Coordinates of one draw x: a parameter shared by many of them gets its gradient as a sum over
+    them, whose rounding (cancelling terms such as lgamma's derivatives, a baseline's c·log p and
+    b·log p summed apart) grows with their number and with the size of the costs."""
+    dist = case.builder()(**case.params64)
+    return math.prod((*dist.batch_shape, *dist.event_shape))
+
+
 def check_surrogate(case: Case, spec: str) -> list[str]:
     """The surrogate view: its value and gradient are per_sample's mean on the same seed."""
     n = _samples(_estimator(spec), 64)
@@ -722,9 +730,11 @@ def check_surrogate(case: Case, spec: str) -> list[str]:
     scale = float(record.values.to(torch.float64).abs().mean())
     if not abs(value - mean_value) <= VIEWS * eps * (abs(mean_value) + scale):
         problems.append(f"surrogate value {value:.9g} vs per_sample mean {mean_value:.9g}")
+    elements = _elements(case)
     for (name, g), s in zip(record.grads.items(), grads, strict=True):
         mean = g.to(torch.float64).mean(0)
-        tol = VIEWS * eps * (mean.abs() + g.to(torch.float64).abs().mean(0) + scale + 1.0)
+        shared = max(1.0, elements / case.params64[name].numel())
+        tol = VIEWS * eps * (mean.abs() + g.to(torch.float64).abs().mean(0) + (scale + 1.0) * shared)
         bad = ~((s.to(torch.float64) - mean).abs() <= tol)
         if bool(bad.any()):
             i = int(bad.reshape(-1).nonzero()[0])
@@ -783,10 +793,11 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
     eps = torch.finfo(case.dtype).eps
     scale = float(node_grads.values.to(torch.float64).abs().mean())
     if not problems:
+        elements = _elements(case)
         for (name, rows), s in zip(total.items(), grads, strict=True):
             mean = rows.to(torch.float64).mean(0)
-            # (the surrogate sums c·log p and b·log p apart: rounding of the size of the costs)
-            tol = VIEWS * eps * (mean.abs() + rows.to(torch.float64).abs().mean(0) + scale + 1.0)
+            shared = max(1.0, elements / case.params64[name].numel())
+            tol = VIEWS * eps * (mean.abs() + rows.to(torch.float64).abs().mean(0) + (scale + 1.0) * shared)
             if not bool(((s.to(torch.float64) - mean).abs() <= tol).all()):
                 problems.append(f"∂/∂{name}: g.surrogate() gradient {s.reshape(-1)[:3].tolist()} vs "
                                 f"per_node mean {mean.reshape(-1)[:3].tolist()}")
