@@ -330,3 +330,29 @@ def test_per_node_refuses_a_score_node_whose_draws_collapsed():
     with pytest.raises(SampleHealthError, match="node 'k' \\(score-loo\\): all 1000 draws of Poisson are 0"):
         g.per_node({"rate": rate})
     g.surrogate().backward()  # a training step with an uninformative draw is still unbiased
+
+
+def test_an_outcome_the_draws_cannot_see_is_refused_in_the_diagnostic_view():
+    probs = {"probs": t([1e-12, 0.5, 0.5])}
+    with pytest.raises(SampleHealthError, match="probability 1e-12, so 4000 draws see it"):
+        gradest.get_estimator("score").per_sample(lambda x: x.to(D) ** 2, torch.distributions.Categorical,
+                                                  probs, 4000, gen())
+    res = gradest.get_estimator("score").per_sample(lambda x: x.to(D) ** 2, torch.distributions.Categorical,
+                                                    {"logits": t([-27.6, 0.0, 0.0])}, 4000, gen())
+    assert res.num_samples == 4000  # by logits the derivative there is of order p: no refusal
+
+
+def test_a_bounded_family_collapsed_by_the_clamp_is_refused_for_pathwise():
+    """Dirichlet(1e-6, 1e-6): both Gamma draws clamp to the smallest number, every draw is 0.5."""
+    with pytest.raises(SampleHealthError, match="span fewer than 64 representable numbers"):
+        gradest.get_estimator("pathwise").per_sample(
+            lambda x: (x**2).sum(-1), torch.distributions.Dirichlet,
+            {"concentration": torch.tensor([1e-6, 1e-6])}, 400, gen(1))
+
+
+def test_the_mixing_probe_sees_a_small_element_beside_a_huge_one():
+    """Its tolerance is each output's own, not the largest output's."""
+    params = {"loc": torch.tensor([1.0, 1000.0]), "scale": torch.tensor([1e-3, 1e-3])}
+    with pytest.raises(gradest.GradestError, match="mixes the batch elements"):
+        gradest.get_estimator("score-loo").per_sample(lambda x: ((x - 0.7) ** 2).roll(1, 1),
+                                                      torch.distributions.Laplace, params, 400, gen(512))

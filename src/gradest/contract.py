@@ -191,10 +191,11 @@ def swap(x: torch.Tensor, cells: int) -> tuple[torch.Tensor, int, int] | None:
     n = x.shape[0]
     flat = x.detach().reshape(n, cells, -1)
     for e in range(min(cells, 4)):
-        differs = (flat[:, e] != flat[0, e]).any(-1)
-        rows = differs.nonzero()
-        if rows.numel():
-            j = int(rows[0, 0])
+        gap = (flat[:, e] != flat[0, e]).any(-1)
+        if bool(gap.any()):
+            # the draw farthest from (0, e): a cost flat between nearby draws still shows its mixing
+            j = int(((flat[:, e] - flat[0, e]).abs().sum(-1) * gap).argmax()) if flat.is_floating_point() \
+                else int(gap.nonzero()[0, 0])
             out = flat.clone()
             out[0, e] = flat[j, e]
             return out.reshape(x.shape), e, j
@@ -212,9 +213,10 @@ def mixing(before: torch.Tensor, after: torch.Tensor, element: int) -> str | Non
     """'samples' or 'elements' when outputs other than (0, element) moved, else None."""
     n = before.shape[0]
     a, b = before.detach().reshape(n, -1), after.detach().reshape(n, -1)
-    scale = float(torch.maximum(a.abs().max(), b.abs().max())) if a.numel() else 0.0
-    tol = 64 * torch.finfo(a.dtype).eps * (1.0 + scale) if a.is_floating_point() else 0.0
-    moved = (a - b).abs() > tol
+    if a.is_floating_point():  # each output against its own size: one huge element hides no other
+        moved = (a - b).abs() > 64 * torch.finfo(a.dtype).eps * (1.0 + torch.maximum(a.abs(), b.abs()))
+    else:
+        moved = a != b
     if n > 1 and bool(moved[1:].any()):
         return "samples"
     cells = a.shape[1]

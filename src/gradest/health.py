@@ -38,7 +38,7 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Distribution, Gamma, Independent, constraints
+from torch.distributions import Bernoulli, Distribution, Gamma, Independent, constraints
 
 from gradest.errors import SampleHealthError
 
@@ -173,10 +173,44 @@ def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None
         )
     return (
         f"the {n} draws{where} of {family} ({x.dtype}) span fewer than {RESOLUTION} representable "
-        f"numbers (from {float(lo[index]):.17g} to {float(hi[index]):.17g}): its scale is below the "
-        "resolution of its location, so x − μ is rounding and the estimator reads it as signal; "
+        f"numbers (from {float(lo[index]):.17g} to {float(hi[index]):.17g}): its spread is below the "
+        "dtype's resolution there (a scale below its location's resolution, or draws clamped together), "
+        "so what the estimator reads as signal is rounding; "
         "the family is reliable while scale/|location| stays well above the dtype's eps × "
-        f"{RESOLUTION} (use float64, centre the variable, or use 'pathwise', which is unaffected)"
+        f"{RESOLUTION} and its parameters off the clamp (use float64, centre the variable, or, for a "
+        "location-scale family, 'pathwise', which is unaffected)"
+    )
+
+
+def given_probs(family: Distribution) -> torch.Tensor | None:
+    """The probabilities a discrete family was built from (``probs=``), or None (built from logits:
+    torch caches the probabilities it derives beside them, so only ``_param`` tells)."""
+    holder = vars(family).get("_categorical", family)  # OneHotCategorical keeps them in its Categorical
+    probs = vars(holder).get("probs")
+    return probs if isinstance(probs, torch.Tensor) and getattr(holder, "_param", probs) is probs else None
+
+
+def unseen_outcome(dist: Distribution, n: int) -> str | None:
+    """Why N draws of a discrete family given as ``probs`` cannot see one of its outcomes (expected
+    count N·p < 1), or None. The derivative with respect to that probability is of order 1 whatever
+    p is (torch normalizes probs), and an estimate from draws that never show the outcome reads it
+    from the other outcomes alone (Categorical([1e-12, 0.5, 0.5]): −2.5 where the truth is 3.5)."""
+    family = _family(dist)
+    probs = given_probs(family)
+    if n < MIN_DISCRETE_DRAWS or probs is None or not is_discrete(family):
+        return None
+    probs = probs.detach()
+    if isinstance(family, Bernoulli):
+        probs = torch.stack([probs, 1 - probs], -1)
+    rarest = float(probs.min())
+    if n * rarest >= 1.0:
+        return None
+    return (
+        f"an outcome of {type(family).__name__} has probability {rarest:.3g}, so {n} draws see it "
+        f"{n * rarest:.2g} times on average: the derivative with respect to that probability is read "
+        f"from the other outcomes alone; draw N ≳ {min(5 / max(rarest, 1e-300), 1e300):.3g} samples, or "
+        "parameterize by logits (whose derivative there is of order p), or use the exact gradient "
+        "(gradest.exact_grad, enumeration)"
     )
 
 
@@ -188,7 +222,12 @@ def check(dist: Distribution, x: torch.Tensor, kind: str, training: bool, what: 
     if kind == "none":
         return
     reason = on_edge(dist, x)
-    if reason is None and (kind == "any" or (kind == "continuous" and not is_discrete(dist))):
+    # a collapse blinds pathwise gradients too where the family has edges: its draws are then the
+    # clamp's artefacts (Dirichlet(1e-6, 1e-6): every draw 0/0 → 0.5), not an explicit μ + σε
+    bounded = kind == "edge" and edges(dist) != (None, None)
+    if reason is None and (kind == "any" or bounded or (kind == "continuous" and not is_discrete(dist))):
         reason = collapsed(dist, x, training)
+    if reason is None and kind == "any" and not training:
+        reason = unseen_outcome(dist, x.shape[0])
     if reason is not None:
         raise SampleHealthError(f"{what}{reason}")

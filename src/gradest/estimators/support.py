@@ -10,6 +10,8 @@ import torch
 from torch.distributions import Distribution, Independent, TransformedDistribution, constraints
 from torch.distributions.utils import clamp_probs
 
+from gradest import health
+
 
 def unwrap(dist: Distribution) -> Distribution:
     """The family under ``Independent`` wrappers."""
@@ -153,9 +155,8 @@ def _transformed_support_moves(dist: TransformedDistribution) -> bool:
 def at_the_boundary(family: Distribution) -> bool:
     """Whether a discrete family was given ``probs`` at 0 or 1, or so near that torch clamps them
     (within its dtype's ε, where log p and its derivative are those of the clamped value)."""
-    inner = vars(family).get("_categorical")  # OneHotCategorical keeps its probabilities there
-    probs = vars(family).get("probs", vars(inner).get("probs") if inner is not None else None)
-    if not isinstance(probs, torch.Tensor) or not is_discrete(family):
+    probs = health.given_probs(family)
+    if probs is None or not is_discrete(family):
         return False
     probs = probs.detach()
     return bool((clamp_probs(probs) != probs).any())
