@@ -821,20 +821,6 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
     return problems
 
 
-# Known defects that the sample-health and contract work is fixing (the report of the commit that adds
-# this file has a minimal repro of each); strict=False: the property passes once they are fixed.
-XFAIL_PER_SAMPLE = pytest.mark.xfail(strict=False, reason=(
-    "known: Gamma draws underflowing at concentration <= 1e-4 (pathwise 0 ± 0, score garbage); a cost "
-    "whose rounding hides the draws' spread (score-loo 0 ± 0 on Gumbel(0, 1e-17), float32 Laplace(0, 1e-8)); "
-    "a category of probability 1e-12 never drawn; enumerate at probs 1 - 1e-12 (1.00011 for 1); a mixing "
-    "per-element cost the probe misses"))
-XFAIL_GRAPH = pytest.mark.xfail(strict=False, reason=(
-    "known: per_node gives 0 for pathwise Beta and Dirichlet nodes (g.surrogate() is right); a graph's score "
-    "nodes are not health-checked (Poisson(1e-9), probabilities 0, Gamma(1e-4)) nor its per-element costs "
-    "probed for mixing; enumerate node at probs 1 - 1e-12"))
-
-
-@XFAIL_PER_SAMPLE
 @settings(max_examples=_examples(1.0))
 @given(data=st.data())
 def test_per_sample_is_refused_or_right_anywhere(data):
@@ -862,7 +848,6 @@ def test_surrogate_gradient_is_per_sample_mean(data):
     assert not problems, _describe(case, spec, problems)
 
 
-@XFAIL_GRAPH
 @settings(max_examples=_examples(0.4))
 @given(data=st.data())
 def test_graph_node_is_refused_or_right_anywhere(data):
@@ -873,7 +858,6 @@ def test_graph_node_is_refused_or_right_anywhere(data):
     assert not problems, _describe(case, f"graph node {spec} ({'then=' if use_then else 'g.cost'})", problems)
 
 
-@XFAIL_GRAPH
 @settings(max_examples=_examples(0.3))
 @given(data=st.data())
 def test_graph_node_is_refused_or_right_at_ordinary_parameters(data):
