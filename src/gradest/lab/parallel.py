@@ -201,12 +201,13 @@ class DaskMap:
                         break
                     except queue.Empty:
                         watch.check(remaining)
-                ready[position[fut.key]] = self._result(fut, watch)
+                ready[position[fut.key]] = self._result(fut, watch, remaining)
                 fut.release()  # the worker may forget it: the client holds the only copy now
                 watch.check(remaining - 1)
                 while following in ready:
                     yield from ready.pop(following)
                     following += 1
+            watch.check(0, force=True)  # a worker lost after the last check is told too
         finally:
             # a consumer that stops early (an error, Ctrl-C, a closed generator) leaves no work queued
             try:
@@ -215,12 +216,20 @@ class DaskMap:
                 pass
 
     @staticmethod
-    def _result(fut, watch: _Watch) -> list[Any]:
-        """The task's cells; .result() re-raises a cell's own error here, in the client."""
-        if fut.status == "cancelled":
-            raise GradestError(f"the Dask scheduler at {watch.address} dropped the run's tasks (it was "
-                               "stopped or restarted); rerun the same command to resume")
-        return fut.result()
+    def _result(fut, watch: _Watch, remaining: int) -> list[Any]:
+        """The task's cells; .result() re-raises a cell's own error here, in the client.
+
+        A finished task's result can be lost with its worker before it is fetched (Dask then computes
+        it again): the fetch waits in steps, watching the workers, instead of waiting forever.
+        """
+        while True:
+            if fut.cancelled():
+                raise GradestError(f"the Dask scheduler at {watch.address} dropped the run's tasks (it was "
+                                   "stopped or restarted); rerun the same command to resume")
+            try:
+                return fut.result(timeout=WATCH_SECONDS)
+            except TimeoutError:
+                watch.check(remaining)
 
 
 def _ship_file_modules_by_value() -> None:
