@@ -19,10 +19,10 @@ from rich.table import Table
 from gradest.cli.app import app
 from gradest.cli.options import WORKER_WAIT, Device, Scheduler, Workers, WorkerWait, seed_option
 from gradest.cli.validate import (
+    AnyPath,
     Choice,
     Count,
     DatasetSpec,
-    InDir,
     OutDir,
     OutFile,
     Real,
@@ -135,7 +135,7 @@ def _rank_zero_speaks(command):
         except PeerFailed as err:
             if err.speak:
                 typer.echo(f"error: {err}", err=True)
-            raise typer.Exit(1) from None
+            raise typer.Exit(1) from None  # the failure is told once, by the rank that failed or a survivor
         except RankFailed:
             raise
         except GradestError:
@@ -188,7 +188,9 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
                         group=group,
                     )
                 except PeerFailed as err:
-                    raise err.with_advice(_saved_advice(config, out, group.world)) from None
+                    if err.speak:  # now: torchrun may end this process soon after
+                        typer.echo(f"error: {err}; {_saved_advice(config, out, group.world)}", err=True)
+                    raise PeerFailed(str(err), err.lost, speak=False) from None
                 except GradestError as err:
                     if group.world > 1 and group.started and not isinstance(err, NonFiniteLoss):
                         group.announce_failure()
@@ -413,7 +415,7 @@ _OPTION_NAMES = {"var_repeats": "monitor-repeats"}
 
 @vae_app.command(name="eval")
 def eval_command(
-    out: Annotated[Path, argument(InDir("run folder"), "A run folder written by gradest vae train.")],
+    out: Annotated[Path, argument(AnyPath("RUN"), "A run folder written by gradest vae train.")],
     iwae_k: IwaeK = 1000,
     seed: Annotated[int | None, seed_option(
         "Seed of the evaluation's importance samples; default: the one training's final evaluation used, "
@@ -526,7 +528,6 @@ def compare_command(
         label: dataclasses.replace(base, estimator=name, k=kk).check()
         for label, (name, kk) in zip(runs, specs, strict=True)
     }
-    check_claimable(out, "vae compare")  # another command's run folder is named as such
     for folder in (out, *runs.values()):
         if (folder / CHECKPOINT).exists():
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")

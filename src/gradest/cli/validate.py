@@ -14,6 +14,7 @@ Real            a decimal number within its range; NaN and ±inf only where aske
 Seed            the one seed rule: an integer from 0 to 2^63 − 1
 DeviceName      cpu, cuda, cuda:N that exists on this machine (:func:`gradest.device.resolve_device`)
 Address         a Dask scheduler address ``[tcp://]HOST:PORT`` (also tls://, ws://, wss://)
+AnyPath         a path the file system can take, opened (and checked) by the library
 OutDir          a folder to write a run into (the run's ownership is claimed later: gradest.runs)
 OutFile         a file to write (``--json``): not a folder, not a special file, not another run's file
 InFile          a regular, readable file (a FIFO or a device would block or never end)
@@ -373,6 +374,17 @@ def _check_writable_location(path: Path) -> None:
                          "give a writable location")
 
 
+class AnyPath(Parser):
+    """A path the file system can take (:func:`check_path`), whose existence and kind the library checks
+    when it opens it (a run folder: ``holds no checkpoint.pt``)."""
+
+    def __init__(self, metavar: str = "PATH") -> None:
+        self.metavar = metavar
+
+    def parse(self, text: str) -> Path:
+        return check_path(text)
+
+
 class OutDir(Parser):
     """A folder a run writes into: created if missing; an existing file, or a path under one, is
     refused, as is a folder that cannot be written. Which run owns it is settled by
@@ -615,6 +627,7 @@ __all__ = [
     "SEED_MAX",
     "SEED_RANGE",
     "Address",
+    "AnyPath",
     "Assignment",
     "Choice",
     "CostSpec",

@@ -31,6 +31,7 @@ single-process group, whose every method is the identity: the one-process code p
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext
@@ -53,10 +54,6 @@ class PeerFailed(GradestError):
     def __init__(self, message: str, lost: tuple[int, ...] = (), speak: bool = False) -> None:
         super().__init__(message)
         self.lost, self.speak = lost, speak
-
-    def with_advice(self, advice: str) -> PeerFailed:
-        """The same failure, its message followed by ``advice`` (what was saved, how to resume)."""
-        return PeerFailed(f"{self}; {advice}", self.lost, self.speak)
 
 
 class RankFailed(GradestError):
@@ -131,15 +128,8 @@ class ProcessGroup(Group):
             dist.all_reduce(tensor)
             self.started = True
         except (RuntimeError, ValueError) as err:  # gloo/NCCL: a peer closed its connection or died
-            lost, speak = _roll_call(self.rank, self.world)
-            if lost:
-                names = ", ".join(str(r) for r in lost)
-                message = (f"process{'es' if len(lost) > 1 else ''} {names} of {self.world} stopped without "
-                           "a word (killed, or out of memory?)")
-            else:
-                reason = str(err).splitlines()[0] if str(err) else type(err).__name__
-                message = f"rank {self.rank}: another process stopped ({reason})"
-            raise PeerFailed(message, lost, speak) from None
+            reason = str(err).splitlines()[0] if str(err) else type(err).__name__
+            raise _peer_failed(self.rank, self.world, f"another process stopped ({reason})") from None
         return tensor
 
     def announce_failure(self) -> None:
@@ -235,12 +225,19 @@ def _store():
         return None
 
 
+#: whether this process is taking the roll call (a SIGTERM meanwhile must not start another)
+_ROLLING = False
+
+
 def _roll_call(rank: int, world: int, wait: float | None = None) -> tuple[tuple[int, ...], bool]:
-    """After a failed collective: (the ranks that neither answered nor told their own failure, whether
-    this rank is the lowest survivor and so tells it). Without a store, nobody can be named: ((), False)."""
+    """After a failure: (the ranks that neither answered nor told their own failure, whether this rank
+    tells it: the lowest survivor, when some rank vanished or none has spoken). Without a store nobody
+    can be named: ((), rank == 0)."""
+    global _ROLLING
     store = _store()
     if store is None:
-        return (), False
+        return (), rank == 0
+    _ROLLING = True
     try:
         store.set(f"{_ROLL}/alive/{rank}", "1")
         time.sleep(ROLL_CALL_SECONDS if wait is None else wait)
@@ -249,10 +246,32 @@ def _roll_call(rank: int, world: int, wait: float | None = None) -> tuple[tuple[
             return bool(store.check([f"{_ROLL}/{kind}/{r}"]))
 
         alive = [r for r in range(world) if present("alive", r)]
-        lost = tuple(r for r in range(world) if r not in alive and not present("spoke", r))
+        spoke = [r for r in range(world) if present("spoke", r)]
+        lost = tuple(r for r in range(world) if r not in alive and r not in spoke)
     except (RuntimeError, ValueError):
-        return (), False
-    return lost, bool(lost) and rank == min(alive)
+        return (), rank == 0
+    finally:
+        _ROLLING = False
+    return lost, (bool(lost) or not spoke) and rank == min(alive, default=rank)
+
+
+def _peer_failed(rank: int, world: int, otherwise: str) -> PeerFailed:
+    """The failure as the roll call finds it: the ranks that vanished, named, or ``otherwise``."""
+    lost, speak = _roll_call(rank, world)
+    if lost:
+        names = ", ".join(str(r) for r in lost)
+        otherwise = (f"process{'es' if len(lost) > 1 else ''} {names} of {world} stopped without telling why "
+                     "(killed, out of memory, or crashed)")
+    return PeerFailed(otherwise, lost, speak)
+
+
+def _terminated(signum, frame) -> None:
+    """torchrun sends SIGTERM to the survivors as soon as one process fails: they take the roll call
+    (within torchrun's 30 s grace) and stop with PeerFailed, the lowest of them telling what happened."""
+    if _ROLLING:
+        return  # the roll call under way tells it
+    rank, world, _ = world_from_env()
+    raise _peer_failed(rank, world, f"torchrun stopped process {rank} of {world} (SIGTERM)")
 
 
 def local_world_from_env() -> int:
@@ -314,9 +333,11 @@ def session(device: str = "cpu") -> Iterator[Group]:
             "processes with torchrun --nproc-per-node N -m gradest vae train …"
         ) from None
     group = ProcessGroup(rank, world, torch.device(f"cuda:{local_rank}") if cuda else None)
+    previous = signal.signal(signal.SIGTERM, _terminated)
     try:
         yield group
     finally:
+        signal.signal(signal.SIGTERM, previous)
         dist.destroy_process_group()
 
 
