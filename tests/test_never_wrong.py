@@ -192,6 +192,21 @@ def test_a_normal_scale_below_the_resolution_of_its_location():
     assert torch.allclose(res.mean()["loc"], t(2.0))
 
 
+def test_the_edge_is_a_regime_not_an_observation():
+    """Gamma(0.0104, rate 0.001): 2000 draws often show no clamped draw, and are still too few to see
+    the mass beyond it (a score estimate 6 standard errors off); the regime is refused either way."""
+    from gradest import health
+
+    gamma = Gamma(t(0.0104), t(1e-3))
+    assert health.edge_mass(gamma, D) > health.EDGE_RATE
+    assert health.edge_mass(Gamma(t(0.05), t(1.0)), D) < health.EDGE_RATE
+    beta = torch.distributions.Beta(t(0.1), t(0.1))  # 1.43 % of float64 draws measured within ε of 1
+    assert abs(health.edge_mass(beta, D) - 0.0143) < 0.002
+    with pytest.raises(SampleHealthError, match="support's edge"):
+        gradest.get_estimator("score").per_sample(lambda x: x**2, Gamma,
+                                                  {"concentration": t(0.0104), "rate": t(1e-3)}, 2000, gen(797))
+
+
 def test_gamma_draws_on_the_edge():
     params = {"concentration": t(1e-6), "rate": t(1.0)}
     for name in ("score-loo", "pathwise"):  # pathwise: d/d rate comes from draws it never sees
@@ -344,7 +359,13 @@ def test_an_outcome_the_draws_cannot_see_is_refused_in_the_diagnostic_view():
 
 def test_a_bounded_family_collapsed_by_the_clamp_is_refused_for_pathwise():
     """Dirichlet(1e-6, 1e-6): both Gamma draws clamp to the smallest number, every draw is 0.5."""
+    x = gradest.rng.sample(torch.distributions.Dirichlet(torch.tensor([1e-6, 1e-6])), (400,), gen(1), True)
+    assert bool((x == 0.5).all())
+    from gradest import health
+
     with pytest.raises(SampleHealthError, match="span fewer than 64 representable numbers"):
+        health.check(torch.distributions.Dirichlet(torch.tensor([1.0, 1.0])), x, "edge", training=False)
+    with pytest.raises(SampleHealthError, match="support's edge"):  # the regime: P(clamp) ≈ 1
         gradest.get_estimator("pathwise").per_sample(
             lambda x: (x**2).sum(-1), torch.distributions.Dirichlet,
             {"concentration": torch.tensor([1e-6, 1e-6])}, 400, gen(1))

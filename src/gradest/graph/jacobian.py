@@ -6,7 +6,6 @@ from __future__ import annotations
 import torch
 
 from gradest.errors import GradestError
-from gradest.estimators.replication import _graph_reaches
 
 #: rows of the identity handed to one batched backward pass in :meth:`Graph.per_node`
 CHUNK = 512
@@ -62,12 +61,6 @@ def _jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | 
         u = torch.zeros_like(rows, requires_grad=True)
         vjp = torch.autograd.grad(rows, targets, u, retain_graph=True, create_graph=True, allow_unused=True)
         linear = [(g, t) for g, t in zip(vjp, targets, strict=True) if g is not None and g.requires_grad]
-        reached = sum(g is not None for g in vjp)
-        if len(linear) < reached or any(not _graph_reaches(g, [u]) for g, _ in linear):
-            # J^T u reaches a target but not through u: a backward that cannot be differentiated
-            # (torch's implicit Beta/Dirichlet gradient is once_differentiable), whose Jacobian the
-            # trick would read as 0; one backward pass per row instead
-            return _jacobian_rows(rows, targets, "reverse")
         columns = []
         for start in range(0, d, CHUNK):
             stop = min(start + CHUNK, d)
@@ -84,6 +77,11 @@ def _jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | 
             columns.append(torch.zeros(stop - start, r, dtype=rows.dtype, device=rows.device)
                            if jv is None else jv)
         jac = torch.cat(columns).T  # [R, d]
+        if not _sums_agree(rows, targets, jac):
+            # a backward that cannot be differentiated (torch's implicit Beta/Dirichlet gradient is
+            # once_differentiable) drops out of the backward-through-backward: one backward pass
+            # per row instead
+            return _jacobian_rows(rows, targets, "reverse")
         return [part.reshape(r, *t.shape) for part, t in zip(jac.split(sizes, dim=1), targets, strict=True)]
     if mode != "reverse":
         raise GradestError(f"mode must be 'forward' or 'reverse', got {mode!r}")
@@ -98,3 +96,16 @@ def _jacobian_rows(rows: torch.Tensor, targets: list[torch.Tensor], mode: str | 
             parts[k].append(torch.zeros(stop - start, *t.shape, dtype=t.dtype, device=t.device)
                             if g is None else g)
     return [torch.cat(p) for p in parts]
+
+
+def _sums_agree(rows: torch.Tensor, targets: list[torch.Tensor], jac: torch.Tensor) -> bool:
+    """Whether the Jacobian's column sums are ∇ Σ_r rows_r, from one plain backward pass (the check
+    that the forward-mode trick saw every path)."""
+    grads = torch.autograd.grad(rows.sum(), targets, retain_graph=True, allow_unused=True,
+                                materialize_grads=True)
+    whole = torch.cat([g.reshape(-1) for g in grads]).to(jac.dtype)
+    summed = jac.sum(0)
+    scale = float(jac.abs().sum(0).max()) if jac.numel() else 0.0
+    top = float(whole.abs().max()) if whole.numel() else 0.0
+    tol = 1024 * torch.finfo(jac.dtype).eps * (scale + top + 1e-300)
+    return bool(((summed - whole).abs() <= tol).all())
