@@ -203,8 +203,8 @@ def test_the_edge_is_a_regime_not_an_observation():
     beta = torch.distributions.Beta(t(0.1), t(0.1))  # 1.43 % of float64 draws measured within ε of 1
     assert abs(health.edge_mass(beta, D) - 0.0143) < 0.002
     with pytest.raises(SampleHealthError, match="support's edge"):
-        gradest.get_estimator("score").per_sample(lambda x: x**2, Gamma,
-                                                  {"concentration": t(0.0104), "rate": t(1e-3)}, 2000, gen(797))
+        gradest.get_estimator("score").per_sample(
+            lambda x: x**2, Gamma, {"concentration": t(0.0104), "rate": t(1e-3)}, 2000, gen(797))
 
 
 def test_gamma_draws_on_the_edge():
@@ -300,7 +300,7 @@ def test_a_sample_count_beyond_memory_names_the_count_that_fits():
 
     if available_memory() is None:
         pytest.skip("free memory cannot be read here")
-    with pytest.raises(gradest.GradestError, match="num_samples 10000000000000 needs about .* use at most"):
+    with pytest.raises(gradest.GradestError, match=r"num_samples 10000000000000 needs about .* use at most"):
         gradest.get_estimator("pathwise").per_sample(lambda x: x, Normal, {"loc": t(0.0), "scale": t(1.0)},
                                                      10**13, gen())
 
