@@ -126,3 +126,23 @@ def test_dask_log_lines_stay_off_stderr_when_an_error_ends_the_run(no_workers, t
                  no_workers.scheduler_address, "--worker-wait", "0.5"]) == 2
     err = capsys.readouterr().err + buffer.getvalue()
     assert len(err.strip().splitlines()) == 1, err
+
+
+def test_a_server_that_is_not_a_dask_scheduler_is_one_error_line_not_a_hang(tmp_path, capsys, monkeypatch):
+    """Dask bounds the TCP connection, not the handshake: a server that accepts and never answers held
+    the client forever."""
+    import socket
+
+    import gradest.lab.parallel as parallel
+
+    monkeypatch.setattr(parallel, "CONNECT_SECONDS", 1.0)
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        start = time.perf_counter()
+        assert main([*SWEEP, "--scheduler", f"tcp://127.0.0.1:{port}", "--out", str(tmp_path / "out")]) == 2
+        assert time.perf_counter() - start < 20
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "did not answer as a Dask scheduler" in lines[0], lines
+    assert not (tmp_path / "out").exists()

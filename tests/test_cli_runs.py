@@ -107,6 +107,15 @@ def test_json_never_replaces_a_file_of_a_run(runs, capsys):
     assert {k: h for k, h in _digest(runs["vae train"]).items() if k != "eval.json"} == before
 
 
+def test_json_through_a_link_into_a_run_is_refused_too(runs, tmp_path, capsys):
+    link = tmp_path / "link.json"
+    link.symlink_to(runs["vae train"] / "summary.json")
+    before = _digest(runs["vae train"])
+    assert main(["compare", "--samples", "64", "--estimator", "pathwise", "--json", str(link)]) == 2
+    _one_error(capsys, "is a file of the gradest vae train run")
+    assert _digest(runs["vae train"]) == before
+
+
 def test_the_same_command_continues_its_own_run(runs, capsys):
     assert main(["vae", "train", "--resume", "--epochs", "2", "--out", str(runs["vae train"])]) == 0
     assert len((runs["vae train"] / "metrics.jsonl").read_text().splitlines()) == 2

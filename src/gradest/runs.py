@@ -151,6 +151,8 @@ def check_file_target(path: str | os.PathLike) -> None:
         GradestError: ``path`` is one of the files that the command owning its folder writes.
     """
     path = Path(path)
+    if path.is_symlink():  # write_atomic writes through a link: the file it replaces is the target
+        path = Path(os.path.realpath(path))
     for command in owners(path.parent):
         if path.name in OUTPUTS[command]:
             raise GradestError(

@@ -34,6 +34,7 @@ from __future__ import annotations
 import logging
 import queue
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -87,6 +88,8 @@ WORKER_WAIT = 60.0
 WATCH_SECONDS = 1.0
 #: how often a wait for workers is told again
 TELL_EVERY = 10.0
+#: seconds to reach a scheduler: Dask's own timeout, and the bound on a handshake it leaves unbounded
+CONNECT_SECONDS = 10.0
 
 
 def _run_group(fn: Callable[..., Any], items: Sequence[tuple], threads: int) -> list[Any]:
@@ -281,11 +284,7 @@ def cell_map(
     distributed = _distributed()
     with _quiet_dask():
         if scheduler is not None:
-            try:
-                client = distributed.Client(scheduler, timeout="10s")
-            except (OSError, TimeoutError, ValueError) as err:
-                reason = " ".join(str(err).split()) or type(err).__name__
-                raise GradestError(f"no Dask scheduler answered at {scheduler}: {reason[:300]}") from None
+            client = _connect(distributed, scheduler)
             with client:
                 yield DaskMap(client, worker_wait=worker_wait, on_event=on_event)
             return
@@ -296,6 +295,38 @@ def cell_map(
             distributed.Client(cluster) as client,
         ):
             yield DaskMap(client, worker_wait=worker_wait, on_event=on_event)
+
+
+def _connect(distributed, scheduler: str):
+    """A client of the scheduler at ``scheduler``, or a GradestError within about CONNECT_SECONDS.
+
+    Dask bounds the TCP connection but not the handshake after it: a server that accepts the connection
+    and never answers (not a Dask scheduler: a web server, a port forwarded nowhere) would hold the
+    client forever. The client is made on a thread of its own, which is given up after the bound.
+    """
+    outcome: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            outcome["client"] = distributed.Client(scheduler, timeout=f"{CONNECT_SECONDS:g}s")
+        except BaseException as err:  # handed to the caller's thread, which decides
+            outcome["error"] = err
+
+    thread = threading.Thread(target=attempt, name="gradest-dask-connect", daemon=True)
+    thread.start()
+    bound = 1.5 * CONNECT_SECONDS  # Dask's own timeout first, with room to say so
+    thread.join(bound)
+    if thread.is_alive():
+        raise GradestError(f"the server at {scheduler} accepted the connection but did not answer as a Dask "
+                           f"scheduler within {bound:g} s; give the address dask scheduler prints "
+                           "(tcp://HOST:8786)")
+    err = outcome.get("error")
+    if isinstance(err, OSError | TimeoutError | ValueError):
+        reason = " ".join(str(err).split()) or type(err).__name__
+        raise GradestError(f"no Dask scheduler answered at {scheduler}: {reason[:300]}") from None
+    if err is not None:
+        raise err
+    return outcome["client"]
 
 
 @contextmanager
