@@ -312,3 +312,17 @@ def test_nan_weights_with_resume_are_one_error_line_exit_2(vae_run, tmp_path, ca
     assert main(["vae", "train", "--resume", "--epochs", "2", "--out", str(out)]) == 2
     _one_error(capsys, "holds NaN or inf weights")
     assert "stopped" not in capsys.readouterr().out
+
+
+def test_an_idx_header_announcing_more_than_memory_is_refused_before_reading(capsys, tmp_path):
+    import gzip
+    import struct
+
+    folder = tmp_path / "mnist"
+    folder.mkdir()
+    for stem, ndim in (("train-images-idx3-ubyte", 3), ("train-labels-idx1-ubyte", 1),
+                       ("t10k-images-idx3-ubyte", 3), ("t10k-labels-idx1-ubyte", 1)):
+        header = bytes([0, 0, 0x08, ndim]) + struct.pack(f">{ndim}I", *[2**31] * ndim)
+        (folder / f"{stem}.gz").write_bytes(gzip.compress(header + b"\x00" * 1000))
+    assert main(["vae", "train", *VAE[2:], "--dataset", f"mnist:{folder}", "--out", str(tmp_path / "o")]) == 2
+    _one_error(capsys, "its header announces", "GiB available")

@@ -15,6 +15,7 @@ every training batch (and binarizes the test set once, so test numbers stay comp
 from __future__ import annotations
 
 import gzip
+import math
 import struct
 import zlib
 from pathlib import Path
@@ -60,41 +61,55 @@ def read_idx(path: str | Path, magic: int | None = None) -> np.ndarray:
 
     Format: two zero bytes, a type code, the number of dimensions d, d big-endian uint32 sizes,
     then the values in row-major order. ``magic``: the first four bytes the file must have.
+
+    The file is read as a stream: the header first, then exactly the bytes it announces, so a damaged
+    header (or a gzip bomb) is refused by its announced size, within the free memory, before it is read.
     """
     path = Path(path)
     if not path.is_file():
         raise GradestError(f"IDX file {path} does not exist")
     try:
-        raw = path.read_bytes()
+        with path.open("rb") as probe:
+            zipped = probe.read(2) == b"\x1f\x8b"
+        with (gzip.open(path, "rb") if zipped else path.open("rb")) as stream:
+            return _parse_idx(stream, path, magic)
+    except (EOFError, zlib.error, gzip.BadGzipFile) as err:  # not gzip after its magic bytes, or cut short
+        raise GradestError(f"{path}: corrupt gzip data ({err}); download the MNIST files again") from None
     except OSError as err:
         raise GradestError(f"could not read {path}: {err.strerror or err}") from None
-    if raw[:2] == b"\x1f\x8b":
-        try:
-            raw = gzip.decompress(raw)
-        except (OSError, EOFError, zlib.error) as err:  # not gzip after its magic bytes, or cut short
-            raise GradestError(f"{path}: corrupt gzip data ({err}); download the MNIST files again") from None
-    if len(raw) < 4 or raw[:2] != b"\x00\x00" or raw[2] not in _IDX_DTYPES:
+
+
+def _parse_idx(stream, path: Path, magic: int | None) -> np.ndarray:
+    from gradest.limits import refuse_beyond_memory
+
+    start = stream.read(4)
+    if len(start) < 4 or start[:2] != b"\x00\x00" or start[2] not in _IDX_DTYPES:
         raise GradestError(
             f"{path} is not an IDX file: it should start with 0x00 0x00, a type code and the "
             "number of dimensions (download the MNIST files from the original source)"
         )
-    if magic is not None and raw[:4] != magic.to_bytes(4, "big"):
+    if magic is not None and start != magic.to_bytes(4, "big"):
         raise GradestError(
-            f"{path}: magic number 0x{raw[:4].hex().upper()}, expected 0x{magic:08X} "
+            f"{path}: magic number 0x{start.hex().upper()}, expected 0x{magic:08X} "
             f"(unsigned bytes in {magic & 0xFF} dimensions); is it the right MNIST file?"
         )
-    dtype, ndim = np.dtype(_IDX_DTYPES[raw[2]]), raw[3]
-    header = 4 + 4 * ndim
-    if len(raw) < header:
+    dtype, ndim = np.dtype(_IDX_DTYPES[start[2]]), start[3]
+    sizes = stream.read(4 * ndim)
+    if len(sizes) < 4 * ndim:
         raise GradestError(f"{path}: truncated IDX header")
-    dims = struct.unpack(f">{ndim}I", raw[4:header])
-    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
-    if len(raw) - header != expected:
+    dims = struct.unpack(f">{ndim}I", sizes)
+    expected = math.prod(dims) * dtype.itemsize
+    refuse_beyond_memory(f"{path}: its header announces", expected, per_item=1,
+                         hint="bytes of data; the file is damaged or not MNIST")
+    raw = stream.read(expected)
+    extra = len(stream.read(1))
+    if len(raw) != expected or extra:
+        held = f"{len(raw)}" if not extra else f"more than {expected}"
         raise GradestError(
             f"{path}: IDX header announces shape {list(dims)} ({expected} bytes of data) but the "
-            f"file holds {len(raw) - header}; the file is truncated or not MNIST"
+            f"file holds {held}; the file is truncated or not MNIST"
         )
-    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(dims)
+    return np.frombuffer(raw, dtype=dtype).reshape(dims)
 
 
 def _find(folder: Path, stem: str) -> Path:
