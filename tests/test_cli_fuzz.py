@@ -205,6 +205,8 @@ def template(tmp_path_factory):
     os.mkfifo(root / "pipe")
     os.symlink("loop", root / "loop")
     os.symlink("nowhere", root / "dangling")
+    os.symlink("runs/vae/summary.json", root / "link.json")  # --json through it would replace the run's file
+    os.symlink("runs/blr", root / "link_to_run")
     return root
 
 
@@ -246,15 +248,15 @@ TEXT = st.text(st.characters(codec="utf-8", exclude_categories=("Cs",)), max_siz
 HOSTILE_WORDS = ["", " ", "-1", "0", "nan", "inf", "-inf", "1e309", "-1e400", "1e-400", "0x10", "1_000", "٣",
                  "+", "--", "null", "[]", "ü", "\t", "1,", ",", "1,,2", "2.0", "1e3", str(2**63), str(2**64),
                  str(10**12), str(10**100), "9" * 5000, "a" * 3000, "\x00", "é" * 300]
-PATHS = ["out", "new/deep/out", "runs/vae", "runs/gaussian", "runs/sweep", "runs/blr", "runs/discrete",
-         "runs/compare", "runs/compare/pathwise", "a_file", "a_file/sub", "empty_dir", "ünïcødé/out", "pipe",
-         "loop", "dangling", "/dev/null", "/proc/self/nonexistent/out", "", " ", LONG, f"out/{LONG}", DEEP,
-         "x\x00y", "."]
+PATHS = ["out", "new/deep/out", "link_to_run", "runs/vae", "runs/gaussian", "runs/sweep", "runs/blr",
+         "runs/discrete", "runs/compare", "runs/compare/pathwise", "a_file", "a_file/sub", "empty_dir",
+         "ünïcødé/out", "pipe", "loop", "dangling", "/dev/null", "/proc/self/nonexistent/out", "", " ", LONG,
+         f"out/{LONG}", DEEP, "x\x00y", "."]
 FILES_IN = ["costs.py", "a_file", "empty_dir", "missing.csv", "pipe", "loop", "dangling", "/dev/zero", LONG,
             "", "runs/vae/checkpoint.pt", *CSVS]
-JSON_OUT = ["out.json", "runs/vae/summary.json", "runs/vae/eval.json", "runs/blr/metrics.csv",
-            "runs/compare/report.html", "a_file/x.json", "empty_dir", "pipe", "/dev/null", "/dev/full",
-            f"{LONG}.json", DEEP, "", "dangling", "loop"]
+JSON_OUT = ["out.json", "link.json", "link_to_run/summary.json", "runs/vae/summary.json",
+            "runs/vae/eval.json", "runs/blr/metrics.csv", "runs/compare/report.html", "a_file/x.json",
+            "empty_dir", "pipe", "/dev/null", "/dev/full", f"{LONG}.json", DEEP, "", "dangling", "loop"]
 COSTS = ["square", "cos", "exp", "linear", "nosuch", "costs.py:ok", "costs.py:raises", "costs.py:exits",
          "costs.py:warns", "costs.py:nan_out", "costs.py:wrong_shape", "costs.py:numpy_out", "costs.py:huge",
          "costs.py:missing", "broken.py:f", "math:cos", "os:getcwd", "json:dumps", "nomodule_xyz:f", ":f",
@@ -446,6 +448,9 @@ def run_case(template: Path, command: str, args: list[str]) -> str | None:
         TALLY["seconds"] += time.perf_counter() - start
     TALLY["cases"] += 1
     TALLY["exit"][str(code)] = TALLY["exit"].get(str(code), 0) + 1
+    if TALLY["cases"] % 25 == 0:  # a long run's progress, readable while it runs
+        CACHE.mkdir(exist_ok=True)
+        (CACHE / f"cli-fuzz-{PROFILE}.json").write_text(json.dumps(TALLY, indent=2))
     try:
         problem = _judge(work, before, command, args, code, crash, out.getvalue(), err.getvalue(), net)
     finally:
