@@ -55,14 +55,17 @@ def _distinctive(command: str) -> set[str]:
     return set(OUTPUTS.get(command, ())) - others
 
 
-def _entries(folder: Path) -> tuple[set[str], list[Path]]:
-    """(names of the files in ``folder``, its subfolders); write_atomic's temporaries left out."""
+def _entries(folder: Path, strict: bool = True) -> tuple[set[str], list[Path]]:
+    """(names of the files in ``folder``, its subfolders); write_atomic's temporaries left out.
+    ``strict``: a folder that cannot be listed is an error (else it holds nothing that is known)."""
     files, folders = set(), []
     try:
         entries = list(os.scandir(folder))
     except (FileNotFoundError, NotADirectoryError):
         return files, folders
     except OSError as err:
+        if not strict:
+            return files, folders
         raise GradestError(f"cannot list {folder}: {err.strerror}") from None
     for entry in entries:
         if TEMP_PATTERN.match(entry.name):
@@ -87,7 +90,7 @@ def owners(folder: str | os.PathLike) -> list[str]:
     commands whose own files it holds, and the collecting command if it holds run folders."""
     files, subfolders = _entries(Path(folder))
     found = _holders(files)
-    if any(_holders(_entries(sub)[0]) for sub in subfolders):
+    if any(_holders(_entries(sub, strict=False)[0]) for sub in subfolders):
         found |= _COLLECTIONS
     return sorted(found)
 
