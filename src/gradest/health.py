@@ -46,6 +46,8 @@ from gradest.errors import SampleHealthError
 RESOLUTION = 64
 #: continuous families are checked for a collapse from this many draws on (chance: nil)
 MIN_DRAWS = 8
+#: the draws a collapse is looked for in first (the rest only where these show none)
+HEAD = 1024
 #: discrete families from this many (a smaller call is a block of a larger sample, pooled by its
 #: caller: gradest.batches, the discrete lab)
 MIN_DISCRETE_DRAWS = 32
@@ -195,12 +197,20 @@ def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None
     if n < (MIN_DISCRETE_DRAWS if discrete else MIN_DRAWS) or (discrete and training):
         return None
     x = x.detach()
-    lo, hi = torch.aminmax(x.reshape(n, -1), dim=0)  # one pass over the draws
-    spread = hi - lo
-    if discrete or not x.is_floating_point():
-        bad = spread == 0
-    else:
-        bad = spread < RESOLUTION * _resolution(lo, hi)
+
+    def narrow(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        lo, hi = torch.aminmax(draws.reshape(draws.shape[0], -1), dim=0)
+        spread = hi - lo
+        if discrete or not x.is_floating_point():
+            return spread == 0, lo, hi
+        return spread < RESOLUTION * _resolution(lo, hi), lo, hi
+
+    # the first draws suffice to show a spread (a subset's spread bounds the whole's): the whole
+    # sample is read only where they do not
+    bad, lo, hi = narrow(x[:HEAD])
+    if not bool(bad.any()):
+        return None
+    bad, lo, hi = narrow(x)
     if not bool(bad.any()):
         return None
     index = int(bad.nonzero()[0, 0])
