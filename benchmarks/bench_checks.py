@@ -55,7 +55,7 @@ def best_times(est, cost, builder, params, n) -> dict[str, float]:
 
 
 def main() -> None:
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {ROUNDS} alternating rounds")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, best of {ROUNDS} rounds")
     for dtype in (torch.float64, torch.float32):
         cases = [
             ("scalar", cos2, Normal, {"loc": torch.tensor(1.0, dtype=dtype),
