@@ -1,29 +1,9 @@
 r"""Diagnostics of an estimator: its per-sample record summarized against an exact gradient.
 
-The statistics themselves live one floor down, in :mod:`gradest.stats` (imported here, so
-``gradest.diagnostics.mean_stderr`` and the rest keep working):
-
-    mean      ḡ = (1/N) Σ ĝ_n                      the estimate of ∇θ L
-    variance  s² = Σ (ĝ_n − ḡ)² / (N − 1)          of ONE single-sample estimate
-    stderr    s / √N                               of the mean ḡ
-    snr       |ḡ| / s                              signal-to-noise ratio of one sample
-    z         (ḡ − ∇θ L) / stderr                  bias in standard errors (≈ N(0, 1) if unbiased)
-    se(s²)    √((m₄ − s⁴) / N)                     standard error of s² itself (m₄: 4th central moment)
-
-All are elementwise over a parameter's coordinates. Leave-one-out baselines and coefficients make
-the ĝ_n of one call dependent, and s/√N can then be far off (a 1/N² term dominates where the
-single-sample variance is tiny): :mod:`gradest.batches` runs such estimators as independent calls,
-labelled as groups, so the grouped formula below applies.
-
-Antithetic and quasi-Monte Carlo samplers (and independent batches) make the ĝ_n dependent within
-groups (pairs, randomizations, batches) and independent across them. The stderr of the mean then
-comes from the G group means m_g with sizes n_g (the cluster estimator; for equal sizes it is the
-spread of the m_g / √G), with G − 1 degrees of freedom (z is then Student-t distributed):
-
-    stderr² = G/(G − 1) · Σ_g (n_g/N)² (m_g − ḡ)²
-
-and ``variance`` stays the variance of one (marginal) single-sample estimate; N · stderr² is the
-*effective* single-sample variance, the one to compare against i.i.d. sampling.
+``summarize(per_sample, exact)`` gives, per parameter, the mean, variance, standard error, SNR and
+bias z-score of :func:`param_stats`. The statistics themselves, with their formulas (grouped
+standard errors for dependent samples included), live one floor down in :mod:`gradest.stats`; they
+are imported here, so ``gradest.diagnostics.mean_stderr`` and the rest keep working.
 """
 
 from __future__ import annotations
