@@ -383,7 +383,16 @@ def argv(draw) -> tuple[str, list[str], list[tuple[str, str]]]:
 
 # --- the run ------------------------------------------------------------------------------------------
 
-TALLY: dict = {"profile": PROFILE, "cases": 0, "exit": {}, "defects": [], "seconds": 0.0}
+TALLY: dict = {"profile": PROFILE, "cases": 0, "exit": {}, "defects": [], "known": [], "seconds": 0.0}
+
+#: defects found by this fuzz whose fix lies outside the command line's files, reported to their owners:
+#: counted in the tally (``known``) instead of failing, so a long run goes on to find others. Each is
+#: (what to look for in the broken promise, where it is to be fixed).
+KNOWN = [
+    ("Data cannot be log-scaled because all values are <= 0",
+     "gradest.lab.plots.discrete_figure: a log axis with no positive value (discrete --estimator enumerate "
+     "alone: every variance and bias is exactly 0)"),
+]
 
 
 class _Hang(Exception):
@@ -456,7 +465,10 @@ def run_case(template: Path, command: str, args: list[str]) -> str | None:
     finally:
         shutil.rmtree(work, ignore_errors=True)
     if problem is not None:
-        TALLY["defects"].append({"argv": args, "problem": problem[:2000]})
+        known = next((where for needle, where in KNOWN if needle in problem), None)
+        TALLY["known" if known else "defects"].append({"argv": args, "problem": problem[:2000], "fix": known})
+        if known:
+            return None
     return problem
 
 
@@ -498,7 +510,7 @@ def _tally():
     CACHE.mkdir(exist_ok=True)
     (CACHE / f"cli-fuzz-{PROFILE}.json").write_text(json.dumps(TALLY, indent=2))
     print(f"\ncli fuzz ({PROFILE}): {TALLY['cases']} cases in {TALLY['seconds']:.0f} s, exit codes "
-          f"{TALLY['exit']}, {len(TALLY['defects'])} defect(s)")
+          f"{TALLY['exit']}, {len(TALLY['defects'])} defect(s), {len(TALLY['known'])} case(s) of known ones")
 
 
 @PROFILES[PROFILE]

@@ -326,3 +326,11 @@ def test_an_idx_header_announcing_more_than_memory_is_refused_before_reading(cap
         (folder / f"{stem}.gz").write_bytes(gzip.compress(header + b"\x00" * 1000))
     assert main(["vae", "train", *VAE[2:], "--dataset", f"mnist:{folder}", "--out", str(tmp_path / "o")]) == 2
     _one_error(capsys, "its header announces", "GiB available")
+
+
+@pytest.mark.parametrize("name", ["run\nsecond line", "run\u2028sep", "run\x1b[31mred"])
+def test_an_error_naming_a_path_with_a_line_break_stays_one_line(capsys, tmp_path, name):
+    """Found by the fuzz: the library's message printed the path as given, line break and all."""
+    assert main(["vae", "eval", str(tmp_path / name), "--iwae-k", "2"]) == 2
+    line = _one_error(capsys, "holds no checkpoint.pt")
+    assert "\x1b" not in line

@@ -17,7 +17,7 @@ from gradest.cli import vae as _vae  # noqa: F401
 from gradest.cli.app import app
 from gradest.errors import GradestError
 
-__all__ = ["app", "last_resort", "main", "run", "usage_line"]
+__all__ = ["app", "last_resort", "main", "one_line", "run", "usage_line"]
 
 
 def _click_class(name: str) -> type[Exception]:
@@ -83,14 +83,14 @@ def _dispatch(argv: list[str] | None) -> int:
     try:
         code = app(args=argv, prog_name="gradest", standalone_mode=False)
     except GradestError as err:
-        typer.echo(f"error: {err}", err=True)
+        typer.echo(one_line(f"error: {err}"), err=True)
         return 2
     except _ClickException as err:
         if type(err).__name__ == "NoArgsIsHelpError":  # `gradest`, `gradest vae`: the help, as before
             if err.format_message().strip():  # Typer's rich help is already printed; Click's is the message
                 typer.echo(err.format_message())
             return 2
-        typer.echo(usage_line(err, argv), err=True)
+        typer.echo(one_line(usage_line(err, argv)), err=True)
         return 2 if isinstance(err, _UsageError) else err.exit_code
     except typer.Abort:
         typer.echo("Aborted!", err=True)
@@ -101,9 +101,16 @@ def _dispatch(argv: list[str] | None) -> int:
         line = last_resort(err)
         if line is None:
             raise
-        typer.echo(line, err=True)
+        typer.echo(one_line(line), err=True)
         return 2
     return code if isinstance(code, int) else 0
+
+
+def one_line(text: str) -> str:
+    """``text`` as one printable line: a line break or another control character (a path may hold
+    them) is written as its escape, ``\\n``, so the error stays the one line it promises to be."""
+    return "".join(c if c.isprintable() or c == " " else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
 
 
 #: the allocator's words for a request it cannot serve (torch's CPU and CUDA allocators)
