@@ -202,6 +202,8 @@ def test_the_edge_is_a_regime_not_an_observation():
     assert health.edge_mass(Gamma(t(0.05), t(1.0)), D) < health.EDGE_RATE
     beta = torch.distributions.Beta(t(0.1), t(0.1))  # 1.43 % of float64 draws measured within ε of 1
     assert abs(health.edge_mass(beta, D) - 0.0143) < 0.002
+    ordinary = torch.distributions.Dirichlet(torch.tensor([0.5, 1.0, 4.0]))  # float32: off the edge
+    assert health.edge_mass(ordinary, torch.float32) < health.EDGE_RATE
     with pytest.raises(SampleHealthError, match="support's edge"):
         gradest.get_estimator("score").per_sample(
             lambda x: x**2, Gamma, {"concentration": t(0.0104), "rate": t(1e-3)}, 2000, gen(797))

@@ -129,7 +129,7 @@ def edge_mass(dist: Distribution, dtype: torch.dtype) -> float | None:
     elif isinstance(family, Dirichlet):
         c = family.concentration.detach().double()
         rest = c.sum(-1, keepdim=True) - c
-        alphas, pairs = [c], [(rest, c)]
+        alphas, pairs = [c], [(c, rest)]  # x_i ~ Beta(α_i, α₀ − α_i): its last ε below 1
     else:
         return None
     logs = [alpha * log_tiny - torch.lgamma(alpha + 1) for alpha in alphas]
