@@ -157,7 +157,8 @@ def discrete_figure(rows) -> Figure:
                                  capsize=2, **style)
         for ax in (ax_var, ax_bias):
             ax.set_xscale("log")
-            ax.set_yscale("log")
+            if _has_positive(ax):  # every estimator exact here: nothing to draw on a log axis
+                ax.set_yscale("log")
             ax.set_xlabel("bits D")
             ax.grid(True, which="major", alpha=0.3)
         ax_var.set_title(f"t = {t:g}: single-sample variance per coordinate (dotted: exact; 0 not drawn)",
@@ -173,3 +174,12 @@ def discrete_figure(rows) -> Figure:
     fig.suptitle("E[Σᵢ (bᵢ − t)²], b ~ Bernoulli(σ(θ)): every discrete estimator against the closed form",
                  fontsize=11)
     return fig
+
+
+def _has_positive(ax) -> bool:
+    """Whether any line of ``ax`` has a finite positive y value (a log axis needs one)."""
+    for line in ax.get_lines():
+        y = np.asarray(line.get_ydata(), dtype=float)
+        if np.any(np.isfinite(y) & (y > 0)):
+            return True
+    return False
