@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import sys
 import time
 
 import pytest
@@ -15,7 +13,7 @@ import torch
 
 from gradest.cli import main
 from gradest.errors import GradestError
-from gradest.lab.parallel import DaskMap, cell_map, dask_available
+from gradest.lab.parallel import DaskMap, dask_available
 
 pytestmark = pytest.mark.skipif(not dask_available(), reason="needs pip install 'gradest[dask]'")
 
@@ -75,27 +73,6 @@ def test_workers_that_leave_mid_run_are_told_and_none_left_is_an_error():
             assert any("none connected" in e for e in events), events
     finally:
         torch.set_num_threads(threads)
-
-
-def _dies_once(marker: str, value: int) -> int:
-    """The first call, wherever it runs, kills its worker process; every call returns its value."""
-    time.sleep(0.2)
-    try:
-        os.close(os.open(marker, os.O_CREAT | os.O_EXCL))
-    except FileExistsError:
-        return value
-    os._exit(1)
-
-
-def test_a_killed_worker_process_is_told_and_its_cells_rerun(tmp_path):
-    import cloudpickle
-
-    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # the workers cannot import this module
-    events: list[str] = []
-    with cell_map(workers=2, on_event=events.append) as cells:
-        cells.cells_per_task = 1
-        assert list(cells(_dies_once, [(str(tmp_path / "died"), i) for i in range(8)])) == list(range(8))
-    assert any("was lost" in e and "rerun on the others" in e for e in events), events
 
 
 def _rows(path):

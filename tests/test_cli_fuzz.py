@@ -58,7 +58,7 @@ from gradest.runs import OUTPUTS
 PROFILE = os.environ.get("GRADEST_CLI_FUZZ", "ci")
 CACHE = Path(__file__).resolve().parent.parent / ".pytest_cache"
 PROFILES = {
-    "ci": settings(max_examples=70, derandomize=True, deadline=None, database=None, print_blob=True,
+    "ci": settings(max_examples=45, derandomize=True, deadline=None, database=None, print_blob=True,
                    phases=(Phase.explicit, Phase.generate), suppress_health_check=list(HealthCheck)),
     "long": settings(max_examples=int(os.environ.get("GRADEST_CLI_FUZZ_EXAMPLES", "2000")), deadline=None,
                      print_blob=True, suppress_health_check=list(HealthCheck),
