@@ -48,8 +48,8 @@ _INVALID = re.compile(r"^Invalid value for '([^']+)'(?: / '[^']+')*: ")
 def usage_line(err: Exception, argv: list[str] | None = None) -> str:
     """Click's message on one line, with the command whose --help names the fix.
 
-    ``Invalid value for '--samples': Input should be greater than or equal to 2`` becomes
-    ``error: Invalid value for '--samples': Input should … 2 (see gradest compare --help)``.
+    ``Invalid value for '--samples': Value error, must be ≥ 2 (an integer), got '2.0'…`` becomes
+    ``error: --samples must be ≥ 2 (an integer), got '2.0'… (see gradest compare --help)``.
     """
     # a parser of gradest.cli.validate raises ValueError, which the option parser reports as
     # "Invalid value for '--lr': Value error, <message>": the option and the message are worth reading
