@@ -334,3 +334,12 @@ def test_an_error_naming_a_path_with_a_line_break_stays_one_line(capsys, tmp_pat
     assert main(["vae", "eval", str(tmp_path / name), "--iwae-k", "2"]) == 2
     line = _one_error(capsys, "holds no checkpoint.pt")
     assert "\x1b" not in line
+
+
+def test_discrete_with_exact_estimators_only_writes_its_report(tmp_path, capsys):
+    """Found by the long fuzz: every variance and bias exactly 0 left the figure a log axis with no data
+    (a matplotlib traceback; fixed in gradest.lab.plots)."""
+    out = tmp_path / "o"
+    assert main(["discrete", "--samples", "80", "--bits", "1", "--t", "0.45", "--sign-samples", "1",
+                 "--relax-steps", "0", "--estimator", "enumerate", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {"results.json", "discrete.png", "report.html"}
