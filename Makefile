@@ -1,5 +1,5 @@
 # The README's commands, as targets.
-.PHONY: setup run test lint bench docs fuzz
+.PHONY: setup run test lint bench docs fuzz fuzz-cli
 
 setup:
 	python3 -m venv .venv
@@ -16,6 +16,9 @@ test:
 # drawn, refused and checked cases print at the end
 fuzz:
 	HYPOTHESIS_PROFILE=long .venv/bin/python -m pytest -s --runxfail tests/test_properties.py
+
+fuzz-cli:
+	GRADEST_CLI_FUZZ=long .venv/bin/python -m pytest -s tests/test_cli_fuzz.py
 
 lint:
 	.venv/bin/ruff check .
