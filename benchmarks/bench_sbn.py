@@ -30,7 +30,10 @@ import torch
 from gradest.monitor import GradientMonitor
 from gradest.vae.bernoulli import EVALUATIONS, LatentEstimator, monitor_loss
 from gradest.vae.catalog import get_objective
-from gradest.vae.train import TrainConfig, load_checkpoint, load_run, setup, train
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import load_checkpoint, load_run
+from gradest.vae.prepare import setup
+from gradest.vae.train import train
 
 SPECS = ["score-loo", "vimco", "gumbel-st=0.5", "arm", "disarm", "rebar", "relax"]
 HIDDEN = {"linear": (), "nonlinear": (200, 200)}

@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 import gradest.lab.sweep as sw
-from gradest.lab.parallel import DaskMap, cell_map, serial_map
+from gradest.parallel import DaskMap, cell_map, serial_map
 
 
 def _untimed(path: Path) -> list[list[str]]:

@@ -37,9 +37,11 @@ from torch import nn
 from torch.nn.functional import binary_cross_entropy_with_logits
 
 from gradest.rng import make_generator
+from gradest.vae.config import STREAM_DATA, STREAM_EVAL, STREAM_NOISE, TrainConfig
 from gradest.vae.evaluate import evaluate
 from gradest.vae.model import VAE, linear
-from gradest.vae.train import STREAM_DATA, STREAM_EVAL, STREAM_NOISE, TrainConfig, setup, train
+from gradest.vae.prepare import setup
+from gradest.vae.train import train
 
 
 class PlainVAE(nn.Module):

@@ -260,7 +260,7 @@ def test_user_strings_are_printed_as_given_not_as_markup(capsys, tmp_path):
 def test_a_diverged_blr_run_on_dask_keeps_the_others_too(tmp_path):
     pytest.importorskip("distributed")
     from gradest.lab.blr import BLRConfig, run_blr
-    from gradest.lab.parallel import cell_map
+    from gradest.parallel import cell_map
 
     config = BLRConfig(steps=30, lr=0.01, log_every=10, variance_samples=10)
     with cell_map(2, processes=False) as cells:

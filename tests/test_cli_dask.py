@@ -1,4 +1,4 @@
-"""Dask never hangs and never goes silent (gradest.lab.parallel): a scheduler without workers is waited
+"""Dask never hangs and never goes silent (gradest.parallel): a scheduler without workers is waited
 for a bounded time, with a message, then one error line; a worker lost mid-run is told; cells run with the
 client's thread count, so the workers' CSV is the serial one byte for byte."""
 
@@ -13,7 +13,7 @@ import torch
 
 from gradest.cli import main
 from gradest.errors import GradestError
-from gradest.lab.parallel import DaskMap, dask_available
+from gradest.parallel import DaskMap, dask_available
 
 pytestmark = pytest.mark.skipif(not dask_available(), reason="needs pip install 'gradest[dask]'")
 
@@ -110,7 +110,7 @@ def test_a_server_that_is_not_a_dask_scheduler_is_one_error_line_not_a_hang(tmp_
     the client forever."""
     import socket
 
-    import gradest.lab.parallel as parallel
+    import gradest.parallel as parallel
 
     monkeypatch.setattr(parallel, "CONNECT_SECONDS", 1.0)
     with socket.socket() as server:

@@ -1,4 +1,4 @@
-"""Cells on Dask (gradest.lab.parallel): the same CSV as a serial run, resuming, a worker killed mid-task.
+"""Cells on Dask (gradest.parallel): the same CSV as a serial run, resuming, a worker killed mid-task.
 
 The clusters are small: two in-process workers (threads, started in well under a second) for the
 comparisons, and two worker processes only where a worker must die. Timings are the one column a
@@ -17,8 +17,8 @@ import torch
 import gradest.lab.sweep as sw
 from gradest.cli import main
 from gradest.errors import GradestError
-from gradest.lab.parallel import DaskMap, cell_map, dask_available, serial_map
 from gradest.lab.selection import select
+from gradest.parallel import DaskMap, cell_map, dask_available, serial_map
 
 needs_dask = pytest.mark.skipif(not dask_available(), reason="needs pip install 'gradest[dask]'")
 

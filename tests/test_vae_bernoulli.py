@@ -26,10 +26,13 @@ from gradest.errors import GradestError
 from gradest.rng import make_generator
 from gradest.vae.bernoulli import EVALUATIONS, NAMES, LatentEstimator
 from gradest.vae.catalog import get_objective
+from gradest.vae.config import TrainConfig
 from gradest.vae.evaluate import iwae_nll, neg_elbo
+from gradest.vae.files import load_checkpoint
 from gradest.vae.model import SigmoidBeliefVAE, bernoulli_latent_log_prob
 from gradest.vae.objectives import make_baseline
-from gradest.vae.train import TrainConfig, load_checkpoint, setup, train
+from gradest.vae.prepare import setup
+from gradest.vae.train import train
 
 X = torch.tensor([[1.0, 0.0, 1.0, 1.0], [0.0, 0.0, 1.0, 0.0], [1.0, 1.0, 0.0, 1.0]], dtype=torch.float64)
 L = 3

@@ -307,7 +307,7 @@ def _run_numbers(folder: Path) -> dict:
 
 def test_compare_on_dask_writes_the_serial_runs(tmp_path: Path, capsys) -> None:
     """One Dask task per estimator (2 in-process workers): the run folders of a serial compare."""
-    from gradest.lab.parallel import cell_map, dask_available
+    from gradest.parallel import cell_map, dask_available
 
     if not dask_available():
         pytest.skip("needs pip install 'gradest[dask]'")

@@ -23,7 +23,9 @@ import torch.multiprocessing as mp
 from gradest.errors import GradestError
 from gradest.rng import make_generator
 from gradest.vae import distributed
-from gradest.vae.train import TrainConfig, read_metrics, train
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import read_metrics
+from gradest.vae.train import train
 
 TOLERANCE = 1e-5
 TINY = TrainConfig(dataset="digits", hidden=(16,), latent=4, epochs=2, batch_size=128, var_repeats=3,

@@ -18,7 +18,9 @@ import torch
 
 from gradest.cli import main
 from gradest.errors import GradestError
-from gradest.vae.train import TrainConfig, load_checkpoint, train
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import load_checkpoint
+from gradest.vae.train import train
 
 TINY = ["--dataset", "digits", "--hidden", "16", "--latent", "2", "--epochs", "1", "--batch-size", "256",
         "--var-repeats", "0", "--iwae-k", "4"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 import torch
 
+import gradest.vae.files as vf
 import gradest.vae.train as vt
 from gradest.cli import main
 
@@ -50,7 +51,7 @@ def _read(folder: Path) -> dict[str, object]:
 
 
 def _restart(folder: Path) -> None:
-    vt.train(CONFIG, folder, resume=(folder / vt.CHECKPOINT).exists())
+    vt.train(CONFIG, folder, resume=(folder / vf.CHECKPOINT).exists())
 
 
 @pytest.fixture(scope="module")
@@ -84,8 +85,8 @@ def test_a_kill_at_each_write_then_a_restart_ends_as_the_whole_run(tmp_path, mon
         return wrapped
 
     with monkeypatch.context() as mp:
-        mp.setattr(vt, "write_atomic", dying(vt.write_atomic))
-        mp.setattr(vt, "write_json", dying(vt.write_json))
+        mp.setattr(vf, "write_atomic", dying(vf.write_atomic))
+        mp.setattr(vf, "write_json", dying(vf.write_json))
         with pytest.raises(_Killed):
             vt.train(CONFIG, tmp_path)
     _restart(tmp_path)
@@ -94,14 +95,14 @@ def test_a_kill_at_each_write_then_a_restart_ends_as_the_whole_run(tmp_path, mon
 
 _KILL_AFTER_LAST_CHECKPOINT = """
 import os, signal, sys
-import gradest.vae.train as vt
-write, seen = vt.write_atomic, []
+import gradest.vae.files as vf
+write, seen = vf.write_atomic, []
 def write_then_die(path, data):
     write(path, data)
     seen.append(os.path.basename(str(path)))
     if seen.count("checkpoint.pt") == 2:  # epoch 2's checkpoint is on disk, its metrics are not
         os.kill(os.getpid(), signal.SIGKILL)
-vt.write_atomic = write_then_die
+vf.write_atomic = write_then_die
 from gradest.cli import main
 sys.exit(main(sys.argv[1:]))
 """

@@ -17,8 +17,11 @@ from gradest.estimators.baselines import MovingAverage
 from gradest.monitor import read_jsonl
 from gradest.rng import make_generator
 from gradest.vae.catalog import get_objective
+from gradest.vae.config import STREAM_DIAG, TrainConfig
+from gradest.vae.files import load_checkpoint
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
-from gradest.vae.train import STREAM_DIAG, TrainConfig, load_checkpoint, setup, train
+from gradest.vae.prepare import setup
+from gradest.vae.train import train
 
 TINY = TrainConfig(
     dataset="digits", hidden=(16,), latent=2, epochs=2, batch_size=256, var_repeats=3, iwae_k=8

@@ -15,8 +15,10 @@ from torch import nn
 from gradest.errors import GradestError
 from gradest.rng import make_generator
 from gradest.vae import objectives
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import load_checkpoint, load_run, read_metrics
 from gradest.vae.model import VAE, GaussianEncoder
-from gradest.vae.train import NonFiniteLoss, TrainConfig, load_checkpoint, load_run, read_metrics, train
+from gradest.vae.train import NonFiniteLoss, train
 
 TINY = TrainConfig(
     dataset="digits", hidden=(16,), latent=2, epochs=2, batch_size=256, var_repeats=3, iwae_k=8

@@ -55,7 +55,7 @@ def _threads(value: int) -> int | None:
 def _dask(workers: int | None, scheduler: str | None, wait: float):
     """The cell map of --workers / --scheduler, telling on the console what Dask is doing (waiting for
     workers, a worker lost)."""
-    from gradest.lab.parallel import cell_map
+    from gradest.parallel import cell_map
 
     return cell_map(workers, scheduler, worker_wait=wait,
                     on_event=lambda text: console.print(escape(text), highlight=False))

@@ -34,15 +34,15 @@ from gradest.errors import GradestError
 from gradest.io import write_json
 from gradest.runs import OUTPUTS, check_claimable, claim
 from gradest.vae import get_objective
+from gradest.vae.config import LR_MAX
 from gradest.vae.data import BINARIZE
 
 # The objectives' summaries are the --estimator help; the reports (matplotlib) and the rest of the
 # library are imported by the commands that use them, so `gradest --help` stays quick.
 from gradest.vae.objectives import ARCHES, OBJECTIVES, architecture_defaults
-from gradest.vae.train import LR_MAX
 
 if TYPE_CHECKING:
-    from gradest.vae.train import TrainConfig
+    from gradest.vae.config import TrainConfig
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 vae_app = typer.Typer(
@@ -203,7 +203,7 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
             raise
         except KeyboardInterrupt:
             progress.stop()
-            from gradest.vae.train import CHECKPOINT
+            from gradest.vae.files import CHECKPOINT
 
             if not (out / CHECKPOINT).is_file():  # stopped in the first epoch: nothing to resume
                 console.print(f"interrupted before the first epoch ended: nothing was saved in {out}; "
@@ -220,7 +220,7 @@ def _train_with_progress(config: TrainConfig, out: Path, resume: bool) -> None:
 
 def _saved_advice(config: TrainConfig, out: Path, world: int) -> str:
     """What is kept of a stopped run, and how to continue it."""
-    from gradest.vae.train import CHECKPOINT
+    from gradest.vae.files import CHECKPOINT
 
     if not (out / CHECKPOINT).is_file():
         return f"no epoch had ended, so nothing was saved in {out}: run the same command again to start over"
@@ -283,9 +283,11 @@ def train_command(
 
     Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
     """
+    from gradest.vae.config import TrainConfig
     from gradest.vae.distributed import device_for, world_from_env
+    from gradest.vae.files import SUMMARY, load_checkpoint
     from gradest.vae.report import run_report
-    from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, load_checkpoint
+    from gradest.vae.train import NonFiniteLoss
 
     rank, world, local_rank = world_from_env()
     device = device_for(device, local_rank, world)
@@ -373,7 +375,8 @@ def _print_collapse(summary: dict, latent: int, prefix: str = "") -> None:
 
 def _monitor_line(summary: dict, out: Path) -> str:
     """The gradient monitor's cost, one line ('' for a run without monitoring)."""
-    from gradest.vae.train import CONFIG, TrainConfig
+    from gradest.vae.config import TrainConfig
+    from gradest.vae.files import CONFIG
 
     share = summary.get("monitor_share")
     if share is None:
@@ -392,8 +395,9 @@ def _check_resume_options(config: TrainConfig, out: Path, given: set[str]) -> No
     ``given``: the options typed on the command line; each is compared with the run's (its
     checkpoint's config, which config.json only mirrors), whatever its value.
     """
+    from gradest.vae.config import TrainConfig
     from gradest.vae.data import absolute_spec
-    from gradest.vae.train import CHECKPOINT, TrainConfig, load_checkpoint
+    from gradest.vae.files import CHECKPOINT, load_checkpoint
 
     if not (out / CHECKPOINT).is_file():
         return  # train() names the missing checkpoint
@@ -428,8 +432,9 @@ def eval_command(
     Example: gradest vae eval runs/dreg --iwae-k 1000 --json runs/dreg/eval.json
     """
     from gradest.rng import make_generator
+    from gradest.vae.config import STREAM_EVAL, check_iwae
     from gradest.vae.evaluate import evaluate
-    from gradest.vae.train import STREAM_EVAL, check_iwae, load_run
+    from gradest.vae.files import load_run
 
     _one_process("eval")
     config, run = load_run(out, device)
@@ -496,11 +501,12 @@ def compare_command(
     Example: gradest vae compare --estimator pathwise --estimator score --estimator vimco:5 --epochs 10
     (add --workers 4 to train the estimators as tasks of a local Dask cluster)
     """
-    from gradest.lab.parallel import cell_map, serial_map
+    from gradest.parallel import cell_map, serial_map
     from gradest.vae.compare import compare, run_folder
+    from gradest.vae.config import TrainConfig
     from gradest.vae.data import absolute_spec
+    from gradest.vae.files import CHECKPOINT
     from gradest.vae.report import compare_report
-    from gradest.vae.train import CHECKPOINT, TrainConfig
 
     _one_process("compare")
     specs = [_parse_spec(s, k) for s in (estimator or _COMPARE_DEFAULT)]

@@ -41,10 +41,10 @@ from gradest.diagnostics import to_json_value
 from gradest.errors import GradestError, SampleHealthError
 from gradest.estimators import get_estimator
 from gradest.io import write_atomic
-from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
 from gradest.limits import refuse_beyond_memory
 from gradest.monitor import GradientMonitor, GroupStats
+from gradest.parallel import CellMap, serial_map
 from gradest.rng import make_generator
 from gradest.runs import OUTPUTS
 
@@ -299,7 +299,7 @@ def run_blr(
     """Train once per estimator; write metrics.csv, summary.json, blr.png, report.html and
     monitor.jsonl (the gradient monitor's records: variance, its standard error and SNR per group).
 
-    ``cell_map`` runs the trainings (:mod:`gradest.lab.parallel`): here one after the other, or one
+    ``cell_map`` runs the trainings (:mod:`gradest.parallel`): here one after the other, or one
     Dask task per estimator, with the same numbers (only the seconds differ)."""
     from gradest import report as rp
     from gradest.lab.findings import blr_findings

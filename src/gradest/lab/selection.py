@@ -54,8 +54,8 @@ from gradest.estimators import Estimator, get_estimator
 from gradest.estimators.base import Builder, build, check_params
 from gradest.estimators.registry import available, available_samplers, requires_argument
 from gradest.exact import exact_grad
-from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
+from gradest.parallel import CellMap, serial_map
 from gradest.rng import make_generator
 
 #: false-alarm rate of the bias check over all candidates and coordinates together
@@ -255,7 +255,7 @@ def select(
         seed: the batches' seeds derive from it (the same for every candidate).
         threads: torch intra-op threads during the pilots (restored after; None: unchanged).
             One thread by default: the pilots' tensors are small and the timings reproducible.
-        cell_map: where the pilot batches run (:mod:`gradest.lab.parallel`): one after the other here
+        cell_map: where the pilot batches run (:mod:`gradest.parallel`): one after the other here
             by default — warm-ups first, then round by round in rotated order — or as Dask tasks.
             Each batch is seeded by ``seed`` alone, so means, variances and bias checks are the same
             wherever it runs; only the timings are the worker's.

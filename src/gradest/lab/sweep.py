@@ -12,7 +12,7 @@ matters only where an estimate is exact up to rounding (a control variate with h
 Every cell uses a generator seeded with the sweep's seed (common random numbers across cells, and
 the same numbers whatever the order), so a resumed sweep gives exactly the rows a single run gives.
 The CSV is rewritten atomically after each cell: an interrupted sweep resumes from its rows.
-Cells can run as Dask tasks (:mod:`gradest.lab.parallel`); their rows are still written in grid
+Cells can run as Dask tasks (:mod:`gradest.parallel`); their rows are still written in grid
 order, so a distributed sweep writes the file a serial one writes.
 """
 
@@ -40,8 +40,8 @@ from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
 from gradest.io import write_atomic
 from gradest.lab import variance_exact as vx
-from gradest.lab.parallel import CellMap, serial_map
 from gradest.lab.threads import check_threads, intra_op_threads
+from gradest.parallel import CellMap, serial_map
 from gradest.rng import make_generator
 from gradest.runs import OUTPUTS
 
@@ -249,7 +249,7 @@ def measure(
 
     Rows of other configurations already in the file are kept (a sweep can be extended).
     ``on_cell(done, total, label)`` reports progress, counting resumed cells as done.
-    ``cell_map`` runs the cells (:mod:`gradest.lab.parallel`: here, or as Dask tasks); whichever
+    ``cell_map`` runs the cells (:mod:`gradest.parallel`: here, or as Dask tasks); whichever
     runs them, the rows are written in grid order with the same numbers, since each cell's
     generator is seeded by the sweep's seed alone.
     """

@@ -17,11 +17,13 @@ or one step at a time: ``OBJECTIVES["vimco"].fn(model, x, k, generator, None).lo
 """
 
 from gradest.vae.catalog import get_objective
+from gradest.vae.config import TrainConfig
 from gradest.vae.data import ImageData, load_images, read_idx
 from gradest.vae.evaluate import Evaluation, evaluate
+from gradest.vae.files import load_run, read_metrics
 from gradest.vae.model import VAE, BernoulliDecoder, GaussianEncoder
 from gradest.vae.objectives import OBJECTIVES, Estimate, Objective
-from gradest.vae.train import NonFiniteLoss, TrainConfig, TrainResult, load_run, read_metrics
+from gradest.vae.train import NonFiniteLoss, TrainResult
 from gradest.vae.train import train as train_vae  # not `train`: that name is the module gradest.vae.train
 from gradest.vae.variance import GradientVariance, encoder_gradient_variance, repeat_gradients
 

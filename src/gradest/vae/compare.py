@@ -4,7 +4,7 @@ r"""Several estimators trained on the same data and seed: one run folder each, t
                   summary.json), OUT/report.html  all of them side by side
 
 Each run is seeded by its config alone, so it can run anywhere: here, one after the other (with
-per-step progress), or as one Dask task per estimator (:mod:`gradest.lab.parallel`: ``--workers N``,
+per-step progress), or as one Dask task per estimator (:mod:`gradest.parallel`: ``--workers N``,
 ``--scheduler ADDRESS``). A task trains into a scratch folder on its worker and returns the run
 folder's files as bytes, which are written here atomically, in the estimators' order: the workers
 need not share a file system with this process, and the files hold the serial run's numbers (the
@@ -21,8 +21,10 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from gradest.io import write_atomic
-from gradest.lab.parallel import CellMap, serial_map
-from gradest.vae.train import SUMMARY, NonFiniteLoss, TrainConfig, train
+from gradest.parallel import CellMap, serial_map
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import SUMMARY
+from gradest.vae.train import NonFiniteLoss, train
 
 #: ``train_one(config, folder)``: how a serial run is trained (the command line adds its progress bars)
 TrainOne = Callable[[TrainConfig, Path], Any]

@@ -23,7 +23,8 @@ from gradest.errors import GradestError
 from gradest.io import write_atomic
 from gradest.monitor import plot, read_jsonl
 from gradest.rng import make_generator
-from gradest.vae.train import CONFIG, METRICS, MONITOR, SUMMARY, TrainConfig, load_run, read_metrics
+from gradest.vae.config import TrainConfig
+from gradest.vae.files import CONFIG, METRICS, MONITOR, SUMMARY, load_run, read_metrics
 
 REPORT = "report.html"
 #: posterior collapse is flagged when fewer than this share of the latent units are active
