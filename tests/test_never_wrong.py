@@ -379,3 +379,95 @@ def test_the_mixing_probe_sees_a_small_element_beside_a_huge_one():
     with pytest.raises(gradest.GradestError, match="mixes the batch elements"):
         gradest.get_estimator("score-loo").per_sample(lambda x: ((x - 0.7) ** 2).roll(1, 1),
                                                       torch.distributions.Laplace, params, 400, gen(512))
+
+
+# ── resolution: a cost whose own rounding hides the draws' spread ─────────────────────────
+
+
+def _normal(loc, scale):
+    return Normal(loc, scale)
+
+
+@pytest.mark.parametrize("name", ["score", "score-loo", "mvd", "score-delta"])
+def test_a_cost_whose_rounding_hides_the_draws_is_refused_for_estimators_that_weight_its_values(name):
+    # (x + 3)² at draws of N(0, 1e-17) is 9 to the last bit: the score-type estimate was 0 ± 0, truth 6
+    params = {"loc": t(0.0), "scale": t(1e-17)}
+    with pytest.raises(gradest.GradestError, match="equal to rounding.*pathwise"):
+        gradest.get_estimator(name).per_sample(lambda x: (x + 3) ** 2, _normal, params, 64, gen())
+    with pytest.raises(gradest.GradestError, match="equal to rounding"):
+        gradest.get_estimator(name).surrogate(lambda x: (x + 3) ** 2, _normal, params, 64, gen())
+
+
+@pytest.mark.parametrize(("f", "scale"), [(lambda x: torch.relu(x - 10) + 5, 1.0), (lambda x: 0 * x + 5, 1.0),
+                                          (lambda x: 5 + 1e-30 * x, 1.0), (lambda x: torch.round(x + 3), 1e-17)],
+                         ids=["flat-where-drawn", "constant", "slope-below-rounding", "no-derivative"])
+def test_a_cost_flat_for_a_reason_other_than_rounding_is_accepted_and_right(f, scale):
+    # the truth is 0 in each: f constant where the draws fall (round: no half-integer within 1e-15)
+    params = {"loc": t(0.0), "scale": t(scale)}
+    res = gradest.get_estimator("score-loo").per_sample(f, _normal, params, 256, gen())
+    assert_within(res, {"loc": 0.0, "scale": 0.0})
+
+
+def test_pathwise_differentiates_the_cost_whose_values_round():
+    params = {"loc": t(0.0), "scale": t(1e-17)}
+    res = gradest.get_estimator("pathwise").per_sample(lambda x: (x + 3) ** 2, _normal, params, 256, gen())
+    assert_within(res, {"loc": 6.0, "scale": 2e-17})
+
+
+# ── graphs: a per-element g.cost value's contract, read through autograd ────────────────────
+
+
+def _bits_graph(cost, estimator="score-loo", n=4000, seed=0):
+    p = t([0.3, 0.6, 0.8]).requires_grad_(True)
+    with gradest.graph(gen(seed), num_samples=n) as g:
+        z = g.sample("z", Bernoulli(probs=p), estimator)
+        g.cost("c", cost(z))
+    return g, p
+
+
+@pytest.mark.parametrize("cost", [lambda z: (z - z.mean(-1, keepdim=True)) ** 2, lambda z: (z - z.mean(0)) ** 2,
+                                  lambda z: z * z.roll(1, -1)],
+                         ids=["centred-over-elements", "centred-over-particles", "neighbour"])
+@pytest.mark.parametrize("estimator", ["score", "score-loo"])
+def test_a_per_element_graph_cost_that_mixes_elements_is_refused(cost, estimator):
+    # once accepted and biased by (B − 1)/B: each element weighted by its own log-density only
+    with pytest.raises(gradest.GradestError, match="mixes the elements of node 'z'.*shape \\[N\\]|mixes the "
+                       "elements of node 'z'"):
+        _bits_graph(cost, estimator, n=8)
+
+
+def test_a_batch_norm_cost_in_training_mode_is_refused_in_a_graph_and_right_in_eval_mode():
+    torch.manual_seed(0)  # the layer's initial weights only; the graph's draws come from its generator
+    net = torch.nn.Sequential(torch.nn.Linear(1, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)).double()
+
+    def cost(z):
+        return net(z.reshape(-1, 1)).reshape(z.shape) ** 2  # the batch norm runs over particles × elements
+
+    net.train()
+    with pytest.raises(gradest.GradestError, match="mixes the elements"):
+        _bits_graph(cost, n=8)
+    net.eval()
+    g, p = _bits_graph(cost, n=4000)
+    estimate = g.per_node({"p": p}).total["p"]
+    truth = torch.autograd.grad(gradest.enumerate_graph(
+        lambda g: g.cost("c", cost(g.sample("z", Bernoulli(probs=p), "score")))), p)[0]
+    se = estimate.std(0) / estimate.shape[0] ** 0.5
+    assert bool(((estimate.mean(0) - truth).abs() <= 5 * se + 1e-12).all()), (estimate.mean(0), truth, se)
+
+
+def test_a_per_element_graph_cost_without_derivatives_in_the_draws_is_refused_and_its_total_accepted():
+    table = t([1.0, 2.0])
+    with pytest.raises(gradest.GradestError, match="carries no derivative in the draws of node 'z'"):
+        _bits_graph(lambda z: table[z.long()], n=8)
+    g, p = _bits_graph(lambda z: table[z.long()].sum(-1), n=4000)
+    estimate = g.per_node({"p": p}).total["p"]
+    se = estimate.std(0) / estimate.shape[0] ** 0.5
+    assert bool(((estimate.mean(0) - 1.0).abs() <= 5 * se).all())  # d/dp_i E table[z_i] = 2 − 1
+
+
+def test_an_elementwise_graph_cost_is_accepted_and_right():
+    g, p = _bits_graph(lambda z: (z - 0.4) ** 2 * t([1.0, 2.0, 3.0]), n=4000)
+    estimate = g.per_node({"p": p}).total["p"]
+    se = estimate.std(0) / estimate.shape[0] ** 0.5
+    truth = t([0.36 - 0.16, 2 * (0.36 - 0.16), 3 * (0.36 - 0.16)])
+    assert bool(((estimate.mean(0) - truth).abs() <= 5 * se).all()), (estimate.mean(0), truth, se)

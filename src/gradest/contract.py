@@ -22,6 +22,14 @@ is watched and repeated once:
   reads without declaring it is refused in the per-sample view, naming the fix.
 
 A verdict is cached (pass or the refusal), so a training loop pays for the probe once.
+
+One more check runs on every call of a cost whose values an estimator weights (score-type, mvd) on a
+continuous family, because it depends on θ, not on f's code: **resolution**. When a cost's values at
+N distinct draws are equal to rounding (within 64 ulps of |f|) while f has a slope there, f's
+variation over the draws (≈ |f′| × their spread) is below f's own resolution — (x + 3)² at draws
+of N(0, 10⁻¹⁷) is 9 to the last bit — and a score-type estimate is the gradient of the rounding (0
+where the truth is 6). The slope comes from one backward pass, only when the values are flat; a
+slope below 64 ε (|f| + 1) is rounding itself and passes (the estimate 0 is then right to rounding).
 """
 
 from __future__ import annotations
@@ -284,3 +292,54 @@ def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key
     if refusal is not None:
         raise GradestError(refusal)
     return out
+
+
+# ── resolution: do f's values still show the draws' spread ──────────────────────────────────
+
+
+def _flat(values: torch.Tensor) -> torch.Tensor:
+    """Per output column of ``values [n, C]``: equal over the n rows to 64 ulps of the largest |value|."""
+    eps = torch.finfo(values.dtype).eps
+    return (values.amax(0) - values.amin(0)) <= 64 * eps * values.abs().amax(0)
+
+
+def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out: torch.Tensor,
+               estimator: str) -> str | None:
+    """The refusal when f's values ``out [n, *C]`` at distinct draws ``x [n, …]`` are equal to
+    rounding in some column although f has a slope there (its variation hidden by its own rounding),
+    else None. Costs one reduction; one backward pass of f only when a column is flat."""
+    n = out.shape[0]
+    if n < 2 or not out.is_floating_point() or not x.is_floating_point():
+        return None
+    values = out.detach().reshape(n, -1)
+    flat = _flat(values)
+    if not bool(flat.any()):
+        return None
+    points = x.detach()
+    spread = (points.amax(0) - points.amin(0)).amax()
+    if not bool(spread > 0):
+        return None  # every draw equal: collapsed draws are sample health's refusal (gradest.health)
+    probe_x = points.clone().requires_grad_(True)
+    try:
+        with torch.enable_grad():
+            again = evaluate(probe_x).reshape(n, -1)
+            total = (again * flat).sum()
+            slope = torch.autograd.grad(total, probe_x, allow_unused=True)[0] if total.requires_grad else None
+    except (RuntimeError, GradestError):
+        return None  # f has no derivative in x to read: nothing to conclude
+    if slope is None:
+        return None
+    size = float(values[:, flat].abs().mean())
+    steep = float(slope.abs().mean()) * math.prod(points.shape[1:]) / max(1, int(flat.sum()))
+    eps = torch.finfo(values.dtype).eps
+    if not math.isfinite(steep) or steep <= 64 * eps * (size + 1.0):
+        return None
+    return (
+        f"f's values at the {n} draws are equal to rounding (|f| ≈ {size:.3g}, within 64 units in the "
+        f"last place) although the draws differ (by up to {float(spread):.3g}) and f has a slope there "
+        f"(|f′| ≈ {steep:.3g}): f's variation over the draws is below its own resolution, and "
+        f"{estimator or 'the estimator'}, which weights each draw by its cost, would estimate the "
+        "gradient of the rounding (0); use a pathwise estimator (it differentiates f) where the family "
+        "has rsample, compute in float64, or write f relative to a reference value so that its "
+        "variation shows (e.g. (x + 3)² − 9 = x² + 6x)"
+    )

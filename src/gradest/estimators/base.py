@@ -261,7 +261,8 @@ class Estimator:
                         dist_builder, replicas, diagnostic=True)
             cost = BoundCost(f, declared, cost_arguments(replicas, single, num_samples), num_samples,
                              single.batch_shape, estimator=self.name,
-                             separable=self.capabilities.separable, diagnostic=True, watch=params)
+                             separable=self.capabilities.separable, diagnostic=True, watch=params,
+                             continuous=not is_discrete(single))
             terms = self.terms(cost, node, generator)
             values = terms.values
             closed_over = _graph_reaches(terms.carrier, list(params.values())) \
@@ -318,7 +319,7 @@ class Estimator:
         node = Node(dist, num_samples, False, dist.batch_shape, dist.event_shape, dist_builder, dict(params))
         cost = BoundCost(f, declared, cost_arguments(plain_replicas(params, num_samples), dist, num_samples),
                          num_samples, dist.batch_shape, estimator=self.name,
-                         separable=self.capabilities.separable)
+                         separable=self.capabilities.separable, continuous=not is_discrete(dist))
         terms = self.terms(cost, node, generator)
         loss = terms.values.mean()
         carried = terms.scalar()

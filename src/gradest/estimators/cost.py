@@ -95,7 +95,8 @@ class BoundCost:
     def __init__(self, f: Cost, declared: tuple[str, ...], for_f: dict[str, torch.Tensor],
                  num_samples: int, batch_shape: torch.Size, *, estimator: str = "",
                  separable: bool = False, diagnostic: bool = False,
-                 watch: Mapping[str, torch.Tensor] | None = None, probe: bool = True) -> None:
+                 watch: Mapping[str, torch.Tensor] | None = None, probe: bool = True,
+                 continuous: bool = False) -> None:
         self.f = f
         self.declared = declared
         self.for_f = for_f
@@ -109,6 +110,9 @@ class BoundCost:
         self.diagnostic = diagnostic
         self.watch = {k: v for k, v in (watch or {}).items() if k not in declared}
         self.probed = not probe
+        #: check on every call that f's values still resolve the draws (gradest.contract.resolution):
+        #: where the estimator weights them, on a continuous family
+        self.resolve = probe and separable and continuous
 
     def _evaluate(self, x: torch.Tensor, direct: bool) -> torch.Tensor:
         n = x.shape[0]
@@ -130,6 +134,11 @@ class BoundCost:
         else:
             out = self._probe(x, direct)
         self.elements = math.prod(out.shape[1:])  # per sample, whatever the number of points
+        if self.resolve:
+            refusal = contract.resolution(lambda z: self.check(self._evaluate(z, False), n), x, out,
+                                          self.estimator)
+            if refusal is not None:
+                raise GradestError(refusal)
         return out
 
     def _probe(self, x: torch.Tensor, direct: bool) -> torch.Tensor:

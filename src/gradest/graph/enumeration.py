@@ -24,6 +24,8 @@ MAX_SUPPORT = 2**16
 class _Discovery(Graph):
     """One particle, to learn each node's family and batch shape."""
 
+    element_signals = False
+
     def __init__(self) -> None:
         super().__init__(rng.make_generator(0), 1)
         self.supports: dict[str, _Support] = {}
@@ -41,6 +43,8 @@ class _Discovery(Graph):
 
 class _Enumeration(Graph):
     """Every joint value of the nodes, one per particle (mixed radix over the nodes' variables)."""
+
+    element_signals = False  # every cost enters as its total: no element is weighted alone
 
     def __init__(self, supports: dict[str, _Support]) -> None:
         total = math.prod(s.count for s in supports.values())

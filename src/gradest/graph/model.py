@@ -16,7 +16,7 @@ from gradest.estimators.base import BoundCost, Estimator, Node, _graph_reaches, 
 from gradest.estimators.baselines import Constant, LeaveOneOut
 from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.pathwise import Pathwise
-from gradest.graph import attribution, dice
+from gradest.graph import attribution, dice, elements
 from gradest.graph.jacobian import _FirstOrderOnly
 from gradest.graph.records import CostNode, NodeGradients, StochasticNode
 from gradest.graph.roles import _support, node_estimator, node_tensors, rebuild
@@ -47,6 +47,10 @@ class Graph:
     given as an estimator value kept across steps) advance by one step.
     """
 
+    #: whether per-element costs become per-element learning signals (not in the exact enumeration,
+    #: which sums every cost to its total)
+    element_signals = True
+
     def __init__(self, generator: torch.Generator, num_samples: int = 1, learn: bool = False) -> None:
         rng.check_generator(generator)
         if isinstance(num_samples, bool) or not isinstance(num_samples, int) or num_samples < 1:
@@ -64,6 +68,8 @@ class Graph:
         self._terminal: list[tuple[str, torch.Tensor]] = []
         #: which samples each tensor was computed from, while the with-block runs (gradest.provenance)
         self._provenance: Provenance | None = None
+        #: the zero leaves δ added to score-type draws with batch elements (gradest.graph.elements)
+        self._element_leaves: dict[str, torch.Tensor] = {}
 
     def __enter__(self) -> Graph:
         self._provenance = Provenance()
@@ -162,8 +168,15 @@ class Graph:
             return self._callable(name, dist, est, batched, ancestors, then, then_upstream)
         if kind == "score":
             value = self._draw(name, dist, batched, False, est)
+            log_prob = dist.log_prob(value)
+            if est.capabilities.separable and self.element_signals and torch.is_grad_enabled():
+                # a per-element cost weights each element by its own log-density: its contract is read
+                # through δ (gradest.graph.elements)
+                value, leaf = elements.watched(value, len(dist.batch_shape) - int(batched))
+                if leaf is not None:
+                    self._element_leaves[name] = leaf
             baseline = est.baseline
-            node = StochasticNode(name, label, value, dist.log_prob(value), ancestors, "score",
+            node = StochasticNode(name, label, value, log_prob, ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
                                   isinstance(baseline, LeaveOneOut), dist=dist,
                                   health=est.capabilities.health)
@@ -417,8 +430,25 @@ class Graph:
                 "particle axis, whatever its shape: a term of the parameters alone is not a cost of the "
                 "graph; add it to the loss outside it (g.surrogate() + term), or compute the cost from "
                 "the samples g.sample returned")
+        self._check_elements(name, value, ancestors)
         self.costs[name] = CostNode(name, value, ancestors)
         return value
+
+    def _check_elements(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> None:
+        """A per-element cost must take element c from element c's draws alone (gradest.graph.elements)."""
+        if value.dim() < 2 or not self._element_leaves:
+            return
+        cells = value.shape[1:]
+        nodes = []
+        for node in dice.score_nodes(self, ancestors):
+            leaf = self._element_leaves.get(node.name)
+            if leaf is None:
+                continue
+            batch = node.log_prob.shape[1:]
+            m = min(len(batch), len(cells))
+            if batch[:m] == cells[:m]:  # otherwise the surrogate refuses the shapes (dice.align)
+                nodes.append((node.name, leaf, m))
+        elements.check(name, value, nodes)
 
 
     def _per_particle(self, t: torch.Tensor) -> torch.Tensor:
