@@ -193,41 +193,55 @@ def replayed_rng(device: torch.device) -> Iterator[Callable[[], None]]:
                 torch.cuda.set_rng_state(after[0][1], device)
 
 
-def swap(x: torch.Tensor, cells: int) -> tuple[torch.Tensor, int, int] | None:
-    """x with draw (0, e) replaced by a different value of element e from another sample (or of
-    another element of sample 0): (x′, e, source row), or None when every candidate is equal."""
+def swaps(x: torch.Tensor, cells: int, limit: int = 6) -> list[tuple[torch.Tensor, int, int]]:
+    """Up to ``limit`` copies of x with one draw (0, e) replaced by a different value: of element e
+    from another sample (the farthest, then the nearest: a cost can give the farthest value the same
+    cost, e.g. a count of ones), for the first elements; else another element of sample 0. Each is
+    (x′, e, source row); empty when every candidate is equal."""
     n = x.shape[0]
     flat = x.detach().reshape(n, cells, -1)
+    out: list[tuple[torch.Tensor, int, int]] = []
     for e in range(min(cells, 4)):
         gap = (flat[:, e] != flat[0, e]).any(-1)
-        if bool(gap.any()):
-            # the draw farthest from (0, e): a cost flat between nearby draws still shows its mixing
-            j = int(((flat[:, e] - flat[0, e]).abs().sum(-1) * gap).argmax()) if flat.is_floating_point() \
-                else int(gap.nonzero()[0, 0])
-            out = flat.clone()
-            out[0, e] = flat[j, e]
-            return out.reshape(x.shape), e, j
-    if cells > 1:
+        if not bool(gap.any()):
+            continue
+        if flat.is_floating_point():
+            distance = (flat[:, e] - flat[0, e]).abs().sum(-1)
+            rows = [int((distance * gap).argmax()), int(distance.masked_fill(~gap, math.inf).argmin())]
+        else:
+            rows = [int(r) for r in gap.nonzero()[:2, 0]]
+        for j in dict.fromkeys(rows):
+            moved = flat.clone()
+            moved[0, e] = flat[j, e]
+            out.append((moved.reshape(x.shape), e, j))
+            if len(out) >= limit:
+                return out
+    if not out and cells > 1:
         differs = (flat[0] != flat[0, 0]).any(-1)
         cols = differs.nonzero()
         if cols.numel():
-            out = flat.clone()
-            out[0, 0] = flat[0, int(cols[0, 0])]
-            return out.reshape(x.shape), 0, 0
-    return None
+            moved = flat.clone()
+            moved[0, 0] = flat[0, int(cols[0, 0])]
+            out.append((moved.reshape(x.shape), 0, 0))
+    return out
+
+
+def _moved(before: torch.Tensor, after: torch.Tensor) -> torch.Tensor:
+    """``[n, C]``: which outputs moved (each against its own size: one huge element hides no other)."""
+    n = before.shape[0]
+    a, b = before.detach().reshape(n, -1), after.detach().reshape(n, -1)
+    if a.is_floating_point():
+        return (a - b).abs() > 64 * torch.finfo(a.dtype).eps * (1.0 + torch.maximum(a.abs(), b.abs()))
+    return a != b
 
 
 def mixing(before: torch.Tensor, after: torch.Tensor, element: int) -> str | None:
     """'samples' or 'elements' when outputs other than (0, element) moved, else None."""
     n = before.shape[0]
-    a, b = before.detach().reshape(n, -1), after.detach().reshape(n, -1)
-    if a.is_floating_point():  # each output against its own size: one huge element hides no other
-        moved = (a - b).abs() > 64 * torch.finfo(a.dtype).eps * (1.0 + torch.maximum(a.abs(), b.abs()))
-    else:
-        moved = a != b
+    moved = _moved(before, after)
     if n > 1 and bool(moved[1:].any()):
         return "samples"
-    cells = a.shape[1]
+    cells = moved.shape[1]
     if cells > 1:
         others = torch.ones(cells, dtype=torch.bool, device=moved.device)
         others[element if element < cells else 0] = False
@@ -275,17 +289,23 @@ def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key
             refusal = undeclared_message(found[0])
         else:
             width = cells(out) if cells is not None else math.prod(out.shape[1:])
-            swapped = swap(x, width)
-            if swapped is None:  # every draw equal: nothing to compare yet, probe the next call
+            kind, conclusive = None, False
+            for moved, element, _ in swaps(x, width):
+                replay()
+                with torch.no_grad():
+                    after = evaluate(moved)
+                    kind = mixing(out, after, element)
+                    if kind is not None:  # the same draws again: a cost that is random, not mixing?
+                        replay()
+                        if mixing(out, evaluate(x), element):
+                            kind = None  # f is not a function of x alone here: nothing to conclude
+                        conclusive = True
+                        break
+                if bool(_moved(out, after).any()):  # the change showed, and only where it was made
+                    conclusive = True
+                    break
+            if not conclusive:  # every draw equal, or no change showed in f: probe the next call
                 return out
-            moved, element, _ = swapped
-            replay()
-            with torch.no_grad():
-                kind = mixing(out, evaluate(moved), element)
-                if kind is not None:  # the same draws again: a cost that is random, not mixing?
-                    replay()
-                    if mixing(out, evaluate(x), element):
-                        kind = None  # f is not a function of x alone here: nothing to conclude
             if (kind == "samples" and (separable or diagnostic)) or (kind == "elements" and separable):
                 refusal = mixing_message(kind, estimator or "the estimator", list(out.shape))
     remember(key, refusal)

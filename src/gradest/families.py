@@ -17,6 +17,7 @@ import torch
 from torch import distributions as D
 
 from gradest.errors import GradestError
+from gradest.stats import check_dense
 
 
 class Family(NamedTuple):
@@ -91,12 +92,7 @@ def _check_tensor(family: str, key: str, value: object) -> None:
     if not isinstance(value, torch.Tensor):
         raise GradestError(f"parameter {key} of {family} must be a torch.Tensor, got {type(value).__name__}; "
                            f"wrap it with torch.tensor(..., dtype=torch.float64)")
-    if value.is_meta:
-        raise GradestError(f"parameter {key} of {family} is a meta tensor, which holds no values; give "
-                           "one with data (on cpu or cuda)")
-    if value.layout != torch.strided:
-        raise GradestError(f"parameter {key} of {family} must be a dense tensor, got {value.layout}; "
-                           "give value.to_dense()")
+    check_dense(value, f"parameter {key} of {family}")
     if not value.is_floating_point():
         raise GradestError(f"parameter {key} of {family} must be a real floating-point tensor to be "
                            f"differentiated, got {value.dtype}; use torch.tensor(..., dtype=torch.float64)")

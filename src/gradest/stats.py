@@ -162,12 +162,14 @@ def log_interval(values: torch.Tensor | list[float], robust: bool = False,
     return center, (center * math.exp(-q * se), center * math.exp(q * se))
 
 
-def check_dense(value: torch.Tensor, what: str) -> None:
-    """Refuse a tensor without values (meta) or a sparse one, naming ``what``."""
+def check_dense(value: torch.Tensor, what: str, fix: str = "give one with data, on cpu or cuda") -> None:
+    """Refuse a tensor without values (meta) or a sparse one, naming ``what`` — the one check every
+    entry point (parameters, families, the monitor's groups, statistics' inputs) makes."""
     if value.is_meta:
-        raise GradestError(f"{what} is a meta tensor, which holds no values; give one with data")
+        raise GradestError(f"{what} is a meta tensor (the meta device holds no values); {fix}")
     if value.layout != torch.strided:
-        raise GradestError(f"{what} must be a dense tensor, got {value.layout}; give .to_dense()")
+        raise GradestError(f"{what} must be a dense tensor, got {value.layout} tensor; give a dense one "
+                           "(.to_dense())")
 
 
 def check_groups(groups: object, n: int, device: torch.device) -> torch.Tensor | None:

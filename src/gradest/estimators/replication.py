@@ -14,6 +14,7 @@ from torch.distributions import Distribution
 from gradest import limits
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.records import Builder
+from gradest.stats import check_dense
 
 
 def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -26,12 +27,8 @@ def check_params(params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
                 f"parameter {name!r} must be a torch.Tensor, got {type(value).__name__}; "
                 f"wrap it with torch.tensor(...)"
             )
-        if value.layout != torch.strided:
-            raise GradestError(f"parameter {name!r} is a {value.layout} tensor; give a dense one "
-                               "(.to_dense())")
-        if value.device.type == "meta":
-            raise GradestError(f"parameter {name!r} is on the meta device, which holds no values; give it "
-                               "values on cpu or cuda (e.g. torch.empty_like(p, device='cpu'))")
+        check_dense(value, f"parameter {name!r}",
+                    "give it values on cpu or cuda (e.g. torch.empty_like(p, device='cpu'))")
         if not value.is_floating_point():
             raise GradestError(
                 f"parameter {name!r} must be a floating-point tensor to be differentiated, "

@@ -10,6 +10,7 @@ from torch import nn
 
 from gradest.errors import GradestError
 from gradest.monitor.records import ALL
+from gradest.stats import check_dense
 
 if TYPE_CHECKING:
     pass
@@ -48,12 +49,8 @@ def parameter_groups(source: nn.Module | Mapping[str, Any]) -> dict[str, dict[st
         for name, p in members.items():
             if not isinstance(p, torch.Tensor) or not p.is_floating_point():
                 raise GradestError(f"parameter {name!r} of group {group!r} must be a floating-point tensor")
-            if p.is_meta:
-                raise GradestError(f"parameter {name!r} of group {group!r} is a meta tensor, which holds no "
-                                   "values; monitor the model once its parameters are materialized")
-            if p.layout != torch.strided:
-                raise GradestError(f"parameter {name!r} of group {group!r} is a {p.layout} tensor; the "
-                                   "monitor takes dense parameters")
+            check_dense(p, f"parameter {name!r} of group {group!r}",
+                        "monitor the model once its parameters are materialized")
             if p.numel() == 0:
                 raise GradestError(f"parameter {name!r} of group {group!r} has no numbers (shape "
                                    f"{list(p.shape)}): it has no gradient to measure; leave it out")
