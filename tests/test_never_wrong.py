@@ -392,14 +392,15 @@ def _normal(loc, scale):
 def test_a_cost_whose_rounding_hides_the_draws_is_refused_for_estimators_that_weight_its_values(name):
     # (x + 3)² at draws of N(0, 1e-17) is 9 to the last bit: the score-type estimate was 0 ± 0, truth 6
     params = {"loc": t(0.0), "scale": t(1e-17)}
-    with pytest.raises(gradest.GradestError, match="equal to rounding.*pathwise"):
+    with pytest.raises(gradest.GradestError, match=r"equal to rounding.*pathwise"):
         gradest.get_estimator(name).per_sample(lambda x: (x + 3) ** 2, _normal, params, 64, gen())
     with pytest.raises(gradest.GradestError, match="equal to rounding"):
         gradest.get_estimator(name).surrogate(lambda x: (x + 3) ** 2, _normal, params, 64, gen())
 
 
-@pytest.mark.parametrize(("f", "scale"), [(lambda x: torch.relu(x - 10) + 5, 1.0), (lambda x: 0 * x + 5, 1.0),
-                                          (lambda x: 5 + 1e-30 * x, 1.0), (lambda x: torch.round(x + 3), 1e-17)],
+@pytest.mark.parametrize(("f", "scale"), [(lambda x: torch.relu(x - 10) + 5, 1.0),
+                                          (lambda x: 0 * x + 5, 1.0), (lambda x: 5 + 1e-30 * x, 1.0),
+                                          (lambda x: torch.round(x + 3), 1e-17)],
                          ids=["flat-where-drawn", "constant", "slope-below-rounding", "no-derivative"])
 def test_a_cost_flat_for_a_reason_other_than_rounding_is_accepted_and_right(f, scale):
     # the truth is 0 in each: f constant where the draws fall (round: no half-integer within 1e-15)
@@ -425,14 +426,13 @@ def _bits_graph(cost, estimator="score-loo", n=4000, seed=0):
     return g, p
 
 
-@pytest.mark.parametrize("cost", [lambda z: (z - z.mean(-1, keepdim=True)) ** 2, lambda z: (z - z.mean(0)) ** 2,
-                                  lambda z: z * z.roll(1, -1)],
+@pytest.mark.parametrize("cost", [lambda z: (z - z.mean(-1, keepdim=True)) ** 2,
+                                  lambda z: (z - z.mean(0)) ** 2, lambda z: z * z.roll(1, -1)],
                          ids=["centred-over-elements", "centred-over-particles", "neighbour"])
 @pytest.mark.parametrize("estimator", ["score", "score-loo"])
 def test_a_per_element_graph_cost_that_mixes_elements_is_refused(cost, estimator):
     # once accepted and biased by (B − 1)/B: each element weighted by its own log-density only
-    with pytest.raises(gradest.GradestError, match="mixes the elements of node 'z'.*shape \\[N\\]|mixes the "
-                       "elements of node 'z'"):
+    with pytest.raises(gradest.GradestError, match=r"mixes the elements of node 'z'"):
         _bits_graph(cost, estimator, n=8)
 
 
@@ -471,3 +471,19 @@ def test_an_elementwise_graph_cost_is_accepted_and_right():
     se = estimate.std(0) / estimate.shape[0] ** 0.5
     truth = t([0.36 - 0.16, 2 * (0.36 - 0.16), 3 * (0.36 - 0.16)])
     assert bool(((estimate.mean(0) - truth).abs() <= 5 * se).all()), (estimate.mean(0), truth, se)
+
+
+@pytest.mark.parametrize("p", [1 - 1e-12, 1e-12, 0.5])
+def test_enumeration_is_exact_at_probabilities_next_to_0_and_1(p):
+    # ∇ log p once came from x − σ(ℓ): at ℓ = 27.6 the subtraction kept 4 digits (0.40005 for 0.4)
+    bern = gradest.get_estimator("enumerate").per_sample(
+        gradest.named_cost("square", 0.3), lambda probs: Bernoulli(probs=probs), {"probs": t(p)}, 4, gen())
+    assert abs(float(bern.mean()["probs"]) - 0.4) <= 1e-13
+    small = p if p < 0.5 else (1 - p) / 2
+    probs = t([1 - 2 * small, small, small])
+    cat = gradest.get_estimator("enumerate").per_sample(
+        lambda x: (x.to(D) - 0.3) ** 2, lambda probs: torch.distributions.Categorical(probs=probs),
+        {"probs": probs}, 4, gen())
+    f = t([0.09, 0.49, 2.89])
+    truth = (f - (probs / probs.sum() * f).sum()) / probs.sum()
+    assert torch.allclose(cat.mean()["probs"], truth, rtol=1e-12, atol=1e-13)
