@@ -112,16 +112,15 @@ def _restore_colons(app, what, name, obj, options, lines):
     lines[:] = [s.replace(_COLON, ":") for s in lines]
 
 
-def _skip_tuple_aliases(app, what, name, obj, skip, options):
-    """A NamedTuple's fields are documented by the class's own docstring, not as 'Alias for field 0'."""
-    if (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
-        return True
-    return None
+def _drop_tuple_aliases(app, what, name, obj, options, lines):
+    """A NamedTuple field is listed with its type; "Alias for field number 0" says nothing more."""
+    if lines and lines[0].startswith("Alias for field number"):
+        lines[:] = []
 
 
 def setup(app):
     app.connect("autodoc-process-docstring", _hide_colons, priority=400)  # before napoleon (500)
     app.connect("autodoc-process-docstring", _restore_colons, priority=550)
     app.connect("autodoc-process-docstring", _fields_as_field_lists, priority=600)  # after napoleon
-    app.connect("autodoc-skip-member", _skip_tuple_aliases)
+    app.connect("autodoc-process-docstring", _drop_tuple_aliases, priority=300)
     app.add_html_math_renderer("katex", (_visit_math, None), (_visit_displaymath, None))
