@@ -6,7 +6,7 @@ with small settings that are the page's own. A block that prints is followed on 
 ```text block with its output, compared line by line: ``…`` inside a line stands for any text (a
 time, a machine's choice), a line of ``…`` alone for any number of lines. Blocks written as
 ```{code-block} python are shown and not run (they need an optional extra; their behaviour has
-tests of its own). ``sphinx-build -W`` also runs in ``.ci/run``.
+tests of its own). The site is built as ``.ci/run`` builds it (conftest's ``docs_site``).
 """
 
 from __future__ import annotations
@@ -15,8 +15,6 @@ import contextlib
 import inspect
 import io
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -29,12 +27,6 @@ DOCS = Path(__file__).resolve().parents[1] / "docs"
 PAGES = sorted(p for p in DOCS.rglob("*.md") if "```python" in p.read_text(encoding="utf-8"))
 # a python block, then (after blank lines only) the text block that shows its output, if any
 BLOCK = re.compile(r"```python\n(.*?)```\n(?:\n*```text\n(.*?)```\n)?", flags=re.S)
-
-
-def build_site(out: Path) -> subprocess.CompletedProcess:
-    """``sphinx-build -W --keep-going -b html docs out``, the CI command, from scratch."""
-    return subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-E", "-b", "html",
-                           str(DOCS), str(out)], capture_output=True, text=True, timeout=600)
 
 
 def shown_matches(shown: str, printed: str) -> bool:
@@ -114,26 +106,18 @@ def test_the_docstring_check_can_fail():
     assert _undocumented(Bare, "Bare") == ["Bare", "Bare.method"]
 
 
-@pytest.fixture(scope="module")
-def site(tmp_path_factory):
-    pytest.importorskip("sphinx", reason="the docs tools are not installed (pip install -e '.[docs]')")
-    out = tmp_path_factory.mktemp("site")
-    done = build_site(out)
-    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
-    return out
-
-
-def test_the_site_builds_with_warnings_as_errors(site):
+def test_the_site_builds_with_warnings_as_errors(docs_site):
     """A docstring the API reference cannot parse fails here, not only in CI; no source is published."""
-    assert (site / "index.html").is_file() and (site / "_static" / "katex" / "katex.min.js").is_file()
-    published = [p.relative_to(site).as_posix() for p in site.rglob("*") if p.is_file()]
+    assert (docs_site / "index.html").is_file()
+    assert (docs_site / "_static" / "katex" / "katex.min.js").is_file()  # served from the site, offline
+    published = [p.relative_to(docs_site).as_posix() for p in docs_site.rglob("*") if p.is_file()]
     assert [p for p in published if p.endswith(".py") or p.startswith("_sources/")] == []
 
 
-def test_the_api_reference_covers_every_public_symbol(site):
+def test_the_api_reference_covers_every_public_symbol(docs_site):
     """Each name of ``gradest.__all__`` has an entry (an anchor) on a page of the API reference."""
     anchors = set(re.findall(r'id="(?:module-)?(gradest[\w.]*)"', "\n".join(
-        p.read_text(encoding="utf-8") for p in (site / "reference").glob("*.html"))))
+        p.read_text(encoding="utf-8") for p in (docs_site / "reference").glob("*.html"))))
     short = {a.rsplit(".", 1)[-1] for a in anchors}
     missing = [n for n in gradest.__all__
                if n != "__version__" and n not in short and f"gradest.{n}" not in anchors]
