@@ -57,7 +57,7 @@ html_theme_options = {
     "show_toc_level": 2,
     "navigation_with_keys": False,
     "secondary_sidebar_items": ["page-toc"],
-    "footer_start": ["copyright"],
+    "footer_start": [],
     "footer_end": [],
 }
 
@@ -79,10 +79,11 @@ def _visit_displaymath(self, node):
 # ── docstrings: the project's record convention, read as what it means ──
 
 _FIELD = re.compile(r"^([A-Za-z_][\w.]*(?:, ?[A-Za-z_][\w.]*)*): (\S.*)$")
+_COLON = "\ue000"  # a private-use character: a colon napoleon must not read
 
 
-def _fields_as_field_lists(app, what, name, obj, options, lines):
-    """A paragraph of ``name: what it is`` lines (continuations indented) becomes a field list.
+def _fields_as_lists(app, what, name, obj, options, lines):
+    """A paragraph of ``name: what it is`` lines (continuations indented) becomes a list of fields.
 
     The docstrings describe a record's fields and a function's keyword arguments this way; as plain
     reST the lines would run together into one paragraph (or, with continuations, a stray block quote).
@@ -94,12 +95,9 @@ def _fields_as_field_lists(app, what, name, obj, options, lines):
             end += 1
         block = lines[start:end]
         if block and _FIELD.match(block[0]) and all(_FIELD.match(s) or s[:1].isspace() for s in block):
-            lines[start:end] = [f":{m[1]}: {m[2]}" if (m := _FIELD.match(s)) else "    " + s.strip()
+            lines[start:end] = [f"* **{m[1]}** – {m[2]}" if (m := _FIELD.match(s)) else "  " + s.strip()
                                 for s in block]
         start = end + 1
-
-
-_COLON = "\ue000"  # a private-use character: a colon napoleon must not read
 
 
 def _hide_colons(app, what, name, obj, options, lines):
@@ -112,15 +110,30 @@ def _restore_colons(app, what, name, obj, options, lines):
     lines[:] = [s.replace(_COLON, ":") for s in lines]
 
 
-def _drop_tuple_aliases(app, what, name, obj, options, lines):
-    """A NamedTuple field is listed with its type; "Alias for field number 0" says nothing more."""
+def _drop_namedtuple_boilerplate(app, what, name, obj, options, lines):
+    """NamedTuple's generated texts ("Create new instance of …", "Alias for field number 0") say nothing."""
+    if what == "class":
+        lines[:] = [s for s in lines if not re.match(r"Create new instance of \w+\(", s)]
     if lines and lines[0].startswith("Alias for field number"):
         lines[:] = []
+
+
+def _skip_described_fields(app, what, name, obj, skip, options):
+    """A NamedTuple field its class's docstring describes is not listed a second time, bare."""
+    if not (getattr(obj, "__doc__", None) or "").startswith("Alias for field number"):
+        return None
+    for module in [m for n, m in sys.modules.items() if n.startswith("gradest")]:
+        for owner in vars(module).values():
+            if isinstance(owner, type) and issubclass(owner, tuple) and vars(owner).get(name) is obj:
+                described = rf"(^|[\s;(]){re.escape(name)}: |``{re.escape(name)}``"
+                return re.search(described, owner.__doc__ or "", flags=re.M) is not None or None
+    return None
 
 
 def setup(app):
     app.connect("autodoc-process-docstring", _hide_colons, priority=400)  # before napoleon (500)
     app.connect("autodoc-process-docstring", _restore_colons, priority=550)
-    app.connect("autodoc-process-docstring", _fields_as_field_lists, priority=600)  # after napoleon
-    app.connect("autodoc-process-docstring", _drop_tuple_aliases, priority=300)
+    app.connect("autodoc-process-docstring", _fields_as_lists, priority=600)  # after napoleon
+    app.connect("autodoc-process-docstring", _drop_namedtuple_boilerplate, priority=300)
+    app.connect("autodoc-skip-member", _skip_described_fields)
     app.add_html_math_renderer("katex", (_visit_math, None), (_visit_displaymath, None))
