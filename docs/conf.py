@@ -56,8 +56,8 @@ html_theme_options = {
     "navbar_align": "left",
     "show_toc_level": 2,
     "navigation_with_keys": False,
-    # the page's table of contents beside the long reference pages; the tutorials' code gets the room
-    "secondary_sidebar_items": {"reference/*": ["page-toc"], "ARCHITECTURE": ["page-toc"]},
+    # the page's table of contents beside the long reference pages; elsewhere the code blocks get the room
+    "secondary_sidebar_items": {"reference/*": ["page-toc"]},
     "footer_start": [],
     "footer_end": [],
 }

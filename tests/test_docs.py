@@ -123,3 +123,14 @@ def test_the_api_reference_covers_every_public_symbol(docs_site):
                if n != "__version__" and n not in short and f"gradest.{n}" not in anchors]
     assert missing == [], f"public symbols missing from docs/reference: {missing}"
     assert "gradest.monitor_lightning.MonitorCallback" in anchors
+
+
+def test_a_summary_reads_as_the_pages_show_it():
+    """``str(ParamStats)``: the mean to its standard error's second digit; one line per tensor element."""
+    from gradest.diagnostics import param_stats
+
+    samples = torch.tensor([[1.0, 10.0], [3.0, 30.0], [2.0, 20.0], [2.0, 20.0]], dtype=torch.float64)
+    stats = param_stats(samples, exact=torch.tensor([2.0, 20.0], dtype=torch.float64))
+    assert str(stats) == ("[0]: mean 2.00 ± 0.41, variance 0.6667, SNR 2.45, z +0.00\n"
+                          "[1]: mean 20.0 ± 4.1, variance 66.67, SNR 2.45, z +0.00")
+    assert str(param_stats(samples[:, 0])) == "mean 2.00 ± 0.41, variance 0.6667, SNR 2.45"
