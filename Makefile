@@ -26,5 +26,6 @@ lint:
 bench:
 	.venv/bin/python benchmarks/bench_engine.py
 
+# the site into site/ (open site/index.html); warnings are errors, as in CI
 docs:
-	NO_MKDOCS_2_WARNING=1 .venv/bin/mkdocs build --strict
+	.venv/bin/sphinx-build -W --keep-going -b html docs site

@@ -50,3 +50,18 @@ settings.register_profile(
     suppress_health_check=[HealthCheck.too_slow],
 )
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
+
+
+@pytest.fixture(scope="session")
+def docs_site(tmp_path_factory):
+    """The documentation site, built once per run as CI builds it (``sphinx-build -W --keep-going``)."""
+    import subprocess
+    import sys
+
+    pytest.importorskip("sphinx", reason="the docs tools are not installed (pip install -e '.[docs]')")
+    out = tmp_path_factory.mktemp("site")
+    done = subprocess.run([sys.executable, "-m", "sphinx", "-W", "--keep-going", "-q", "-E", "-b", "html",
+                           str(Path(__file__).resolve().parents[1] / "docs"), str(out)],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    return out

@@ -25,11 +25,11 @@ A verdict is cached (pass or the refusal), so a training loop pays for the probe
 
 One more check runs on every call of a cost whose values an estimator weights (score-type, mvd) on a
 continuous family, because it depends on θ, not on f's code: **resolution**. When a cost's values at
-N distinct draws are equal to rounding (within 64 ulps of |f|) while f has a slope there, f's
-variation over the draws (≈ |f′| × their spread) is below f's own resolution — (x + 3)² at draws
+N distinct draws are equal to rounding (within 64 ulps of ``|f|``) while f has a slope there, f's
+variation over the draws (≈ ``|f′|`` × their spread) is below f's own resolution — (x + 3)² at draws
 of N(0, 10⁻¹⁷) is 9 to the last bit — and a score-type estimate is the gradient of the rounding (0
 where the truth is 6). The slope comes from one backward pass, only when the values are flat; a
-slope below 64 ε (|f| + 1) is rounding itself and passes (the estimate 0 is then right to rounding).
+slope below ``64 ε (|f| + 1)`` is rounding itself and passes (the estimate 0 is then right to rounding).
 """
 
 from __future__ import annotations

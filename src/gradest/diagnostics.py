@@ -8,6 +8,8 @@ are imported here, so ``gradest.diagnostics.mean_stderr`` and the rest keep work
 
 from __future__ import annotations
 
+import itertools
+import math
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any, NamedTuple
 
@@ -38,6 +40,17 @@ if TYPE_CHECKING:  # gradest.exact imports scipy: loaded where an exact gradient
 
 
 class ParamStats(NamedTuple):
+    """One parameter's estimate and its quality, each of the parameter's shape.
+
+    mean: ḡ, the estimate of ∂L/∂θ (the mean of the N single-sample estimates).
+    variance: the single-sample variance (what one sample's estimate spreads by).
+    stderr: the standard error of ``mean`` (from the groups' means where samples are dependent).
+    snr: the magnitude of ḡ over √variance.
+    z: (ḡ − exact) / (stderr ⊕ the exact gradient's error), or None without an exact gradient.
+
+    ``str()`` reads ``mean ± stderr, variance, SNR, z`` (one line per element of a tensor parameter).
+    """
+
     mean: torch.Tensor
     variance: torch.Tensor
     stderr: torch.Tensor
@@ -48,8 +61,30 @@ class ParamStats(NamedTuple):
         """JSON-ready: tensors as lists, NaN as null."""
         return {k: to_json_value(v) for k, v in self._asdict().items()}
 
+    def __str__(self) -> str:
+        columns = [t.detach().cpu().reshape(-1).tolist() for t in self[:4]]
+        zs = [None] * len(columns[0]) if self.z is None else self.z.detach().cpu().reshape(-1).tolist()
+        lines = [f"mean {_plus_minus(m, se)}, variance {v:.4g}, SNR {snr:.3g}"
+                 + ("" if z is None else f", z {z:+.2f}")
+                 for m, v, se, snr, z in zip(*columns, zs, strict=True)]
+        if self.mean.dim() == 0:
+            return lines[0]
+        cells = itertools.product(*map(range, self.mean.shape))
+        return "\n".join(f"{list(i)}: {line}" for i, line in zip(cells, lines, strict=True))
+
+
+def _plus_minus(mean: float, stderr: float) -> str:
+    """``mean ± stderr`` with the mean given to the stderr's second significant digit."""
+    if not (math.isfinite(mean) and math.isfinite(stderr) and 0 < stderr < 1e6 and abs(mean) < 1e15):
+        return f"{mean:.5g} ± {stderr:.2g}"
+    decimals = max(0, 1 - math.floor(math.log10(stderr)))
+    return f"{mean:.{decimals}f} ± {stderr:.2g}"
+
 
 class EstimatorSummary(NamedTuple):
+    """One estimator call summarized: its name, sample count, cost per sample and, per parameter name,
+    the :class:`ParamStats`. ``str()`` reads one block per parameter."""
+
     estimator: str
     num_samples: int
     seconds_per_sample: float
@@ -61,6 +96,11 @@ class EstimatorSummary(NamedTuple):
         out["seconds_per_sample"] = self.seconds_per_sample
         out["num_samples"] = self.num_samples
         return out
+
+    def __str__(self) -> str:
+        head = f"{self.estimator}, N = {self.num_samples}"
+        return "\n".join([head] + [f"  d/d{name}: " + str(s).replace("\n", "\n    ")
+                                    for name, s in self.params.items()])
 
 
 def param_stats(

@@ -144,6 +144,8 @@ def _describe(constraint: D.constraints.Constraint) -> str:
     return f"must satisfy {constraint}"
 
 
+#: The named families: name -> :class:`Family` (the ``torch.distributions`` class and the parameter
+#: sets it accepts), in the order the command line lists them.
 FAMILIES: dict[str, Family] = {
     f.name: f
     for f in (

@@ -16,6 +16,7 @@ samples of p while every draw stays finite:
   of its location (Normal(1, 10⁻¹⁷): x − μ is 0 or rounding), a discrete one whose other outcomes
   are too rare for N draws (Poisson(10⁻⁹): every draw 0). An estimate built from how f varies
   across the draws then reads 0 ± 0, or a rounding artefact, whatever the truth.
+
 The edge also blinds pathwise gradients: Gamma(10⁻⁶)'s mean comes from draws of order 1 with
 probability 10⁻⁶, which 10⁴ draws do not see (d/d rate: −7·10⁻⁸ ± 7·10⁻⁸ where the truth is
 −10⁻⁶), and torch's implicit gradient of Beta at two concentrations of 0.003 is 48 standard errors

@@ -2,7 +2,7 @@
 
 Needs the ``lightning`` extra (``pip install 'gradest[lightning]'``); ``lightning.pytorch`` is used
 when installed, else the older ``pytorch_lightning``. Importing this module without either raises
-an ImportError that names the extra.
+an ImportError that names the extra. In a training script::
 
     monitor = GradientMonitor(module, lambda batch, g: module.stochastic_loss(batch, g),
                               every=50, repeats=16, state=[module.estimator])

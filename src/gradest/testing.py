@@ -185,7 +185,7 @@ class Check:
 
     case: the problem; kind: ``bias``, ``views``, ``seed``, ``shapes``, ``f-derivative`` or ``skip``;
     passed: the verdict (a skip passes); detail: the numbers behind it. For ``bias`` rows, ``z`` is the
-    largest |z| over the coordinates, and ``gradient``/``stderr`` the flattened exact gradient and the
+    largest ``|z|`` over the coordinates, and ``gradient``/``stderr`` the flattened exact gradient and the
     total uncertainty of the mean per coordinate (for the power calculation).
     """
 
@@ -201,7 +201,7 @@ class Check:
 
 @dataclass(frozen=True)
 class ConformanceReport:
-    """All checks of one estimator. ``passed`` is the verdict; ``threshold`` the |z| bound of the
+    """All checks of one estimator. ``passed`` is the verdict; ``threshold`` the ``|z|`` bound of the
     bias checks (Bonferroni at ``false_alarm``, normal quantile; Student-t ones per row where the
     stderr has few degrees of freedom)."""
 
@@ -222,7 +222,7 @@ class ConformanceReport:
 
     def power(self, relative_bias: float) -> float:
         """P(flagged) for an estimator whose mean is (1 + b) ∇θ L, b = ``relative_bias``: the largest
-        over coordinates of Φ(|b g|/se − z*) + Φ(−|b g|/se − z*) (a lower bound on the whole kit's)."""
+        over coordinates of ``Φ(|b g|/se − z*) + Φ(−|b g|/se − z*)`` (a lower bound on the whole kit's)."""
         from scipy.stats import norm
 
         best = 0.0

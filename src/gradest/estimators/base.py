@@ -125,7 +125,7 @@ class Estimator:
     name: str = "estimator"
     #: Smallest number of samples the estimator accepts.
     min_samples: int = 1
-    #: Where the randomness of a sample comes from: None (the family's own sampler) or a Sampler.
+    #: Where the randomness of a sample comes from — None (the family's own sampler) or a Sampler.
     sampler: Sampler | None = None
     capabilities: Capabilities = Capabilities()
     #: whether a sampler's uniforms reach x through the family's inverse CDF (``draw``)

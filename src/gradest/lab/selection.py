@@ -94,6 +94,10 @@ class Candidate(NamedTuple):
 
 
 class Selection(NamedTuple):
+    """What :func:`select` found: the recommended estimator (None when none is usable) and why, the
+    reference the bias was checked against, and every candidate's pilot (usable ones first, by
+    efficiency)."""
+
     recommendation: str | None
     reason: str
     reference: str  # "exact (closed-form)", "pathwise pilot" or "none"

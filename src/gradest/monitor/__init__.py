@@ -2,12 +2,12 @@ r"""Gradient-variance monitoring for any PyTorch training loop.
 
 Every ``every`` steps the monitor draws R independent estimates ĝ_1..ĝ_R of the gradient of the
 user's stochastic loss, all on one fixed batch at the current parameters, and records per
-parameter group (the group's gradients flattened to P numbers):
+parameter group (the group's gradients flattened to P numbers)::
 
-    ḡ         = (1/R) Σ_r ĝ_r                                    mean gradient; ``mean_norm`` = ‖ḡ‖
+    ḡ         = (1/R) Σ_r ĝ_r                                    mean gradient; mean_norm = ‖ḡ‖
     variance  = tr Ĉov(ĝ) = Σ_p Σ_r (ĝ_{r,p} − ḡ_p)² / (R − 1)     unbiased for E‖ĝ − E ĝ‖²
     snr       = ‖ḡ‖ / √variance
-    stderr    = √( V̂ / R + 2 T̂ / (R (R − 1)) )                  standard error of ``variance``
+    stderr    = √( V̂ / R + 2 T̂ / (R (R − 1)) )                  standard error of variance
 
 ``variance`` is the expected squared distance of ONE training gradient from its mean, in the
 loss's units squared; ``variance_max`` is its largest single coordinate Σ_r (ĝ_{r,p} − ḡ_p)²/(R − 1).
