@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gradest.cli.app import app
+from gradest.cli.app import Typer, app
 from gradest.cli.options import WORKER_WAIT, Device, Scheduler, Workers, WorkerWait, seed_option
 from gradest.cli.validate import (
     AnyPath,
@@ -45,7 +45,7 @@ if TYPE_CHECKING:
     from gradest.vae.config import TrainConfig
 
 console = Console(width=None if sys.stdout.isatty() else 130)
-vae_app = typer.Typer(
+vae_app = Typer(
     name="vae",
     help=(
         "Variational autoencoders trained with the gradient estimator of your choice "
