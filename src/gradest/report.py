@@ -26,14 +26,16 @@ _STYLE = """
 body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max-width:60rem;
 margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1d1d1f}
 h1{font-size:1.8rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}
-table{border-collapse:collapse;margin:1rem 0;font-size:.92rem}
-th,td{border:1px solid #ccc;padding:.25rem .6rem;text-align:right}
+table{border-collapse:collapse;margin:1rem 0;font-size:.88rem}
+th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}td.n{white-space:nowrap}
 th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}
 .math{font-family:'STIX Two Math','Cambria Math','Latin Modern Math',serif;background:#f7f7fa;
 padding:.6rem 1rem;border-left:3px solid #7a8cff;white-space:pre-wrap;overflow-x:auto}
 .math.typeset{white-space:normal;font-family:inherit}
 figure{margin:1rem 0}figcaption{font-size:.9rem;color:#555}
 img{max-width:100%}.note{color:#555;font-size:.9rem}
+pre.code{background:#f3f3f5;padding:.6rem 1rem;border-radius:4px;white-space:pre-wrap;
+overflow-wrap:anywhere;font-size:.9rem}
 """
 
 
@@ -65,9 +67,7 @@ def figure(png: bytes, caption: str = "") -> str:
 
 def table(headers: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
     head = "".join(f"<th>{html.escape(str(h))}</th>" for h in headers)
-    body = "".join(
-        "<tr>" + "".join(f"<td>{html.escape(_fmt(c))}</td>" for c in row) + "</tr>" for row in rows
-    )
+    body = "".join("<tr>" + "".join(_cell(_fmt(c)) for c in row) + "</tr>" for row in rows)
     return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -79,6 +79,11 @@ def math(text: str, tex: str | None = None) -> str:
     if tex is None:
         return f'<div class="math">{html.escape(text)}</div>'
     return f'<div class="math" data-tex="{html.escape(tex, quote=True)}">{html.escape(text)}</div>'
+
+
+def code(text: str) -> str:
+    """A command to copy, set as code (it wraps at spaces rather than run past the page)."""
+    return f'<pre class="code"><code>{html.escape(text)}</code></pre>'
 
 
 def paragraph(text: str) -> str:
@@ -106,6 +111,10 @@ document.querySelectorAll('[data-tex]').forEach(function (el) {
   try {
     katex.render(el.getAttribute('data-tex'), el, {displayMode: true, throwOnError: true});
     el.classList.add('typeset');
+    // a formula wider than the page is set smaller, down to 70%, rather than cut off
+    for (var size = 100; el.scrollWidth > el.clientWidth && size > 70; size -= 5) {
+      el.style.fontSize = size - 5 + '%';
+    }
   } catch (err) {
     console.warn('formula left as plain text: ' + err.message);
   }
@@ -128,6 +137,15 @@ def _katex() -> str:
                  font, css)
     js = (root / "katex.min.js").read_text(encoding="utf-8")
     return f"<style>{css}</style><script>{js}</script><script>{_RENDER}</script>"
+
+
+#: a cell this short is a number or a name: kept on one line ("2.523e-31" must not break at its "-")
+_SHORT = 28
+
+
+def _cell(text: str) -> str:
+    short = ' class="n"' if len(text) <= _SHORT else ""
+    return f"<td{short}>{html.escape(text)}</td>"
 
 
 def _fmt(value: object) -> str:

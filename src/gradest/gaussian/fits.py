@@ -11,6 +11,12 @@ iterates, ā_t = mean(θ_s : t/2 ≤ s ≤ t), which averages that jitter away a
 
 Convergence is measured in the data's own unit √v: ``steps_to_1pct`` is the first step from which
 both |ā_μ − μ*| and |ā_σ − σ*| stay within 1% of √v for the rest of the run (None if never).
+
+A fit has *diverged* at the first step whose iterate is not finite or lies more than
+``DIVERGENCE_BOUND`` √v from the target (|μ − μ*| or |σ − σ*|): every fit starts within a few √v of
+its target, and SGD at these step sizes does not come back from a thousand times the data's spread
+(the gradient noise of the score function without a baseline grows with the distance). The run stops
+there; its trajectory up to that step is kept.
 """
 
 from __future__ import annotations
@@ -30,6 +36,8 @@ from gradest.gaussian.objectives import Objective
 from gradest.rng import make_generator
 
 TOLERANCE = 0.01
+#: a fit whose iterate strays further than this many √v from its target has diverged
+DIVERGENCE_BOUND = 1e3
 
 
 class FitSettings(NamedTuple):
@@ -44,8 +52,9 @@ class FitSettings(NamedTuple):
 class FitResult(NamedTuple):
     """Final (μ, σ) (suffix-averaged), target, convergence step, and the raw trajectory ``[steps + 1]``.
 
-    diverged_at: the step at which the iterates left the floating-point range (None if they did not);
-    the trajectory is NaN from there on and the final (μ, σ) are NaN.
+    diverged_at: the step at which the iterates left the floating-point range or strayed beyond
+    ``DIVERGENCE_BOUND`` √v from the target (None if they did not); the trajectory is NaN from there on
+    and the final (μ, σ) are NaN.
     mu_se, sigma_se: standard errors of the averaged (μ, σ) from the SGD noise (``tail_stderr``).
     family_optimum: the objective's exact optimum within its family when it differs from the target.
     """
@@ -134,7 +143,7 @@ def fit(
         except (GradestError, OverflowError):
             # f overflowed at a wild sample: the noise has thrown the iterates out of range
             state = None
-        if state is None:
+        if state is None or _strayed(state, objective.target, unit):
             diverged_at = t + 1
             break
         mu_path[t + 1], sigma_path[t + 1] = state
@@ -160,6 +169,11 @@ def fit(
         sigma_se=tail_stderr(sigma_path),
         family_optimum=objective.family_optimum,
     )
+
+
+def _strayed(state: tuple[float, float], target: Pair, unit: float) -> bool:
+    """Whether (μ, σ) lies beyond ``DIVERGENCE_BOUND`` √v from the target (see the module's docstring)."""
+    return max(abs(state[0] - target.mu), abs(state[1] - target.sigma)) > DIVERGENCE_BOUND * unit
 
 
 def _step(objective, params, est, settings, generator) -> tuple[float, float] | None:

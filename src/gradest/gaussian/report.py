@@ -17,6 +17,7 @@ from gradest import report as html
 from gradest.errors import GradestError
 from gradest.gaussian import closed_form as cf
 from gradest.gaussian.conclusions import fmt_at
+from gradest.gaussian.fits import DIVERGENCE_BOUND
 from gradest.gaussian.results import Results
 from gradest.io import write_atomic, write_json
 
@@ -74,15 +75,21 @@ def trajectory_figure(results: Results) -> Figure:
         for r in fits:
             steps = np.arange(1, r.mu_path.shape[0] + 1)  # step t is drawn at t + 1 on the log axis
             colour = COLOURS.get(r.estimator, "k")
-            row[0].plot(steps, r.mu_path, color=colour, lw=0.9, label=LABELS.get(r.estimator))
+            label = LABELS.get(r.estimator)
+            if r.diverged_at is not None:
+                label = f"{label}: diverged at step {r.diverged_at}"
+            row[0].plot(steps, r.mu_path, color=colour, lw=0.9, label=label)
             row[1].plot(steps, r.sigma_path, color=colour, lw=0.9)
+            if r.diverged_at is not None:  # where it left the bound: its curve ends off the frame
+                for ax in row:
+                    ax.axvline(r.diverged_at + 1, color=colour, lw=0.9, ls=":")
         target = fits[0].target
         row[0].axhline(target.mu, color="k", ls="--", lw=0.8, label="target")
         row[1].axhline(target.sigma, color="k", ls="--", lw=0.8)
         if name == "squared":
             row[1].set_yscale("log")  # geometric collapse of σ is a straight line here
-        # a fit that blew up would flatten the others: frame the axes on the fits that stayed in range
-        sane = [r for r in fits if r.error(results.data.sd) < 10.0]
+        # a fit that diverged or ended far off would flatten the others: frame the axes on the rest
+        sane = [r for r in fits if r.diverged_at is None and r.error(results.data.sd) < 10.0]
         if sane and len(sane) < len(fits):
             for ax, attr in ((row[0], "mu_path"), (row[1], "sigma_path")):
                 _frame(ax, np.concatenate([getattr(r, attr) for r in sane]))
@@ -243,11 +250,7 @@ def _variances(results: Results, pngs: dict[str, bytes]) -> str:
 def _fits(results: Results, pngs: dict[str, bytes]) -> str:
     s = results.settings
     sd = results.data.sd
-    rows = [[r.objective, r.estimator, f"{fmt_at(r.mu, sd)} ± {r.mu_se:.2g}",
-             f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
-             fmt_at(r.target.mu, sd),
-             f"{r.target.sigma:.5g}", f"{100 * r.error(results.data.sd):.3g}%",
-             "—" if r.steps_to_1pct is None else r.steps_to_1pct] for r in results.fits]
+    rows = [_fit_row(r, sd) for r in results.fits]
     return html.section(
         "Fits by SGD through the stochastic node",
         html.math(
@@ -276,12 +279,25 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
             "per-parameter scale; σ projected above 10⁻⁴√v). Final values are averages of the latter half "
             "of the iterates, ± their standard error from the SGD noise (batch means); "
             "the error and 'steps to 1%' are measured in units of √v (steps after which "
-            "μ and σ stay within 1% of √v of the target)."),
+            "μ and σ stay within 1% of √v of the target). A fit has diverged at the first step whose "
+            f"iterate is not finite or lies more than {DIVERGENCE_BOUND:g} √v from the target; it stops "
+            "there and has no final values."),
         html.table(["objective", "estimator", "μ", "σ", "target μ", "target σ", "error", "steps to 1%"],
                    rows),
         html.figure(pngs["trajectories.png"],
-                    "Trajectories of μ and σ (raw iterates, log step axis); dashed: the target."),
+                    "Trajectories of μ and σ (raw iterates, log step axis); dashed: the target; dotted: "
+                    "the step at which a fit diverged (the axes are framed on the fits that did not)."),
     )
+
+
+def _fit_row(r, sd: float) -> list[str]:
+    """One row of the fit table; a diverged fit has no final values, only the step it left at."""
+    if r.diverged_at is not None:
+        return [r.objective, r.estimator, f"diverged at step {r.diverged_at}", "—", fmt_at(r.target.mu, sd),
+                f"{r.target.sigma:.5g}", "—", "—"]
+    return [r.objective, r.estimator, f"{fmt_at(r.mu, sd)} ± {r.mu_se:.2g}", f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
+            fmt_at(r.target.mu, sd), f"{r.target.sigma:.5g}", f"{100 * r.error(sd):.3g}%",
+            "—" if r.steps_to_1pct is None else r.steps_to_1pct]
 
 
 def render(results: Results) -> dict[str, bytes | str]:
@@ -308,8 +324,10 @@ def render(results: Results) -> dict[str, bytes | str]:
         html.section("Conclusions (computed from the numbers above)",
                      "<ul>" + "".join(f"<li>{html.paragraph(c)}</li>" for c in results.conclusions)
                      + "</ul>"),
-        html.section("Reproduce", html.math(reproduce),
-                     html.paragraph(f"Run time {results.seconds:.1f} s.")),
+        html.section("Reproduce", html.code(reproduce),
+                     html.paragraph(f"Computing took {results.seconds:.1f} s (from the data to the conclusions; "
+                                    "the command's wall time adds Python's start-up, the imports, the plots "
+                                    "and the writing of these files).")),
     )
     return {**pngs, "report.html": page}
 
