@@ -31,7 +31,29 @@ console.warn = function () { window.__problems.push('console.warn: ' + [].join.c
   __warn.apply(console, arguments); };
 </script>"""
 
-_PROBE_TAIL = """<script>
+_PROBE_TAIL = r"""<script>
+// blocks wider than the column they sit in: cut off, or a horizontal scroll bar
+function overflowing() {
+  return [].slice.call(document.querySelectorAll('.math, table, figure, img, pre')).filter(function (el) {
+    var box = el.parentElement.getBoundingClientRect();
+    return el.scrollWidth > el.clientWidth + 1 || el.getBoundingClientRect().right > box.right + 1;
+  }).map(function (el) {
+    return el.tagName + '.' + el.className + ' ' + el.scrollWidth + '/' + el.clientWidth + ': '
+      + el.textContent.slice(0, 60);
+  });
+}
+// markup or Python printed as text: tags, entities, TeX commands, reST roles, None/nan
+function rawMarkup() {
+  var body = document.body.cloneNode(true);  // the text a reader sees: no scripts, styles, MathML copies
+  [].slice.call(body.querySelectorAll('script, style, .katex-mathml, #__result')).forEach(function (el) {
+    el.remove();
+  });
+  var text = body.textContent;
+  var found = text.match(new RegExp(['<\\/?[a-z][a-z0-9]*[ >\\/]', '&[a-z]+;',
+    '\\\\(frac|mathbb|text|sum|mathrm)\\b', ':(func|class|meth):`',
+    '\\bNone\\b', '\\bnan\\b', '\\binf\\b'].join('|'), 'g'));
+  return found || [];
+}
 window.addEventListener('load', function () {
   var imgs = [].slice.call(document.images);
   var tex = [].slice.call(document.querySelectorAll('[data-tex], .arithmatex'));
@@ -41,7 +63,9 @@ window.addEventListener('load', function () {
     broken: imgs.filter(function (i) { return !(i.complete && i.naturalWidth > 0); }).length,
     tex: tex.length,
     untypeset: tex.filter(function (e) { return !e.querySelector('.katex'); }).length,
-    katexErrors: document.querySelectorAll('.katex-error').length
+    katexErrors: document.querySelectorAll('.katex-error').length,
+    overflow: overflowing(),
+    raw: rawMarkup()
   };
   var pre = document.createElement('pre');
   pre.id = '__result';
@@ -59,7 +83,8 @@ def browse(report: Path, tmp: Path) -> dict:
                       .replace("</body>", _PROBE_TAIL + "</body>"), encoding="utf-8")
     cmd = [BROWSER, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
            "--proxy-server=127.0.0.1:9", "--proxy-bypass-list=<-loopback>",  # any fetch would fail
-           f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000", "--dump-dom",
+           f"--user-data-dir={tmp / 'profile'}", "--virtual-time-budget=10000", "--window-size=1280,2000",
+           "--dump-dom",
            probed.as_uri()]
     dom = subprocess.run(cmd, capture_output=True, text=True, timeout=120).stdout
     found = re.search(r'<pre id="__result">(.*?)</pre>', dom, flags=re.S)
@@ -102,6 +127,8 @@ def test_report_renders_in_a_browser(command, tmp_path):
     assert seen["problems"] == [], seen["problems"]
     assert seen["images"] > 0 and seen["broken"] == 0, seen
     assert seen["tex"] > 0 and seen["untypeset"] == 0 and seen["katexErrors"] == 0, seen
+    assert seen["overflow"] == [], f"blocks wider than the page: {seen['overflow']}"
+    assert seen["raw"] == [], f"markup or Python values as text: {seen['raw']}"
 
 
 def test_the_probe_catches_untypeset_math_and_broken_images(tmp_path):
@@ -115,6 +142,22 @@ def test_the_probe_catches_untypeset_math_and_broken_images(tmp_path):
     seen = browse(tmp_path / "bad" / "report.html", tmp_path)
     assert seen["untypeset"] == 1 and seen["broken"] == 1
     assert any("plain text" in p for p in seen["problems"])
+
+
+def test_the_probe_catches_overflow_and_raw_markup(tmp_path):
+    """The layout check can fail: a table wider than the page, a formula that cannot shrink enough, a
+    Python None and a TeX command printed as text."""
+    from gradest import report as html
+
+    wide = html.table([f"column {i}" for i in range(30)], [[f"value-{i}-long" for i in range(30)]])
+    formula = html.math("x", tex=r"\text{" + "a very long formula " * 30 + "}")
+    page = html.page("probe", wide, formula, html.paragraph(r"seen None and \frac{a}{b}"))
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "report.html").write_text(page, encoding="utf-8")
+    seen = browse(tmp_path / "bad" / "report.html", tmp_path)
+    assert any(o.startswith("TABLE") for o in seen["overflow"]), seen["overflow"]
+    assert any(o.startswith("DIV.math") for o in seen["overflow"]), seen["overflow"]
+    assert "None" in seen["raw"] and "\\frac" in seen["raw"], seen["raw"]
 
 
 def test_the_gaussian_report_typesets_its_derivation(tmp_path):

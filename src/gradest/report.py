@@ -27,7 +27,7 @@ body{font-family:system-ui,-apple-system,Segoe UI,Helvetica,Arial,sans-serif;max
 margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1d1d1f}
 h1{font-size:1.8rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:1rem 0;font-size:.88rem}
-th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}td.n{white-space:nowrap}
+th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}.n{white-space:nowrap}
 th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}
 .math{font-family:'STIX Two Math','Cambria Math','Latin Modern Math',serif;background:#f7f7fa;
 padding:.6rem 1rem;border-left:3px solid #7a8cff;white-space:pre-wrap;overflow-x:auto}
@@ -139,13 +139,16 @@ def _katex() -> str:
     return f"<style>{css}</style><script>{js}</script><script>{_RENDER}</script>"
 
 
-#: a cell this short is a number or a name: kept on one line ("2.523e-31" must not break at its "-")
-_SHORT = 28
+#: a cell this short is a number or a name: kept on one line; a longer one wraps at its spaces only
+_SHORT = 16
+_NUMBER = re.compile(r"[-−+]?\d[\d.,]*(?:e[-+]?\d+)?")
 
 
 def _cell(text: str) -> str:
-    short = ' class="n"' if len(text) <= _SHORT else ""
-    return f"<td{short}>{html.escape(text)}</td>"
+    if len(text) <= _SHORT:
+        return f'<td class="n">{html.escape(text)}</td>'
+    # "2.523e-31" must not break at its "-": every number of a long cell is kept whole
+    return "<td>" + _NUMBER.sub(lambda m: f'<span class="n">{m[0]}</span>', html.escape(text)) + "</td>"
 
 
 def _fmt(value: object) -> str:

@@ -277,7 +277,8 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
             + f", at {s.samples_per_step} "
             f"samples per step for {s.steps} steps (constant step size η = {s.eta:g} times a fixed "
             "per-parameter scale; σ projected above 10⁻⁴√v). Final values are averages of the latter half "
-            "of the iterates, ± their standard error from the SGD noise (batch means); "
+            "of the iterates, ± their standard error from the SGD noise (batch means; none when fewer "
+            "than 20 steps are averaged); "
             "the error and 'steps to 1%' are measured in units of √v (steps after which "
             "μ and σ stay within 1% of √v of the target). A fit has diverged at the first step whose "
             f"iterate is not finite or lies more than {DIVERGENCE_BOUND:g} √v from the target; it stops "
@@ -290,12 +291,17 @@ def _fits(results: Results, pngs: dict[str, bytes]) -> str:
     )
 
 
+def _se(se: float) -> str:
+    """`` ± se``; nothing where the run was too short for batch means (fewer than 20 averaged steps)."""
+    return f" ± {se:.2g}" if np.isfinite(se) else ""
+
+
 def _fit_row(r, sd: float) -> list[str]:
     """One row of the fit table; a diverged fit has no final values, only the step it left at."""
     if r.diverged_at is not None:
         return [r.objective, r.estimator, f"diverged at step {r.diverged_at}", "—", fmt_at(r.target.mu, sd),
                 f"{r.target.sigma:.5g}", "—", "—"]
-    return [r.objective, r.estimator, f"{fmt_at(r.mu, sd)} ± {r.mu_se:.2g}", f"{r.sigma:.5g} ± {r.sigma_se:.2g}",
+    return [r.objective, r.estimator, fmt_at(r.mu, sd) + _se(r.mu_se), f"{r.sigma:.5g}" + _se(r.sigma_se),
             fmt_at(r.target.mu, sd), f"{r.target.sigma:.5g}", f"{100 * r.error(sd):.3g}%",
             "—" if r.steps_to_1pct is None else r.steps_to_1pct]
 
@@ -325,9 +331,9 @@ def render(results: Results) -> dict[str, bytes | str]:
                      "<ul>" + "".join(f"<li>{html.paragraph(c)}</li>" for c in results.conclusions)
                      + "</ul>"),
         html.section("Reproduce", html.code(reproduce),
-                     html.paragraph(f"Computing took {results.seconds:.1f} s (from the data to the conclusions; "
-                                    "the command's wall time adds Python's start-up, the imports, the plots "
-                                    "and the writing of these files).")),
+                     html.paragraph(f"Computing took {results.seconds:.1f} s (from the data to the "
+                                    "conclusions; the command's wall time adds Python's start-up, "
+                                    "the imports, the plots and the writing of these files).")),
     )
     return {**pngs, "report.html": page}
 
