@@ -201,3 +201,20 @@ def test_the_control_variate_claim_uses_a_control_variate_not_a_fixed_baseline()
             for e, v in (("score", 100.0), ("score-const=1", 500.0), ("score-delta", 0.0))]
     finding = next(f for f in sweep_findings(rows) if f.claim.startswith("A control variate"))
     assert finding.verdict == AGREES and "score-delta" in finding.evidence, finding.evidence
+
+
+def test_an_exact_control_variate_is_drawn_on_the_axis_floor(tmp_path):
+    """score-delta on (x − k)² has variance exactly 0: a log axis cannot draw it, so it is marked ▼ on the
+    floor with its name and "exactly 0", not left as a legend entry with nothing drawn."""
+    from gradest.lab.plots import sweep_figure
+
+    config = sw.SweepConfig(costs=("square",), ks=(0.5, 2.0), estimators=("pathwise", "score-delta"),
+                            samples=200)
+    rows = sw.measure(config, tmp_path)
+    fig = sweep_figure(rows, {}, config.costs, config.estimators)
+    for ax in fig.axes:
+        floor = ax.get_ylim()[0]
+        marks = [line for line in ax.get_lines() if line.get_marker() == "v"]
+        assert len(marks) == 1 and np.allclose(marks[0].get_ydata(), floor), ax.get_title()
+        assert sorted(marks[0].get_xdata()) == [0.5, 2.0]
+        assert [t.get_text() for t in ax.texts] == ["score-delta: exactly 0"]

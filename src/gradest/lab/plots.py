@@ -71,6 +71,7 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
                 ax.set_xscale("symlog", linthresh=min(positive_ks))
             if positive:
                 ax.set_yscale("log")
+            _floor_zeros(ax, rows, cost, param, estimators, colors)
             ax.grid(True, which="major", alpha=0.3)
             formula = NAMED_COSTS.get(cost, cost)
             ax.set_title(f"f(x) = {formula}: ∂/∂{PARAM_LABEL[param]}", fontsize=10)
@@ -81,6 +82,24 @@ def sweep_figure(rows, curves: Mapping, costs: Sequence[str], estimators: Sequen
     fig.suptitle("Single-sample gradient variance, x ~ N(μ, σ²): lines exact, points measured (±2 se)",
                  fontsize=11)
     return fig
+
+
+def _floor_zeros(ax, rows, cost: str, param: str, estimators: Sequence[str],
+                 colors: Mapping[str, str]) -> None:
+    """Cells whose exact variance is 0 (an exact control variate) as ▼ on the axis floor, labelled: a log
+    axis has no 0, and a legend entry with nothing drawn reads as a missing estimator."""
+    zeros = {est: [r.k for r in rows if r.cost == cost and r.param == param and r.estimator == est
+                   and r.variance_exact == 0.0] for est in estimators}
+    zeros = {est: ks for est, ks in zeros.items() if ks}
+    if not zeros:
+        return
+    ax.autoscale_view()
+    floor = ax.get_ylim()[0]
+    for i, (est, ks) in enumerate(zeros.items()):
+        ax.plot(ks, [floor] * len(ks), "v", color=colors[est], ms=8, clip_on=False, zorder=5)
+        ax.annotate(f"{est}: exactly 0", (ks[0], floor), xytext=(6, 6 + 12 * i), textcoords="offset points",
+                    color=colors[est], fontsize=8)
+    ax.set_ylim(bottom=floor)
 
 
 def blr_figure(logs: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:

@@ -65,8 +65,10 @@ def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Fin
             timing,
         ),
         rp.section("Figure", rp.figure(figure_png, "Rows ∂/∂μ and ∂/∂σ, columns the costs; log scale. "
-                                              "A zero variance (an exact control variate, e.g. the "
-                                              "second-order delta method on (x−k)²) cannot be drawn.")),
+                                              "A log axis has no 0: an exact variance of exactly 0 (an "
+                                              "exact control variate, e.g. the second-order delta method "
+                                              "on (x−k)²) is drawn as ▼ on the axis floor, labelled "
+                                              "'exactly 0'.")),
         rp.section("Findings of the survey, checked", findings_table(findings)),
         rp.section("Checks", rp.paragraph(checks)),
         rp.section("All rows", rp.table(
