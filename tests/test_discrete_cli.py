@@ -126,3 +126,46 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, extra,
     assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
     assert needle in lines[0], lines[0]
     assert not out.exists()
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_a_score_bias_of_exactly_zero_is_the_draw_and_the_report_says_why(seed):
+    """One bit at p = ½: the score estimates' mean is exact iff the draw has n₁ = N/2 ones (seed 0 does, 500
+    of 1000; seed 1 has 487). Bias 0, z = 0 then, and the findings derive it; otherwise a bias and no such
+    sentence."""
+    from gradest.estimators import get_estimator
+    from gradest.lab.discrete import block_sizes, measure_cell, summary_sentences
+    from gradest.rng import make_generator
+
+    config = DiscreteConfig(targets=(0.499,), bits=(1,), estimators=("score",), samples=1000)
+    row = measure_cell(config, 0.499, 1, "score", seed)
+    gen, ones = make_generator(seed), 0
+    for size in block_sizes(config.samples):  # the same draws again: ĝ > 0 exactly where b = 1
+        g = get_estimator("score").per_sample(lambda b: ((b - 0.499) ** 2).sum(-1),
+                                              torch.distributions.Bernoulli,
+                                              {"logits": torch.zeros(1, dtype=torch.float64)}, size, gen)
+        ones += int((g.grads["logits"] > 0).sum())
+    said = [s for s in summary_sentences([row], config) if "n₁ = Np" in s]
+    if ones == 500:
+        assert row.bias == 0.0 and row.bias_z == 0.0 and row.variance > 0.01
+        assert len(said) == 1 and "500 of N = 1000" in said[0] and "2.5%" in said[0]
+    else:
+        assert row.bias != 0.0 and said == []
+    assert (ones == 500) == (seed == 0)
+
+
+def test_the_figure_has_one_target_per_image_and_tells_every_estimator_apart():
+    from gradest.lab.plots import discrete_figure
+
+    estimators = ("score", "score-loo", "mvd", "arm", "disarm", "rebar", "gumbel-softmax=0.5",
+                  "gumbel-st=0.5", "straight-through", "relax")
+    config = DiscreteConfig(targets=(0.499, 0.45), bits=(1, 2), estimators=estimators, samples=80,
+                            sign_samples=(1, 4), relax_steps=2)
+    rows = run_discrete(config).rows
+    fig = discrete_figure(rows, 0.45)
+    assert len(fig.axes) == 4 and fig._suptitle.get_text().startswith("t = 0.45")
+    legend = fig.axes[3].get_legend()
+    assert [t.get_text().split(" ")[0] for t in legend.get_texts()] == list(estimators)
+    styles = {(line.get_color(), line.get_marker()) for line in fig.axes[0].get_lines()
+              if line.get_marker() not in ("None", "_")}  # not the error bars' caps
+    assert len(styles) == len(estimators)

@@ -141,14 +141,14 @@ def _katex() -> str:
 
 #: a cell this short is a number or a name: kept on one line; a longer one wraps at its spaces only
 _SHORT = 16
-_NUMBER = re.compile(r"[-−+]?\d[\d.,]*(?:e[-+]?\d+)?")
+_EXPONENT = re.compile(r"\d[\d.]*e[-+]\d+")  # the one place a browser breaks a number: after "e-"
 
 
 def _cell(text: str) -> str:
     if len(text) <= _SHORT:
         return f'<td class="n">{html.escape(text)}</td>'
-    # "2.523e-31" must not break at its "-": every number of a long cell is kept whole
-    return "<td>" + _NUMBER.sub(lambda m: f'<span class="n">{m[0]}</span>', html.escape(text)) + "</td>"
+    # "2.523e-31" must not break at its "-"
+    return "<td>" + _EXPONENT.sub(lambda m: f'<span class="n">{m[0]}</span>', html.escape(text)) + "</td>"
 
 
 def _fmt(value: object) -> str:

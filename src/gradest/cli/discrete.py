@@ -108,7 +108,7 @@ def discrete_command(
     console.print(table)
     from gradest.lab.discrete import summary_sentences
 
-    for sentence in summary_sentences(result.rows):
+    for sentence in summary_sentences(result.rows, result.config):
         console.print(escape(sentence))
     wrote = ", ".join(str(p) for p in result.files.values())
     console.print(escape(f"{time.perf_counter() - start:.1f} s; wrote {wrote}"))

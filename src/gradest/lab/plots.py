@@ -137,62 +137,75 @@ def blr_figure(logs: Mapping[str, Mapping[str, np.ndarray]]) -> Figure:
     return fig
 
 
-def discrete_figure(rows) -> Figure:
-    """The REBAR toy: per target t (rows), variance and |bias| (± 2 se) against D, and the
-    probability of the right sign against the number of samples m at the largest D.
+#: one marker shape per estimator, beside its colour: ten estimators stay apart in print and for colour-blind
+#: readers
+_MARKERS = ["o", "s", "^", "v", "D", "P", "X", "*", "<", ">"]
+
+
+def discrete_figure(rows, t: float | None = None) -> Figure:
+    """The REBAR toy at one target t (every target, stacked, when t is None): single-sample variance and
+    |bias| (± 2 se) against D, the probability of the right sign against the number of samples m at the
+    largest D, and a legend panel; each estimator a colour and a marker shape, biased ones dashed.
 
     Args:
         rows: :class:`gradest.lab.discrete.DiscreteRow` records.
+        t: the target to draw; None draws each target's 2 × 2 panels one below the other.
     """
-    targets = list(dict.fromkeys(r.t for r in rows))
-    estimators = list(dict.fromkeys(r.estimator for r in rows))
-    colors, styles = _colors(estimators), _styles(estimators)
-    fig = Figure(figsize=(14, 3.8 * len(targets)), layout="constrained")
-    axes = fig.subplots(len(targets), 3, squeeze=False)
-    for i, t in enumerate(targets):
-        ax_var, ax_bias, ax_sign = axes[i]
-        largest = max(r.bits for r in rows if r.t == t)
-        for est in estimators:
-            cells = sorted((r for r in rows if r.t == t and r.estimator == est), key=lambda r: r.bits)
-            if not cells:
-                continue
-            style = {"color": colors[est], "ls": styles[est], "lw": 1.3, "marker": "o", "ms": 3}
-            bits = [r.bits for r in cells]
-            label = f"{est} (biased)" if cells[0].biased else est
-            # a variance at float rounding (an estimator exact on this cost) would only stretch the axis
-            ax_var.errorbar(bits, log_positive([r.variance if r.variance > (1e-13 * r.bits) ** 2 else 0.0
-                                             for r in cells]),
-                            yerr=[2 * r.variance_stderr for r in cells], label=label, capsize=2, **style)
-            ax_bias.errorbar(bits, log_positive([abs(r.bias) for r in cells]),
-                             yerr=[2 * r.bias_stderr for r in cells], capsize=2, **style)
-            exact = [(r.bits, r.variance_exact) for r in cells if r.variance_exact is not None]
-            if exact:
-                ax_var.plot([b for b, _ in exact], [v for _, v in exact], color=colors[est], ls=":", lw=2,
-                            alpha=0.6)
-            top = next((r for r in cells if r.bits == largest), None)
-            if top is not None:
-                ax_sign.errorbar([s.samples for s in top.sign], [s.probability for s in top.sign],
-                                 yerr=[2 * (s.stderr if np.isfinite(s.stderr) else 0.0) for s in top.sign],
-                                 capsize=2, **style)
-        for ax in (ax_var, ax_bias):
-            ax.set_xscale("log")
-            if _has_positive(ax):  # every estimator exact here: nothing to draw on a log axis
-                ax.set_yscale("log")
-            ax.set_xlabel("bits D")
-            ax.grid(True, which="major", alpha=0.3)
-        ax_var.set_title(f"t = {t:g}: single-sample variance per coordinate (dotted: exact; 0 not drawn)",
-                         fontsize=10)
-        ax_bias.set_title(f"t = {t:g}: |bias| per coordinate (± 2 se)", fontsize=10)
-        ax_sign.set_xscale("log")
-        ax_sign.set_ylim(-0.02, 1.02)
-        ax_sign.axhline(0.5, color="#888", lw=0.8, ls="--")
-        ax_sign.set_xlabel("samples m averaged")
-        ax_sign.set_title(f"t = {t:g}, D = {largest}: P(sign of the mean is right)", fontsize=10)
-        ax_sign.grid(True, alpha=0.3)
-    axes[0][0].legend(fontsize=7, loc="best")
-    fig.suptitle("E[Σᵢ (bᵢ − t)²], b ~ Bernoulli(σ(θ)): every discrete estimator against the closed form",
-                 fontsize=11)
+    targets = list(dict.fromkeys(r.t for r in rows)) if t is None else [t]
+    fig = Figure(figsize=(11, 8.5 * len(targets)), layout="constrained")
+    subfigs = [fig] if len(targets) == 1 else list(fig.subfigures(len(targets), 1))
+    for sub, target in zip(subfigs, targets, strict=True):
+        _discrete_panels(sub, [r for r in rows if r.t == target], target)
     return fig
+
+
+def _discrete_panels(fig, rows, t: float) -> None:
+    estimators = list(dict.fromkeys(r.estimator for r in rows))
+    colors = _colors(estimators)
+    markers = {n: _MARKERS[i % len(_MARKERS)] for i, n in enumerate(estimators)}
+    (ax_var, ax_bias), (ax_sign, ax_key) = fig.subplots(2, 2)
+    largest = max(r.bits for r in rows)
+    for est in estimators:
+        cells = sorted((r for r in rows if r.estimator == est), key=lambda r: r.bits)
+        style = {"color": colors[est], "ls": "--" if cells[0].biased else "-", "lw": 1.5,
+                 "marker": markers[est], "ms": 6}
+        bits = [r.bits for r in cells]
+        label = f"{est} (biased)" if cells[0].biased else est
+        # a variance at float rounding (an estimator exact on this cost) would only stretch the axis
+        ax_var.errorbar(bits, log_positive([r.variance if r.variance > (1e-13 * r.bits) ** 2 else 0.0
+                                         for r in cells]),
+                        yerr=[2 * r.variance_stderr for r in cells], label=label, capsize=2, **style)
+        ax_bias.errorbar(bits, log_positive([abs(r.bias) for r in cells]),
+                         yerr=[2 * r.bias_stderr for r in cells], capsize=2, **style)
+        exact = [(r.bits, r.variance_exact) for r in cells if r.variance_exact is not None]
+        if exact:
+            ax_var.plot([b for b, _ in exact], [v for _, v in exact], color=colors[est], ls=":", lw=2.5,
+                        alpha=0.6)
+        top = next((r for r in cells if r.bits == largest), None)
+        if top is not None:
+            ax_sign.errorbar([s.samples for s in top.sign], [s.probability for s in top.sign],
+                             yerr=[2 * (s.stderr if np.isfinite(s.stderr) else 0.0) for s in top.sign],
+                             capsize=2, **style)
+    for ax in (ax_var, ax_bias):
+        ax.set_xscale("log")
+        if _has_positive(ax):  # every estimator exact here: nothing to draw on a log axis
+            ax.set_yscale("log")
+        ax.set_xlabel("bits D")
+        ax.grid(True, which="major", alpha=0.3)
+    ax_var.set_title("single-sample variance per coordinate\n(dotted: exact; 0 not drawn)")
+    ax_bias.set_title("|bias| per coordinate (± 2 se; 0 not drawn)")
+    ax_sign.set_xscale("log")
+    ax_sign.set_ylim(-0.02, 1.02)
+    ax_sign.axhline(0.5, color="#888", lw=0.8, ls="--")
+    ax_sign.set_xlabel("samples m averaged")
+    ax_sign.set_title(f"D = {largest}: P(sign of the mean of m is right)")
+    ax_sign.grid(True, alpha=0.3)
+    ax_key.axis("off")
+    handles, labels = ax_var.get_legend_handles_labels()
+    ax_key.legend(handles, labels, loc="center", fontsize=11, frameon=False, title="estimator",
+                  title_fontsize=11)
+    fig.suptitle(f"t = {t:g}: E[Σᵢ (bᵢ − t)²], b ~ Bernoulli(σ(θ)), every discrete estimator against the "
+                 "closed form", fontsize=12)
 
 
 def _has_positive(ax) -> bool:
