@@ -286,7 +286,64 @@ def test_tensorboard_scalars_or_a_clear_skip(tmp_path, monkeypatch):
     assert {"gradient/all/variance", "gradient/0/snr", "gradient/monitor_share"} <= set(tags)
     assert [e.value for e in events.Scalars("gradient/all/variance")] == pytest.approx(
         [r.variance for r in monitor.records if r.group == "all"], rel=1e-6)
+    assert [e.value for e in events.Scalars("gradient/all/variance_stderr")] == pytest.approx(
+        [r.variance_stderr for r in monitor.records if r.group == "all"], rel=1e-6)
+    # no time has passed between the monitor's first and latest call at its first measurement: the
+    # share is left out there, never logged as NaN
+    shares = events.Scalars("gradient/monitor_share")
+    assert [e.step for e in shares] == [1] and 0 < shares[0].value <= 1
+    assert all(math.isfinite(e.value) for tag in tags for e in events.Scalars(tag))
     # and the skip, when the package is missing
     monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)
     with pytest.warns(MonitorWarning, match="not installed"):
         GradientMonitor(model, _noisy_loss(model), repeats=3, tensorboard=tmp_path / "tb2")
+
+
+def test_tensorboard_and_lightning_log_the_same_finite_scalars(monkeypatch):
+    """Both sinks log gradest.monitor.sinks.scalars: variance_stderr included, monitor_share never NaN (left
+    out where no time has passed between the monitor's first and latest call). Lightning is stood in for
+    by a stub module, so the callback runs without the package."""
+    import types
+
+    class Writer:
+        def __init__(self):
+            self.logged = []
+
+        def add_scalar(self, tag, value, step):
+            self.logged.append((step, tag, value))
+
+        def flush(self):
+            pass
+
+    model, writer = _model(), Writer()
+    with GradientMonitor(model, _noisy_loss(model), every=1, repeats=3, tensorboard=writer) as monitor:
+        monitor.step(0, X)
+        monitor.step(1, X)
+    assert all(math.isfinite(v) for _, _, v in writer.logged), writer.logged
+    by_step = {s: {t for step, t, _ in writer.logged if step == s} for s in (0, 1)}
+    assert "gradient/all/variance_stderr" in by_step[0]
+    assert "gradient/monitor_share" not in by_step[0] and "gradient/monitor_share" in by_step[1]
+
+    lightning = types.ModuleType("lightning")
+    lightning.pytorch = types.ModuleType("lightning.pytorch")
+    lightning.pytorch.Callback = object
+    monkeypatch.setitem(sys.modules, "lightning", lightning)
+    monkeypatch.setitem(sys.modules, "lightning.pytorch", lightning.pytorch)
+    monkeypatch.delitem(sys.modules, "gradest.monitor_lightning", raising=False)
+    from gradest.monitor_lightning import MonitorCallback
+
+    class Logger:
+        def __init__(self):
+            self.logged = []
+
+        def log_metrics(self, metrics, step):
+            self.logged.append((step, metrics))
+
+    callback = MonitorCallback(GradientMonitor(model, _noisy_loss(model), every=1, repeats=3))
+    trainer = types.SimpleNamespace(global_step=0, logger=Logger())
+    for step in (0, 1):
+        trainer.global_step = step
+        callback.on_train_batch_start(trainer, None, X, step)
+    assert all(math.isfinite(v) for _, m in trainer.logger.logged for v in m.values())
+    assert set(trainer.logger.logged[1][1]) == by_step[1]
+    assert by_step[0] - {"gradient/monitor_share"} <= set(trainer.logger.logged[0][1])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 from torch import nn
@@ -84,5 +86,9 @@ def test_the_callback_measures_logs_and_changes_nothing():
     assert {r.group for r in monitor.records} == {"layer", "head", "all"}
     logged = [m for _, m in logger.metrics if "gradient/all/variance" in m]
     assert len(logged) == 3 and "gradient/monitor_share" in logged[0]
+    # the same scalars as the monitor's TensorBoard output (gradest.monitor.sinks.scalars)
+    assert {f"gradient/{g}/{k}" for g in ("layer", "head", "all")
+            for k in ("variance", "variance_stderr", "snr", "mean_norm")} <= set(logged[0])
+    assert all(math.isfinite(v) for m in logged for v in m.values())
     for a, b in zip(module.parameters(), plain.parameters(), strict=True):
         assert torch.equal(a, b)

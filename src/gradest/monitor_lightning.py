@@ -11,7 +11,8 @@ an ImportError that names the extra. In a training script::
 At the start of each training batch (before Lightning's forward, backward and optimizer step) the
 callback hands the batch and ``trainer.global_step`` to ``monitor.step``: the monitor measures every
 ``every`` steps and leaves the run unchanged. Each measurement is also logged to the trainer's
-logger as ``<prefix>/<group>/variance``, ``…/snr``, ``…/mean_norm`` and ``<prefix>/monitor_share`` (with a
+logger as ``<prefix>/<group>/variance``, ``…/variance_stderr``, ``…/snr``, ``…/mean_norm`` and
+``<prefix>/monitor_share`` (from the second measurement on: :func:`gradest.monitor.sinks.scalars`; with a
 loss built by :func:`gradest.graph`, the groups include one ``node:NAME`` per stochastic node).
 """
 
@@ -30,6 +31,7 @@ except ImportError:
         ) from None
 
 from gradest.monitor import GradientMonitor
+from gradest.monitor.sinks import scalars
 
 
 class MonitorCallback(Callback):
@@ -41,11 +43,8 @@ class MonitorCallback(Callback):
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         records = self.monitor.step(trainer.global_step, batch)
-        if records and trainer.logger is not None:
-            prefix = self.monitor.prefix
-            metrics = {f"{prefix}/{r.group}/{key}": float(getattr(r, key))
-                       for r in records for key in ("variance", "snr", "mean_norm")}
-            metrics[f"{prefix}/monitor_share"] = self.monitor.overhead().share
+        if records and trainer.logger is not None:  # the same scalars as the monitor's TensorBoard output
+            metrics = scalars(records, self.monitor.prefix, self.monitor.overhead().share)
             trainer.logger.log_metrics(metrics, step=trainer.global_step)
 
     def on_train_end(self, trainer: Any, pl_module: Any) -> None:

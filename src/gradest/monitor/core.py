@@ -44,7 +44,7 @@ from gradest.monitor.records import (
     NodeEstimates,
     Overhead,
 )
-from gradest.monitor.sinks import _tensorboard_writer
+from gradest.monitor.sinks import _tensorboard_writer, scalars
 
 _SEED_HIGH = 2**62
 
@@ -350,11 +350,7 @@ class GradientMonitor:
                     handle.flush()
             except OSError as err:
                 raise GradestError(f"cannot append to {self.jsonl}: {err.strerror}") from None
-        if self._writer is not None:
-            for r in records:
-                for key in ("variance", "variance_stderr", "snr", "mean_norm"):
-                    self._writer.add_scalar(f"{self.prefix}/{r.group}/{key}", getattr(r, key), r.step)
-            if records:
-                share = self.overhead().share
-                self._writer.add_scalar(f"{self.prefix}/monitor_share", share, records[0].step)
+        if self._writer is not None and records:
+            for tag, value in scalars(records, self.prefix, self.overhead().share).items():
+                self._writer.add_scalar(tag, value, records[0].step)
             self._writer.flush()

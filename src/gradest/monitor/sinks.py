@@ -8,12 +8,9 @@ import os
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from gradest.errors import GradestError
-
-if TYPE_CHECKING:
-    pass
 from gradest.monitor.records import GroupStats, MonitorWarning
 
 
@@ -37,6 +34,23 @@ def _tensorboard_writer(target: Any) -> tuple[Any, bool]:
             stacklevel=3)
         return None, False
     return SummaryWriter(log_dir=str(target)), True
+
+
+#: what a logger receives per group and measurement: <prefix>/<group>/<key>
+SCALARS = ("variance", "variance_stderr", "snr", "mean_norm")
+
+
+def scalars(records: Sequence[GroupStats], prefix: str, share: float) -> dict[str, float]:
+    """The scalars a logger (TensorBoard, Lightning's) receives for one measurement, by tag.
+
+    ``<prefix>/<group>/<key>`` for each key of :data:`SCALARS`, and ``<prefix>/monitor_share``, the
+    monitor's share of the wall time so far, where it is defined: at the first measurement no time has
+    passed between the monitor's first and latest call, and a share of nothing is left out, not NaN.
+    """
+    out = {f"{prefix}/{r.group}/{key}": float(getattr(r, key)) for r in records for key in SCALARS}
+    if records and math.isfinite(share):
+        out[f"{prefix}/monitor_share"] = float(share)
+    return out
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict[str, Any]]:
