@@ -5,10 +5,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 
-import torch
-
 from gradest import report as rp
-from gradest.diagnostics import z_score
 from gradest.lab.findings import Finding
 
 
@@ -17,25 +14,10 @@ def findings_table(findings: Sequence[Finding]) -> str:
                     [(f.claim, f.verdict, f.evidence) for f in findings])
 
 
-def _ratio(r) -> float | None:
-    if math.isnan(r.variance_exact) or r.variance_exact <= 0:
-        return None
-    return r.variance / r.variance_exact
-
-
-def _z_var(r) -> float | None:
-    if r.variance_exact == 0.0:  # exact control: the measured value is rounding, no z to speak of
-        return None
-    if not (math.isfinite(r.variance_exact) and math.isfinite(r.variance_stderr)) or r.variance_stderr <= 0:
-        return None
-    z = z_score(torch.tensor(r.variance), torch.tensor(r.variance_stderr), torch.tensor(r.variance_exact))
-    return float(z)
-
-
 def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Finding],
                seconds: float | None) -> str:
     """The sweep's report: setting, figure, findings, and every row against its exact values."""
-    zs = [abs(z) for z in (_z_var(r) for r in rows) if z is not None]
+    zs = [abs(r.variance_z) for r in rows if r.variance_z is not None]
     zg = [abs(r.z) for r in rows if math.isfinite(r.z)]
     checks = (
         f"{len(rows)} rows. Gradient means against the exact gradient: max |z| = "
@@ -46,7 +28,7 @@ def sweep_page(config, rows: Sequence, figure_png: bytes, findings: Sequence[Fin
     timing = "" if seconds is None else rp.paragraph(f"This run took {seconds:.1f} s.")
     table_rows = [
         (r.cost, f"{r.k:g}", r.param, r.estimator, r.exact_grad, r.mean, r.z, r.variance_exact,
-         r.variance, _ratio(r), _z_var(r), 1e6 * r.seconds_per_sample)
+         r.variance, r.variance_ratio, r.variance_z, 1e6 * r.seconds_per_sample)
         for r in rows
     ]
     return rp.page(

@@ -34,7 +34,7 @@ from torch.distributions import Normal
 from gradest import batches
 from gradest.costs import named_cost
 from gradest.device import resolve_device
-from gradest.diagnostics import ROUNDING, effective_variance, param_stats, variance_stderr
+from gradest.diagnostics import ROUNDING, effective_variance, param_stats, variance_stderr, z_score
 from gradest.errors import GradestError
 from gradest.estimators import get_estimator
 from gradest.exact import exact_grad
@@ -137,8 +137,29 @@ class SweepRow:
         return (self.cost, self.k, self.param, self.estimator, self.loc, self.scale, self.samples,
                 self.seed)
 
+    @property
+    def variance_ratio(self) -> float | None:
+        """Measured ÷ exact single-sample variance; None where the exact one is unknown or 0."""
+        if math.isnan(self.variance_exact) or self.variance_exact <= 0:
+            return None
+        return self.variance / self.variance_exact
+
+    @property
+    def variance_z(self) -> float | None:
+        """(measured − exact variance) / its standard error; None for an exact control variate (the
+        measured value is rounding) or where either is unknown."""
+        if self.variance_exact == 0.0:
+            return None
+        if not (math.isfinite(self.variance_exact) and math.isfinite(self.variance_stderr)) \
+                or self.variance_stderr <= 0:
+            return None
+        return float(z_score(torch.tensor(self.variance), torch.tensor(self.variance_stderr),
+                             torch.tensor(self.variance_exact)))
+
 
 COLUMNS = tuple(f.name for f in fields(SweepRow))
+#: written after COLUMNS for the reader of the CSV (the report shows them); recomputed, never read back
+DERIVED = ("variance_ratio", "variance_z")
 _TYPES = {f.name: f.type for f in fields(SweepRow)}
 
 
@@ -181,9 +202,10 @@ def read_rows(path: Path) -> list[SweepRow]:
 def rows_to_csv(rows: Sequence[SweepRow]) -> str:
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(COLUMNS)
+    writer.writerow(COLUMNS + DERIVED)
     for r in rows:
-        writer.writerow([repr(v) if isinstance(v, float) else v for v in asdict(r).values()])
+        values = [*asdict(r).values(), *(getattr(r, name) for name in DERIVED)]
+        writer.writerow(["" if v is None else repr(v) if isinstance(v, float) else v for v in values])
     return buf.getvalue()
 
 

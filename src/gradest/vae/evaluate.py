@@ -123,12 +123,30 @@ def active_units(model: VAE, x: torch.Tensor, threshold: float = ACTIVE_THRESHOL
     return int((loc.var(0, correction=1) > threshold).sum())
 
 
-def evaluate(model: VAE, x: torch.Tensor, iwae_k: int, generator: torch.Generator) -> Evaluation:
-    """All test-set figures of the module docstring."""
+def final_neg_elbo(model: VAE | SigmoidBeliefVAE, x: torch.Tensor,
+                   generator: torch.Generator) -> tuple[float, float]:
+    """(−ELBO, KL) as the final evaluation computes them: :data:`ELBO_SAMPLES` z per image, the first
+    draws of ``generator`` (which :func:`evaluate` then continues with)."""
     was_training = model.training
     model.eval()
     try:
-        elbo, kl = neg_elbo(model, x, generator, samples=ELBO_SAMPLES)
+        return neg_elbo(model, x, generator, samples=ELBO_SAMPLES)
+    finally:
+        model.train(was_training)
+
+
+def evaluate(model: VAE, x: torch.Tensor, iwae_k: int, generator: torch.Generator,
+             elbo: tuple[float, float] | None = None) -> Evaluation:
+    """All test-set figures of the module docstring.
+
+    ``elbo``: (−ELBO, KL) already computed by :func:`final_neg_elbo` from ``generator``, which has
+    advanced past those draws: the figures are then the ones a full call with the fresh generator gives,
+    and the run's last epoch record and its summary share one −ELBO.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        elbo, kl = neg_elbo(model, x, generator, samples=ELBO_SAMPLES) if elbo is None else elbo
         nll = iwae_nll(model, x, iwae_k, generator)
         units = active_units(model, x)
     finally:

@@ -30,23 +30,30 @@ REPORT = "report.html"
 #: posterior collapse is flagged when fewer than this share of the latent units are active
 COLLAPSE_SHARE = 0.5
 _BOUND_TEXT = (
-    "−ELBO(x) = −E_q(z|x)[log p(x|z)] + KL(q(z|x) ‖ p(z))      (nats per image; lower is better)\n"
-    "NLL_K(x) = −E[log (1/K) Σ_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)      (IWAE; → −log p(x))\n"
-    "grad_var = tr Cov(ĝ_φ): variance of the encoder gradient over R repeated estimates on one batch\n"
-    "monitor: the same per parameter group (encoder φ, decoder θ, all), SNR = ‖mean ĝ‖ / √tr Cov(ĝ)"
+    "−ELBO(x) = −E_q(z|x)[log p(x|z)] + KL(q(z|x) ‖ p(z))\n"
+    "NLL_K(x) = −E[log (1/K) Σ_k p(x, z_k) / q(z_k|x)],  z_k ~ q(z|x)\n"
+    "grad_var = tr Cov(ĝ_φ)\n"
+    "SNR = ‖mean ĝ‖ / √tr Cov(ĝ)"
 )
 _BOUND_TEX = (
     r"\begin{aligned}"
     r"-\mathrm{ELBO}(x) &= -\mathbb{E}_{q(z\mid x)}\left[\log p(x\mid z)\right]"
-    r" + \mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) && \text{nats per image; lower is better} \\"
+    r" + \mathrm{KL}\big(q(z\mid x)\,\|\,p(z)\big) \\"
     r"\mathrm{NLL}_K(x) &= -\mathbb{E}\Big[\log \tfrac1K \textstyle\sum_k p(x, z_k)/q(z_k\mid x)\Big],"
-    r"\quad z_k \sim q(z\mid x) && \text{IWAE; } \to -\log p(x) \\"
-    r"\text{grad\_var} &= \operatorname{tr}\operatorname{Cov}(\hat g_\phi)"
-    r" && \text{encoder gradient, } R \text{ repeated estimates on one batch} \\"
+    r"\quad z_k \sim q(z\mid x) \\"
+    r"\text{grad\_var} &= \operatorname{tr}\operatorname{Cov}(\hat g_\phi) \\"
     r"\mathrm{SNR} &= \lVert \bar{\hat g} \rVert \big/ \sqrt{\operatorname{tr}\operatorname{Cov}(\hat g)}"
-    r" && \text{per parameter group (encoder, decoder, all)}"
     r"\end{aligned}"
 )
+_BOUND_NOTE = (
+    "−ELBO and NLL_K in nats per image, lower is better; NLL_K is the IWAE bound, which tends to −log p(x) "
+    "as K grows. grad_var: the encoder gradient's total variance over R repeated estimates on one fixed "
+    "batch; the gradient monitor gives it and the SNR per parameter group (encoder φ, decoder θ, all)."
+)
+
+
+def _objective() -> str:
+    return html.section("Objective", html.math(_BOUND_TEXT, _BOUND_TEX), html.paragraph(_BOUND_NOTE))
 
 
 def collapse_note(active_units: int | None, latent: int, kl: float | None) -> str:
@@ -66,47 +73,87 @@ def collapse_note(active_units: int | None, latent: int, kl: float | None) -> st
     )
 
 
+#: how each key of a learning curve is drawn, and its name in the key beside the plot
+_TRAIN = ("train_neg_elbo", "--", "s", "training batches (mean over the epoch)")
+_TEST = ("test_neg_elbo", "-", "o", "test set")
+_GRAD = ("grad_var", "-", "o", "")
+
+
 def _curve_figure(
     runs: Mapping[str, Sequence[dict[str, Any]]],
-    keys: Sequence[tuple[str, str]],
+    keys: Sequence[tuple[str, str, str, str]],
     ylabel: str,
     log: bool = False,
 ) -> bytes:
+    """One colour per run; each key (name, line style, marker, legend text) its line style and marker, so
+    that a run of one epoch, a single point per key, still tells its keys apart."""
+    from matplotlib.lines import Line2D
+
     fig = Figure(figsize=(7.5, 4))
     ax = fig.add_subplot()
     values: list[float] = []
+    epochs: list[int] = []
     for i, (name, metrics) in enumerate(runs.items()):
         color = f"C{i % 10}"
-        for j, (key, style) in enumerate(keys):
+        for j, (key, style, marker, _) in enumerate(keys):
             pts = [(m["epoch"], m[key]) for m in metrics if m.get(key) is not None]
             if pts:
-                # One legend entry per run (its colour); the line style tells the keys apart.
+                # One legend entry per run (its colour); the line style and marker tell the keys apart.
                 label = name if j == len(keys) - 1 else None
-                ax.plot(*zip(*pts, strict=True), style, color=color, label=label, marker=".")
+                ax.plot(*zip(*pts, strict=True), style, color=color, label=label, marker=marker, ms=5,
+                        mfc="white" if marker == "s" else color)
                 values += [v for _, v in pts[1:]]
+                epochs += [e for e, _ in pts]
     if log:
         ax.set_yscale("log")
     elif values:
         # The first epoch's loss dwarfs the rest: frame the curves from the second epoch on.
         low, high = min(values), max(values)
         ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
+    if epochs and min(epochs) == max(epochs):  # a single epoch: its tick, not a range around it
+        ax.set_xlim(min(epochs) - 1, max(epochs) + 1)
     ax.set_xlabel("epoch")
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # no "epoch 2.5" ticks
     ax.set_ylabel(ylabel)
     ax.grid(alpha=0.3)
-    if ax.get_legend_handles_labels()[0]:
-        ax.legend(fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        described = [k for k in keys if k[3]]
+        if len(described) > 1:  # the keys' styles, in grey, after the runs' colours
+            handles += [Line2D([], [], color="grey", ls=style, marker=marker, mfc="white" if marker == "s"
+                               else "grey") for _, style, marker, _ in described]
+            labels += [text for *_, text in described]
+        ax.legend(handles, labels, fontsize=8, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     else:  # every run stopped before its first epoch ended
         ax.text(0.5, 0.5, "no finished epoch", ha="center", va="center", transform=ax.transAxes)
     return html.png_bytes(fig)
 
 
 def learning_curves(runs: Mapping[str, Sequence[dict[str, Any]]]) -> bytes:
-    return _curve_figure(runs, [("train_neg_elbo", "--"), ("test_neg_elbo", "-")], "−ELBO (nats per image)")
+    return _curve_figure(runs, [_TRAIN, _TEST], "−ELBO (nats per image)")
+
+
+#: the caption of :func:`learning_curves`, true for one epoch (a point per key) and for many (lines)
+LEARNING_CAPTION = ("−ELBO per image: training batches dashed with squares (the mean over the epoch's "
+                    "batches), test set solid with dots (one z per image; the last epoch's with the final "
+                    "evaluation's z per image, as in the test-set table)")
 
 
 def variance_curves(runs: Mapping[str, Sequence[dict[str, Any]]]) -> bytes:
-    return _curve_figure(runs, [("grad_var", "-")], "encoder gradient variance tr Cov(ĝ)", log=True)
+    return _curve_figure(runs, [_GRAD], "encoder gradient variance tr Cov(ĝ)", log=True)
+
+
+def _options(config: TrainConfig) -> list[list[str]]:
+    """The run's options as a reader would give them: no Python None, lists as their items."""
+    absent = {"monitor_every": "once per epoch", "arch": "— (Gaussian latents)"}
+    rows = []
+    for key, value in config.to_dict().items():
+        if value is None:
+            value = absent.get(key, "—")
+        elif isinstance(value, list | tuple):
+            value = ", ".join(str(v) for v in value)
+        rows.append([key, str(value)])
+    return rows
 
 
 def image_grid(images: torch.Tensor, shape: tuple[int, int], columns: int) -> bytes:
@@ -184,10 +231,8 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
         recon = model.reconstruct(originals)
         samples = model.sample(32, gen)
     parts = [
-        html.section("Objective", html.math(_BOUND_TEXT, _BOUND_TEX)),
-        html.section(
-            "Run", html.table(["option", "value"], [[k, str(v)] for k, v in config.to_dict().items()])
-        ),
+        _objective(),
+        html.section("Run", html.table(["option", "value"], _options(config))),
     ]
     if summary:
         note = collapse_note(summary.get("active_units"), config.latent, summary.get("kl"))
@@ -199,8 +244,7 @@ def run_report(out: str | Path, device: str = "cpu") -> Path:
         html.section(
             "Learning curves",
             html.figure(
-                learning_curves({config.estimator: metrics}),
-                "−ELBO per image; dashed: training batches, solid: test set",
+                learning_curves({config.estimator: metrics}), LEARNING_CAPTION,
             ),
         ),
         _variance_section({config.estimator: metrics}),
@@ -256,17 +300,30 @@ def _monitor_section(runs: Mapping[str, str | Path], config: TrainConfig) -> lis
     if not records:
         return []
     every = "once per epoch" if config.monitor_every is None else f"every {config.monitor_every} Adam steps"
-    caption = (
-        f"R = {config.var_repeats} gradient estimates {every} on a fixed batch of {config.var_batch} "
-        "training images, per parameter group; shaded: ± 2 standard errors (log scales)"
-    )
+    measured = (f"R = {config.var_repeats} gradient estimates {every} on a fixed batch of {config.var_batch} "
+                "training images, per parameter group")
+    caption = measured + "; shaded: ± 2 standard errors (log scales)"
+    took = ""
     shares = [s.get("monitor_share") for s in (_read_summary(Path(f)) for f in runs.values())]
     shares = [s for s in shares if s is not None]
     if shares:
-        caption += "; the monitor took " + (
+        took = "; the monitor took " + (
             f"{shares[0]:.1%}" if len(shares) == 1 else f"{min(shares):.1%}–{max(shares):.1%}"
         ) + " of the training time"
+        caption += took
     series = ("run",) if len(runs) > 1 else ()
+    counts: dict[tuple[str, str], int] = {}
+    for r in records:
+        counts[r["run"], r["group"]] = counts.get((r["run"], r["group"]), 0) + 1
+    if max(counts.values()) < 2:  # one point per line: a plot would be empty axes
+        steps = ", ".join(str(s) for s in dict.fromkeys(r["step"] for r in records))
+        why = (f"One measurement per group (after Adam step {steps}): a curve needs two. Measure more often "
+               "(--monitor-every N Adam steps) or train for more epochs to see the variance change. ")
+        rows = [[*([r["run"]] if series else []), r["step"], r["group"], r["variance"], r["variance_stderr"],
+                 r["snr"]] for r in records]
+        head = [*(["run"] if series else []), "step", "group", "variance tr Cov(ĝ)", "± se", "SNR"]
+        return [html.section("Gradient monitor", html.paragraph(why + measured + took + "."),
+                             html.table(head, rows))]
     title = "Gradient variance while training" + ("" if series else f": {next(iter(runs))}")
     figure = plot(records, title=title, series=series)
     return [html.section("Gradient monitor", html.figure(html.png_bytes(figure), caption))]
@@ -296,7 +353,7 @@ def compare_report(
         raise GradestError("no run saved its config.json; pass setting= (the runs' shared options)")
     first = TrainConfig.from_dict(_read_config(saved[0])) if saved else setting
     parts = [
-        html.section("Objective", html.math(_BOUND_TEXT, _BOUND_TEX)),
+        _objective(),
         html.section(
             "Setting",
             html.paragraph(
@@ -318,7 +375,7 @@ def compare_report(
     parts += [
         html.section(
             "Learning curves",
-            html.figure(learning_curves(metrics), "−ELBO per image; dashed: training, solid: test"),
+            html.figure(learning_curves(metrics), LEARNING_CAPTION),
         ),
         _variance_section(metrics),
         *_monitor_section(runs, first),

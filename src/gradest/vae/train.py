@@ -63,7 +63,7 @@ from gradest.vae.config import (
 )
 from gradest.vae.data import absolute_spec, binarize
 from gradest.vae.distributed import Group, check_batches
-from gradest.vae.evaluate import Evaluation, evaluate, neg_elbo
+from gradest.vae.evaluate import ELBO_SAMPLES, Evaluation, evaluate, final_neg_elbo, neg_elbo
 from gradest.vae.files import (
     CHECKPOINT,
     CONFIG,
@@ -194,6 +194,7 @@ def train(
 
     # Disk latency (fsync of an ~8 MB checkpoint) overlaps the next epoch; leaving the block waits
     # for the writes, so even a NaN stop leaves the last good checkpoint complete on disk.
+    g_eval = None
     with BackgroundWriter() as writer:
         for epoch in range(start_epoch, config.epochs + 1):
             seconds, neg_elbo_train, neg_bound_train, measured, monitor_seconds = _train_pass(
@@ -201,7 +202,10 @@ def train(
                 monitor, group,
             )
             records += measured
-            record = _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds)
+            # the last epoch's test −ELBO is the final evaluation's (more z per image): one number for the
+            # console, metrics.jsonl, summary.json and the report
+            g_eval = make_generator(config.seed + STREAM_EVAL, device) if epoch == config.epochs else None
+            record = _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds, g_eval)
             if not math.isfinite(record["test_neg_elbo"]):
                 raise _diverged(
                     config, epoch, out, f"test −ELBO became {record['test_neg_elbo']} after epoch {epoch}"
@@ -244,7 +248,12 @@ def train(
         return TrainResult(model, metrics, None, out)
     if on_phase is not None:
         on_phase(f"evaluating on {run.test.shape[0]} test images (IWAE, K = {config.iwae_k})")
-    evaluation = evaluate(model, run.test, config.iwae_k, make_generator(config.seed + STREAM_EVAL, device))
+    if g_eval is not None:  # the last epoch's record holds the final −ELBO; the evaluation goes on from it
+        evaluation = evaluate(model, run.test, config.iwae_k, g_eval,
+                              elbo=(metrics[-1]["test_neg_elbo"], metrics[-1]["test_kl"]))
+    else:  # nothing trained in this call (a resume at its last epoch): the full evaluation
+        g_eval = make_generator(config.seed + STREAM_EVAL, device)
+        evaluation = evaluate(model, run.test, config.iwae_k, g_eval)
     write_summary(out, config, evaluation, metrics)
     group.barrier()
     return TrainResult(model, metrics, evaluation, out)
@@ -348,9 +357,18 @@ def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFinit
     )
 
 
-def _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds) -> dict[str, Any]:
+def _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds,
+                  g_eval: torch.Generator | None = None) -> dict[str, Any]:
+    """The epoch's record; its test −ELBO from one z per image, or, given the final evaluation's
+    generator ``g_eval`` (the last epoch), the final evaluation's −ELBO and KL (``test_elbo_samples``)."""
     model.eval()
-    test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + STREAM_EVAL, run.test.device))
+    if g_eval is None:
+        samples = 1
+        g_epoch = make_generator(config.seed + STREAM_EVAL, run.test.device)
+        test_elbo, test_kl = neg_elbo(model, run.test, g_epoch)
+    else:
+        samples = ELBO_SAMPLES
+        test_elbo, test_kl = final_neg_elbo(model, run.test, g_eval)
     # The encoder's figures at the epoch's last measurement (by default the epoch's end, as before
     # the monitor); null where no measurement fell into the epoch.
     encoder = [r for r in measured if r["group"] == "encoder"]
@@ -359,6 +377,7 @@ def _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds)
         "epoch": epoch,
         "test_neg_elbo": test_elbo,
         "test_kl": test_kl,
+        "test_elbo_samples": samples,
         "seconds": seconds,
         "monitor_seconds": monitor_seconds,
         "grad_var": last.get("variance"),
