@@ -138,7 +138,7 @@ def test_report_page_shows_every_node_with_its_standard_error(tmp_path):
     assert page.count("data:image/png;base64") == 1
     att = attribute(g.per_node(params))
     for node in ("z1", "z2", "z3", "direct", "total"):
-        assert f"<td>{node}</td>" in page
+        assert f'<td class="n">{node}</td>' in page
     assert f"{att.nodes['z1']:.4g}" in page and f"{att.stderr['z1']:.4g}" in page
     with pytest.raises(GradestError, match="needs params"):
         gradest.graph.report(g)

@@ -93,7 +93,7 @@ def test_compare_renders_all_estimators(tmp_path: Path) -> None:
     )
     page = (out / "report.html").read_text()
     for label in ("pathwise", "score", "vimco:3"):
-        assert f"<td>{label}</td>" in page
+        assert f'<td class="n">{label}</td>' in page
     assert (out / "vimco-k3" / "summary.json").is_file()
 
 
@@ -203,7 +203,7 @@ def test_compare_reports_the_others_when_one_estimator_diverges(tmp_path: Path, 
     assert main(["vae", "compare", *TINY, *args]) == 0
     assert "score stopped" in capsys.readouterr().out
     page = (out / "report.html").read_text()
-    assert "<td>pathwise</td>" in page and "<td>score</td>" in page
+    assert '<td class="n">pathwise</td>' in page and '<td class="n">score</td>' in page
     assert "Stopped runs" in page and "the score loss became" in page
 
 

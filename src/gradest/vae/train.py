@@ -188,6 +188,11 @@ def train(
     monitor = _monitor(config, run, model, objective, baseline, g_diag, steps) if group.is_writer else None
     if monitor is not None and saved_monitor.get("state") is not None:
         restore(out / CHECKPOINT, "monitor state", lambda: monitor.load_state_dict(saved_monitor["state"]))
+    if state is not None and metrics and metrics[-1].get("test_elbo_samples") == ELBO_SAMPLES \
+            and start_epoch <= config.epochs:
+        # The saved run's last epoch was its final one, evaluated with the final evaluation's draws; it
+        # is an ordinary epoch now: its one-z figures, as the uninterrupted run has them.
+        metrics[-1] = _one_z(config, run, model, metrics[-1])
     if group.is_writer and state is not None:
         # The checkpoint is the record: a kill between its write and the others' loses nothing.
         rewrite(out, config, metrics, records)
@@ -355,6 +360,14 @@ def _diverged(config: TrainConfig, epoch: int, out: Path, what: str) -> NonFinit
         f"the {config.estimator} {what}; training stopped and {kept}. Start a new run (another "
         "--out) with a lower --lr or a lower-variance --estimator"
     )
+
+
+def _one_z(config: TrainConfig, run: Setup, model: VAE, record: dict[str, Any]) -> dict[str, Any]:
+    """``record`` with the test −ELBO and KL of one z per image (the weights are that epoch's)."""
+    model.eval()
+    test_elbo, test_kl = neg_elbo(model, run.test, make_generator(config.seed + STREAM_EVAL, run.test.device))
+    model.train()
+    return {**record, "test_neg_elbo": test_elbo, "test_kl": test_kl, "test_elbo_samples": 1}
 
 
 def _epoch_record(config, run, model, epoch, seconds, measured, monitor_seconds,
