@@ -116,7 +116,14 @@ def _discrete(out: Path) -> list[str]:
             "--samples", "200", "--out", str(out)]
 
 
-COMMANDS = {"gaussian": _gaussian, "sweep": _sweep, "blr": _blr, "vae-train": _vae, "discrete": _discrete}
+def _vae_compare(out: Path) -> list[str]:
+    return ["vae", "compare", "--dataset", "digits", "--hidden", "16", "--latent", "2", "--epochs", "1",
+            "--batch-size", "256", "--var-repeats", "3", "--iwae-k", "4", "--estimator", "pathwise",
+            "--estimator", "score", "--out", str(out)]
+
+
+COMMANDS = {"gaussian": _gaussian, "sweep": _sweep, "blr": _blr, "vae-train": _vae,
+            "vae-compare": _vae_compare, "discrete": _discrete}
 
 
 @pytest.mark.parametrize("command", sorted(COMMANDS))
