@@ -28,7 +28,7 @@ margin:2rem auto;padding:0 1rem;line-height:1.5;color:#1d1d1f}
 h1{font-size:1.8rem}h2{margin-top:2.2rem;border-bottom:1px solid #ddd}
 table{border-collapse:collapse;margin:1rem 0;font-size:.88rem}
 th,td{border:1px solid #ccc;padding:.2rem .45rem;text-align:right}.n{white-space:nowrap}
-th{background:#f3f3f5}td:first-child,th:first-child{text-align:left}
+th{background:#f3f3f5}td:first-child,th:first-child,td:not(.n){text-align:left}
 .math{font-family:'STIX Two Math','Cambria Math','Latin Modern Math',serif;background:#f7f7fa;
 padding:.6rem 1rem;border-left:3px solid #7a8cff;white-space:pre-wrap;overflow-x:auto}
 .math.typeset{white-space:normal;font-family:inherit}

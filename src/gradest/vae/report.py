@@ -102,12 +102,13 @@ def _curve_figure(
                 label = name if j == len(keys) - 1 else None
                 ax.plot(*zip(*pts, strict=True), style, color=color, label=label, marker=marker, ms=5,
                         mfc="white" if marker == "s" else color)
-                values += [v for _, v in pts[1:]]
+                values += [v for _, v in (pts[1:] if len(pts) > 2 else pts)]
                 epochs += [e for e, _ in pts]
     if log:
         ax.set_yscale("log")
     elif values:
-        # The first epoch's loss dwarfs the rest: frame the curves from the second epoch on.
+        # The first epoch's loss dwarfs the rest: frame the curves from the second epoch on (with three
+        # epochs or more; two would leave one point per line in the frame).
         low, high = min(values), max(values)
         ax.set_ylim(low - 0.03 * (high - low), high + 0.03 * (high - low))
     if epochs and min(epochs) == max(epochs):  # a single epoch: its tick, not a range around it
