@@ -94,3 +94,27 @@ def test_suffix_average_keeps_the_digits_of_a_large_offset():
     path = 1e9 + 1e-3 * (-1.0) ** t
     got = suffix_average(path)
     assert abs(got[-1] - 1e9) <= 1e-3 / 1500 + 1e-6
+
+
+def test_a_fit_beyond_the_stated_bound_has_diverged_and_is_reported_so(monkeypatch):
+    """squared with the score function and no baseline runs away: it is stopped at the first iterate more
+    than DIVERGENCE_BOUND √v from the target, still finite there (without the bound the same run goes on
+    with finite iterates that far out), and the report's row names it diverged with no final values."""
+    import gradest.gaussian.fits as fits
+    from gradest.gaussian.report import _fit_row
+
+    settings = FitSettings(300, 8, 0.1, seed=0)
+    result = fit(OBJECTIVES["squared"](DATA), "score", settings, SD)
+    t = result.diverged_at
+    assert t is not None
+    assert np.isfinite(result.mu_path[:t]).all() and np.isfinite(result.sigma_path[:t]).all()
+    assert math.isnan(result.mu) and result.error(SD) == math.inf
+    monkeypatch.setattr(fits, "DIVERGENCE_BOUND", math.inf)
+    unbounded = fit(OBJECTIVES["squared"](DATA), "score", settings, SD)
+    assert np.array_equal(unbounded.mu_path[:t], result.mu_path[:t])
+    far = max(abs(unbounded.mu_path[t] - result.target.mu),
+              abs(unbounded.sigma_path[t] - result.target.sigma))
+    assert math.isfinite(far) and far > 1e3 * SD  # the stated bound, in √v
+    row = _fit_row(result, SD)
+    assert row[2] == f"diverged at step {t}" and "nan" not in " ".join(map(str, row)).lower()
+    assert "inf" not in " ".join(map(str, row)).lower()
