@@ -347,3 +347,14 @@ def test_tensorboard_and_lightning_log_the_same_finite_scalars(monkeypatch):
     assert all(math.isfinite(v) for _, m in trainer.logger.logged for v in m.values())
     assert set(trainer.logger.logged[1][1]) == by_step[1]
     assert by_step[0] - {"gradient/monitor_share"} <= set(trainer.logger.logged[0][1])
+
+
+def test_plot_marks_a_single_measurement():
+    """A group measured once is a line of one point, which draws nothing; it is drawn as a marker."""
+    from gradest.monitor import plot
+
+    fig = plot([{"step": 0, "group": "all", "variance": 1.0, "variance_stderr": 0.1, "snr": 2.0},
+                {"step": 0, "group": "enc", "variance": 2.0, "variance_stderr": 0.1, "snr": 3.0},
+                {"step": 5, "group": "enc", "variance": 1.5, "variance_stderr": 0.1, "snr": 3.0}])
+    markers = {line.get_label(): line.get_marker() for line in fig.axes[0].get_lines()}
+    assert markers == {"all": "o", "enc": "None"}

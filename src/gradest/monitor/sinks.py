@@ -117,6 +117,8 @@ def plot(records: Iterable[GroupStats | Mapping[str, Any]], path: str | os.PathL
         style = {"color": colours[runs.index(run)], "ls": styles[groups.index(group) % len(styles)]} \
             if series else {"color": colours[groups.index(group)], "ls": "-"}
         label = f"{run} {group}" if series else group
+        if len(steps) == 1:  # a line of one point draws nothing: mark it
+            style["marker"] = "o"
         ax_var.plot(steps, [v if v > 0 else math.nan for v in var], lw=1.3, label=label, **style)
         low = [max(v - e, v * 1e-3) if v > 0 else math.nan for v, e in zip(var, err, strict=True)]
         high = [v + e if v > 0 else math.nan for v, e in zip(var, err, strict=True)]
