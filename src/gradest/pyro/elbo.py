@@ -32,6 +32,7 @@ Model evaluations per step, at K particles: 1 (pathwise, score sites) plus, per 
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -173,6 +174,10 @@ class ELBO(PyroELBO):
         guide_sites = _sample_sites(guide_trace)
         model_sites = _sample_sites(model_trace)
         _check_pairing(guide_trace, guide_sites, model_trace, model_sites)
+        unknown = [n for n in self.estimators if n not in guide_sites]
+        if unknown:
+            raise GradestError(f"estimators names {', '.join(map(repr, unknown))}, which the guide does not "
+                               f"sample; its sites are {', '.join(map(repr, guide_sites)) or 'none'}")
         relaxed = any(self.sites[n].role == "reparameterized" and self.sites[n].estimator.capabilities.biased
                       for n in guide_sites)
         costs: dict[tuple[str, str], torch.Tensor] = {}
@@ -261,9 +266,10 @@ class ELBO(PyroELBO):
     # state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
-        """The generator's state and each site's estimator state (tensors, numbers, dicts only)."""
-        return {"generator": self.generator.get_state(),
-                "sites": {n: _estimator_state(s) for n, s in self.sites.items()}}
+        """The generator's state and each site's estimator state (tensors, numbers, dicts only; copies,
+        so later steps leave them as they were)."""
+        sites = {n: _estimator_state(s) for n, s in self.sites.items()}
+        return copy.deepcopy({"generator": self.generator.get_state(), "sites": {**self._pending, **sites}})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Restore :meth:`state_dict`'s output (sites not met yet are restored on first sight)."""
@@ -274,7 +280,7 @@ class ELBO(PyroELBO):
             if n in self.sites:
                 _load_estimator(self.sites[n], s)
             else:
-                self._pending[n] = s
+                self._pending[n] = copy.deepcopy(s)
 
     def __repr__(self) -> str:
         chosen = {n: s.spec for n, s in self.sites.items()} or self.estimators

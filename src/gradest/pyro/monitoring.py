@@ -3,8 +3,8 @@
 monitor's generator, so the monitor shows which site's estimator carries the variance.
 
     groups = site_groups(elbo, model, guide, data)
-    monitor = GradientMonitor(groups, monitor_loss(elbo, model, guide, data), state=[elbo], repeats=32)
-    monitor.step(step)            # then svi.step(data) as usual: the run is unchanged
+    monitor = GradientMonitor(groups, monitor_loss(elbo, model, guide), state=[elbo], repeats=32)
+    monitor.step(step, (data,))   # then svi.step(data) as usual: the run is unchanged
 """
 
 from __future__ import annotations
@@ -23,9 +23,10 @@ from gradest.pyro.traces import Draw
 
 
 def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any
-                ) -> dict[str, dict[str, torch.Tensor]]:
-    """"site:NAME" -> {param name: unconstrained tensor} for every guide site whose distribution is
-    computed from Pyro parameters (a parameter shared by sites is in each of their groups)."""
+                ) -> dict[str, list[torch.Tensor]]:
+    """"site:NAME" -> the unconstrained Pyro parameters its distribution is computed from, for every
+    guide site that has some (a parameter shared by sites is in each of their groups); the monitor's
+    ``params`` argument."""
     if not isinstance(elbo, ELBO):
         raise GradestError(f"site_groups needs a gradest.pyro.ELBO, got {type(elbo).__name__}")
     layout = elbo.layout(model, guide, args, kwargs)
@@ -34,7 +35,7 @@ def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwar
         guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
     store = pyro.get_param_store()
     leaves = {n: store._params[n] for n in params.trace.nodes if n in store._params}
-    groups: dict[str, dict[str, torch.Tensor]] = {}
+    groups: dict[str, list[torch.Tensor]] = {}
     for name, site in guide_trace.nodes.items():
         if site["type"] != "sample" or site["is_observed"] or name not in elbo.sites:
             continue
@@ -43,7 +44,7 @@ def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwar
             continue
         grads = torch.autograd.grad(sum(t.sum() for t in tensors), list(leaves.values()), allow_unused=True,
                                     retain_graph=True)
-        members = {n: p for (n, p), g in zip(leaves.items(), grads, strict=True) if g is not None}
+        members = [p for p, g in zip(leaves.values(), grads, strict=True) if g is not None]
         if members:
             groups[f"site:{name}"] = members
     if not groups:
@@ -52,14 +53,14 @@ def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwar
     return groups
 
 
-def monitor_loss(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+def monitor_loss(elbo: ELBO, model: Callable, guide: Callable, **kwargs: Any
                  ) -> Callable[[Any, torch.Generator], torch.Tensor]:
-    """``loss_fn(batch, generator)`` for the monitor: the ELBO's surrogate on ``args`` (or on
-    ``batch``, a tuple of the model's positional arguments, when given), its noise from the
-    monitor's generator; a measurement, not a training step (nothing learns)."""
+    """``loss_fn(batch, generator)`` for the monitor: the ELBO's surrogate with ``batch`` as the
+    model's and guide's positional arguments (a tuple; ``()`` for none, a tensor for one), its noise
+    from the monitor's generator; a measurement, not a training step (nothing learns)."""
 
     def loss_fn(batch: Any, generator: torch.Generator) -> torch.Tensor:
-        given = args if batch is None else (tuple(batch) if isinstance(batch, tuple | list) else (batch,))
+        given = tuple(batch) if isinstance(batch, tuple | list) else (batch,)
         return elbo.surrogate(model, guide, given, kwargs, generator, learn=False)
 
     return loss_fn

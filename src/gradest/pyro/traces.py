@@ -28,6 +28,7 @@ from gradest import rng
 from gradest.errors import GradestError
 from gradest.estimators.base import Node
 from gradest.estimators.pathwise import Pathwise
+from gradest.graph.roles import node_tensors
 from gradest.provenance import Provenance
 from gradest.pyro.sites import Site
 
@@ -45,7 +46,16 @@ class Layout(NamedTuple):
         """``fn`` run inside the outermost particle plate."""
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             with pyro.plate(PARTICLES, self.particles, dim=-(self.nesting + 1)):
-                return fn(*args, **kwargs)
+                try:
+                    return fn(*args, **kwargs)
+                except ValueError as err:
+                    if PARTICLES not in str(err):
+                        raise
+                    raise GradestError(
+                        f"a site's batch shape collides with the particles at dim −{self.nesting + 1} "
+                        f"(max_plate_nesting={self.nesting}): {str(err).splitlines()[0]}; declare its batch "
+                        "dims with pyro.plate (or move them into the event with .to_event()), or raise "
+                        "max_plate_nesting") from None
         return wrapped
 
     def pad(self, t: torch.Tensor, what: str) -> torch.Tensor:
@@ -138,7 +148,8 @@ class Draw(Messenger):
                 "move them into the event with .to_event()), or raise max_plate_nesting")
         site = self.plan(name, fn)
         est = site.estimator
-        node = Node(fn, self.layout.particles, True, batch[1:], fn.event_shape, type(fn), {}, learn=self.learn)
+        node = Node(fn, self.layout.particles, True, batch[1:], fn.event_shape, type(fn), node_tensors(fn),
+                    learn=self.learn)
         if site.role == "reparameterized" and not isinstance(est, Pathwise):
             x = est.node_sample(node, self.generator)  # the relaxation's own draw (checks its health)
         else:
