@@ -148,9 +148,10 @@ class Draw(Messenger):
                 "move them into the event with .to_event()), or raise max_plate_nesting")
         site = self.plan(name, fn)
         est = site.estimator
-        node = Node(fn, self.layout.particles, True, batch[1:], fn.event_shape, type(fn), node_tensors(fn),
-                    learn=self.learn)
-        if site.role == "reparameterized" and not isinstance(est, Pathwise):
+        relaxed = site.role == "reparameterized" and not isinstance(est, Pathwise)
+        node = Node(fn, self.layout.particles, True, batch[1:], fn.event_shape, type(fn),
+                    node_tensors(fn) if relaxed else {}, learn=self.learn)
+        if relaxed:
             x = est.node_sample(node, self.generator)  # the relaxation's own draw (checks its health)
         else:
             x = rng.sample(fn, (), self.generator, site.role == "reparameterized")
