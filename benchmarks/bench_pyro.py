@@ -51,16 +51,23 @@ def regression(n: int, d: int, seed: int):
         loc = pyro.param("loc", torch.zeros(d))
         scale = pyro.param("scale", torch.ones(d), constraint=dist.constraints.positive)
         pyro.sample("w", dist.Normal(loc, scale).to_event(1))
-        pyro.sample("s", dist.LogNormal(pyro.param("sl", torch.tensor(0.0)),
-                                        pyro.param("ss", torch.tensor(1.0), constraint=dist.constraints.positive)))
+        pyro.sample(
+            "s",
+            dist.LogNormal(
+                pyro.param("sl", torch.tensor(0.0)),
+                pyro.param("ss", torch.tensor(1.0), constraint=dist.constraints.positive),
+            ),
+        )
 
     return model, guide
 
 
 def part_a(k: int, blocks: int, steps: int) -> None:
     model, guide = regression(500, 10, 0)
-    elbos = {"Trace_ELBO": lambda: Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1),
-             "gradest.pyro.ELBO": lambda: gp.ELBO(num_particles=k, max_plate_nesting=1, seed=0)}
+    elbos = {
+        "Trace_ELBO": lambda: Trace_ELBO(num_particles=k, vectorize_particles=True, max_plate_nesting=1),
+        "gradest.pyro.ELBO": lambda: gp.ELBO(num_particles=k, max_plate_nesting=1, seed=0),
+    }
     svis, times = {}, {name: [] for name in elbos}
     for name, make in elbos.items():
         pyro.clear_param_store()
@@ -73,8 +80,10 @@ def part_a(k: int, blocks: int, steps: int) -> None:
                 svi.step()
             times[name].append((time.perf_counter() - start) / steps)
     base = statistics.median(times["Trace_ELBO"])
-    print(f"\n(a) all-reparameterized model, K = {k}, one thread: median seconds per SVI step over "
-          f"{blocks} alternating blocks of {steps}")
+    print(
+        f"\n(a) all-reparameterized model, K = {k}, one thread: median seconds per SVI step over "
+        f"{blocks} alternating blocks of {steps}"
+    )
     print("| ELBO | s/step | ratio to Trace_ELBO |\n|---|---|---|")
     for name, ts in times.items():
         print(f"| {name} | {statistics.median(ts):.5f} | {statistics.median(ts) / base:.3f} |")
@@ -82,9 +91,13 @@ def part_a(k: int, blocks: int, steps: int) -> None:
 
 # ── (b) sigmoid belief network ──────────────────────────────────────────────────────────────────
 
+
 def sbn(hidden: int, dim: int, seed: int):
     g = make_generator(seed)
-    init = {"W": 0.01 * torch.randn(hidden, dim, generator=g), "E": 0.01 * torch.randn(dim, hidden, generator=g)}
+    init = {
+        "W": 0.01 * torch.randn(hidden, dim, generator=g),
+        "E": 0.01 * torch.randn(dim, hidden, generator=g),
+    }
 
     def model(x):
         prior = pyro.param("prior", torch.zeros(hidden))
@@ -98,8 +111,11 @@ def sbn(hidden: int, dim: int, seed: int):
         e = pyro.param("E", init["E"].clone())
         bias = pyro.param("e", torch.zeros(hidden))
         with pyro.plate("data", x.shape[0]):
-            pyro.sample("b", dist.Bernoulli(logits=x @ e + bias).to_event(1),
-                        infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}})
+            pyro.sample(
+                "b",
+                dist.Bernoulli(logits=x @ e + bias).to_event(1),
+                infer={"baseline": {"use_decaying_avg_baseline": True, "baseline_beta": 0.9}},
+            )
 
     return model, guide
 
@@ -137,6 +153,7 @@ def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
 
         def loss_fn(elbo=elbo):
             elbo.loss_and_grads(model, guide, train)  # a training step's gradient (state advances)
+
         guide(train)
         model(train)
         start_var = encoder_variance(loss_fn, repeats)
@@ -153,12 +170,20 @@ def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
             test = judge.loss(model, guide, held) / batch
         rows.append((name, start_var, end_var, final, test, seconds, evaluations[name]))
     base = rows[0][5]
-    print(f"\n(b) sigmoid belief network on mnist5k: {batch} images, H = {hidden}, K = {k} particles, {steps} Adam "
-          f"steps (lr 0.01); encoder gradient variance tr Cov over {repeats} calls")
-    print("| ELBO at site b | var at start | var at end | −ELBO/image train | −ELBO/image held-out | s/step "
-          "| ratio to TraceGraph | model runs/step |\n|---|---|---|---|---|---|---|---|")
+    print(
+        f"\n(b) sigmoid belief network on mnist5k: {batch} images, H = {hidden}, K = {k} particles, "
+        f"{steps} Adam "
+        f"steps (lr 0.01); encoder gradient variance tr Cov over {repeats} calls"
+    )
+    print(
+        "| ELBO at site b | var at start | var at end | −ELBO/image train | −ELBO/image held-out | s/step "
+        "| ratio to TraceGraph | model runs/step |\n|---|---|---|---|---|---|---|---|"
+    )
     for name, v0, v1, final, test, sec, ev in rows:
-        print(f"| {name} | {v0:.4g} | {v1:.4g} | {final:.2f} | {test:.2f} | {sec:.4f} | {sec / base:.2f} | {ev} |")
+        print(
+            f"| {name} | {v0:.4g} | {v1:.4g} | {final:.2f} | {test:.2f} | {sec:.4f} | {sec / base:.2f} "
+            f"| {ev} |"
+        )
 
 
 def main() -> None:
@@ -172,8 +197,9 @@ def main() -> None:
     if a:
         part_a(k=8, blocks=3, steps=10) if args.quick else part_a(k=8, blocks=15, steps=40)
     if b:
-        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8) if args.quick else \
-            part_b(k=4, steps=300, batch=100, hidden=20, repeats=40)
+        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8) if args.quick else part_b(
+            k=4, steps=300, batch=100, hidden=20, repeats=40
+        )
 
 
 if __name__ == "__main__":

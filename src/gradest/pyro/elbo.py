@@ -42,15 +42,15 @@ import pyro.poutine as poutine
 import torch
 import torch.nn.functional as F
 from pyro.distributions.util import scale_and_mask
-from pyro.infer import ELBO as PyroELBO  # noqa: N811
+from pyro.infer import ELBO as PyroELBO
 from pyro.poutine.messenger import Messenger
 from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
 from gradest import rng
 from gradest.errors import GradestError
 from gradest.estimators.base import BoundCost, Estimator, Node, unwrap
-from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.baselines import MovingAverage
+from gradest.estimators.enumeration import Enumerate
 from gradest.estimators.rebar import Rebar
 from gradest.graph.roles import node_tensors, rebuild
 from gradest.provenance import Provenance
@@ -74,30 +74,51 @@ class ELBO(PyroELBO):
         vectorize_particles: must be True (the particles are a batch, never a Python loop).
     """
 
-    def __init__(self, num_particles: int = 1, max_plate_nesting: float = float("inf"),
-                 vectorize_particles: bool = True, estimators: Mapping[str, str | Estimator] | None = None,
-                 default: str | None = None, seed: int | torch.Generator = 0, retain_graph: bool | None = None,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self,
+        num_particles: int = 1,
+        max_plate_nesting: float = float("inf"),
+        vectorize_particles: bool = True,
+        estimators: Mapping[str, str | Estimator] | None = None,
+        default: str | None = None,
+        seed: int | torch.Generator = 0,
+        retain_graph: bool | None = None,
+        **kwargs: Any,
+    ) -> None:
         if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
             raise GradestError(f"num_particles must be an integer ≥ 1, got {num_particles!r}")
         if not vectorize_particles:
-            raise GradestError("gradest.pyro.ELBO draws its particles as one batch (an outermost pyro.plate), "
-                               "never a Python loop: use vectorize_particles=True (and max_plate_nesting)")
-        if max_plate_nesting != float("inf") and (isinstance(max_plate_nesting, bool) or not isinstance(
-                max_plate_nesting, int) or max_plate_nesting < 0):
+            raise GradestError(
+                "gradest.pyro.ELBO draws its particles as one batch (an outermost pyro.plate), "
+                "never a Python loop: use vectorize_particles=True (and max_plate_nesting)"
+            )
+        if max_plate_nesting != float("inf") and (
+            isinstance(max_plate_nesting, bool)
+            or not isinstance(max_plate_nesting, int)
+            or max_plate_nesting < 0
+        ):
             raise GradestError(f"max_plate_nesting must be an integer ≥ 0, got {max_plate_nesting!r}")
         if estimators is not None and not isinstance(estimators, Mapping):
-            raise GradestError("estimators must be a mapping guide site name -> estimator name, e.g. "
-                               f"{{'b': 'disarm'}}, got {type(estimators).__name__}")
+            raise GradestError(
+                "estimators must be a mapping guide site name -> estimator name, e.g. "
+                f"{{'b': 'disarm'}}, got {type(estimators).__name__}"
+            )
         if default is not None and not isinstance(default, str | Estimator):
             raise GradestError(f"default must be an estimator name or None, got {type(default).__name__}")
-        super().__init__(num_particles=num_particles, max_plate_nesting=max_plate_nesting,
-                         vectorize_particles=True, retain_graph=retain_graph, **kwargs)
+        super().__init__(
+            num_particles=num_particles,
+            max_plate_nesting=max_plate_nesting,
+            vectorize_particles=True,
+            retain_graph=retain_graph,
+            **kwargs,
+        )
         #: P as the user gave it (Pyro's own ``max_plate_nesting`` counts the particle dim too)
         self.plate_nesting = None if max_plate_nesting == float("inf") else int(max_plate_nesting)
         self.estimators = dict(estimators or {})
         self.default = default
-        self.generator = seed if isinstance(seed, torch.Generator) else rng.make_generator(rng.check_seed(seed))
+        self.generator = (
+            seed if isinstance(seed, torch.Generator) else rng.make_generator(rng.check_seed(seed))
+        )
         #: guide site name -> its Site (estimator objects kept across steps: their state is the ELBO's)
         self.sites: dict[str, Site] = {}
         self._pending: dict[str, dict[str, Any]] = {}
@@ -110,7 +131,9 @@ class ELBO(PyroELBO):
             run = self._run(model, guide, args, kwargs, self.generator, learn=False)
             return float(run["loss"])
 
-    def differentiable_loss(self, model: Callable, guide: Callable, *args: Any, **kwargs: Any) -> torch.Tensor:
+    def differentiable_loss(
+        self, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+    ) -> torch.Tensor:
         """A scalar: value −ELBO's estimate, gradient the site estimators' (a training step: learned
         controls and moving averages advance)."""
         return self.surrogate(model, guide, args, kwargs, self.generator, learn=True)
@@ -124,13 +147,22 @@ class ELBO(PyroELBO):
 
     def _get_trace(self, model: Callable, guide: Callable, args: tuple, kwargs: Mapping[str, Any]):
         """Pyro's per-particle trace hook: unused (the particles are one batch: :meth:`surrogate`)."""
-        raise NotImplementedError("gradest.pyro.ELBO runs its particles as one batch; call loss, "
-                                  "loss_and_grads or differentiable_loss")
+        raise NotImplementedError(
+            "gradest.pyro.ELBO runs its particles as one batch; call loss, "
+            "loss_and_grads or differentiable_loss"
+        )
 
     # the estimator -------------------------------------------------------------------------
 
-    def surrogate(self, model: Callable, guide: Callable, args: tuple, kwargs: Mapping[str, Any],
-                  generator: torch.Generator, learn: bool = False) -> torch.Tensor:
+    def surrogate(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: Mapping[str, Any],
+        generator: torch.Generator,
+        learn: bool = False,
+    ) -> torch.Tensor:
         """The surrogate of the module docstring, its noise from ``generator``; ``learn``: a training
         step (RELAX's control takes its variance step, moving-average baselines advance)."""
         return self._run(model, guide, args, kwargs, generator, learn, estimate=True)["surrogate"]
@@ -142,6 +174,8 @@ class ELBO(PyroELBO):
             spec = self.estimators.get(name, self.default)
             if spec is None:
                 spec = default_spec(fn, self.num_particles)
+            elif isinstance(spec, Estimator) and spec is self.default:
+                spec = copy.deepcopy(spec)  # each site keeps its own state (a baseline, a control)
             site = resolve(name, fn, spec, self.num_particles)
             self.sites[name] = site
             if name in self._pending:
@@ -157,8 +191,16 @@ class ELBO(PyroELBO):
             self.plate_nesting = _nesting_or_refuse(model, guide, args, kwargs)
         return Layout(self.num_particles, self.plate_nesting)
 
-    def _run(self, model: Callable, guide: Callable, args: tuple, kwargs: Mapping[str, Any],
-             generator: torch.Generator, learn: bool, estimate: bool = False) -> dict[str, torch.Tensor]:
+    def _run(
+        self,
+        model: Callable,
+        guide: Callable,
+        args: tuple,
+        kwargs: Mapping[str, Any],
+        generator: torch.Generator,
+        learn: bool,
+        estimate: bool = False,
+    ) -> dict[str, torch.Tensor]:
         rng.check_generator(generator)
         layout = self.layout(model, guide, args, kwargs)
         k = layout.particles
@@ -170,16 +212,22 @@ class ELBO(PyroELBO):
                 guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
         else:
             guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(layout.wrap(model), trace=guide_trace)).get_trace(*args, **kwargs)
+        model_trace = poutine.trace(poutine.replay(layout.wrap(model), trace=guide_trace)).get_trace(
+            *args, **kwargs
+        )
         guide_sites = _sample_sites(guide_trace)
         model_sites = _sample_sites(model_trace)
         _check_pairing(guide_trace, guide_sites, model_trace, model_sites)
         unknown = [n for n in self.estimators if n not in guide_sites]
         if unknown:
-            raise GradestError(f"estimators names {', '.join(map(repr, unknown))}, which the guide does not "
-                               f"sample; its sites are {', '.join(map(repr, guide_sites)) or 'none'}")
-        relaxed = any(self.sites[n].role == "reparameterized" and self.sites[n].estimator.capabilities.biased
-                      for n in guide_sites)
+            raise GradestError(
+                f"estimators names {', '.join(map(repr, unknown))}, which the guide does not "
+                f"sample; its sites are {', '.join(map(repr, guide_sites)) or 'none'}"
+            )
+        relaxed = any(
+            self.sites[n].role == "reparameterized" and self.sites[n].estimator.capabilities.biased
+            for n in guide_sites
+        )
         costs: dict[tuple[str, str], torch.Tensor] = {}
         total = 0.0
         for n in model_sites:
@@ -205,20 +253,30 @@ class ELBO(PyroELBO):
         for i, n in enumerate(guide_sites):
             site = self.sites[n]
             if site.role == "score":
-                extra = extra + self._score_term(n, i, guide_trace, guide_sites, model_trace, model_sites,
-                                                 costs, layout)
+                extra = extra + self._score_term(
+                    n, i, guide_trace, guide_sites, model_trace, model_sites, costs, layout
+                )
             elif site.role == "callable":
                 if provenance is None:  # the site was met first in this call: its provenance is read now
                     return self._run(model, guide, args, kwargs, generator, learn, estimate)
-                _refuse_dependents(n, site, guide_sites[i + 1:], draw.origins)
-                extra = extra + self._callable_term(n, guide_trace, model, model_trace, model_sites, args,
-                                                    kwargs, layout, generator, learn)
+                _refuse_dependents(n, site, guide_sites[i + 1 :], draw.origins)
+                extra = extra + self._callable_term(
+                    n, guide_trace, model, model_trace, model_sites, args, kwargs, layout, generator, learn
+                )
         out["surrogate"] = loss + (extra - extra.detach()) / k if isinstance(extra, torch.Tensor) else loss
         return out
 
-    def _score_term(self, name: str, index: int, guide_trace, guide_sites: list[str], model_trace,
-                    model_sites: list[str], costs: Mapping[tuple[str, str], torch.Tensor],
-                    layout: Layout) -> torch.Tensor:
+    def _score_term(
+        self,
+        name: str,
+        index: int,
+        guide_trace,
+        guide_sites: list[str],
+        model_trace,
+        model_sites: list[str],
+        costs: Mapping[tuple[str, str], torch.Tensor],
+        layout: Layout,
+    ) -> torch.Tensor:
         """⟨(C_z − b_z).detach(), log q_z(z)⟩: the downstream cost per element, the baseline, the score."""
         target = guide_trace.nodes[name]
         logq = layout.pad(log_density(target, scaled=False), f"guide site {name!r}")
@@ -235,9 +293,19 @@ class ELBO(PyroELBO):
             weight = signal - baseline(signal) if not _no_baseline(baseline) else signal
         return (weight * logq).sum()
 
-    def _callable_term(self, name: str, guide_trace, model: Callable, model_trace, model_sites: list[str],
-                       args: tuple, kwargs: Mapping[str, Any], layout: Layout, generator: torch.Generator,
-                       learn: bool) -> torch.Tensor:
+    def _callable_term(
+        self,
+        name: str,
+        guide_trace,
+        model: Callable,
+        model_trace,
+        model_sites: list[str],
+        args: tuple,
+        kwargs: Mapping[str, Any],
+        layout: Layout,
+        generator: torch.Generator,
+        learn: bool,
+    ) -> torch.Tensor:
         """⟨φ, ĝ.detach()⟩ from the estimator's hook on a per-particle copy of the site."""
         site = self.sites[name]
         est = site.estimator
@@ -252,7 +320,9 @@ class ELBO(PyroELBO):
         rows = {key: v.requires_grad_(True) if v.is_floating_point() else v for key, v in rows.items()}
         copy = rebuild(name, fn, rows)
         node = Node(copy, k, True, copy.batch_shape[1:], copy.event_shape, type(fn), rows, learn=learn)
-        cost = BoundCost(f, (), {}, k, node.batch_shape, estimator=est.name, separable=est.capabilities.separable)
+        cost = BoundCost(
+            f, (), {}, k, node.batch_shape, estimator=est.name, separable=est.capabilities.separable
+        )
         live = [key for key, v in rows.items() if v.requires_grad]
         with torch.enable_grad():
             terms = est.terms(cost, node, generator)
@@ -303,20 +373,27 @@ def _check_pairing(guide_trace, guide_sites: list[str], model_trace, model_sites
     for n in model_sites:
         s = model_trace.nodes[n]
         if not s["is_observed"] and n not in guide_trace.nodes:
-            raise GradestError(f"model site {n!r} is neither observed nor a guide site; add it to the guide "
-                               "(or observe it with obs=)")
+            raise GradestError(
+                f"model site {n!r} is neither observed nor a guide site; add it to the guide "
+                "(or observe it with obs=)"
+            )
     for n in guide_sites:
         s = guide_trace.nodes[n]
         if n not in model_trace.nodes and not s["infer"].get("is_auxiliary"):
-            raise GradestError(f"guide site {n!r} is not a site of the model; rename it to the model's "
-                               "site, or mark it infer={'is_auxiliary': True}")
+            raise GradestError(
+                f"guide site {n!r} is not a site of the model; rename it to the model's "
+                "site, or mark it infer={'is_auxiliary': True}"
+            )
         if s["is_observed"]:
-            raise GradestError(f"guide site {n!r} is observed in the guide (obs=); only the model observes "
-                               "data: drop obs= from the guide")
+            raise GradestError(
+                f"guide site {n!r} is observed in the guide (obs=); only the model observes "
+                "data: drop obs= from the guide"
+            )
 
 
-def _enumerated(name: str, fn: Distribution, est: Enumerate, f: Callable[[torch.Tensor], torch.Tensor]
-                ) -> torch.Tensor:
+def _enumerated(
+    name: str, fn: Distribution, est: Enumerate, f: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
     """Σ_x p(x) f(x).detach() per particle and element, p live: its gradient is the exact gradient of
     E[f] in the site's family (every particle's own distribution), one batched run per support point."""
     family = unwrap(fn)
@@ -332,9 +409,11 @@ def _enumerated(name: str, fn: Distribution, est: Enumerate, f: Callable[[torch.
     support = size**variables
     if support > est.max_support:
         raise GradestError(
-            f"guide site {name!r}: enumerate sums over the {size}^{variables} = {support} joint values of the "
+            f"guide site {name!r}: enumerate sums over the {size}^{variables} = {support} joint values of "
+            "the "
             f"variables each cost element depends on, more than max_support = {est.max_support}; use "
-            "'disarm' (Bernoulli), 'unordered-set=K' (Categorical) or 'score-loo' for this site")
+            "'disarm' (Bernoulli), 'unordered-set=K' (Categorical) or 'score-loo' for this site"
+        )
     out = like.new_zeros(())
     block = fn.event_shape if per_element else fn.batch_shape[1:] + fn.event_shape
     for m in range(support):  # the support's points (each runs all particles at once), not the particles
@@ -354,22 +433,36 @@ def _point(index: torch.Tensor, family: Distribution, size: int, like: torch.Ten
     return index.to(like.dtype) if isinstance(family, Bernoulli) else index
 
 
-def _refuse_dependents(name: str, site: Site, later: list[str], origins: Mapping[str, frozenset[str]]) -> None:
+def _refuse_dependents(
+    name: str, site: Site, later: list[str], origins: Mapping[str, frozenset[str]]
+) -> None:
     for w in later:
         if name in origins.get(w, frozenset()):
             raise GradestError(
                 f"guide site {w!r} is computed from {name!r}, and {site.spec!r} re-evaluates the model at "
                 f"other values of {name!r} with the rest of the guide held fixed, which would be biased; "
-                f"use 'score-loo' for {name!r} (its signal counts {w!r}), or make {w!r} independent of it")
+                f"use 'score-loo' for {name!r} (its signal counts {w!r}), or make {w!r} independent of it"
+            )
 
 
-def _site_cost(name: str, target: Mapping[str, Any], model: Callable, model_trace, model_sites: list[str],
-               args: tuple, kwargs: Mapping[str, Any], layout: Layout) -> Callable[[torch.Tensor], torch.Tensor]:
+def _site_cost(
+    name: str,
+    target: Mapping[str, Any],
+    model: Callable,
+    model_trace,
+    model_sites: list[str],
+    args: tuple,
+    kwargs: Mapping[str, Any],
+    layout: Layout,
+) -> Callable[[torch.Tensor], torch.Tensor]:
     """f(x): the site's downstream model cost and its own log q (detached parameters) at z = x,
     per element ``[K, *B]`` when plate independence allows it, else ``[K]``."""
     start = model_sites.index(name)
-    fixed = {n: model_trace.nodes[n]["value"].detach() for n in model_sites
-             if not model_trace.nodes[n]["is_observed"]}
+    fixed = {
+        n: model_trace.nodes[n]["value"].detach()
+        for n in model_sites
+        if not model_trace.nodes[n]["is_observed"]
+    }
     own = rebuild(name, target["fn"], {key: v.detach() for key, v in node_tensors(target["fn"]).items()})
     shape = layout.pad(torch.zeros(target["fn"].batch_shape), "").shape
     structure = [(n, tuple(model_trace.nodes[n]["fn"].batch_shape)) for n in model_sites]
@@ -379,13 +472,18 @@ def _site_cost(name: str, target: Mapping[str, Any], model: Callable, model_trac
         data[name] = x
         with pyro.validation_enabled(False):
             trace = poutine.trace(poutine.condition(layout.wrap(model), data=data)).get_trace(*args, **kwargs)
-        found = [(n, tuple(s["fn"].batch_shape)) for n, s in trace.nodes.items()
-                 if s["type"] == "sample" and not is_subsample(s)]
+        found = [
+            (n, tuple(s["fn"].batch_shape))
+            for n, s in trace.nodes.items()
+            if s["type"] == "sample" and not is_subsample(s)
+        ]
         if found != structure:
             raise GradestError(
                 f"the model's sites change with the value of guide site {name!r} (dynamic structure: "
-                f"{[n for n, _ in structure]} became {[n for n, _ in found]}), so {name!r}'s estimator cannot "
-                "re-evaluate it; use 'score-loo' for this site")
+                f"{[n for n, _ in structure]} became {[n for n, _ in found]}), so {name!r}'s estimator "
+                "cannot "
+                "re-evaluate it; use 'score-loo' for this site"
+            )
         logq = scale_and_mask(unvalidated(own).log_prob(x), target["scale"], target["mask"])
         cost = layout.pad(logq, f"guide site {name!r}")
         separable = True
@@ -409,13 +507,20 @@ def _nesting_or_refuse(model: Callable, guide: Callable, args: tuple, kwargs: Ma
     with poutine.block(), torch.no_grad():
         guide_trace = poutine.trace(_Probe()(guide)).get_trace(*args, **kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
-    dims = [f.dim for tr in (guide_trace, model_trace) for s in tr.nodes.values()
-            if s["type"] == "sample" for f in s["cond_indep_stack"] if f.vectorized]
+    dims = [
+        f.dim
+        for tr in (guide_trace, model_trace)
+        for s in tr.nodes.values()
+        if s["type"] == "sample"
+        for f in s["cond_indep_stack"]
+        if f.vectorized
+    ]
     if dims:
         need = -min(dims)
         raise GradestError(
             f"max_plate_nesting is needed: the particles are an outermost pyro.plate left of the model's and "
-            f"guide's plate dims; pass max_plate_nesting={need} (the number of nested pyro.plate dims)")
+            f"guide's plate dims; pass max_plate_nesting={need} (the number of nested pyro.plate dims)"
+        )
     return 0
 
 
@@ -447,8 +552,10 @@ def _estimator_state(site: Site) -> dict[str, Any]:
 
 def _load_estimator(site: Site, state: Mapping[str, Any]) -> None:
     if state.get("spec") != site.spec:
-        raise GradestError(f"the saved state of guide site {site.name!r} is for {state.get('spec')!r}, and the "
-                           f"ELBO runs {site.spec!r} there; load it into an ELBO with the same estimators")
+        raise GradestError(
+            f"the saved state of guide site {site.name!r} is for {state.get('spec')!r}, and the "
+            f"ELBO runs {site.spec!r} there; load it into an ELBO with the same estimators"
+        )
     est = site.estimator
     if hasattr(est, "steps"):
         est.steps = int(state["steps"])

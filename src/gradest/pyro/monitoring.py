@@ -22,9 +22,10 @@ from gradest.pyro.elbo import ELBO
 from gradest.pyro.traces import Draw
 
 
-def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any
-                ) -> dict[str, list[torch.Tensor]]:
-    """"site:NAME" -> the unconstrained Pyro parameters its distribution is computed from, for every
+def site_groups(
+    elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwargs: Any
+) -> dict[str, list[torch.Tensor]]:
+    """ "site:NAME" -> the unconstrained Pyro parameters its distribution is computed from, for every
     guide site that has some (a parameter shared by sites is in each of their groups); the monitor's
     ``params`` argument."""
     if not isinstance(elbo, ELBO):
@@ -42,19 +43,23 @@ def site_groups(elbo: ELBO, model: Callable, guide: Callable, *args: Any, **kwar
         tensors = [t for t in node_tensors(site["fn"]).values() if t.requires_grad]
         if not tensors or not leaves:
             continue
-        grads = torch.autograd.grad(sum(t.sum() for t in tensors), list(leaves.values()), allow_unused=True,
-                                    retain_graph=True)
+        grads = torch.autograd.grad(
+            sum(t.sum() for t in tensors), list(leaves.values()), allow_unused=True, retain_graph=True
+        )
         members = [p for p, g in zip(leaves.values(), grads, strict=True) if g is not None]
         if members:
             groups[f"site:{name}"] = members
     if not groups:
-        raise GradestError("no guide site's distribution is computed from Pyro parameters (pyro.param or a "
-                           "PyroModule's); create the guide's parameters before calling site_groups")
+        raise GradestError(
+            "no guide site's distribution is computed from Pyro parameters (pyro.param or a "
+            "PyroModule's); create the guide's parameters before calling site_groups"
+        )
     return groups
 
 
-def monitor_loss(elbo: ELBO, model: Callable, guide: Callable, **kwargs: Any
-                 ) -> Callable[[Any, torch.Generator], torch.Tensor]:
+def monitor_loss(
+    elbo: ELBO, model: Callable, guide: Callable, **kwargs: Any
+) -> Callable[[Any, torch.Generator], torch.Tensor]:
     """``loss_fn(batch, generator)`` for the monitor: the ELBO's surrogate with ``batch`` as the
     model's and guide's positional arguments (a tuple; ``()`` for none, a tensor for one), its noise
     from the monitor's generator; a measurement, not a training step (nothing learns)."""

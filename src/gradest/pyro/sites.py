@@ -58,17 +58,23 @@ def resolve(name: str, fn: Distribution, spec: str | Estimator, num_particles: i
         raise GradestError(f"guide site {name!r}: {err}") from None
     label = est.name
     if est.sampler is not None:
-        raise GradestError(f"guide site {name!r}: {label!r} draws dependent samples (a sampler suffix), which "
-                           "the ELBO's independent particles cannot hold; drop the '+…' suffix")
+        raise GradestError(
+            f"guide site {name!r}: {label!r} draws dependent samples (a sampler suffix), which "
+            "the ELBO's independent particles cannot hold; drop the '+…' suffix"
+        )
     role = est.capabilities.node
     if role == "none":
-        raise GradestError(f"guide site {name!r}: {label!r} {est.node_refusal}, which a Pyro site cannot "
-                           f"hand over; use {alternative(fn, num_particles)} for this site")
+        raise GradestError(
+            f"guide site {name!r}: {label!r} {est.node_refusal}, which a Pyro site cannot "
+            f"hand over; use {alternative(fn, num_particles)} for this site"
+        )
     reason = est.applicable(fn)
     if reason is not None:
         raise GradestError(f"guide site {name!r}: {reason}")
     if est.min_samples > num_particles:
-        raise GradestError(f"guide site {name!r}: {label!r} needs num_particles ≥ {est.min_samples} (its "
-                           f"baseline uses the other particles), got {num_particles}; raise num_particles "
-                           f"or use {alternative(fn, 1)}")
+        raise GradestError(
+            f"guide site {name!r}: {label!r} needs num_particles ≥ {est.min_samples} (its "
+            f"baseline uses the other particles), got {num_particles}; raise num_particles "
+            f"or use {alternative(fn, 1)}"
+        )
     return Site(name, label, est, role)

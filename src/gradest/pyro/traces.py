@@ -44,6 +44,7 @@ class Layout(NamedTuple):
 
     def wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         """``fn`` run inside the outermost particle plate."""
+
         def wrapped(*args: Any, **kwargs: Any) -> Any:
             with pyro.plate(PARTICLES, self.particles, dim=-(self.nesting + 1)):
                 try:
@@ -55,7 +56,9 @@ class Layout(NamedTuple):
                         f"a site's batch shape collides with the particles at dim −{self.nesting + 1} "
                         f"(max_plate_nesting={self.nesting}): {str(err).splitlines()[0]}; declare its batch "
                         "dims with pyro.plate (or move them into the event with .to_event()), or raise "
-                        "max_plate_nesting") from None
+                        "max_plate_nesting"
+                    ) from None
+
         return wrapped
 
     def pad(self, t: torch.Tensor, what: str) -> torch.Tensor:
@@ -65,7 +68,8 @@ class Layout(NamedTuple):
             raise GradestError(
                 f"{what} has batch shape {list(t.shape)}, with dims left of the {self.nesting} plate dims "
                 f"(max_plate_nesting={self.nesting}) that no pyro.plate declares; declare them with "
-                "pyro.plate, move them into the event with .to_event(), or raise max_plate_nesting")
+                "pyro.plate, move them into the event with .to_event(), or raise max_plate_nesting"
+            )
         t = t.reshape(*([1] * (full - t.dim())), *t.shape)
         return t.expand(self.particles, *t.shape[1:])
 
@@ -91,13 +95,17 @@ def reduce(cost: torch.Tensor, source: Mapping[str, Any], target: Mapping[str, A
     if any(name in t_seq and t_seq[name] != i for name, i in s_seq.items()):
         return None
     nesting = cost.dim() - 1
-    summed = [d for d in range(-nesting, 0)
-              if cost.shape[d] > 1 and (s_dims.get(d) is None or s_dims.get(d) != t_dims.get(d))]
+    summed = [
+        d
+        for d in range(-nesting, 0)
+        if cost.shape[d] > 1 and (s_dims.get(d) is None or s_dims.get(d) != t_dims.get(d))
+    ]
     return cost.sum(summed, keepdim=True) if summed else cost
 
 
-def log_density(site: Mapping[str, Any], value: torch.Tensor | None = None,
-                scaled: bool = True) -> torch.Tensor:
+def log_density(
+    site: Mapping[str, Any], value: torch.Tensor | None = None, scaled: bool = True
+) -> torch.Tensor:
     """log p of the site's value (or ``value``), masked, scaled unless ``scaled=False``."""
     lp = site["fn"].log_prob(site["value"] if value is None else value)
     return scale_and_mask(lp, site["scale"] if scaled else 1.0, site["mask"])
@@ -121,8 +129,14 @@ class Draw(Messenger):
     """Draws every unobserved guide site from ``generator`` by its site's role; records provenance
     (which earlier sites each site's distribution was computed from) when ``provenance`` is given."""
 
-    def __init__(self, plan: Callable[[str, Distribution], Site], layout: Layout, generator: torch.Generator,
-                 learn: bool, provenance: Provenance | None = None) -> None:
+    def __init__(
+        self,
+        plan: Callable[[str, Distribution], Site],
+        layout: Layout,
+        generator: torch.Generator,
+        learn: bool,
+        provenance: Provenance | None = None,
+    ) -> None:
         super().__init__()
         self.plan, self.layout, self.generator, self.learn = plan, layout, generator, learn
         self.provenance = provenance
@@ -134,9 +148,11 @@ class Draw(Messenger):
             return
         name, fn = msg["name"], msg["fn"]
         if msg["infer"].get("enumerate"):
-            raise GradestError(f"guide site {name!r} asks for Pyro's enumeration (infer={{'enumerate': …}}); "
-                               "gradest.pyro.ELBO sums over a site's values with estimators={"
-                               f"{name!r}: 'enumerate'}} instead: drop the infer flag")
+            raise GradestError(
+                f"guide site {name!r} asks for Pyro's enumeration (infer={{'enumerate': …}}); "
+                "gradest.pyro.ELBO sums over a site's values with estimators={"
+                f"{name!r}: 'enumerate'}} instead: drop the infer flag"
+            )
         if not isinstance(fn, Distribution):
             raise GradestError(f"guide site {name!r} is not a torch distribution ({type(fn).__name__})")
         batch = fn.batch_shape
@@ -145,12 +161,21 @@ class Draw(Messenger):
                 f"guide site {name!r} has batch shape {list(batch)}, and with {self.layout.particles} "
                 f"particles and max_plate_nesting={self.layout.nesting} it must be [K, …] with "
                 f"{self.layout.nesting} plate dims: declare its batch dims with pyro.plate (or "
-                "move them into the event with .to_event()), or raise max_plate_nesting")
+                "move them into the event with .to_event()), or raise max_plate_nesting"
+            )
         site = self.plan(name, fn)
         est = site.estimator
         relaxed = site.role == "reparameterized" and not isinstance(est, Pathwise)
-        node = Node(fn, self.layout.particles, True, batch[1:], fn.event_shape, type(fn),
-                    node_tensors(fn) if relaxed else {}, learn=self.learn)
+        node = Node(
+            fn,
+            self.layout.particles,
+            True,
+            batch[1:],
+            fn.event_shape,
+            type(fn),
+            node_tensors(fn) if relaxed else {},
+            learn=self.learn,
+        )
         if relaxed:
             x = est.node_sample(node, self.generator)  # the relaxation's own draw (checks its health)
         else:
