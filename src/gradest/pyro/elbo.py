@@ -463,6 +463,10 @@ def _site_cost(
         for n in model_sites
         if not model_trace.nodes[n]["is_observed"]
     }
+    # a subsampling plate's indices too: the re-run sees the same minibatch
+    fixed.update(
+        {n: s["value"] for n, s in model_trace.nodes.items() if s["type"] == "sample" and is_subsample(s)}
+    )
     own = rebuild(name, target["fn"], {key: v.detach() for key, v in node_tensors(target["fn"]).items()})
     shape = layout.pad(torch.zeros(target["fn"].batch_shape), "").shape
     structure = [(n, tuple(model_trace.nodes[n]["fn"].batch_shape)) for n in model_sites]
