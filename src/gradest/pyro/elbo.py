@@ -33,27 +33,20 @@ Model evaluations per step, at K particles: 1 (pathwise, score sites) plus, per 
 from __future__ import annotations
 
 import copy
-import math
 from collections.abc import Callable, Mapping
 from typing import Any
 
-import pyro
 import pyro.poutine as poutine
 import torch
-import torch.nn.functional as F
-from pyro.distributions.util import scale_and_mask
 from pyro.infer import ELBO as PyroELBO
 from pyro.poutine.messenger import Messenger
-from torch.distributions import Bernoulli, Categorical, Distribution, OneHotCategorical
 
 from gradest import rng
 from gradest.errors import GradestError
-from gradest.estimators.base import BoundCost, Estimator, Node, unwrap
-from gradest.estimators.baselines import MovingAverage
+from gradest.estimators.base import Estimator
 from gradest.estimators.enumeration import Enumerate
-from gradest.estimators.rebar import Rebar
-from gradest.graph.roles import node_tensors, rebuild
 from gradest.provenance import Provenance
+from gradest.pyro import reevaluate, state
 from gradest.pyro.sites import Site, default_spec, resolve
 from gradest.pyro.traces import Draw, Layout, is_subsample, log_density, reduce, unvalidated
 
@@ -179,7 +172,7 @@ class ELBO(PyroELBO):
             site = resolve(name, fn, spec, self.num_particles)
             self.sites[name] = site
             if name in self._pending:
-                _load_estimator(site, self._pending.pop(name))
+                state.load_estimator(site, self._pending.pop(name))
         else:
             reason = site.estimator.applicable(fn)
             if reason is not None:
@@ -259,7 +252,7 @@ class ELBO(PyroELBO):
             elif site.role == "callable":
                 if provenance is None:  # the site was met first in this call: its provenance is read now
                     return self._run(model, guide, args, kwargs, generator, learn, estimate)
-                _refuse_dependents(n, site, guide_sites[i + 1 :], draw.origins)
+                reevaluate.refuse_dependents(n, site, guide_sites[i + 1 :], draw.origins)
                 extra = extra + self._callable_term(
                     n, guide_trace, model, model_trace, model_sites, args, kwargs, layout, generator, learn
                 )
@@ -312,33 +305,17 @@ class ELBO(PyroELBO):
         target = guide_trace.nodes[name]
         fn = target["fn"]
         k = layout.particles
-        f = _site_cost(name, target, model, model_trace, model_sites, args, kwargs, layout)
+        f = reevaluate.site_cost(name, target, model, model_trace, model_sites, args, kwargs, layout)
         if isinstance(est, Enumerate):
-            return _enumerated(name, fn, est, f)
-        family = node_tensors(fn)
-        rows = {key: v.detach().clone() for key, v in family.items()}
-        rows = {key: v.requires_grad_(True) if v.is_floating_point() else v for key, v in rows.items()}
-        copy = rebuild(name, fn, rows)
-        node = Node(copy, k, True, copy.batch_shape[1:], copy.event_shape, type(fn), rows, learn=learn)
-        cost = BoundCost(
-            f, (), {}, k, node.batch_shape, estimator=est.name, separable=est.capabilities.separable
-        )
-        live = [key for key, v in rows.items() if v.requires_grad]
-        with torch.enable_grad():
-            terms = est.terms(cost, node, generator)
-            grads = terms.gradients([rows[key] for key in live])
-        own = 0.0
-        for key, g in zip(live, grads, strict=True):
-            if family[key].requires_grad:
-                own = own + (family[key] * g.detach()).sum()  # ∂/∂φ_k: the site's estimate ĝ_k
-        return own if isinstance(own, torch.Tensor) else torch.zeros((), dtype=terms.values.dtype)
+            return reevaluate.enumerated(name, fn, est, f)
+        return reevaluate.hook_term(name, fn, est, f, k, generator, learn)
 
     # state ---------------------------------------------------------------------------------
 
     def state_dict(self) -> dict[str, Any]:
         """The generator's state and each site's estimator state (tensors, numbers, dicts only; copies,
         so later steps leave them as they were)."""
-        sites = {n: _estimator_state(s) for n, s in self.sites.items()}
+        sites = {n: state.estimator_state(s) for n, s in self.sites.items()}
         return copy.deepcopy({"generator": self.generator.get_state(), "sites": {**self._pending, **sites}})
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -348,7 +325,7 @@ class ELBO(PyroELBO):
         self.generator.set_state(state["generator"])
         for n, s in state["sites"].items():
             if n in self.sites:
-                _load_estimator(self.sites[n], s)
+                state.load_estimator(self.sites[n], s)
             else:
                 self._pending[n] = copy.deepcopy(s)
 
@@ -391,121 +368,6 @@ def _check_pairing(guide_trace, guide_sites: list[str], model_trace, model_sites
             )
 
 
-def _enumerated(
-    name: str, fn: Distribution, est: Enumerate, f: Callable[[torch.Tensor], torch.Tensor]
-) -> torch.Tensor:
-    """Σ_x p(x) f(x).detach() per particle and element, p live: its gradient is the exact gradient of
-    E[f] in the site's family (every particle's own distribution), one batched run per support point."""
-    family = unwrap(fn)
-    if not isinstance(family, Bernoulli | Categorical | OneHotCategorical):
-        raise GradestError(est.family_refusal(family))
-    size = 2 if isinstance(family, Bernoulli) else family.logits.shape[-1]
-    like = family.logits
-    values_shape = fn.batch_shape + fn.event_shape  # [K, *B, *E]: one variable per entry
-    with torch.no_grad():  # one point first: f's shape says which variables each cost element has
-        probe = f(_point(torch.zeros(values_shape, dtype=torch.long), family, size, like))
-    per_element = probe.dim() > 1
-    variables = fn.event_shape.numel() if per_element else fn.batch_shape[1:].numel() * fn.event_shape.numel()
-    support = size**variables
-    if support > est.max_support:
-        raise GradestError(
-            f"guide site {name!r}: enumerate sums over the {size}^{variables} = {support} joint values of "
-            "the "
-            f"variables each cost element depends on, more than max_support = {est.max_support}; use "
-            "'disarm' (Bernoulli), 'unordered-set=K' (Categorical) or 'score-loo' for this site"
-        )
-    out = like.new_zeros(())
-    block = fn.event_shape if per_element else fn.batch_shape[1:] + fn.event_shape
-    for m in range(support):  # the support's points (each runs all particles at once), not the particles
-        digits = torch.tensor([m // size**v % size for v in range(variables)], device=like.device)
-        x = _point(digits.reshape(block).expand(values_shape), family, size, like)
-        logp = fn.log_prob(x)  # [K, *B]: live in the family's parameters
-        with torch.no_grad():
-            fx = f(x)
-        p = logp.exp() if per_element else logp.reshape(logp.shape[0], -1).sum(1).exp()
-        out = out + (p * fx.detach().reshape(p.shape)).sum()
-    return out
-
-
-def _point(index: torch.Tensor, family: Distribution, size: int, like: torch.Tensor) -> torch.Tensor:
-    if isinstance(family, OneHotCategorical):
-        return F.one_hot(index, size).to(like.dtype)
-    return index.to(like.dtype) if isinstance(family, Bernoulli) else index
-
-
-def _refuse_dependents(
-    name: str, site: Site, later: list[str], origins: Mapping[str, frozenset[str]]
-) -> None:
-    for w in later:
-        if name in origins.get(w, frozenset()):
-            raise GradestError(
-                f"guide site {w!r} is computed from {name!r}, and {site.spec!r} re-evaluates the model at "
-                f"other values of {name!r} with the rest of the guide held fixed, which would be biased; "
-                f"use 'score-loo' for {name!r} (its signal counts {w!r}), or make {w!r} independent of it"
-            )
-
-
-def _site_cost(
-    name: str,
-    target: Mapping[str, Any],
-    model: Callable,
-    model_trace,
-    model_sites: list[str],
-    args: tuple,
-    kwargs: Mapping[str, Any],
-    layout: Layout,
-) -> Callable[[torch.Tensor], torch.Tensor]:
-    """f(x): the site's downstream model cost and its own log q (detached parameters) at z = x,
-    per element ``[K, *B]`` when plate independence allows it, else ``[K]``."""
-    start = model_sites.index(name)
-    fixed = {
-        n: model_trace.nodes[n]["value"].detach()
-        for n in model_sites
-        if not model_trace.nodes[n]["is_observed"]
-    }
-    # a subsampling plate's indices too: the re-run sees the same minibatch
-    fixed.update(
-        {n: s["value"] for n, s in model_trace.nodes.items() if s["type"] == "sample" and is_subsample(s)}
-    )
-    own = rebuild(name, target["fn"], {key: v.detach() for key, v in node_tensors(target["fn"]).items()})
-    shape = layout.pad(torch.zeros(target["fn"].batch_shape), "").shape
-    structure = [(n, tuple(model_trace.nodes[n]["fn"].batch_shape)) for n in model_sites]
-
-    def f(x: torch.Tensor) -> torch.Tensor:
-        data = dict(fixed)
-        data[name] = x
-        with pyro.validation_enabled(False):
-            trace = poutine.trace(poutine.condition(layout.wrap(model), data=data)).get_trace(*args, **kwargs)
-        found = [
-            (n, tuple(s["fn"].batch_shape))
-            for n, s in trace.nodes.items()
-            if s["type"] == "sample" and not is_subsample(s)
-        ]
-        if found != structure:
-            raise GradestError(
-                f"the model's sites change with the value of guide site {name!r} (dynamic structure: "
-                f"{[n for n, _ in structure]} became {[n for n, _ in found]}), so {name!r}'s estimator "
-                "cannot "
-                "re-evaluate it; use 'score-loo' for this site"
-            )
-        logq = scale_and_mask(unvalidated(own).log_prob(x), target["scale"], target["mask"])
-        cost = layout.pad(logq, f"guide site {name!r}")
-        separable = True
-        for n in model_sites[start:]:
-            s = trace.nodes[n]
-            part = reduce(-layout.pad(log_density(s), f"model site {n!r}"), s, target)
-            if part is None:
-                continue
-            separable = separable and tuple(part.shape) == tuple(shape)
-            cost = cost + part
-        cost = cost.expand(shape)
-        if not separable:
-            return cost.reshape(layout.particles, -1).sum(1) if math.prod(shape[1:]) > 1 else cost.reshape(-1)
-        return cost
-
-    return f
-
-
 def _nesting_or_refuse(model: Callable, guide: Callable, args: tuple, kwargs: Mapping[str, Any]) -> int:
     """0 for a model and guide without plates; otherwise a GradestError naming the value to pass."""
     with poutine.block(), torch.no_grad():
@@ -539,37 +401,3 @@ class _Probe(Messenger):
     def _pyro_sample(self, msg: dict[str, Any]) -> None:
         if not (msg["is_observed"] or msg["value"] is not None or msg["done"] or is_subsample(msg)):
             msg["value"] = rng.sample(msg["fn"], (), self.generator, False)
-
-
-def _estimator_state(site: Site) -> dict[str, Any]:
-    est = site.estimator
-    out: dict[str, Any] = {"spec": site.spec, "steps": int(getattr(est, "steps", 0))}
-    baseline = getattr(est, "baseline", None)
-    if isinstance(baseline, MovingAverage):
-        out["average"] = {"raw": baseline._raw, "count": baseline._count}
-    if isinstance(est, Rebar) and est.control is not None:
-        out["width"] = est.control.width
-        out["control"] = est.control.state_dict()
-        out["optimizer"] = None if est.optimizer is None else est.optimizer.state_dict()
-    return out
-
-
-def _load_estimator(site: Site, state: Mapping[str, Any]) -> None:
-    if state.get("spec") != site.spec:
-        raise GradestError(
-            f"the saved state of guide site {site.name!r} is for {state.get('spec')!r}, and the "
-            f"ELBO runs {site.spec!r} there; load it into an ELBO with the same estimators"
-        )
-    est = site.estimator
-    if hasattr(est, "steps"):
-        est.steps = int(state["steps"])
-    baseline = getattr(est, "baseline", None)
-    if isinstance(baseline, MovingAverage) and "average" in state:
-        baseline._raw, baseline._count = float(state["average"]["raw"]), int(state["average"]["count"])
-    if isinstance(est, Rebar) and "control" in state:
-        like = state["control"]["eta"]
-        est.control = est.make_control(like, int(state["width"]))
-        est.control.load_state_dict(state["control"])
-        est.optimizer = torch.optim.Adam(est.control.parameters(), lr=est.lr) if est.learn else None
-        if est.optimizer is not None and state.get("optimizer") is not None:
-            est.optimizer.load_state_dict(state["optimizer"])

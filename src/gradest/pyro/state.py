@@ -1,0 +1,48 @@
+"""The ELBO's estimator state as plain data (tensors, numbers, dicts: ``torch.load(...,
+weights_only=True)`` reads it): a moving-average baseline, REBAR/RELAX's control and its optimizer."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import torch
+
+from gradest.errors import GradestError
+from gradest.estimators.baselines import MovingAverage
+from gradest.estimators.rebar import Rebar
+from gradest.pyro.sites import Site
+
+
+def estimator_state(site: Site) -> dict[str, Any]:
+    est = site.estimator
+    out: dict[str, Any] = {"spec": site.spec, "steps": int(getattr(est, "steps", 0))}
+    baseline = getattr(est, "baseline", None)
+    if isinstance(baseline, MovingAverage):
+        out["average"] = {"raw": baseline._raw, "count": baseline._count}
+    if isinstance(est, Rebar) and est.control is not None:
+        out["width"] = est.control.width
+        out["control"] = est.control.state_dict()
+        out["optimizer"] = None if est.optimizer is None else est.optimizer.state_dict()
+    return out
+
+
+def load_estimator(site: Site, state: Mapping[str, Any]) -> None:
+    if state.get("spec") != site.spec:
+        raise GradestError(
+            f"the saved state of guide site {site.name!r} is for {state.get('spec')!r}, and the "
+            f"ELBO runs {site.spec!r} there; load it into an ELBO with the same estimators"
+        )
+    est = site.estimator
+    if hasattr(est, "steps"):
+        est.steps = int(state["steps"])
+    baseline = getattr(est, "baseline", None)
+    if isinstance(baseline, MovingAverage) and "average" in state:
+        baseline._raw, baseline._count = float(state["average"]["raw"]), int(state["average"]["count"])
+    if isinstance(est, Rebar) and "control" in state:
+        like = state["control"]["eta"]
+        est.control = est.make_control(like, int(state["width"]))
+        est.control.load_state_dict(state["control"])
+        est.optimizer = torch.optim.Adam(est.control.parameters(), lr=est.lr) if est.learn else None
+        if est.optimizer is not None and state.get("optimizer") is not None:
+            est.optimizer.load_state_dict(state["optimizer"])
