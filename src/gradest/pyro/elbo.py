@@ -48,7 +48,7 @@ from gradest.estimators.enumeration import Enumerate
 from gradest.provenance import Provenance
 from gradest.pyro import reevaluate, state
 from gradest.pyro.sites import Site, default_spec, resolve
-from gradest.pyro.traces import Draw, Layout, is_subsample, log_density, reduce, unvalidated
+from gradest.pyro.traces import Draw, Layout, is_subsample, log_density, reduce, traced, unvalidated
 
 
 class ELBO(PyroELBO):
@@ -202,12 +202,10 @@ class ELBO(PyroELBO):
         draw = Draw(self.site, layout, generator, learn and estimate, provenance)
         if provenance is not None:
             with provenance:
-                guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
+                guide_trace = traced(draw(layout.wrap(guide)), *args, **kwargs)
         else:
-            guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(layout.wrap(model), trace=guide_trace)).get_trace(
-            *args, **kwargs
-        )
+            guide_trace = traced(draw(layout.wrap(guide)), *args, **kwargs)
+        model_trace = traced(poutine.replay(layout.wrap(model), trace=guide_trace), *args, **kwargs)
         guide_sites = _sample_sites(guide_trace)
         model_sites = _sample_sites(model_trace)
         _check_pairing(guide_trace, guide_sites, model_trace, model_sites)
@@ -371,8 +369,8 @@ def _check_pairing(guide_trace, guide_sites: list[str], model_trace, model_sites
 def _nesting_or_refuse(model: Callable, guide: Callable, args: tuple, kwargs: Mapping[str, Any]) -> int:
     """0 for a model and guide without plates; otherwise a GradestError naming the value to pass."""
     with poutine.block(), torch.no_grad():
-        guide_trace = poutine.trace(_Probe()(guide)).get_trace(*args, **kwargs)
-        model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(*args, **kwargs)
+        guide_trace = traced(_Probe()(guide), *args, **kwargs)
+        model_trace = traced(poutine.replay(model, trace=guide_trace), *args, **kwargs)
     dims = [
         f.dim
         for tr in (guide_trace, model_trace)

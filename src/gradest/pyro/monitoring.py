@@ -19,7 +19,7 @@ import torch
 from gradest.errors import GradestError
 from gradest.graph.roles import node_tensors
 from gradest.pyro.elbo import ELBO
-from gradest.pyro.traces import Draw
+from gradest.pyro.traces import Draw, traced
 
 
 def site_groups(
@@ -33,7 +33,7 @@ def site_groups(
     layout = elbo.layout(model, guide, args, kwargs)
     draw = Draw(elbo.site, layout, torch.Generator().manual_seed(0), False)
     with poutine.trace(param_only=True) as params:
-        guide_trace = poutine.trace(draw(layout.wrap(guide))).get_trace(*args, **kwargs)
+        guide_trace = traced(draw(layout.wrap(guide)), *args, **kwargs)
     store = pyro.get_param_store()
     leaves = {n: store._params[n] for n in params.trace.nodes if n in store._params}
     groups: dict[str, list[torch.Tensor]] = {}

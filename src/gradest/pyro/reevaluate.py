@@ -21,7 +21,7 @@ from gradest.estimators.base import BoundCost, Estimator, Node, unwrap
 from gradest.estimators.enumeration import Enumerate
 from gradest.graph.roles import node_tensors, rebuild
 from gradest.pyro.sites import Site
-from gradest.pyro.traces import Layout, is_subsample, log_density, reduce, unvalidated
+from gradest.pyro.traces import Layout, is_subsample, log_density, reduce, traced, unvalidated
 
 
 def site_cost(
@@ -54,7 +54,7 @@ def site_cost(
         data = dict(fixed)
         data[name] = x
         with pyro.validation_enabled(False):
-            trace = poutine.trace(poutine.condition(layout.wrap(model), data=data)).get_trace(*args, **kwargs)
+            trace = traced(poutine.condition(layout.wrap(model), data=data), *args, **kwargs)
         found = [
             (n, tuple(s["fn"].batch_shape))
             for n, s in trace.nodes.items()

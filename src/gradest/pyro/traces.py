@@ -18,6 +18,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import pyro
+import pyro.poutine as poutine
 import torch
 from pyro.distributions.util import scale_and_mask
 from pyro.poutine.messenger import Messenger
@@ -72,6 +73,17 @@ class Layout(NamedTuple):
             )
         t = t.reshape(*([1] * (full - t.dim())), *t.shape)
         return t.expand(self.particles, *t.shape[1:])
+
+
+def traced(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``poutine.trace(fn).get_trace(...)``; a GradestError raised inside reaches the caller as raised
+    (Pyro's trace handler re-raises errors with the trace's shapes appended to the message)."""
+    try:
+        return poutine.trace(fn).get_trace(*args, **kwargs)
+    except GradestError as err:
+        if isinstance(err.__cause__, GradestError):
+            raise err.__cause__ from None
+        raise
 
 
 def frames(site: Mapping[str, Any]) -> tuple[dict[int, str], dict[str, int]]:
