@@ -135,7 +135,7 @@ def encoder_variance(backward, repeats: int) -> float:
     return float(torch.stack(rows).var(0).sum())
 
 
-def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
+def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int, lr: float = 0.01) -> None:
     data = load_images("mnist5k", make_generator(0))
     g = make_generator(1)
     train, held = binarize(data.train[:batch], g), binarize(data.test[:batch], g)
@@ -157,7 +157,7 @@ def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
         guide(train)
         model(train)
         start_var = encoder_variance(loss_fn, repeats)
-        svi = SVI(model, guide, Adam({"lr": 0.01}), elbo)
+        svi = SVI(model, guide, Adam({"lr": lr}), elbo)
         start = time.perf_counter()
         for _ in range(steps):
             svi.step(train)
@@ -173,7 +173,7 @@ def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
     print(
         f"\n(b) sigmoid belief network on mnist5k: {batch} images, H = {hidden}, K = {k} particles, "
         f"{steps} Adam "
-        f"steps (lr 0.01); encoder gradient variance tr Cov over {repeats} calls"
+        f"steps (lr {lr}); encoder gradient variance tr Cov over {repeats} calls"
     )
     print(
         "| ELBO at site b | var at start | var at end | −ELBO/image train | −ELBO/image held-out | s/step "
@@ -189,6 +189,7 @@ def part_b(k: int, steps: int, batch: int, hidden: int, repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small settings (a smoke run)")
+    parser.add_argument("--lr", type=float, default=0.01, help="Adam's learning rate in part (b)")
     parser.add_argument("--part", choices=["a", "b", "both"], default="both", help="which part to run")
     args = parser.parse_args()
     torch.set_num_threads(1)
@@ -197,7 +198,7 @@ def main() -> None:
     if a:
         part_a(k=8, blocks=3, steps=10) if args.quick else part_a(k=8, blocks=15, steps=40)
     if b:
-        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8) if args.quick else part_b(
+        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8, lr=args.lr) if args.quick else part_b(
             k=4, steps=300, batch=100, hidden=20, repeats=40
         )
 

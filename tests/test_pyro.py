@@ -429,6 +429,9 @@ def test_refuses_a_site_name_not_in_the_guide():
         match="estimators names 'bb', which the guide does not sample; its sites are 'z', 'c', 'b'",
     ):
         elbo.loss_and_grads(mixed_model, mixed_guide)
+    with pytest.raises(GradestError) as raised:
+        elbo.loss_and_grads(mixed_model, mixed_guide)
+    assert "Trace Shapes" not in str(raised.value)  # the message as raised, no trace dump appended
 
 
 def test_refuses_dependence_on_a_re_evaluated_site():
