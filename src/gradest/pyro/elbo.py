@@ -44,6 +44,7 @@ from pyro.poutine.messenger import Messenger
 from gradest import rng
 from gradest.errors import GradestError
 from gradest.estimators.base import Estimator
+from gradest.estimators.baselines import NoBaseline
 from gradest.estimators.enumeration import Enumerate
 from gradest.provenance import Provenance
 from gradest.pyro import reevaluate, state
@@ -281,7 +282,7 @@ class ELBO(PyroELBO):
                 if part is not None:
                     signal = signal + part
             baseline = self.sites[name].estimator.baseline
-            weight = signal - baseline(signal) if not _no_baseline(baseline) else signal
+            weight = signal if isinstance(baseline, NoBaseline) else signal - baseline(signal)
         return (weight * logq).sum()
 
     def _callable_term(
@@ -333,10 +334,6 @@ class ELBO(PyroELBO):
 
 
 # helpers ---------------------------------------------------------------------------------------
-
-
-def _no_baseline(baseline: Any) -> bool:
-    return type(baseline).__name__ == "NoBaseline"
 
 
 def _sample_sites(trace) -> list[str]:
