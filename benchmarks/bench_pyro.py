@@ -197,10 +197,10 @@ def main() -> None:
     a, b = args.part in ("a", "both"), args.part in ("b", "both")
     if a:
         part_a(k=8, blocks=3, steps=10) if args.quick else part_a(k=8, blocks=15, steps=40)
-    if b:
-        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8, lr=args.lr) if args.quick else part_b(
-            k=4, steps=300, batch=100, hidden=20, repeats=40
-        )
+    if b and args.quick:
+        part_b(k=4, steps=20, batch=20, hidden=8, repeats=8, lr=args.lr)
+    elif b:
+        part_b(k=4, steps=300, batch=100, hidden=20, repeats=40, lr=args.lr)
 
 
 if __name__ == "__main__":
