@@ -241,6 +241,9 @@ class ELBO(PyroELBO):
         out = {"loss": loss.detach()}
         if not estimate:
             return out
+        if provenance is None and any(self.sites[n].role == "callable" for n in guide_sites):
+            # a callable site met first in this call: run again with its provenance read
+            return self._run(model, guide, args, kwargs, generator, learn, estimate)
         extra = 0.0
         for i, n in enumerate(guide_sites):
             site = self.sites[n]
@@ -249,8 +252,6 @@ class ELBO(PyroELBO):
                     n, i, guide_trace, guide_sites, model_trace, model_sites, costs, layout
                 )
             elif site.role == "callable":
-                if provenance is None:  # the site was met first in this call: its provenance is read now
-                    return self._run(model, guide, args, kwargs, generator, learn, estimate)
                 reevaluate.refuse_dependents(n, site, guide_sites[i + 1 :], draw.origins)
                 extra = extra + self._callable_term(
                     n, guide_trace, model, model_trace, model_sites, args, kwargs, layout, generator, learn
@@ -273,7 +274,8 @@ class ELBO(PyroELBO):
         target = guide_trace.nodes[name]
         logq = layout.pad(log_density(target, scaled=False), f"guide site {name!r}")
         downstream = [("guide", w, guide_trace.nodes[w]) for w in guide_sites[index:]]
-        start = model_sites.index(name)
+        # an auxiliary guide site (not in the model): every model site may depend on it
+        start = model_sites.index(name) if name in model_sites else 0
         downstream += [("model", s, model_trace.nodes[s]) for s in model_sites[start:]]
         with torch.no_grad():  # the learning signal is a constant of the math
             signal = torch.zeros_like(logq)

@@ -36,6 +36,11 @@ def site_cost(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """f(x): the site's downstream model cost and its own log q (detached parameters) at z = x,
     per element ``[K, *B]`` when plate independence allows it, else ``[K]``."""
+    if name not in model_sites:
+        raise GradestError(
+            f"guide site {name!r} is auxiliary (not a site of the model), so re-running the model at other "
+            f"values of it says nothing; use 'score-loo' or 'pathwise' for {name!r}"
+        )
     start = model_sites.index(name)
     fixed = {
         n: model_trace.nodes[n]["value"].detach()
