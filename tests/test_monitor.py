@@ -101,21 +101,75 @@ def _noisy_loss(model):
 X = torch.randn(10, 4, generator=make_generator(5), dtype=torch.float64)
 
 
-def test_batched_and_loop_paths_give_the_same_numbers():
+def test_vectorized_batched_and_loop_paths_give_the_same_numbers():
     model = _model()
-    batched = GradientMonitor(model, _noisy_loss(model), repeats=6, seed=3)
+    auto = GradientMonitor(model, _noisy_loss(model), repeats=6, seed=3)
+    batched = GradientMonitor(model, _noisy_loss(model), repeats=6, seed=3, mode="batched")
     loop = GradientMonitor(model, _noisy_loss(model), repeats=6, seed=3, mode="loop")
-    a, b = batched.measure(0, X), loop.measure(0, X)
-    assert {r.path for r in a} == {"batched"} and {r.path for r in b} == {"loop"}
-    assert [r.group for r in a] == ["0", "2", "all"]
-    for x, y in zip(a, b, strict=True):
-        for key in ("mean_norm", "variance", "variance_stderr", "variance_max", "snr"):
-            assert getattr(x, key) == pytest.approx(getattr(y, key), rel=1e-12, abs=0)
+    for step in (0, 1):  # the second measurement: the vectorized pass alone (verified on the first)
+        a, b, c = auto.measure(step, X), batched.measure(step, X), loop.measure(step, X)
+        assert {r.path for r in a} == {"vmap"} and {r.path for r in b} == {"batched"}
+        assert {r.path for r in c} == {"loop"}
+        assert [r.group for r in a] == ["0", "2", "all"]
+        for x, y, z in zip(a, b, c, strict=True):
+            for key in ("mean_norm", "variance", "variance_stderr", "variance_max", "snr"):
+                assert getattr(x, key) == pytest.approx(getattr(z, key), rel=1e-12, abs=0)
+                assert getattr(y, key) == pytest.approx(getattr(z, key), rel=1e-12, abs=0)
+    assert auto.generator.get_state().equal(loop.generator.get_state())  # the same draws, in order
+
+
+def test_a_loss_that_cannot_be_vectorized_is_measured_by_the_loop():
+    """Global-RNG dropout, a Python branch on a value, a draw with tensor arguments: the loop runs."""
+    model = _model()
+
+    def dropout(batch, generator):
+        h = nn.functional.dropout(model(batch), 0.2, training=True)
+        return (h + torch.randn(h.shape, generator=generator, dtype=h.dtype)).square().sum()
+
+    def branch(batch, generator):
+        h = model(batch) + torch.randn((10, 3), generator=generator, dtype=torch.float64)
+        return h.square().sum() if float(h.sum()) > -1e9 else h.sum()
+
+    def tensor_argument(batch, generator):
+        h = model(batch)
+        return torch.normal(h, 1.0, generator=generator).square().sum()
+
+    for loss in (dropout, branch, tensor_argument):
+        records = GradientMonitor(model, loss, repeats=3, seed=1).measure(0, X)
+        assert {r.path for r in records} == {"loop"}, loss.__name__
+        with pytest.raises(GradestError, match="mode='vmap'"):
+            GradientMonitor(model, loss, repeats=3, seed=1, mode="vmap").measure(0, X)
+
+
+def test_a_vectorized_pass_that_differs_from_the_loop_is_dropped_with_a_warning():
+    """A loss that keeps state between calls (a counter it scales by): the first measurement's check
+    against the loop finds it, and the loop's numbers are the ones recorded."""
+    model = _model()
+    calls = [0]
+
+    def counting(batch, generator):
+        calls[0] += 1
+        h = model(batch) + torch.randn((10, 3), generator=generator, dtype=torch.float64)
+        return calls[0] * h.square().sum()
+
+    with pytest.warns(MonitorWarning, match="differ from the loop"):
+        records = GradientMonitor(model, counting, repeats=3, seed=1).measure(0, X)
+    assert {r.path for r in records} == {"loop"}
+
+
+def test_a_new_batch_shape_redraws_the_record():
+    model = _model()
+    auto = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=2)
+    loop = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=2, mode="loop")
+    for batch in (X, X[:7], X):
+        a, c = auto.measure(0, batch), loop.measure(0, batch)
+        assert {r.path for r in a} == {"vmap"}
+        assert [r.variance for r in a] == pytest.approx([r.variance for r in c], rel=1e-12)
 
 
 def test_an_operation_without_a_batching_rule_falls_back_to_backward_passes(monkeypatch):
     model = _model()
-    reference = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=1).measure(0, X)
+    reference = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=1, mode="loop").measure(0, X)
     grad = torch.autograd.grad
 
     def no_batching(*args, **kwargs):
@@ -124,7 +178,7 @@ def test_an_operation_without_a_batching_rule_falls_back_to_backward_passes(monk
         return grad(*args, **kwargs)
 
     monkeypatch.setattr(torch.autograd, "grad", no_batching)
-    fallback = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=1).measure(0, X)
+    fallback = GradientMonitor(model, _noisy_loss(model), repeats=4, seed=1, mode="batched").measure(0, X)
     assert {r.path for r in fallback} == {"batched-forward"}
     assert [r.variance for r in fallback] == pytest.approx([r.variance for r in reference], rel=1e-12)
 
@@ -225,7 +279,9 @@ def test_a_monitor_that_did_not_restore_the_baseline_would_change_the_run():
     plain = _train("score-ema", None)
     naive = _train("score-ema", {"every": 3, "repeats": 4, "seed": 7, "state": []})
     assert not _same(plain, naive)
-    assert plain["baseline"]["_count"] == 12 and naive["baseline"]["_count"] == 12 + 4 * 4
+    # 4 measurements of 4 repeats, and the first measurement's recording call of the vectorized pass
+    # (which this surrogate's checks then refuse: the loop measures)
+    assert plain["baseline"]["_count"] == 12 and naive["baseline"]["_count"] == 12 + 4 * 4 + 1
 
 
 def test_every_repeat_sees_the_training_baseline():

@@ -260,7 +260,8 @@ def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> Gradi
         dev = _deviations(block, mean, groups)
         if dev.shape[0] < 2:
             raise GradestError("the estimates form a single group of dependent samples; draw more groups")
-        per_coordinate = torch.einsum("up,up->p", dev, dev) / (dev.shape[0] - 1)
+        squares = dev.square()
+        per_coordinate = squares.sum(0) / (dev.shape[0] - 1)
         most = per_coordinate.max() if per_coordinate.numel() else per_coordinate.new_tensor(-math.inf)
         gram = frobenius = None
         if dev.shape[0] <= GRAM_LIMIT:
@@ -268,7 +269,7 @@ def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> Gradi
         elif dev.shape[1] <= GRAM_LIMIT:
             side = dev.T @ dev  # ‖D Dᵀ‖_F = ‖Dᵀ D‖_F
             frobenius = (side * side).sum()
-        parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), most, dev.square().sum(1),
+        parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), most, squares.sum(1),
                                   gram, frobenius))
     return combined(parts)
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import time
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -41,10 +42,12 @@ from gradest.monitor.records import (
     EstimatesFn,
     GroupStats,
     LossFn,
+    MonitorWarning,
     NodeEstimates,
     Overhead,
 )
 from gradest.monitor.sinks import _tensorboard_writer, scalars
+from gradest.monitor.vmapped import NotBatchable, Vectorized, agree
 
 _SEED_HIGH = 2**62
 
@@ -73,7 +76,9 @@ class GradientMonitor:
             learned control variates, generators it closes over); restored after each repeat.
         seed: the monitor's generator: a seed (a generator on the parameters' device) or a
             ``torch.Generator`` of the monitor's own, used in sequence — never the training's.
-        mode: ``"auto"`` (batched when ``loss_fn`` takes ``repeats``), ``"batched"`` or ``"loop"``.
+        mode: ``"auto"`` (vectorized over the repeats where the loss allows it and, on the first
+            measurement, gives the loop's numbers; else batched when ``loss_fn`` takes ``repeats``;
+            else the loop), ``"vmap"``, ``"batched"`` or ``"loop"``.
         jsonl: a file to append one JSON line per step and group to.
         tensorboard: a log folder or a ``SummaryWriter``.
         tags: constant fields added to every JSON record (e.g. ``{"estimator": "score-loo"}``).
@@ -123,6 +128,8 @@ class GradientMonitor:
             raise GradestError("mode='batched' needs loss_fn(batch, generator, repeats=R) returning [R] "
                                "losses; without a repeats argument use mode='loop'")
         self.batched = batched and mode != "loop"
+        self.mode = mode
+        self._vmap_path = "vmap"
         self.every, self.repeats, self.batch = every, repeats, batch
         self.tags, self.prefix = _check_tags(tags), _check_prefix(prefix)
         device = next(iter(self.named.values())).device
@@ -140,6 +147,15 @@ class GradientMonitor:
             [v for v in params.values() if isinstance(v, nn.Module)]
         buffers = [b for m in modules for b in m.buffers()]
         self._restorable = [*state, buffers]
+        self._vectorized: Vectorized | None = None
+        self._verified = False
+        if loss_fn is not None and mode in ("auto", "vmap"):
+            try:
+                self._vectorized = Vectorized(loss_fn, modules, self.named)
+            except NotBatchable as err:
+                if mode == "vmap":
+                    raise GradestError(f"mode='vmap' needs parameters of modules: {err}; give the "
+                                       "module(s), or use mode='loop'") from None
         self.jsonl = None if jsonl is None else check_jsonl(jsonl)
         self._writer, self._own_writer = _tensorboard_writer(tensorboard)
         self.records: list[GroupStats] = []
@@ -246,6 +262,10 @@ class GradientMonitor:
                 if self.estimates_fn is not None:
                     given, labels = self._given(self.estimates_fn(batch, self.generator, self.repeats))
                     return given, labels, "estimates", {}
+                if self._vectorized is not None:
+                    vectorized = self._vmap(batch, snapshot)
+                    if vectorized is not None:
+                        return vectorized, None, self._vmap_path, {}
                 if self.batched:
                     return (*self._batched(batch), {})
                 grads, nodes = self._loop(batch, snapshot)
@@ -279,6 +299,41 @@ class GradientMonitor:
             count = g.shape[0]
         labels = check_groups(labels, count, next(iter(self.named.values())).device)
         return {n: grads[n].detach() for n in self.named}, labels
+
+    def _vmap(self, batch: Any, snapshot: Snapshot) -> dict[str, torch.Tensor] | None:
+        """The R gradients by one vectorized pass (:mod:`gradest.monitor.vmapped`), or None where the
+        loss cannot run so. The first measurement runs the loop too, on the same draws, and keeps the
+        vectorized pass only where both give the same numbers (the loop's are then returned)."""
+        assert self._vectorized is not None
+        start = self.generator.get_state()
+        try:
+            grads = self._vectorized.gradients(batch, self.generator, self.repeats, snapshot.restore)
+        except NotBatchable as err:
+            snapshot.restore()
+            self._vectorized = None
+            if self.mode == "vmap":
+                raise GradestError(f"mode='vmap': the loss cannot run vectorized over the repeats ({err}); "
+                                   "use mode='auto' or mode='loop'") from None
+            return None
+        snapshot.restore()
+        self._vmap_path = "vmap"
+        if self._verified:
+            return grads
+        end = self.generator.get_state()
+        self.generator.set_state(start)
+        loop, nodes = self._loop(batch, snapshot)
+        if nodes or not torch.equal(self.generator.get_state(), end) or not agree(grads, loop):
+            self._vectorized = None
+            if self.mode == "vmap":
+                raise GradestError("mode='vmap': the vectorized gradients differ from the loop's on the "
+                                   "same draws (the loss couples its repeats or keeps state between "
+                                   "calls); use mode='loop'")
+            warnings.warn("the loss's vectorized gradients differ from the loop's on the same draws; the "
+                          "monitor measures repeat by repeat", MonitorWarning, stacklevel=4)
+            self._vmap_path = "loop"
+            return loop
+        self._verified = True
+        return grads
 
     def _loop(self, batch: Any, snapshot: Snapshot) -> tuple[dict[str, torch.Tensor], NodeEstimates]:
         from gradest.graph import Graph  # (the graph module is not needed by plain losses)

@@ -17,7 +17,7 @@ if TYPE_CHECKING:
 
 
 
-MODES = ("auto", "batched", "loop")
+MODES = ("auto", "vmap", "batched", "loop")
 
 
 ALL = "all"
