@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import math
+import threading
 from collections.abc import Iterator, Mapping
 
 import torch
@@ -146,6 +147,13 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
     without replication. ``single``: the build from ``params`` themselves, where the caller has it.
     """
     single = build(dist_builder, params) if single is None else single
+    key = _layout_key(dist_builder, params)
+    known = _LAYOUTS.get(key) if key is not None else None
+    if known is not None:  # this builder was probed at these shapes: its verdict stands
+        replicas = known(params, num_samples)
+        dist = _replicated(dist_builder, replicas)
+        if dist.batch_shape == (num_samples, *single.batch_shape):
+            return replicas, dist, single
     # probe with a replica count no axis has, so that broadcasting cannot succeed by coincidence
     sizes = {n for v in params.values() for n in v.shape} | set(single.batch_shape) | set(single.event_shape)
     rows = next(r for r in range(2, 3 + len(sizes)) if r not in sizes)
@@ -172,14 +180,14 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
                 "softmax(logits, -1)"
             )
         replicas = layout(params, num_samples)
-        if isinstance(dist_builder, type) and issubclass(dist_builder, Distribution):
-            # a torch family: the single build validated these very values, N copies need no check
-            dist = build(functools.partial(dist_builder, validate_args=False), replicas)
-        else:
-            dist = build(dist_builder, replicas)
+        dist = _replicated(dist_builder, replicas)
         if dist.batch_shape != (num_samples, *single.batch_shape):
             problems.append(f"batch shape {list(dist.batch_shape)} with {num_samples} replicas")
             break
+        if key is not None:
+            if len(_LAYOUTS) >= _MAX_LAYOUTS:
+                _LAYOUTS.clear()
+            _LAYOUTS[key] = layout
         return replicas, dist, single
     raise GradestError(
         "per-sample gradients replicate the parameters along a leading sample axis, and the builder "
@@ -187,6 +195,36 @@ def replicate(dist_builder: Builder, params: Mapping[str, torch.Tensor], num_sam
         "(torch.diag_embed instead of torch.diag, x[..., None] instead of x[:, None]), or use "
         "surrogate(), which does not replicate"
     )
+
+
+#: the layout each builder passed its probe with, per parameter names, shapes, dtypes and devices (a
+#: verdict on how the builder treats a leading axis, which does not depend on the values)
+_LAYOUTS: dict[tuple[object, ...], object] = {}
+_MAX_LAYOUTS = 256
+
+
+def _layout_key(dist_builder: Builder, params: Mapping[str, torch.Tensor]) -> tuple[object, ...] | None:
+    try:
+        hash(dist_builder)
+    except TypeError:
+        return None
+    return (dist_builder, tuple((k, tuple(v.shape), v.dtype, v.device) for k, v in params.items()))
+
+
+def _replicated(dist_builder: Builder, replicas: Mapping[str, torch.Tensor]) -> Distribution:
+    """The builder on the replicas, without validating their values again: the single build
+    validated these very values (under the caller's setting), and the probe showed every row of the
+    replicated build equal to it, so N copies need no check (it cost N passes over the samples)."""
+    if isinstance(dist_builder, type) and issubclass(dist_builder, Distribution):
+        return build(functools.partial(dist_builder, validate_args=False), replicas)
+    if threading.active_count() > 1:  # torch's switch is process-wide: another thread could build meanwhile
+        return build(dist_builder, replicas)
+    default = Distribution._validate_args
+    Distribution.set_default_validate_args(False)
+    try:
+        return build(dist_builder, replicas)
+    finally:
+        Distribution.set_default_validate_args(default)
 
 
 def _graph_reaches(output: torch.Tensor, targets: list[torch.Tensor]) -> list[int]:
