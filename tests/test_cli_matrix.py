@@ -98,7 +98,7 @@ def _cases() -> list[tuple[str, list[str]]]:
     cases: list[tuple[str, list[str]]] = []
     for command, seed in itertools.product(SEEDED, BAD_SEEDS):
         cases.append((command, ["--seed", seed]))
-    for command, threads in itertools.product(("sweep", "advise", "blr"), BAD_THREADS):
+    for command, threads in itertools.product(COMMANDS, BAD_THREADS):  # every command that computes
         cases.append((command, ["--threads", threads]))
     bad_workers = ("0", str(WORKERS_MAX + 1), "100000")
     for command, workers in itertools.product(("sweep", "advise", "blr"), bad_workers):

@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from gradest.cli.app import app
-from gradest.cli.options import Device, seed_option
+from gradest.cli.options import THREADS_HELP, Device, seed_option, threads_option
 from gradest.cli.validate import Assignment, CostSpec, Count, OutFile, Real, Text, option
 from gradest.costs import NAMED_COSTS, load_cost
 from gradest.errors import GradestError
@@ -79,6 +79,7 @@ def compare_command(
     json_path: Annotated[Path | None, option(
         OutFile(), "Write the results as JSON here (atomically).", "--json")] = None,
     device: Device = "cpu",
+    threads: Annotated[int, threads_option(THREADS_HELP)] = 0,
 ) -> None:
     """Estimate ∇θ E_p(x;θ)\\[f(x)] with several estimators and check them against the exact gradient.
 
@@ -87,6 +88,7 @@ def compare_command(
     """
     from gradest.compare import compare
     from gradest.device import resolve_device
+    from gradest.lab.threads import intra_op_threads
 
     where = resolve_device(device)
     family = get_family(dist)
@@ -97,7 +99,7 @@ def compare_command(
     config = {"dist": family.name, "params": {n: v.tolist() for n, v in params.items()},
               "cost": cost, "k": k, "estimators": estimators, "samples": samples, "seed": seed,
               "device": str(where)}
-    with console.status("estimating…") as status:
+    with intra_op_threads(threads or None), console.status("estimating…") as status:
         result = compare(f, family.build, params, estimators, samples, seed, config,
                          on_estimator=lambda name: status.update(f"estimating with {name}…"),
                          device=where)

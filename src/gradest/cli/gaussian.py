@@ -14,7 +14,7 @@ from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gradest.cli.app import app
-from gradest.cli.options import Device, seed_option
+from gradest.cli.options import THREADS_HELP, Device, seed_option, threads_option
 from gradest.cli.validate import Count, InFile, OutDir, Text, option
 from gradest.gaussian.settings import Settings
 from gradest.limits import refuse_beyond_memory
@@ -42,6 +42,7 @@ def gaussian_command(
         Count(2), "Samples of the stochastic node per SGD step, for every estimator.")
     ] = _DEFAULTS.samples_per_step,
     device: Device = "cpu",
+    threads: Annotated[int, threads_option(THREADS_HELP)] = 0,
 ) -> None:
     """Fit N(μ, σ²) to data through a stochastic node y ~ N(μ, σ²), and answer with numbers and plots.
 
@@ -57,6 +58,7 @@ def gaussian_command(
     from gradest.gaussian.data import load_dataset
     from gradest.gaussian.report import write_outputs
     from gradest.gaussian.walkthrough import run
+    from gradest.lab.threads import intra_op_threads
 
     dataset = load_dataset(data, column)
     settings = Settings(seed=seed, steps=steps, samples_per_step=samples_per_step, device=device).validate()
@@ -78,7 +80,8 @@ def gaussian_command(
                 tasks[label] = bar.add_task(label, total=total)
             bar.update(tasks[label], completed=done)
 
-        results = run(dataset, settings, progress)
+        with intra_op_threads(threads or None):
+            results = run(dataset, settings, progress)
         written = write_outputs(results, out)
     for line in results.conclusions:
         console.print(escape(f"• {line}"), highlight=False)

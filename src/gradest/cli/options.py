@@ -10,8 +10,17 @@ from typer.models import OptionInfo
 from gradest.cli.validate import SEED_MAX, SEED_RANGE, Address, Count, DeviceName, Real, Seed, option
 from gradest.limits import THREADS_MAX, WORKERS_MAX
 
-__all__ = ["SEED_MAX", "SEED_RANGE", "Device", "Scheduler", "WorkerWait", "Workers", "seed_option",
-           "threads_option"]
+__all__ = [
+    "SEED_MAX",
+    "SEED_RANGE",
+    "THREADS_HELP",
+    "Device",
+    "Scheduler",
+    "WorkerWait",
+    "Workers",
+    "seed_option",
+    "threads_option",
+]
 
 Device = Annotated[str, option(
     DeviceName(),
@@ -24,9 +33,17 @@ def seed_option(text: str) -> OptionInfo:
     return option(Seed(), f"{text} {SEED_RANGE[0].upper()}{SEED_RANGE[1:]}.")
 
 
+#: --threads of the commands whose tensors are large enough for threads to pay (default 0)
+THREADS_HELP = ("torch intra-op threads; 0 (the default): the CPUs this process may use (its affinity "
+                "mask and cgroup CPU quota) that are idle by the load average, at least one. On a busy "
+                "machine more threads than idle CPUs can make a step tens of times slower.")
+
+
 def threads_option(text: str) -> OptionInfo:
-    """``--threads``: 0 (torch's default) or 1 … THREADS_MAX; torch crashes on a pool of 100 000."""
-    return option(Count(0, THREADS_MAX, meaning=" (0: torch's default; 4 per CPU core, at least 64)"),
+    """``--threads``: 0 (the idle CPUs this process may use) or 1 … THREADS_MAX; torch crashes on a pool of
+    100 000."""
+    return option(Count(0, THREADS_MAX, meaning=" (0: the idle CPUs this process may use; 4 per CPU "
+                                                "core, at least 64)"),
                   f"{text} At most {THREADS_MAX}.")
 
 

@@ -17,7 +17,16 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from gradest.cli.app import Typer, app
-from gradest.cli.options import WORKER_WAIT, Device, Scheduler, Workers, WorkerWait, seed_option
+from gradest.cli.options import (
+    THREADS_HELP,
+    WORKER_WAIT,
+    Device,
+    Scheduler,
+    Workers,
+    WorkerWait,
+    seed_option,
+    threads_option,
+)
 from gradest.cli.validate import (
     AnyPath,
     Choice,
@@ -278,11 +287,13 @@ def train_command(
     resume: Annotated[bool, typer.Option(help=(
         "Continue the run in OUT from its last checkpoint with its saved options (other values given are "
         "an error; --epochs may extend it). Gives the same numbers as an uninterrupted run."))] = False,
+    threads: Annotated[int, threads_option(THREADS_HELP)] = 0,
 ) -> None:
     """Train a VAE and write metrics per epoch, a checkpoint per epoch, the test summary and a report.
 
     Example: gradest vae train --estimator iwae-dreg --k 5 --epochs 30 --out runs/dreg
     """
+    from gradest.lab.threads import intra_op_threads
     from gradest.vae.config import TrainConfig
     from gradest.vae.distributed import device_for, world_from_env
     from gradest.vae.files import SUMMARY, load_checkpoint
@@ -328,7 +339,7 @@ def train_command(
     # or another command, into it is refused; under torchrun rank 0 alone writes and holds it, and the
     # other processes only check it is this command's to write
     holding = claim(out, "vae train", TRAIN_FILES) if rank == 0 else _checked(out)
-    with holding:
+    with holding, intra_op_threads(threads or None):
         try:
             _train_with_progress(config, out, resume)
         except NonFiniteLoss:
@@ -426,11 +437,13 @@ def eval_command(
         "so the same --iwae-k reproduces summary.json.")] = None,
     device: Device = "cpu",
     json_path: Annotated[Path | None, option(OutFile(), "Write the figures here as JSON.", "--json")] = None,
+    threads: Annotated[int, threads_option(THREADS_HELP)] = 0,
 ) -> None:
     """Test −ELBO, IWAE_K negative log-likelihood, KL and active units of a saved run.
 
     Example: gradest vae eval runs/dreg --iwae-k 1000 --json runs/dreg/eval.json
     """
+    from gradest.lab.threads import intra_op_threads
     from gradest.rng import make_generator
     from gradest.vae.config import STREAM_EVAL, check_iwae
     from gradest.vae.evaluate import evaluate
@@ -439,7 +452,8 @@ def eval_command(
     _one_process("eval")
     config, run = load_run(out, device)
     check_iwae(iwae_k, run.test.shape[0])
-    with console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
+    with intra_op_threads(threads or None), \
+            console.status(f"evaluating {run.test.shape[0]} test images with K = {iwae_k}…"):
         seed = config.seed + STREAM_EVAL if seed is None else seed
         evaluation = evaluate(run.model, run.test, iwae_k, make_generator(seed, run.test.device))
     result = {
@@ -495,12 +509,14 @@ def compare_command(
     workers: Workers = None,
     scheduler: Scheduler = None,
     worker_wait: WorkerWait = WORKER_WAIT,
+    threads: Annotated[int, threads_option(THREADS_HELP)] = 0,
 ) -> None:
     """Train several estimators on the same data and seed, and render one report with all curves.
 
     Example: gradest vae compare --estimator pathwise --estimator score --estimator vimco:5 --epochs 10
     (add --workers 4 to train the estimators as tasks of a local Dask cluster)
     """
+    from gradest.lab.threads import intra_op_threads
     from gradest.parallel import cell_map, serial_map
     from gradest.vae.compare import compare, run_folder
     from gradest.vae.config import TrainConfig
@@ -539,7 +555,7 @@ def compare_command(
             raise GradestError(f"{folder} already holds a run; choose another --out or remove that folder")
     # the comparison's folder and each run's folder are held until the report is written; each run's
     # folder is a vae train run (it can be resumed on its own)
-    with claim(out, "vae compare"), contextlib.ExitStack() as held:
+    with claim(out, "vae compare"), contextlib.ExitStack() as held, intra_op_threads(threads or None):
         for folder in runs.values():
             held.enter_context(claim(folder, "vae train", TRAIN_FILES))
         with cell_map(workers, scheduler, worker_wait=worker_wait,

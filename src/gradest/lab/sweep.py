@@ -18,6 +18,7 @@ order, so a distributed sweep writes the file a serial one writes.
 
 from __future__ import annotations
 
+import copy
 import csv
 import io
 import math
@@ -32,6 +33,7 @@ import torch
 from torch.distributions import Normal
 
 from gradest import batches
+from gradest.compare import WARM_UP_SAMPLES
 from gradest.costs import named_cost
 from gradest.device import resolve_device
 from gradest.diagnostics import ROUNDING, effective_variance, param_stats, variance_stderr, z_score
@@ -65,7 +67,8 @@ class SweepConfig:
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     samples: int = 100_000
     seed: int = 0
-    #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: unchanged
+    #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: the idle CPUs this
+    #: process may use
     threads: int | None = 1
     #: where the parameters and the generators live: cpu, cuda or cuda:N (not part of a row's key:
     #: a sweep resumed on another device keeps the rows it has, measured on the first)
@@ -225,6 +228,10 @@ def measure_cell(config: SweepConfig, cost: str, k: float, estimator: str) -> li
     exact = exact_grad(f, Normal, params)
     est = get_estimator(estimator)
     with intra_op_threads(config.threads):
+        # an untimed warm-up first, as compare and advise do: a throwaway copy pays the first-call
+        # costs (the cost's contract probe, autograd's and the thread pool's start) out of the timing
+        copy.deepcopy(est).per_sample(f, Normal, params, min(config.samples, WARM_UP_SAMPLES),
+                                      make_generator(config.seed, device))
         # independent batches where the estimator couples its samples (leave-one-out statistics)
         per = batches.per_sample(est, f, Normal, params, config.samples, make_generator(config.seed, device))
     groups = per.groups
