@@ -10,11 +10,15 @@ Every line times its two sides side by side in one run: one untimed warm-up call
 REPEATS rounds that alternate the order of the two sides; the best round of each side counts.
 
 1. score per-sample:    ``get_estimator("score").per_sample`` / hand-written batched analytic score
-   (ε = randn, x = μ + σε, f(x)·ε/σ and f(x)·(ε² − 1)/σ).                          target ≤ 1.5
+   (ε = randn, x = μ + σε, f(x)·ε/σ and f(x)·(ε² − 1)/σ).                          target ≤ 1.15
 2. pathwise per-sample: ``get_estimator("pathwise").per_sample`` / hand-written batched pathwise
    (−2 sin(2x) and −2 sin(2x)·ε). The record holds the values f(x_n) too, so the like-for-like
-   hand version computes f(x) as well (target ≤ 1.25); an info line compares against the
-   gradients alone.
+   hand version computes f(x) as well (target ≤ 1.15); an info line compares against the
+   gradients alone. What bounds both: the engine differentiates a black-box f through autograd,
+   which keeps every intermediate (cos(2x)'s backward is sin, a negation, a product with the
+   incoming gradient and one with 2, where the hand code folds −2 into one product), and it checks
+   the values and the gradients for NaN (a sum each); the hand score reuses ε where the engine
+   recomputes z = (x − μ)/σ from the draws.
 3. surrogate vs Pyro:   ``get_estimator("pathwise").surrogate(...).backward()`` against Pyro's
    ``Trace_ELBO(num_particles=N, vectorize_particles=True).differentiable_loss(...).backward()``
    on the same problem, at N = 10², 10⁴, 10⁶ (batched: 10², 10⁴), as seconds per sample;
@@ -319,7 +323,7 @@ def per_sample_rows(prob: Problem, dtype: torch.dtype, name: str, repeats: int) 
             "hand": lambda: hand_score(prob, loc, scale, n, g),
         }, repeats)
         rows.append(Row(f"score per-sample / hand ({prob.name})", dname, n,
-                        t["engine"], t["hand"], t["engine"] / t["hand"], "<=", 1.5))
+                        t["engine"], t["hand"], t["engine"] / t["hand"], "<=", 1.15))
     else:
         est = get_estimator("pathwise")
         t = best_times({
@@ -328,7 +332,7 @@ def per_sample_rows(prob: Problem, dtype: torch.dtype, name: str, repeats: int) 
             "grads": lambda: hand_pathwise_grads_only(prob, loc, scale, n, g),
         }, repeats)
         rows.append(Row(f"pathwise per-sample / hand ({prob.name})", dname, n,
-                        t["engine"], t["hand"], t["engine"] / t["hand"], "<=", 1.25))
+                        t["engine"], t["hand"], t["engine"] / t["hand"], "<=", 1.15))
         rows.append(Row(f"  … / hand grads only, no f(x) ({prob.name})", dname, n,
                         t["engine"], t["grads"], t["engine"] / t["grads"], ""))
     return rows

@@ -64,3 +64,26 @@ def test_no_more_threads_than_idle_usable_cpus_by_default(monkeypatch):
     with intra_op_threads(2):
         assert torch.get_num_threads() == 2
     assert torch.get_num_threads() == before
+
+
+def test_more_local_workers_than_idle_cpus_are_told(monkeypatch):
+    pytest.importorskip("distributed")
+    from gradest import parallel
+
+    class Stop(Exception):
+        pass
+
+    def stop():
+        raise Stop
+
+    monkeypatch.setattr(parallel, "idle_cpus", lambda: 1)
+    monkeypatch.setattr(parallel, "_quiet_dask", stop)  # before any cluster starts
+    events: list[str] = []
+    with pytest.raises(Stop), parallel.cell_map(workers=2, on_event=events.append):
+        pass
+    assert len(events) == 1 and "2 Dask workers on 1 idle CPU" in events[0]
+    events.clear()
+    monkeypatch.setattr(parallel, "idle_cpus", lambda: 2)
+    with pytest.raises(Stop), parallel.cell_map(workers=2, on_event=events.append):
+        pass
+    assert events == []

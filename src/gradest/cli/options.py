@@ -50,7 +50,9 @@ def threads_option(text: str) -> OptionInfo:
 Workers = Annotated[int | None, option(
     Count(1, WORKERS_MAX, meaning=" (two per CPU core, at least 8)"),
     "Run the cells as tasks on a local Dask cluster of this many worker processes (one thread each); "
-    "same rows, same order as a serial run. Needs pip install 'gradest[dask]'.")]
+    "same rows, same order as a serial run. Pays only with an idle core per worker and cells of "
+    "seconds or more: the cluster takes seconds to start, and on a busy machine the workers compete "
+    "for its cores (slower than a serial run). Needs pip install 'gradest[dask]'.")]
 Scheduler = Annotated[str | None, option(
     Address(),
     "Run the cells on an existing Dask scheduler, e.g. tcp://10.0.0.5:8786 (its workers need gradest "
