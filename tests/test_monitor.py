@@ -134,6 +134,8 @@ def test_a_loss_that_cannot_be_vectorized_is_measured_by_the_loop():
         h = model(batch)
         return torch.normal(h, 1.0, generator=generator).square().sum()
 
+    with pytest.raises(GradestError, match="mode='vmap' vectorizes a loss_fn"):
+        GradientMonitor(model, estimates_fn=lambda b, g, r: {}, mode="vmap")
     for loss in (dropout, branch, tensor_argument):
         records = GradientMonitor(model, loss, repeats=3, seed=1).measure(0, X)
         assert {r.path for r in records} == {"loop"}, loss.__name__

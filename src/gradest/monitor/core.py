@@ -128,6 +128,9 @@ class GradientMonitor:
             raise GradestError("mode='batched' needs loss_fn(batch, generator, repeats=R) returning [R] "
                                "losses; without a repeats argument use mode='loop'")
         self.batched = batched and mode != "loop"
+        if mode == "vmap" and loss_fn is None:
+            raise GradestError("mode='vmap' vectorizes a loss_fn over the repeats; estimates_fn returns "
+                               "them itself: leave mode at 'auto'")
         self.mode = mode
         self._vmap_path = "vmap"
         self.every, self.repeats, self.batch = every, repeats, batch
