@@ -54,8 +54,9 @@ def test_busy_cpus_are_not_counted_idle(monkeypatch, load, idle):
     assert limits.idle_cpus() == idle
 
 
-def test_no_more_threads_than_idle_usable_cpus_by_default(monkeypatch):
-    monkeypatch.setattr("gradest.lab.threads.idle_cpus", lambda: 1)
+def test_no_more_threads_than_usable_cpus_by_default_whatever_the_load(monkeypatch):
+    monkeypatch.setattr("gradest.lab.threads.usable_cpus", lambda: 1)
+    monkeypatch.setattr(os, "getloadavg", lambda: (0.0, 0.0, 0.0))
     before = torch.get_num_threads()
     assert default_threads() == 1
     with intra_op_threads(None):
@@ -87,3 +88,14 @@ def test_more_local_workers_than_idle_cpus_are_told(monkeypatch):
     with pytest.raises(Stop), parallel.cell_map(workers=2, on_event=events.append):
         pass
     assert events == []
+
+
+def test_the_default_does_not_follow_the_load(monkeypatch):
+    # the thread count changes torch's parallel sums: a load-dependent default would change the numbers
+    monkeypatch.setattr("gradest.lab.threads.usable_cpus", lambda: 2)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 2)
+    counts = set()
+    for load in (0.0, 9.0):
+        monkeypatch.setattr(os, "getloadavg", lambda load=load: (load, load, load))
+        counts.add(default_threads())
+    assert counts == {2}

@@ -52,7 +52,7 @@ def discrete_command(
     seed: Annotated[int, seed_option("Cell k draws from a generator seeded seed + k.")] = 0,
     out: Annotated[Path, option(OutDir(), "Output folder.")] = Path("gradest-out/discrete"),
     threads: Annotated[int, threads_option(
-        "torch intra-op threads (0: the idle CPUs this process may use); one by default, these tensors "
+        "torch intra-op threads (0: the CPUs this process may use); one by default, these tensors "
         "are small.")] = 1,
 ) -> None:
     """Bias, variance and the sign of every discrete estimator on the REBAR toy problem.

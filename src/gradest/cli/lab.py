@@ -44,7 +44,7 @@ from gradest.runs import claim
 
 console = Console(width=None if sys.stdout.isatty() else 130)
 
-_THREADS_HELP = ("torch intra-op threads (0: the idle CPUs this process may use). One by default: "
+_THREADS_HELP = ("torch intra-op threads (0: the CPUs this process may use). One by default: "
                  "these tensors are small, and on a busy machine the thread pool slows them down and makes "
                  "timings erratic.")
 

@@ -35,14 +35,15 @@ def seed_option(text: str) -> OptionInfo:
 
 #: --threads of the commands whose tensors are large enough for threads to pay (default 0)
 THREADS_HELP = ("torch intra-op threads; 0 (the default): the CPUs this process may use (its affinity "
-                "mask and cgroup CPU quota) that are idle by the load average, at least one. On a busy "
-                "machine more threads than idle CPUs can make a step tens of times slower.")
+                "mask and cgroup CPU quota), the same on every run, since the count changes torch's "
+                "sums in the last digits. On a busy machine give 1: more threads than idle CPUs can "
+                "make a step tens of times slower.")
 
 
 def threads_option(text: str) -> OptionInfo:
-    """``--threads``: 0 (the idle CPUs this process may use) or 1 … THREADS_MAX; torch crashes on a pool of
+    """``--threads``: 0 (the CPUs this process may use) or 1 … THREADS_MAX; torch crashes on a pool of
     100 000."""
-    return option(Count(0, THREADS_MAX, meaning=" (0: the idle CPUs this process may use; 4 per CPU "
+    return option(Count(0, THREADS_MAX, meaning=" (0: the CPUs this process may use; 4 per CPU "
                                                 "core, at least 64)"),
                   f"{text} At most {THREADS_MAX}.")
 

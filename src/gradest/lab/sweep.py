@@ -67,7 +67,7 @@ class SweepConfig:
     estimators: tuple[str, ...] = DEFAULT_ESTIMATORS
     samples: int = 100_000
     seed: int = 0
-    #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: the idle CPUs this
+    #: torch intra-op threads while measuring (see :mod:`gradest.lab.threads`); None: the CPUs this
     #: process may use
     threads: int | None = 1
     #: where the parameters and the generators live: cpu, cuda or cuda:N (not part of a row's key:
