@@ -24,12 +24,14 @@ is watched and repeated once:
 A verdict is cached (pass or the refusal), so a training loop pays for the probe once.
 
 One more check runs on every call of a cost whose values an estimator weights (score-type, mvd) on a
-continuous family, because it depends on θ, not on f's code: **resolution**. When a cost's values at
-N distinct draws are equal to rounding (within 64 ulps of ``|f|``) while f has a slope there, f's
-variation over the draws (≈ ``|f′|`` × their spread) is below f's own resolution — (x + 3)² at draws
-of N(0, 10⁻¹⁷) is 9 to the last bit — and a score-type estimate is the gradient of the rounding (0
-where the truth is 6). The slope comes from one backward pass, only when the values are flat; a
-slope below ``64 ε (|f| + 1)`` is rounding itself and passes (the estimate 0 is then right to rounding).
+continuous family, because it depends on θ, not on f's code: **resolution**. Where a coordinate's
+draws move f by less than 64 units in its last place although f has a slope there (|∂f/∂x_j| ·
+spread_j ≤ 64 ε |f|), that coordinate's share of f's variation is lost to rounding — (x + 3)² at
+draws of N(0, 10⁻¹⁷) is 9 to the last bit; a total over coordinates at scales 10⁻¹⁷ and 10³ drowns
+the small ones — and a score-type or measure-valued estimate is the gradient of the rounding (0 where
+the truth is 6). The slope comes from one backward pass of f, run only where a value column is flat
+or the coordinates' spreads differ by more than 2²⁰; a slope below 64 ε (|f| + 1) is rounding itself
+and passes (the estimate 0 is then right to rounding).
 """
 
 from __future__ import annotations
@@ -323,43 +325,57 @@ def _flat(values: torch.Tensor) -> torch.Tensor:
     return (values.amax(0) - values.amin(0)) <= 64 * eps * values.abs().amax(0)
 
 
+#: coordinates whose draws spread less than this fraction of the widest one's are checked for
+#: resolution even where no value is flat (their share of f can drown in the others' rounding)
+UNEVEN = 2.0**-20
+
+
 def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out: torch.Tensor,
                estimator: str) -> str | None:
-    """The refusal when f's values ``out [n, *C]`` at distinct draws ``x [n, …]`` are equal to
-    rounding in some column although f has a slope there (its variation hidden by its own rounding),
-    else None. Costs one reduction; one backward pass of f only when a column is flat."""
+    """The refusal when some coordinate's draws move f by less than its rounding although f has a
+    slope in that coordinate (|∂f/∂x_j| · spread_j ≤ 64 ε |f| while |∂f/∂x_j| > 64 ε (|f| + 1)): its
+    share of f's variation is lost, and an estimator that weights f's values reads it as 0. Costs two
+    reductions; one backward pass of f only where a value column is flat or the coordinates' spreads
+    differ by more than 2²⁰ (``UNEVEN``)."""
     n = out.shape[0]
     if n < 2 or not out.is_floating_point() or not x.is_floating_point():
         return None
     values = out.detach().reshape(n, -1)
-    flat = _flat(values)
-    if not bool(flat.any()):
-        return None
     points = x.detach()
-    spread = (points.amax(0) - points.amin(0)).amax()
-    if not bool(spread > 0):
+    flat_points = points.reshape(n, -1)
+    spreads = flat_points.amax(0) - flat_points.amin(0)
+    moving = spreads > 0
+    if not bool(moving.any()):
         return None  # every draw equal: collapsed draws are sample health's refusal (gradest.health)
+    uneven = bool(spreads[moving].amin() < UNEVEN * spreads.amax())
+    if not uneven and not bool(_flat(values).any()):
+        return None
     probe_x = points.clone().requires_grad_(True)
     try:
         with torch.enable_grad():
             again = evaluate(probe_x).reshape(n, -1)
-            total = (again * flat).sum()
-            slope = torch.autograd.grad(total, probe_x, allow_unused=True)[0] if total.requires_grad else None
+            slope = torch.autograd.grad(again.sum(), probe_x, allow_unused=True)[0] \
+                if again.requires_grad else None
     except (RuntimeError, GradestError):
         return None  # f has no derivative in x to read: nothing to conclude
     if slope is None:
         return None
-    size = float(values[:, flat].abs().mean())
-    steep = float(slope.abs().mean()) * math.prod(points.shape[1:]) / max(1, int(flat.sum()))
+    steep = slope.reshape(n, -1).abs().mean(0)  # [D]
+    cells, width = values.shape[1], flat_points.shape[1]
+    size = values.abs().mean(0)  # [C]
+    # coordinate j belongs to output column j // (D / C) where the cost is per element, else to all
+    size_j = size.repeat_interleave(width // cells) if width % cells == 0 else size.amax().expand(width)
     eps = torch.finfo(values.dtype).eps
-    if not math.isfinite(steep) or steep <= 64 * eps * (size + 1.0):
+    lost = moving & (steep * spreads <= 64 * eps * size_j) & (steep > 64 * eps * (size_j + 1.0))
+    if not bool(lost.any()):
         return None
+    j = int(lost.nonzero()[0, 0])
     return (
-        f"f's values at the {n} draws are equal to rounding (|f| ≈ {size:.3g}, within 64 units in the "
-        f"last place) although the draws differ (by up to {float(spread):.3g}) and f has a slope there "
-        f"(|f′| ≈ {steep:.3g}): f's variation over the draws is below its own resolution, and "
+        f"f's values do not resolve its draws: coordinate {j}'s draws spread by {float(spreads[j]):.3g} "
+        f"and f's slope there is {float(steep[j]):.3g}, so they move f (|f| ≈ {float(size_j[j]):.3g}) by "
+        f"less than 64 units in its last place — f's variation is below its own resolution, and "
         f"{estimator or 'the estimator'}, which weights each draw by its cost, would estimate the "
         "gradient of the rounding (0); use a pathwise estimator (it differentiates f) where the family "
         "has rsample, compute in float64, or write f relative to a reference value so that its "
-        "variation shows (e.g. (x + 3)² − 9 = x² + 6x)"
+        "variation shows (e.g. (x + 3)² − 9 = x² + 6x, or the cost of each coordinate apart)"
     )

@@ -39,7 +39,16 @@ from __future__ import annotations
 import math
 
 import torch
-from torch.distributions import Bernoulli, Beta, Dirichlet, Distribution, Gamma, Independent, constraints
+from torch.distributions import (
+    Bernoulli,
+    Beta,
+    Categorical,
+    Dirichlet,
+    Distribution,
+    Gamma,
+    Independent,
+    constraints,
+)
 
 from gradest.errors import SampleHealthError
 
@@ -247,25 +256,37 @@ def given_probs(family: Distribution) -> torch.Tensor | None:
 
 
 def unseen_outcome(dist: Distribution, n: int) -> str | None:
-    """Why N draws of a discrete family given as ``probs`` cannot see one of its outcomes (expected
-    count N·p < 1), or None. The derivative with respect to that probability is of order 1 whatever
-    p is (torch normalizes probs), and an estimate from draws that never show the outcome reads it
-    from the other outcomes alone (Categorical([1e-12, 0.5, 0.5]): −2.5 where the truth is 3.5)."""
+    """Why N draws of a discrete family cannot see one of its outcomes (expected count N·p < 1), or
+    None. Given as ``probs``, the derivative with respect to that probability is of order 1 whatever p
+    is (torch normalizes probs), and an estimate from draws that never show the outcome reads it from
+    the other outcomes alone (Categorical([1e-12, 0.5, 0.5]): −2.5 where the truth is 3.5). Given as
+    logits (Bernoulli, Categorical), the outcome's share of the gradient is p·(f − b), of order p times
+    the cost: lost to rounding only where p is below 64 ε; above, the unseen outcome leaves a confident
+    estimate of −p·f̄ (logits [3, −2, 3, −2] of 240 elements, a total cost ≈ 480: −1.63 where the truth
+    is −0.0034)."""
     family = _family(dist)
-    probs = given_probs(family)
-    if n < MIN_DISCRETE_DRAWS or probs is None or not is_discrete(family):
+    if n < MIN_DISCRETE_DRAWS or not is_discrete(family):
         return None
+    probs = given_probs(family)
+    from_logits = probs is None
+    if from_logits:
+        if not isinstance(family, (Bernoulli, Categorical)):  # OneHotCategorical is a Categorical's view
+            family = vars(family).get("_categorical", family)
+            if not isinstance(family, Categorical):
+                return None
+        probs = family.probs
     probs = probs.detach()
     if isinstance(family, Bernoulli):
         probs = torch.stack([probs, 1 - probs], -1)
     rarest = float(probs.min())
-    if n * rarest >= 1.0:
+    if n * rarest >= 1.0 or (from_logits and rarest <= 64 * torch.finfo(probs.dtype).eps):
         return None
+    fix = "" if from_logits else "parameterize by logits (whose derivative there is of order p), or "
     return (
         f"an outcome of {type(family).__name__} has probability {rarest:.3g}, so {n} draws see it "
-        f"{n * rarest:.2g} times on average: the derivative with respect to that probability is read "
-        f"from the other outcomes alone; draw N ≳ {min(5 / max(rarest, 1e-300), 1e300):.3g} samples, or "
-        "parameterize by logits (whose derivative there is of order p), or use the exact gradient "
+        f"{n * rarest:.2g} times on average: the derivative with respect to that "
+        f"{'probability' if not from_logits else 'logit'} is read from the other outcomes alone; draw "
+        f"N ≳ {min(5 / max(rarest, 1e-300), 1e300):.3g} samples, or {fix}use the exact gradient "
         "(gradest.exact_grad, enumeration)"
     )
 
