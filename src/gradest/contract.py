@@ -25,13 +25,13 @@ A verdict is cached (pass or the refusal), so a training loop pays for the probe
 
 One more check runs on every call of a cost whose values an estimator weights (score-type, mvd) on a
 continuous family, because it depends on θ, not on f's code: **resolution**. Where a coordinate's
-draws move f by less than 64 units in its last place although f has a slope there (|∂f/∂x_j| ·
-spread_j ≤ 64 ε |f|), that coordinate's share of f's variation is lost to rounding — (x + 3)² at
-draws of N(0, 10⁻¹⁷) is 9 to the last bit; a total over coordinates at scales 10⁻¹⁷ and 10³ drowns
-the small ones — and a score-type or measure-valued estimate is the gradient of the rounding (0 where
-the truth is 6). The slope comes from one backward pass of f, run only where a value column is flat
-or the coordinates' spreads differ by more than 2²⁰; a slope below 64 ε (|f| + 1) is rounding itself
-and passes (the estimate 0 is then right to rounding).
+draws move f by less than 64 units in its last place although f has a slope there
+(``|∂f/∂x_j| · spread_j ≤ 64 ε |f|``), that coordinate's share of f's variation is lost to
+rounding — (x + 3)² at draws of N(0, 10⁻¹⁷) is 9 to the last bit; a total over coordinates at
+scales 10⁻¹⁷ and 10³ drowns the small ones — and a score-type or measure-valued estimate is the
+gradient of the rounding (0 where the truth is 6). The slope comes from one backward pass of f, run
+only where a value column is flat or the coordinates' spreads differ by more than 2²⁰; a slope below
+``64 ε (|f| + 1)`` is rounding itself and passes (the estimate 0 is then right to rounding).
 """
 
 from __future__ import annotations
@@ -320,7 +320,7 @@ def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key
 
 
 def _flat(values: torch.Tensor) -> torch.Tensor:
-    """Per output column of ``values [n, C]``: equal over the n rows to 64 ulps of the largest |value|."""
+    """Per output column of ``values [n, C]``: equal over the n rows to 64 ulps of the largest magnitude."""
     eps = torch.finfo(values.dtype).eps
     return (values.amax(0) - values.amin(0)) <= 64 * eps * values.abs().amax(0)
 
@@ -333,7 +333,7 @@ UNEVEN = 2.0**-20
 def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, out: torch.Tensor,
                estimator: str) -> str | None:
     """The refusal when some coordinate's draws move f by less than its rounding although f has a
-    slope in that coordinate (|∂f/∂x_j| · spread_j ≤ 64 ε |f| while |∂f/∂x_j| > 64 ε (|f| + 1)): its
+    slope in that coordinate (``|∂f/∂x_j| · spread_j ≤ 64 ε |f|`` while ``|∂f/∂x_j| > 64 ε (|f| + 1)``): its
     share of f's variation is lost, and an estimator that weights f's values reads it as 0. Costs two
     reductions; one backward pass of f only where a value column is flat or the coordinates' spreads
     differ by more than 2²⁰ (``UNEVEN``)."""

@@ -255,15 +255,16 @@ def given_probs(family: Distribution) -> torch.Tensor | None:
     return probs if isinstance(probs, torch.Tensor) and getattr(holder, "_param", probs) is probs else None
 
 
-def unseen_outcome(dist: Distribution, n: int) -> str | None:
-    """Why N draws of a discrete family cannot see one of its outcomes (expected count N·p < 1), or
+def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False) -> str | None:
+    """Why N draws of a discrete family cannot see one of its outcomes (expected count < 1), or
     None. Given as ``probs``, the derivative with respect to that probability is of order 1 whatever p
     is (torch normalizes probs), and an estimate from draws that never show the outcome reads it from
     the other outcomes alone (Categorical([1e-12, 0.5, 0.5]): −2.5 where the truth is 3.5). Given as
     logits (Bernoulli, Categorical), the outcome's share of the gradient is p·(f − b), of order p times
     the cost: lost to rounding only where p is below 64 ε; above, the unseen outcome leaves a confident
     estimate of −p·f̄ (logits [3, −2, 3, −2] of 240 elements, a total cost ≈ 480: −1.63 where the truth
-    is −0.0034)."""
+    is −0.0034). ``per_particle``: the family carries the particle axis (one draw from each row, a
+    graph node built from upstream samples), so an outcome's expected count is Σ_n p_n, not N·p."""
     family = _family(dist)
     if n < MIN_DISCRETE_DRAWS or not is_discrete(family):
         return None
@@ -278,15 +279,23 @@ def unseen_outcome(dist: Distribution, n: int) -> str | None:
     probs = probs.detach()
     if isinstance(family, Bernoulli):
         probs = torch.stack([probs, 1 - probs], -1)
-    rarest = float(probs.min())
-    if n * rarest >= 1.0 or (from_logits and rarest <= 64 * torch.finfo(probs.dtype).eps):
+    if per_particle and probs.dim() >= 2 and probs.shape[0] == n:
+        counts, largest = probs.sum(0), probs.amax(0)
+    else:
+        counts, largest = n * probs, probs
+    unseen = counts < 1.0
+    if from_logits:  # below 64 ε the outcome's share p·(f − b) is rounding itself
+        unseen &= largest > 64 * torch.finfo(probs.dtype).eps
+    if not bool(unseen.any()):
         return None
+    count = float(counts[unseen].min())
+    rarest = float(largest[unseen].max()) if per_particle else count / n
     fix = "" if from_logits else "parameterize by logits (whose derivative there is of order p), or "
     return (
         f"an outcome of {type(family).__name__} has probability {rarest:.3g}, so {n} draws see it "
-        f"{n * rarest:.2g} times on average: the derivative with respect to that "
+        f"{count:.2g} times on average: the derivative with respect to that "
         f"{'probability' if not from_logits else 'logit'} is read from the other outcomes alone; draw "
-        f"N ≳ {min(5 / max(rarest, 1e-300), 1e300):.3g} samples, or {fix}use the exact gradient "
+        f"N ≳ {min(5 * n / max(count, 1e-300), 1e300):.3g} samples, or {fix}use the exact gradient "
         "(gradest.exact_grad, enumeration)"
     )
 
@@ -305,6 +314,8 @@ def check(dist: Distribution, x: torch.Tensor, kind: str, training: bool, what: 
     if reason is None and (kind == "any" or bounded or (kind == "continuous" and not is_discrete(dist))):
         reason = collapsed(dist, x, training)
     if reason is None and kind == "any" and not training:
-        reason = unseen_outcome(dist, x.shape[0])
+        # the family carries the particle axis when its batch already covers the draws' leading dims
+        per_particle = x.dim() == len(dist.batch_shape) + len(dist.event_shape)
+        reason = unseen_outcome(dist, x.shape[0], per_particle)
     if reason is not None:
         raise SampleHealthError(f"{what}{reason}")

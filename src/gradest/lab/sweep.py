@@ -156,8 +156,10 @@ class SweepRow:
         if not (math.isfinite(self.variance_exact) and math.isfinite(self.variance_stderr)) \
                 or self.variance_stderr <= 0:
             return None
-        return float(z_score(torch.tensor(self.variance), torch.tensor(self.variance_stderr),
-                             torch.tensor(self.variance_exact)))
+        # float64, not torch's default dtype: a row's figures must not depend on global state
+        variance, stderr, exact = (torch.tensor(v, dtype=torch.float64)
+                                   for v in (self.variance, self.variance_stderr, self.variance_exact))
+        return float(z_score(variance, stderr, exact))
 
 
 COLUMNS = tuple(f.name for f in fields(SweepRow))
