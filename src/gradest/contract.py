@@ -46,6 +46,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils._pytree import tree_flatten
 
 from gradest.errors import GradestError
+from gradest.rng import GLOBAL_RNG_LOCK
 
 #: metadata reads that do not use a tensor's values
 _METADATA = frozenset({"__get__", "numel", "dim", "size", "stride", "is_floating_point", "element_size",
@@ -175,6 +176,13 @@ def undeclared_message(name: str) -> str:
 def replayed_rng(device: torch.device) -> Iterator[Callable[[], None]]:
     """Yields ``replay()``, which puts the global RNG back where it was on entry; the RNG state
     after the block is the one it had before ``replay`` was first called."""
+    with GLOBAL_RNG_LOCK:  # another thread's locked draw must never see the state replayed under it
+        with _replayed(device) as replay:
+            yield replay
+
+
+@contextlib.contextmanager
+def _replayed(device: torch.device) -> Iterator[Callable[[], None]]:
     cuda = device.type == "cuda"
     start = torch.get_rng_state(), (torch.cuda.get_rng_state(device) if cuda else None)
     after: list = []

@@ -39,7 +39,9 @@ from gradest.errors import GradestError
 _SEED_HIGH = 2**62
 #: the largest seed torch takes as it is (a larger one overflows, a negative one wraps around)
 SEED_MAX = 2**64 - 1
-_FALLBACK_LOCK = threading.Lock()
+#: held while the global RNG is forked for a draw, and while a contract probe replays it
+#: (gradest.contract): re-entrant, so a probe's cost may draw through the fallback itself
+GLOBAL_RNG_LOCK = _FALLBACK_LOCK = threading.RLock()
 
 Shape = torch.Size | tuple[int, ...]
 #: family sampler: (distribution, sample_shape, generator) -> x ``[*sample_shape, *batch, *event]``
