@@ -33,7 +33,8 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -115,6 +116,25 @@ class Rebar(Estimator):
 
     def make_control(self, like: torch.Tensor, width: int) -> Control:
         return Control(self.eta0, self.temperature0, like, width)
+
+    def control_state(self) -> dict[str, Any]:
+        """The learned control and its optimizer as tensors, numbers and dicts ({} before the first
+        call): what a checkpoint keeps (loadable with ``weights_only=True``)."""
+        if self.control is None:
+            return {}
+        return {"width": self.control.width, "control": self.control.state_dict(),
+                "optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+
+    def load_control_state(self, state: Mapping[str, Any]) -> None:
+        """Put back :meth:`control_state`: the control made as the first call makes it, then the saved
+        values (nothing where the state holds no control)."""
+        if "control" not in state:
+            return
+        self.control = self.make_control(state["control"]["eta"], int(state["width"]))
+        self.control.load_state_dict(state["control"])
+        self.optimizer = torch.optim.Adam(self.control.parameters(), lr=self.lr) if self.learn else None
+        if self.optimizer is not None and state.get("optimizer") is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
 
     def _control(self, like: torch.Tensor, width: int) -> Control:
         if self.control is None or not self.control.matches(like, width):

@@ -6,8 +6,6 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
-import torch
-
 from gradest.errors import GradestError
 from gradest.estimators.baselines import MovingAverage
 from gradest.estimators.rebar import Rebar
@@ -20,10 +18,8 @@ def estimator_state(site: Site) -> dict[str, Any]:
     baseline = getattr(est, "baseline", None)
     if isinstance(baseline, MovingAverage):
         out["average"] = {"raw": baseline._raw, "count": baseline._count}
-    if isinstance(est, Rebar) and est.control is not None:
-        out["width"] = est.control.width
-        out["control"] = est.control.state_dict()
-        out["optimizer"] = None if est.optimizer is None else est.optimizer.state_dict()
+    if isinstance(est, Rebar):
+        out.update(est.control_state())
     return out
 
 
@@ -39,10 +35,5 @@ def load_estimator(site: Site, state: Mapping[str, Any]) -> None:
     baseline = getattr(est, "baseline", None)
     if isinstance(baseline, MovingAverage) and "average" in state:
         baseline._raw, baseline._count = float(state["average"]["raw"]), int(state["average"]["count"])
-    if isinstance(est, Rebar) and "control" in state:
-        like = state["control"]["eta"]
-        est.control = est.make_control(like, int(state["width"]))
-        est.control.load_state_dict(state["control"])
-        est.optimizer = torch.optim.Adam(est.control.parameters(), lr=est.lr) if est.learn else None
-        if est.optimizer is not None and state.get("optimizer") is not None:
-            est.optimizer.load_state_dict(state["optimizer"])
+    if isinstance(est, Rebar):
+        est.load_control_state(state)

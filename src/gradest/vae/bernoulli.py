@@ -86,10 +86,8 @@ class LatentEstimator:
         """Tensors, numbers and dicts only (the checkpoint is loaded with ``weights_only=True``)."""
         est = self.estimator
         out: dict[str, Any] = {"spec": self.spec, "steps": int(getattr(est, "steps", 0))}
-        if isinstance(est, Rebar) and est.control is not None:
-            out["width"] = est.control.width
-            out["control"] = est.control.state_dict()
-            out["optimizer"] = None if est.optimizer is None else est.optimizer.state_dict()
+        if isinstance(est, Rebar):
+            out.update(est.control_state())
         return out
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -100,14 +98,8 @@ class LatentEstimator:
         est = self.estimator
         if hasattr(est, "steps"):
             est.steps = int(state["steps"])
-        if isinstance(est, Rebar) and "control" in state:
-            like = state["control"]["eta"]
-            # as Rebar creates them at its first call, then the saved values
-            est.control = est.make_control(like, int(state["width"]))
-            est.control.load_state_dict(state["control"])
-            est.optimizer = torch.optim.Adam(est.control.parameters(), lr=est.lr) if est.learn else None
-            if est.optimizer is not None and state.get("optimizer") is not None:
-                est.optimizer.load_state_dict(state["optimizer"])
+        if isinstance(est, Rebar):
+            est.load_control_state(state)
 
 
 def _is_binary(b: torch.Tensor) -> bool:
