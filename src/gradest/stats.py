@@ -251,6 +251,8 @@ def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> Gradi
         raise GradestError(f"need R ≥ 2 estimates as [R, P], got shape {list(estimates.shape)}")
     dtype = estimates.dtype if estimates.device.type == "mps" else torch.float64  # MPS has no float64
     units = estimates.shape[0] if groups is None else int(torch.unique(groups).numel())
+    if groups is None and units <= GRAM_LIMIT and estimates.device.type == "cpu" and estimates.shape[1]:
+        return _cpu_sums(estimates, dtype)
     one_block = units > GRAM_LIMIT or estimates.device.type != "cpu"  # the P × P side needs every column
     width = max(estimates.shape[1], 1) if one_block else max(_CPU_BLOCK // estimates.shape[0], 1)
     parts = []
@@ -271,6 +273,27 @@ def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> Gradi
             frobenius = (side * side).sum()
         parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), most, squares.sum(1),
                                   gram, frobenius))
+    return combined(parts)
+
+
+def _cpu_sums(estimates: torch.Tensor, dtype: torch.dtype) -> GradientSums:
+    """:func:`gradient_sums` of i.i.d. ``estimates [R, P]`` on the CPU, the same numbers with no
+    allocation per block: each block of columns is copied into one float64 workspace, centred, its
+    Gram matrix taken, then squared in place (the memory traffic, not the arithmetic, is the cost)."""
+    r = estimates.shape[0]
+    width = max(_CPU_BLOCK // r, 1)
+    work = torch.empty(r, min(width, estimates.shape[1]), dtype=dtype)
+    parts = []
+    for block in estimates.split(width, dim=1):
+        dev = work[:, :block.shape[1]]
+        dev.copy_(block)
+        mean = dev.mean(0)
+        dev.sub_(mean)
+        gram = dev @ dev.T
+        squares = dev.square_()
+        per_coordinate = squares.sum(0) / (r - 1)
+        parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), per_coordinate.max(),
+                                  squares.sum(1), gram, None))
     return combined(parts)
 
 
