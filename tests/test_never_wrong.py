@@ -4,6 +4,8 @@ Each case was measured on a model nobody here wrote; each is now refused with a 
 names the fix, or answered within 5 standard errors of the exact gradient.
 """
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from torch.distributions import Bernoulli, Beta, Gamma, Normal, Poisson
@@ -103,6 +105,61 @@ def test_a_batch_norm_decoder_in_training_mode_is_refused_for_score_estimators()
     contract._VERDICTS.clear()
     gradest.get_estimator("score-loo").surrogate(
         f, lambda loc, scale: torch.distributions.Independent(Normal(loc, scale), 1), params, 8, gen())
+
+
+def test_a_verdict_does_not_carry_over_to_a_module_switched_to_training_mode():
+    torch.manual_seed(0)  # the network's initial weights only
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4), torch.nn.Linear(4, 1)).double()
+    net.eval()
+
+    def f(x):
+        n, b = x.shape[:2]
+        return net(x.reshape(n * b, 3)).reshape(n, b) ** 2
+
+    params = {"loc": torch.zeros(5, 3, dtype=D), "scale": torch.ones(5, 3, dtype=D)}
+    builder = lambda loc, scale: torch.distributions.Independent(Normal(loc, scale), 1)  # noqa: E731
+    gradest.get_estimator("score-loo").per_sample(f, builder, params, 8, gen())
+    net.train()
+    with pytest.raises(gradest.GradestError, match="mixes the"):
+        gradest.get_estimator("score-loo").per_sample(f, builder, params, 8, gen())
+
+
+@dataclass(frozen=True)
+class _Kind:
+    mixing: bool
+
+
+def _made(kind):
+    """A cost from a factory: the same code for every kind, the branch picked by what it closes over."""
+
+    def f(x):
+        out = x**2
+        return out.roll(1, 1) if kind.mixing else out
+
+    return f
+
+
+@pytest.mark.parametrize("view", ["per_sample", "then", "then-str"])
+def test_the_same_code_closing_over_another_kind_is_probed_again(view):
+    # a verdict was once kept per code and draw shape: a factory's per-element cost passed, and the
+    # same code returned by the factory for a mixing kind inherited the pass (score on a graph node:
+    # ∂/∂σ −0.056 where the truth is 2)
+    def run(f):
+        leaves = {k: v.requires_grad_(True) for k, v in loc_scale(2).items()}
+        if view.startswith("then"):
+            with gradest.graph(gen(), num_samples=1000) as g:
+                g.sample("z", Normal(**leaves), "score", then=f)
+            return g.per_node(leaves)
+        return gradest.get_estimator("score").per_sample(f, Normal, leaves, 1000, gen())
+
+    if view == "then-str":
+        make = lambda kind: lambda x: (x**2).roll(1, 1) if kind == "mixing" else x**2  # noqa: E731
+        plain, mixing = make("element"), make("mixing")
+    else:
+        plain, mixing = _made(_Kind(False)), _made(_Kind(True))
+    run(plain)
+    with pytest.raises(gradest.GradestError, match="mixes the"):
+        run(mixing)
 
 
 def test_a_random_cost_is_not_taken_for_a_mixing_one():

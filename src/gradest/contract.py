@@ -57,12 +57,14 @@ _MAX_VERDICTS = 4096
 
 
 class ProbeKey(NamedTuple):
-    """What a verdict holds for: the cost's code (a closure made anew each step shares it), the
-    draws' shape and dtype, whether element and sample mixing are refused, and — where parameters
-    are watched — what the closure holds and where the parameters live (the same code can close
-    over a parameter in one call and over something else in the next)."""
+    """What a verdict holds for: the cost's code (a closure made anew each step shares it) and what
+    in its closure can change its structure (see :func:`_structure`), the draws' shape and dtype,
+    whether element and sample mixing are refused, and — where parameters are watched — what the
+    closure holds and where the parameters live (the same code can close over a parameter in one call
+    and over something else in the next)."""
 
     code: object
+    closure: tuple[object, ...]
     shape: tuple[int, ...]
     dtype: torch.dtype
     separable: bool
@@ -75,12 +77,53 @@ def key_of(f: Callable, x: torch.Tensor, watched: Mapping[str, torch.Tensor], se
     code = getattr(f, "__code__", None)
     if code is None or getattr(f, "__defaults__", None) or getattr(f, "__kwdefaults__", None):
         code = f  # a callable object, or a function whose defaults may hold state: the object itself
+    cells = getattr(f, "__closure__", None) or ()
     held: tuple[object, ...] = ()
     if watched:
-        cells = getattr(f, "__closure__", None) or ()
         held = (tuple(id(c.cell_contents) for c in cells if _filled(c)),
                 tuple((k, _span(t)) for k, t in sorted(watched.items())))
-    return ProbeKey(code, tuple(x.shape), x.dtype, separable, diagnostic, held)
+    return ProbeKey(code, _closure_structure(f, _DEPTH), tuple(x.shape), x.dtype, separable, diagnostic,
+                    held)
+
+
+#: how deep the closure of a function inside a closure is followed
+_DEPTH = 3
+_PLAIN = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _closure_structure(f: Callable, depth: int) -> tuple[object, ...]:
+    cells = getattr(f, "__closure__", None) or ()
+    return tuple(_structure(c.cell_contents, depth) if _filled(c) else None for c in cells)
+
+
+def _structure(value: object, depth: int) -> object:
+    """What of a closed-over value can change what the same code computes, as a hashable key.
+
+    Plain values (numbers, strings, flags: a ``kind`` that picks a branch), tuples and frozen
+    dataclasses of them by value; a module by its type and every submodule's ``training`` flag (batch
+    norm mixes the batch only in training mode); a function by its code and its own closure; any
+    other object by its type alone — a batch or a parameter tensor made anew each step shares the
+    verdict. Nothing here calls a user's ``__eq__`` or ``__hash__``.
+    """
+    import dataclasses
+    import enum
+
+    if isinstance(value, _PLAIN) or isinstance(value, enum.Enum):
+        return (type(value), value)
+    if depth <= 0:
+        return type(value)
+    if type(value) in (tuple, frozenset):
+        return (type(value), tuple(_structure(v, depth - 1) for v in value))
+    if dataclasses.is_dataclass(value) and not isinstance(value, type) \
+            and type(value).__dataclass_params__.frozen:
+        return (type(value), tuple(_structure(getattr(value, fld.name), depth - 1)
+                                   for fld in dataclasses.fields(value)))
+    if isinstance(value, torch.nn.Module):
+        return (type(value), tuple(m.training for m in value.modules()))
+    code = getattr(value, "__code__", None)
+    if code is not None and callable(value):
+        return (code, _closure_structure(value, depth - 1))
+    return type(value)
 
 
 def _filled(cell: object) -> bool:
