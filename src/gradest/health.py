@@ -209,7 +209,8 @@ def collapsed(dist: Distribution, x: torch.Tensor, training: bool) -> str | None
     x = x.detach()
 
     def narrow(draws: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        lo, hi = torch.aminmax(draws.reshape(draws.shape[0], -1), dim=0)
+        flat = draws.reshape(draws.shape[0], -1)
+        lo, hi = flat.amin(0), flat.amax(0)  # (torch.aminmax along dim 0 is ~10× slower on the CPU)
         spread = hi - lo
         if discrete or not x.is_floating_point():
             return spread == 0, lo, hi
