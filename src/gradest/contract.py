@@ -373,7 +373,8 @@ def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key
 def _flat(values: torch.Tensor) -> torch.Tensor:
     """Per output column of ``values [n, C]``: equal over the n rows to 64 ulps of the largest magnitude."""
     eps = torch.finfo(values.dtype).eps
-    return (values.amax(0) - values.amin(0)) <= 64 * eps * values.abs().amax(0)
+    hi, lo = values.amax(0), values.amin(0)
+    return (hi - lo) <= 64 * eps * torch.maximum(hi, -lo)  # (the largest |value|, with no pass of abs)
 
 
 #: coordinates whose draws spread less than this fraction of the widest one's are checked for
