@@ -21,7 +21,10 @@ is watched and repeated once:
   torch is compared with the parameters' (storage identity, not ``requires_grad``): a parameter f
   reads without declaring it is refused in the per-sample view, naming the fix.
 
-A verdict is cached (pass or the refusal), so a training loop pays for the probe once.
+A verdict is cached (pass or the refusal), so a training loop pays for the probe once. It holds for
+the cost's code together with what its closure holds that can change its structure (plain values
+such as a ``kind`` string, frozen dataclasses, a module's training flags, inner functions): a
+factory's costs share their code, and a batch-norm network switched to training mode mixes.
 
 One more check runs on every call of a cost whose values an estimator weights (score-type, mvd) on a
 continuous family, because it depends on θ, not on f's code: **resolution**. Where a coordinate's
