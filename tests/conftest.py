@@ -52,7 +52,7 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
-def _draws_from_a_fixed_pool() -> None:
+def _draws_from_a_fixed_pool() -> bool:
     """Hypothesis also draws, now and then, the literals written in the source of every non-test module
     imported so far (its "local constants"). Which ones are imported depends on the tests collected and
     run before, so a derandomized profile drew other cases in the whole suite than in one file (a
@@ -63,17 +63,19 @@ def _draws_from_a_fixed_pool() -> None:
         from hypothesis.internal.conjecture import providers
         from hypothesis.internal.constants_ast import Constants
     except ImportError:  # a Hypothesis without local constants: nothing to fix
-        return
+        return False
     if not hasattr(providers, "_get_local_constants"):
-        return
+        return False
     none = Constants()
     providers._get_local_constants = lambda: none
     providers.CONSTANTS_CACHE.cache.clear()
+    return True
 
 
-# the "long" runs (`make fuzz`, `make fuzz-cli`) draw new cases each run: they keep the local constants
-if "long" not in (os.environ.get("HYPOTHESIS_PROFILE"), os.environ.get("GRADEST_CLI_FUZZ")):
-    _draws_from_a_fixed_pool()
+#: whether Hypothesis draws from its fixed pool of constants alone; the "long" runs (`make fuzz`,
+#: `make fuzz-cli`) draw new cases each run, and keep the local constants
+FIXED_POOL = "long" not in (os.environ.get("HYPOTHESIS_PROFILE"), os.environ.get("GRADEST_CLI_FUZZ")) \
+    and _draws_from_a_fixed_pool()
 
 
 @pytest.fixture(scope="session")

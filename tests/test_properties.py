@@ -67,6 +67,7 @@ from hypothesis import strategies as st
 from torch import distributions as D
 
 import gradest
+from conftest import FIXED_POOL
 from gradest import batches
 from gradest.costs import COST_FORMS
 from gradest.diagnostics import degrees_of_freedom, mean_stderr
@@ -237,8 +238,8 @@ def test_every_estimator_and_sampler_is_drawn():
 def test_derandomized_draws_do_not_depend_on_the_modules_imported(tmp_path, monkeypatch):
     """A derandomized profile draws the same cases in one file as in the whole suite, which imports
     more modules (tests/conftest.py: Hypothesis's local constants are not drawn from)."""
-    if not settings().derandomize:
-        pytest.skip("the profile draws new cases each run")
+    if not FIXED_POOL:
+        pytest.skip("a long run: new cases each run, local constants drawn too")
 
     def draws() -> list[float]:
         seen = []
