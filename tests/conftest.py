@@ -52,6 +52,32 @@ settings.register_profile(
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
+def _draws_from_a_fixed_pool() -> bool:
+    """Hypothesis also draws, now and then, the literals written in the source of every non-test module
+    imported so far (its "local constants"). Which ones are imported depends on the tests collected and
+    run before, so a derandomized profile drew other cases in the whole suite than in one file (a
+    property took 265 s there instead of 15 s: a 240-coordinate ``mvd-delta`` case drawn 7 times), and
+    a literal changed in src/ changed them too. Where the cases must be the same every run, only
+    Hypothesis's own fixed pool of constants is drawn from."""
+    try:
+        from hypothesis.internal.conjecture import providers
+        from hypothesis.internal.constants_ast import Constants
+    except ImportError:  # a Hypothesis without local constants: nothing to fix
+        return False
+    if not hasattr(providers, "_get_local_constants"):
+        return False
+    none = Constants()
+    providers._get_local_constants = lambda: none
+    providers.CONSTANTS_CACHE.cache.clear()
+    return True
+
+
+#: whether Hypothesis draws from its fixed pool of constants alone; the "long" runs (`make fuzz`,
+#: `make fuzz-cli`) draw new cases each run, and keep the local constants
+FIXED_POOL = "long" not in (os.environ.get("HYPOTHESIS_PROFILE"), os.environ.get("GRADEST_CLI_FUZZ")) \
+    and _draws_from_a_fixed_pool()
+
+
 @pytest.fixture(scope="session")
 def docs_site(tmp_path_factory):
     """The documentation site, built once per run as CI builds it (``sphinx-build -W --keep-going``)."""

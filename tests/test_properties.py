@@ -52,8 +52,10 @@ from __future__ import annotations
 
 import collections
 import functools
+import importlib
 import math
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -65,6 +67,7 @@ from hypothesis import strategies as st
 from torch import distributions as D
 
 import gradest
+from conftest import FIXED_POOL
 from gradest import batches
 from gradest.costs import COST_FORMS
 from gradest.diagnostics import degrees_of_freedom, mean_stderr
@@ -230,6 +233,34 @@ ESTIMATORS = _estimator_names()
 def test_every_estimator_and_sampler_is_drawn():
     assert {n.partition("=")[0] for n in ESTIMATORS} == {n.partition("=")[0] for n in gradest.available()}
     assert set(gradest.available_samplers()) <= {s.partition("=")[0] for s in SAMPLERS if s}
+
+
+def test_derandomized_draws_do_not_depend_on_the_modules_imported(tmp_path, monkeypatch):
+    """A derandomized profile draws the same cases in one file as in the whole suite, which imports
+    more modules (tests/conftest.py: Hypothesis's local constants are not drawn from)."""
+    if not FIXED_POOL:
+        pytest.skip("a long run: new cases each run, local constants drawn too")
+
+    def draws() -> list[float]:
+        seen = []
+
+        @settings(max_examples=200, derandomize=True, database=None, deadline=None)
+        @given(st.floats(1.0, 2.0))
+        def record(x):
+            seen.append(x)
+
+        record()
+        return seen
+
+    before = draws()
+    constants = ", ".join(str(1.0 + i / 997) for i in range(1, 60))
+    (tmp_path / "gradest_constants_probe.py").write_text(f"VALUES = ({constants})\n", encoding="utf-8")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.import_module("gradest_constants_probe")
+    try:
+        assert draws() == before
+    finally:
+        del sys.modules["gradest_constants_probe"]
 
 
 # ── costs ────────────────────────────────────────────────────────────────────────────────────
