@@ -373,11 +373,25 @@ def probe(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor, key
 # ── resolution: do f's values still show the draws' spread ──────────────────────────────────
 
 
-def _flat(values: torch.Tensor) -> torch.Tensor:
-    """Per output column of ``values [n, C]``: equal over the n rows to 64 ulps of the largest magnitude."""
+def _flat(values: torch.Tensor, ulps: float = 64.0) -> torch.Tensor:
+    """Per output column of ``values [n, C]``: equal over the n rows to ``ulps`` of the largest magnitude."""
     eps = torch.finfo(values.dtype).eps
     hi, lo = values.amax(0), values.amin(0)
-    return (hi - lo) <= 64 * eps * torch.maximum(hi, -lo)  # (the largest |value|, with no pass of abs)
+    return (hi - lo) <= ulps * eps * torch.maximum(hi, -lo)  # (the largest |value|, with no pass of abs)
+
+
+def _any_flat(values: torch.Tensor) -> bool:
+    """Whether some column of ``values`` is :func:`_flat`, reading the first SCREEN rows alone where they
+    settle it: a column whose first rows spread beyond 128 ulps of their largest |value| spreads beyond
+    64 ulps of the whole column's (the whole range is at least the head's, and at least M − M_head
+    where the whole column reaches |value| M)."""
+    if values.shape[0] > SCREEN and not bool(_flat(values[:SCREEN], 128.0).any()):
+        return False
+    return bool(_flat(values).any())
+
+
+#: rows read first by the screens of :func:`resolution`
+SCREEN = 1024
 
 
 #: coordinates whose draws spread less than this fraction of the widest one's are checked for
@@ -398,12 +412,14 @@ def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     values = out.detach().reshape(n, -1)
     points = x.detach()
     flat_points = points.reshape(n, -1)
+    if flat_points.shape[1] == 1 and not _any_flat(values):
+        return None  # one coordinate (nothing to be uneven against) and f's values spread
     spreads = flat_points.amax(0) - flat_points.amin(0)
     moving = spreads > 0
     if not bool(moving.any()):
         return None  # every draw equal: collapsed draws are sample health's refusal (gradest.health)
     uneven = bool(spreads[moving].amin() < UNEVEN * spreads.amax())
-    if not uneven and not bool(_flat(values).any()):
+    if not uneven and not _any_flat(values):
         return None
     probe_x = points.clone().requires_grad_(True)
     try:
