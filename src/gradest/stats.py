@@ -277,39 +277,37 @@ def gradient_sums(estimates: torch.Tensor, groups: torch.Tensor | None) -> Gradi
 
 
 def _cpu_sums(estimates: torch.Tensor, dtype: torch.dtype) -> GradientSums:
-    """:func:`gradient_sums` of i.i.d. ``estimates [R, P]`` on the CPU with no allocation per block:
-    each block of columns is copied into one float64 workspace, centred, its Gram matrix taken, then
-    squared in place (the memory traffic, not the arithmetic, is the cost).
+    """:func:`gradient_sums` of i.i.d. ``estimates [R, P]`` on the CPU with no allocation per block: each
+    block of columns is centred into one workspace, its Gram matrix taken, then squared in place (the
+    memory traffic, not the arithmetic, is the cost); the per-block sums add up in float64.
 
-    Float32 estimates get the Gram matrix's off-diagonal from a float32 product of the (float64)
-    deviations rounded once (2.3× faster than float64's): it feeds only the O(1/R²) tr Σ² term of
-    the variance's standard error, whose own sampling error is far above float32's rounding; the
-    mean, the variances, the squared norms and the Gram diagonal stay float64 sums."""
+    Float32 estimates are centred and squared in float32: their own rounding, ε₃₂ |ĝ| per entry, is
+    already of the size of what float32 centring adds (ε₃₂ |ḡ|), and the sums over coordinates are
+    cascaded, so float64 arithmetic would buy no digit the estimates hold; other dtypes are processed
+    in float64."""
     r = estimates.shape[0]
     width = max(_CPU_BLOCK // r, 1)
     cols = min(width, estimates.shape[1])
-    work = torch.empty(r, cols, dtype=dtype)
-    single = estimates.dtype == torch.float32 and dtype == torch.float64
-    rounded = torch.empty(r, cols, dtype=torch.float32) if single else None
+    single = estimates.dtype == torch.float32
+    work = torch.empty(r, cols, dtype=torch.float32 if single else dtype)
     parts = []
     for block in estimates.split(width, dim=1):
         dev = work[:, :block.shape[1]]
-        dev.copy_(block)
-        mean = dev.mean(0)
-        dev.sub_(mean)
-        if rounded is not None:
-            low = rounded[:, :block.shape[1]]
-            low.copy_(dev)
-            gram = (low @ low.T).to(dtype)
+        if single:
+            mean = block.mean(0)
+            torch.sub(block, mean, out=dev)
         else:
-            gram = dev @ dev.T
+            dev.copy_(block)
+            mean = dev.mean(0)
+            dev.sub_(mean)
+        gram = (dev @ dev.T).to(dtype)
         squares = dev.square_()
-        per_coordinate = squares.sum(0) / (r - 1)
-        q = squares.sum(1)
-        if rounded is not None:
-            gram.diagonal().copy_(q)
-        parts.append(GradientSums(mean.square().sum(), per_coordinate.sum(), per_coordinate.max(), q, gram,
-                                  None))
+        per_coordinate = squares.sum(0).to(dtype) / (r - 1)
+        q = squares.sum(1).to(dtype)
+        if single:
+            gram.diagonal().copy_(q)  # (the float64 sum of the float32 squares)
+        parts.append(GradientSums(mean.to(dtype).square().sum(), per_coordinate.sum(), per_coordinate.max(),
+                                  q, gram, None))
     return combined(parts)
 
 
