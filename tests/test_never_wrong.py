@@ -8,7 +8,7 @@ from dataclasses import dataclass
 
 import pytest
 import torch
-from torch.distributions import Bernoulli, Beta, Gamma, Normal, Poisson
+from torch.distributions import Bernoulli, Beta, Categorical, Gamma, Normal, Poisson
 
 import gradest
 from gradest import contract
@@ -229,6 +229,24 @@ def test_rare_discrete_outcomes_are_refused_for_score_and_right_for_mvd():
             gradest.get_estimator(name).per_sample(lambda x: x, Poisson, params, 10_000, gen())
     res = gradest.get_estimator("mvd").per_sample(lambda x: x, Poisson, params, 10_000, gen())
     assert_within(res, {"rate": 1.0})
+
+
+@pytest.mark.parametrize("given", ["logits", "probs"])
+def test_an_outcome_the_draws_happened_to_miss_is_refused(given):
+    # logits (0, 4, 0) on 400 elements, a total cost: p = 0.018, so N = 200 draws expect each rare outcome
+    # 3.5 times and miss it in some element; that element's estimate was a confident −p·f̄ (at N = 400:
+    # −5.50 ± 0.012 where the truth is −0.009)
+    logits = torch.tensor([0.0, 4.0, 0.0], dtype=D).expand(400, 3).clone()
+    params = {"logits": logits} if given == "logits" else {"probs": logits.softmax(-1)}
+
+    def f(x):
+        return x.to(D).pow(2).sum(1)
+
+    with pytest.raises(SampleHealthError, match=r"never occurs in the 200 draws although it is expected 3\.5"
+                       r" times"):
+        gradest.get_estimator("score").per_sample(f, Categorical, params, 200, gen())
+    # training steps are not diagnostics: no refusal there
+    gradest.get_estimator("score").surrogate(f, Categorical, params, 200, gen())
 
 
 def test_a_bernoulli_whose_other_outcome_is_too_rare_is_refused_in_the_diagnostic_view_only():

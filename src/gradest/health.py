@@ -256,16 +256,22 @@ def given_probs(family: Distribution) -> torch.Tensor | None:
     return probs if isinstance(probs, torch.Tensor) and getattr(holder, "_param", probs) is probs else None
 
 
-def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False) -> str | None:
-    """Why N draws of a discrete family cannot see one of its outcomes (expected count < 1), or
-    None. Given as ``probs``, the derivative with respect to that probability is of order 1 whatever p
+def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False,
+                   x: torch.Tensor | None = None) -> str | None:
+    """Why N draws of a discrete family cannot see one of its outcomes (expected count < 1), or did
+    not see one (the draws ``x`` hold none of it, where its expected count is larger), or None. Given
+    as ``probs``, the derivative with respect to that probability is of order 1 whatever p
     is (torch normalizes probs), and an estimate from draws that never show the outcome reads it from
     the other outcomes alone (Categorical([1e-12, 0.5, 0.5]): −2.5 where the truth is 3.5). Given as
     logits (Bernoulli, Categorical), the outcome's share of the gradient is p·(f − b), of order p times
     the cost: lost to rounding only where p is below 64 ε; above, the unseen outcome leaves a confident
     estimate of −p·f̄ (logits [3, −2, 3, −2] of 240 elements, a total cost ≈ 480: −1.63 where the truth
     is −0.0034). ``per_particle``: the family carries the particle axis (one draw from each row, a
-    graph node built from upstream samples), so an outcome's expected count is Σ_n p_n, not N·p."""
+    graph node built from upstream samples), so an outcome's expected count is Σ_n p_n, not N·p.
+
+    An outcome that the draws happen to miss although N·p ≥ 1 (p = 0.018 at N = 400 is missed with
+    probability 7e-4 per element, so often among hundreds of elements) leaves the same confident −p·f̄
+    (−5.50 ± 0.012 where the truth is −0.009): its standard error cannot show what was never drawn."""
     family = _family(dist)
     if n < MIN_DISCRETE_DRAWS or not is_discrete(family):
         return None
@@ -285,10 +291,11 @@ def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False) -> st
     else:
         counts, largest = n * probs, probs
     unseen = counts < 1.0
+    relevant = largest > (64 * torch.finfo(probs.dtype).eps if from_logits else 0.0)
     if from_logits:  # below 64 ε the outcome's share p·(f − b) is rounding itself
-        unseen &= largest > 64 * torch.finfo(probs.dtype).eps
+        unseen &= relevant
     if not bool(unseen.any()):
-        return None
+        return _undrawn(family, x, counts, relevant) if x is not None else None
     count = float(counts[unseen].min())
     rarest = float(largest[unseen].max()) if per_particle else count / n
     fix = "" if from_logits else "parameterize by logits (whose derivative there is of order p), or "
@@ -298,6 +305,42 @@ def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False) -> st
         f"{'probability' if not from_logits else 'logit'} is read from the other outcomes alone; draw "
         f"N ≳ {min(5 * n / max(count, 1e-300), 1e300):.3g} samples, or {fix}use the exact gradient "
         "(gradest.exact_grad, enumeration)"
+    )
+
+
+def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor,
+             relevant: torch.Tensor) -> str | None:
+    """The refusal where an outcome of ``family`` (``expected`` counts [*B, K]; ``relevant``, of the same
+    shape, where its share of the gradient is beyond rounding) occurs in none of the draws ``x``."""
+    k = expected.shape[-1]
+    x = x.detach()
+    if isinstance(family, Bernoulli):
+        ones = x.reshape(x.shape[0], -1).to(expected.dtype).sum(0)
+        seen = torch.stack([ones, x.shape[0] - ones], -1)  # (the order of the probs stacked above)
+    elif x.shape[1:] == expected.shape:  # one-hot draws [N, *B, K]
+        seen = x.reshape(x.shape[0], -1, k).to(expected.dtype).sum(0)
+    else:  # Categorical indices [N, *B]: one count per (element, outcome) by one scatter
+        index = x.reshape(x.shape[0], -1).long()
+        cells = index.shape[1]
+        flat = (torch.arange(cells, device=index.device) * k + index).reshape(-1)
+        seen = torch.zeros(cells * k, dtype=expected.dtype, device=index.device).index_add_(
+            0, flat, torch.ones_like(flat, dtype=expected.dtype)).reshape(cells, k)
+    expected, relevant = expected.reshape(-1, k), relevant.reshape(-1, k)
+    if seen.shape != expected.shape:
+        return None  # a layout this check does not know (the regime check above still ran)
+    missed = (seen == 0) & relevant
+    if not bool(missed.any()):
+        return None
+    cell, outcome = (int(i) for i in missed.nonzero()[0])
+    count = float(expected[cell, outcome])
+    where = f" of element {cell}" if expected.shape[0] > 1 else ""
+    return (
+        f"outcome {outcome}{where} of {type(family).__name__} never occurs in the {x.shape[0]} draws "
+        f"although it is expected {count:.3g} times: the estimate reads its share of the gradient from the "
+        "other outcomes alone (a confident −p·f̄), and its standard error cannot show it; draw more "
+        f"samples (N ≳ {min(math.log(100 * missed.numel()) * x.shape[0] / max(count, 1e-300), 1e300):.3g} "
+        "makes a miss rare in every element), or use "
+        "'mvd' or the exact gradient (gradest.exact_grad, enumeration)"
     )
 
 
@@ -317,6 +360,6 @@ def check(dist: Distribution, x: torch.Tensor, kind: str, training: bool, what: 
     if reason is None and kind == "any" and not training:
         # the family carries the particle axis when its batch already covers the draws' leading dims
         per_particle = x.dim() == len(dist.batch_shape) + len(dist.event_shape)
-        reason = unseen_outcome(dist, x.shape[0], per_particle)
+        reason = unseen_outcome(dist, x.shape[0], per_particle, x)
     if reason is not None:
         raise SampleHealthError(f"{what}{reason}")
