@@ -248,6 +248,33 @@ def test_an_outcome_the_draws_happened_to_miss_is_refused(given):
     gradest.get_estimator("score").surrogate(f, Categorical, params, 200, gen())
 
 
+def test_an_estimate_carried_by_one_draw_is_refused():
+    # exp(−x²/2) under N(0, 10⁶) on 240 elements, N = 240: a draw lands near the peak about once in 400,
+    # so each element's estimate is one draw's value: ∂/∂σ was −5.9e-12 ± 5.9e-12 where the truth is −1e-6
+    params = {"loc": torch.zeros(240, dtype=D), "scale": torch.full((240,), 1e3, dtype=D)}
+    with pytest.raises(SampleHealthError, match=r"rests on 1\.?\d* of the 240 draws"):
+        gradest.get_estimator("pathwise").per_sample(gradest.named_cost("exp", 0.5), Normal, params, 240,
+                                                     gen())
+    # the same cost where the draws see the peak: accepted, and right
+    res = gradest.get_estimator("pathwise").per_sample(gradest.named_cost("exp", 0.5), Normal,
+                                                       {"loc": t(0.3), "scale": t(2.0)}, 4000, gen())
+    exact = gradest.exact_grad(gradest.named_cost("exp", 0.5), Normal, {"loc": t(0.3), "scale": t(2.0)})
+    assert_within(res, {k: float(v) for k, v in exact.grads.items()})
+
+
+def test_a_discrete_family_of_unbounded_support_is_not_counted_by_outcome():
+    from torch.distributions import Geometric
+
+    # (per_node counted outcomes of a Geometric as if its success probability were a probability vector)
+    leaves = {"probs": t(0.5).requires_grad_(True)}
+    with gradest.graph(gen(), num_samples=2000) as g:
+        g.cost("c", g.sample("k", Geometric(**leaves), "score") ** 2)
+    per = g.per_node(leaves).total["probs"]
+    # E k² for failures-before-success k: (1 − p)(2 − p)/p², d/dp = (p − 4)/p³ + … = −(4 − p)/p³ at p
+    truth = -(4 - 0.5) / 0.5**3
+    assert abs(float(per.mean()) - truth) <= 5 * float(per.std() / per.shape[0] ** 0.5)
+
+
 def test_a_bernoulli_whose_other_outcome_is_too_rare_is_refused_in_the_diagnostic_view_only():
     params = {"logits": t(-40.0)}
     for name in ("score-loo", "disarm"):

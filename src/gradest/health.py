@@ -47,6 +47,7 @@ from torch.distributions import (
     Distribution,
     Gamma,
     Independent,
+    OneHotCategorical,
     constraints,
 )
 
@@ -312,6 +313,8 @@ def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor,
              relevant: torch.Tensor) -> str | None:
     """The refusal where an outcome of ``family`` (``expected`` counts [*B, K]; ``relevant``, of the same
     shape, where its share of the gradient is beyond rounding) occurs in none of the draws ``x``."""
+    if not isinstance(family, (Bernoulli, Categorical, OneHotCategorical)) or expected.dim() == 0:
+        return None  # outcomes of an unbounded support (Geometric, Poisson) are not counted here
     k = expected.shape[-1]
     x = x.detach()
     if isinstance(family, Bernoulli):
@@ -341,6 +344,38 @@ def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor,
         f"samples (N ≳ {min(math.log(100 * missed.numel()) * x.shape[0] / max(count, 1e-300), 1e300):.3g} "
         "makes a miss rare in every element), or use "
         "'mvd' or the exact gradient (gradest.exact_grad, enumeration)"
+    )
+
+
+#: fewer draws than this carrying a coordinate's estimate (and at least MIN_CARRIED_DRAWS in all): refused
+CARRIERS = 2.0
+MIN_CARRIED_DRAWS = 32
+
+
+def carried(grads: torch.Tensor, name: str) -> str | None:
+    """Why single-sample estimates ``grads [N, ...]`` of a parameter do not make a sample, or None.
+
+    n_eff = (Σ_n |ĝ_n|)² / Σ_n ĝ_n² counts the draws that carry a coordinate's estimate (N for equal
+    magnitudes, 1 where a single draw holds it all). Below CARRIERS the mean and its standard error are
+    one draw's value and |value|/N, so the standard error says nothing of what the other draws missed:
+    f's variation lies where the draws rarely fall (exp(−x²/2) under N(0, 10⁶) at N = 240: ∂/∂σ
+    −5.9e-12 ± 5.9e-12 where the truth is −1e-6)."""
+    n = grads.shape[0]
+    if n < MIN_CARRIED_DRAWS or not grads.is_floating_point():
+        return None
+    flat = grads.detach().reshape(n, -1)
+    total, square = flat.abs().sum(0), flat.square().sum(0)
+    few = (square > 0) & (total * total < CARRIERS * square)
+    if not bool(few.any()):
+        return None
+    j = int(few.nonzero()[0, 0])
+    n_eff = float(total[j] ** 2 / square[j])
+    where = f"[{j}]" if flat.shape[1] > 1 else ""
+    return (
+        f"the estimate of ∂/∂{name}{where} rests on {n_eff:.2g} of the {n} draws (the rest are 0 or "
+        "negligible beside it), so its standard error is that draw's value over N and cannot show what "
+        "the draws missed: f varies where they rarely fall (a narrow feature under a wide distribution, "
+        "a rare event); draw many more samples, or use the exact gradient (gradest.exact_grad)"
     )
 
 
