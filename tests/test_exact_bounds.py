@@ -149,7 +149,8 @@ def test_a_peak_narrower_than_the_nodes_is_found_and_bounded(loc, scale, k):
     d_loc, d_scale = _autograd(lambda m, s, c: torch.exp(-k * m**2 / (1 + 2 * k * s**2))
                                / torch.sqrt(1 + 2 * k * s**2))(loc, scale, 0.0)
     for key, truth in (("loc", d_loc), ("scale", d_scale)):
-        assert abs(float(got.grads[key]) - truth) <= float(got.error[key]) <= 1e-6 * (abs(d_loc) + abs(d_scale))
+        bound = 1e-6 * (abs(d_loc) + abs(d_scale))
+        assert abs(float(got.grads[key]) - truth) <= float(got.error[key]) <= bound
 
 
 def test_two_coordinates_the_error_holds_what_the_check_vouches_for():

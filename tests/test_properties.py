@@ -705,6 +705,7 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
     biased = _estimator(spec).capabilities.biased
     try:
         result, n = _per_sample_run(case, spec, case.num_samples, case.seed)
+        result.stderr()  # (an estimate carried by one draw is refused where its stderr is asked for)
     except gradest.GradestError as err:
         _record("per_sample", f"refused: {_reason(err, spec)}")
         return []

@@ -56,7 +56,7 @@ import torch
 from torch.distributions import Distribution
 
 from gradest import contract, health, rng
-from gradest.errors import GradestError, NonFiniteError, SampleHealthError
+from gradest.errors import GradestError, NonFiniteError
 
 # The contract's parts live in rooms of their own; the template uses them, and they are re-exported
 # here, where estimators written against the template look for them.
@@ -281,9 +281,6 @@ class Estimator:
                     "in a pow, a where() with an inf branch); make f's derivative finite, or use a "
                     "score-function estimator, which never differentiates f"
                 )
-            reason = health.carried(g, name)
-            if reason is not None:
-                raise SampleHealthError(f"{self.name}: {reason}")
         if values.device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(values.device)
         return PerSampleGradients(

@@ -11,7 +11,7 @@ import torch
 from torch.distributions import Distribution
 
 from gradest import health
-from gradest.errors import GradestError
+from gradest.errors import GradestError, SampleHealthError
 from gradest.stats import mean_stderr
 
 Cost = Callable[..., torch.Tensor]
@@ -52,7 +52,15 @@ class PerSampleGradients(NamedTuple):
         return {k: g.mean(0) for k, g in self.grads.items()}
 
     def stderr(self) -> dict[str, torch.Tensor]:
-        """Standard error of each mean, over independent groups when the samples are not i.i.d."""
+        """Standard error of each mean, over independent groups when the samples are not i.i.d.
+
+        Raises SampleHealthError where fewer than two draws carry a coordinate's estimate
+        (:func:`gradest.health.carried`): its standard error is then one draw's value over N and
+        cannot show what the draws missed."""
+        for k, g in self.grads.items():
+            reason = health.carried(g, k)
+            if reason is not None:
+                raise SampleHealthError(f"{self.estimator}: {reason}")
         return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
 
 
