@@ -248,6 +248,22 @@ def test_an_outcome_the_draws_happened_to_miss_is_refused(given):
     gradest.get_estimator("score").surrogate(f, Categorical, params, 200, gen())
 
 
+def test_a_graph_cost_whose_rounding_hides_the_draws_is_refused():
+    # (z − 0.7)² at draws of N(0, 10⁻³⁴) is 0.49 to the last bit: score-loo on the graph node gave
+    # ∂/∂μ −0.030 from per_node and 0 from g.surrogate() where the truth is −1.4 (per_sample refused it)
+    def run(scale):
+        leaves = {"loc": t(0.0).requires_grad_(True), "scale": t(scale).requires_grad_(True)}
+        with gradest.graph(gen(), num_samples=2000) as g:
+            z = g.sample("z", Normal(**leaves), "score-loo")
+            g.cost("c", (z - 0.7) ** 2)
+        return g.per_node(leaves).total
+
+    with pytest.raises(gradest.GradestError, match="do not resolve its draws"):
+        run(1e-17)
+    per = run(1.0)["loc"]
+    assert abs(float(per.mean()) + 1.4) <= 5 * float(per.std() / per.shape[0] ** 0.5)
+
+
 def test_an_estimate_carried_by_one_draw_is_refused():
     # exp(−x²/2) under N(0, 10⁶) on 240 elements, N = 240: a draw lands near the peak about once in 400, so
     # each element's estimate is one draw's value: ∂/∂σ was −5.9e-12 ± 5.9e-12 where the truth is −1e-6

@@ -406,6 +406,23 @@ def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     share of f's variation is lost, and an estimator that weights f's values reads it as 0. Costs two
     reductions; one backward pass of f only where a value column is flat or the coordinates' spreads
     differ by more than 2²⁰ (``UNEVEN``)."""
+    def slope_of(points: torch.Tensor) -> torch.Tensor | None:
+        probe_x = points.clone().requires_grad_(True)
+        try:
+            with torch.enable_grad():
+                again = evaluate(probe_x)
+                return torch.autograd.grad(again.sum(), probe_x, allow_unused=True)[0] \
+                    if again.requires_grad else None
+        except (RuntimeError, GradestError):
+            return None  # f has no derivative in x to read: nothing to conclude
+
+    return resolution_given(x, out, estimator, slope_of)
+
+
+def resolution_given(x: torch.Tensor, out: torch.Tensor, estimator: str,
+                     slope_of: Callable[[torch.Tensor], torch.Tensor | None]) -> str | None:
+    """:func:`resolution` where f cannot be evaluated again (a graph's cost is a value): ``slope_of(x)``
+    gives ∂Σf/∂x at the draws (autograd through a zero leaf added to them), or None."""
     n = out.shape[0]
     if n < 2 or not out.is_floating_point() or not x.is_floating_point():
         return None
@@ -421,14 +438,7 @@ def resolution(evaluate: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor
     uneven = bool(spreads[moving].amin() < UNEVEN * spreads.amax())
     if not uneven and not _any_flat(values):
         return None
-    probe_x = points.clone().requires_grad_(True)
-    try:
-        with torch.enable_grad():
-            again = evaluate(probe_x).reshape(n, -1)
-            slope = torch.autograd.grad(again.sum(), probe_x, allow_unused=True)[0] \
-                if again.requires_grad else None
-    except (RuntimeError, GradestError):
-        return None  # f has no derivative in x to read: nothing to conclude
+    slope = slope_of(points)
     if slope is None:
         return None
     steep = slope.reshape(n, -1).abs().mean(0)  # [D]

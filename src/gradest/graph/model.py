@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, OneHotCategorical
 
-from gradest import contract, rng
+from gradest import contract, health, rng
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import BoundCost, Estimator, Node, _graph_reaches, unwrap
 from gradest.estimators.baselines import Constant, LeaveOneOut
@@ -70,6 +70,8 @@ class Graph:
         self._provenance: Provenance | None = None
         #: the zero leaves δ added to score-type draws with batch elements (gradest.graph.elements)
         self._element_leaves: dict[str, torch.Tensor] = {}
+        #: score-type nodes of continuous families: their draws' zero leaf, read by the resolution check
+        self._resolution_leaves: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
     def __enter__(self) -> Graph:
         self._provenance = Provenance()
@@ -175,6 +177,15 @@ class Graph:
                 value, leaf = elements.watched(value, len(dist.batch_shape) - int(batched))
                 if leaf is not None:
                     self._element_leaves[name] = leaf
+            if torch.is_grad_enabled() and value.is_floating_point() and not health.is_discrete(dist):
+                # a cost whose rounding hides these draws is refused (contract.resolution_given): its
+                # slope in them is read through a zero leaf added to them
+                draws = value
+                leaf = self._element_leaves.get(name)
+                if leaf is None:
+                    leaf = torch.zeros_like(value, requires_grad=True)
+                    value = value + leaf
+                self._resolution_leaves[name] = (draws.detach(), leaf, est.name)
             baseline = est.baseline
             node = StochasticNode(name, label, value, log_prob, ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
@@ -431,8 +442,27 @@ class Graph:
                 "graph; add it to the loss outside it (g.surrogate() + term), or compute the cost from "
                 "the samples g.sample returned")
         self._check_elements(name, value, ancestors)
+        self._check_resolution(name, value, ancestors)
         self.costs[name] = CostNode(name, value, ancestors)
         return value
+
+    def _check_resolution(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> None:
+        """Refuse a cost whose values do not resolve the draws of a score-type node upstream
+        (:func:`gradest.contract.resolution`): that node's estimate would be the gradient of rounding."""
+        for node in dice.score_nodes(self, ancestors):
+            held = self._resolution_leaves.get(node.name)
+            if held is None:
+                continue
+            draws, leaf, est = held
+
+            def slope_of(points: torch.Tensor, leaf: torch.Tensor = leaf) -> torch.Tensor | None:
+                if not value.requires_grad:
+                    return None
+                return torch.autograd.grad(value.sum(), leaf, retain_graph=True, allow_unused=True)[0]
+
+            reason = contract.resolution_given(draws, value, f"node {node.name!r}'s {est}", slope_of)
+            if reason is not None:
+                raise GradestError(f"cost {name!r}: {reason}")
 
     def _check_elements(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> None:
         """A per-element cost must take element c from element c's draws alone (gradest.graph.elements)."""
