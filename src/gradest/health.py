@@ -355,9 +355,9 @@ MIN_CARRIED_DRAWS = 32
 def carried(grads: torch.Tensor, name: str) -> str | None:
     """Why single-sample estimates ``grads [N, ...]`` of a parameter do not make a sample, or None.
 
-    n_eff = (Σ_n |ĝ_n|)² / Σ_n ĝ_n² counts the draws that carry a coordinate's estimate (N for equal
-    magnitudes, 1 where a single draw holds it all). Below CARRIERS the mean and its standard error are
-    one draw's value and |value|/N, so the standard error says nothing of what the other draws missed:
+    ``n_eff = (Σ_n abs(ĝ_n))² / Σ_n ĝ_n²`` counts the draws that carry a coordinate's estimate (N for
+    equal magnitudes, 1 where a single draw holds it all). Below CARRIERS the mean and its standard error
+    are one draw's value over N, so the standard error says nothing of what the other draws missed:
     f's variation lies where the draws rarely fall (exp(−x²/2) under N(0, 10⁶) at N = 240: ∂/∂σ
     −5.9e-12 ± 5.9e-12 where the truth is −1e-6)."""
     n = grads.shape[0]
