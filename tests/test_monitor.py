@@ -416,3 +416,25 @@ def test_plot_marks_a_single_measurement():
                 {"step": 5, "group": "enc", "variance": 1.5, "variance_stderr": 0.1, "snr": 3.0}])
     markers = {line.get_label(): line.get_marker() for line in fig.axes[0].get_lines()}
     assert markers == {"all": "o", "enc": "None"}
+
+
+@pytest.mark.parametrize("snr", [0.0, 1.0, 1e3])
+def test_float32_statistics_match_the_float64_path_to_float32_rounding(snr):
+    """Float32 estimates are centred and squared in float32 (gradest.stats._cpu_sums): each statistic
+    stays within what float32 rounding of the estimates allows of the float64 computation on the same
+    numbers — a relative 64 ε₃₂ (1 + SNR²) for the variance, whose centring loses SNR² of the digits."""
+    from gradest.stats import gradient_sums, statistics_of
+
+    g = make_generator(9)
+    # more columns than one block of the workspace, so blocks are summed
+    estimates = (snr * torch.randn(70_000, generator=g) + torch.randn(16, 70_000, generator=g)).float()
+    single = statistics_of([gradient_sums(estimates, None)])
+    double = statistics_of([gradient_sums(estimates.double(), None)])
+    eps = torch.finfo(torch.float32).eps
+    assert single.mean_norm == pytest.approx(double.mean_norm, rel=64 * eps)
+    assert single.variance == pytest.approx(double.variance, rel=64 * eps * (1 + snr**2))
+    assert single.variance_max == pytest.approx(double.variance_max, rel=64 * eps * (1 + snr**2))
+    # the variance's standard error: its O(1/R²) term from a float32 Gram product whose entries sum P
+    # products, each rounded to ε₃₂, so their error grows as √P
+    rel = 64 * eps * (1 + snr**2) * math.sqrt(estimates.shape[1])
+    assert single.variance_stderr == pytest.approx(double.variance_stderr, rel=rel)

@@ -40,6 +40,8 @@ only where a value column is flat or the coordinates' spreads differ by more tha
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import enum
 import math
 from collections.abc import Callable, Iterator, Mapping
 from typing import NamedTuple
@@ -108,9 +110,6 @@ def _structure(value: object, depth: int) -> object:
     other object by its type alone — a batch or a parameter tensor made anew each step shares the
     verdict. Nothing here calls a user's ``__eq__`` or ``__hash__``.
     """
-    import dataclasses
-    import enum
-
     if isinstance(value, _PLAIN) or isinstance(value, enum.Enum):
         return (type(value), value)
     if depth <= 0:

@@ -296,7 +296,8 @@ def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False,
     if from_logits:  # below 64 ε the outcome's share p·(f − b) is rounding itself
         unseen &= relevant
     if not bool(unseen.any()):
-        return _undrawn(family, x, counts, relevant) if x is not None else None
+        return _undrawn(family, x, counts, relevant, isinstance(_family(dist), OneHotCategorical)) \
+            if x is not None else None
     count = float(counts[unseen].min())
     rarest = float(largest[unseen].max()) if per_particle else count / n
     fix = "" if from_logits else "parameterize by logits (whose derivative there is of order p), or "
@@ -309,10 +310,11 @@ def unseen_outcome(dist: Distribution, n: int, per_particle: bool = False,
     )
 
 
-def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor,
-             relevant: torch.Tensor) -> str | None:
+def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor, relevant: torch.Tensor,
+             one_hot: bool) -> str | None:
     """The refusal where an outcome of ``family`` (``expected`` counts [*B, K]; ``relevant``, of the same
-    shape, where its share of the gradient is beyond rounding) occurs in none of the draws ``x``."""
+    shape, where its share of the gradient is beyond rounding) occurs in none of the draws ``x``
+    (one-hot vectors where the distribution is a OneHotCategorical, else values)."""
     if not isinstance(family, (Bernoulli, Categorical, OneHotCategorical)) or expected.dim() == 0:
         return None  # outcomes of an unbounded support (Geometric, Poisson) are not counted here
     k = expected.shape[-1]
@@ -320,7 +322,7 @@ def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor,
     if isinstance(family, Bernoulli):
         ones = x.reshape(x.shape[0], -1).to(expected.dtype).sum(0)
         seen = torch.stack([ones, x.shape[0] - ones], -1)  # (the order of the probs stacked above)
-    elif x.shape[1:] == expected.shape:  # one-hot draws [N, *B, K]
+    elif one_hot:  # one-hot draws [N, *B, K]
         seen = x.reshape(x.shape[0], -1, k).to(expected.dtype).sum(0)
     else:  # Categorical indices [N, *B]: one count per (element, outcome) by one scatter
         index = x.reshape(x.shape[0], -1).long()
