@@ -4,6 +4,7 @@ Each case was measured on a model nobody here wrote; each is now refused with a 
 names the fix, or answered within 5 standard errors of the exact gradient.
 """
 
+import math
 from dataclasses import dataclass
 
 import pytest
@@ -585,6 +586,35 @@ def test_a_per_element_graph_cost_without_derivatives_in_the_draws_is_refused_an
     estimate = g.per_node({"p": p}).total["p"]
     se = estimate.std(0) / estimate.shape[0] ** 0.5
     assert bool(((estimate.mean(0) - 1.0).abs() <= 5 * se).all())  # d/dp_i E table[z_i] = 2 − 1
+
+
+@pytest.mark.parametrize("n", [6, 8])  # n = B: no shape tells the particle axis from the elements
+def test_a_per_element_graph_cost_of_integer_draws_is_refused_and_its_other_forms_are_right(n):
+    # a Categorical node's draws are integers: no zero leaf can watch them, and a mixing cost once went
+    # through (B = N = 240, score-const: −0.05 ± 0.06 where the truth is 0.32)
+    probs = torch.tensor([0.3, 0.7], dtype=torch.float64).repeat(6, 1).requires_grad_(True)
+
+    def mixing(z):
+        return torch.exp(z.double()).roll(1, 1)
+
+    with pytest.raises(gradest.GradestError, match=r"node 'z' draws integers.*then=fn.*OneHotCategorical"):
+        with gradest.graph(gen(0), num_samples=n) as g:
+            g.cost("c", mixing(g.sample("z", Categorical(probs=probs), "score-const=1.5")))
+    with pytest.raises(gradest.GradestError, match="mixes the batch elements"):  # then= is probed
+        with gradest.graph(gen(0), num_samples=n) as g:
+            g.sample("z", Categorical(probs=probs), "score-const=1.5", then=mixing)
+    # its total per particle, and an element-wise then=, are accepted and right:
+    # E e^{z_b} = (p₀ + p₁ e)/(p₀ + p₁), so ∂/∂p₀ = −p₁(e − 1) and ∂/∂p₁ = p₀(e − 1) at p₀ + p₁ = 1
+    truth = torch.tensor([-0.7 * (math.e - 1), 0.3 * (math.e - 1)], dtype=torch.float64).expand(6, 2)
+    for form in ("total", "then"):
+        with gradest.graph(gen(1), num_samples=4000) as g:
+            if form == "total":
+                g.cost("c", mixing(g.sample("z", Categorical(probs=probs), "score")).sum(-1))
+            else:
+                g.sample("z", Categorical(probs=probs), "score", then=lambda z: torch.exp(z.double()))
+        estimate = g.per_node({"probs": probs}).total["probs"]
+        se = estimate.std(0) / estimate.shape[0] ** 0.5
+        assert bool(((estimate.mean(0) - truth).abs() <= 5 * se).all()), (form, estimate.mean(0), se)
 
 
 def test_an_elementwise_graph_cost_is_accepted_and_right():

@@ -664,26 +664,122 @@ def _describe(case: Case, spec: str, problems: list[str]) -> str:
     return f"{spec} on {case.description}:\n  " + "\n  ".join(problems)
 
 
-#: a violation with a nonzero stderr is rerun on this seed offset with this many times the samples
+#: a violation with a nonzero stderr is rerun on this seed offset, with at least this many times the samples
 RERUN_SEED, RERUN_FACTOR = 1_000_003, 4
+#: Cochran's rule: the mean of n draws whose skewness is G1 is normal enough for a z (or t) test where
+#: n ≥ 25 G1² (Cochran 1977, Sampling Techniques, §2.15; Boos & Hughes-Oliver 2000)
+COCHRAN = 25
+#: a rerun draws at most this many single-sample numbers per parameter (samples × coordinates) ...
+RERUN_NUMBERS = 2**24
+#: ... and a graph's, whose per_node pays a pass per particle or per coordinate, at most this many
+GRAPH_RERUN_NUMBERS = 2**21
+
+Rows = dict[str, torch.Tensor]
 
 
-def confirmed(problems: list[str], rerun: Callable[[], list[str]]) -> tuple[list[str], bool]:
+def skewness(rows: Rows) -> float:
+    """The largest sample skewness ``|m₃| / m₂^{3/2}`` among the coordinates of single-sample rows
+    ``[N, *shape]`` (0 where there is no spread)."""
+    worst = 0.0
+    for g in rows.values():
+        g = g.to(torch.float64).reshape(g.shape[0], -1)
+        c = g - g.mean(0)
+        m2, m3 = c.pow(2).mean(0), c.pow(3).mean(0)
+        spread = m2 > 0
+        if bool(spread.any()):
+            worst = max(worst, float((m3[spread].abs() / m2[spread].pow(1.5)).max()))
+    return worst
+
+
+def rerun_samples(n: int, rows: Rows, numbers: int = RERUN_NUMBERS) -> int:
+    """The samples of a rerun after a violation at ``n``: RERUN_FACTOR × n, or more where the rows'
+    skewness says the normal approximation needs more (Cochran's rule on the most skewed coordinate;
+    from n draws a sample skewness is at most √n, so it can ask for at most 25 n), up to ``numbers``
+    single-sample numbers per parameter."""
+    coordinates = max(1, max(g[0].numel() for g in rows.values()))
+    least = RERUN_FACTOR * n
+    return min(max(least, math.ceil(COCHRAN * skewness(rows) ** 2)), max(least, numbers // coordinates))
+
+
+def confirmed(problems: list[str], n: int, rows: Rows, rerun: Callable[[int, int], tuple[list[str], Rows]],
+              numbers: int = RERUN_NUMBERS) -> tuple[list[str], bool]:
     """The problems, unless they are violations with a nonzero stderr that a rerun (a fresh seed, 4× the
-    samples) does not reproduce. A biased estimate, a collapsed one (stderr 0) or one whose stderr misses
-    a rare contribution is wrong on every seed; the t statistic of a skewed single-sample distribution
-    (score-function terms of Exponential or Gamma draws) passes 5 far more often than a normal one
-    (≈ 1e-4 per coordinate at N = 2000) and does not repeat. Refused on the rerun: confirmed.
+    samples, or as many as Cochran's rule asks for the rows' skewness) does not reproduce.
+
+    A biased estimate, a collapsed one (stderr 0) or one that misses a contribution the estimator cannot
+    see is wrong on every seed and at every N; the t statistic of a skewed single-sample distribution is
+    not: score-function terms of a Geometric's or a Student-t's draws with f = x² have skewness 30–60, so a
+    mean of 400 of them is far from normal (a rare large term, absent from one coordinate's draws, leaves
+    a z of 7–12 there), and Cochran's rule asks for 25·G1² ≈ 2·10⁴–10⁵ draws. ``rerun(m, k)`` runs the
+    view again with m samples on the k-th fresh seed and returns its problems and rows; a rerun whose own
+    rows are more skewed than its first estimate showed (a rare term seen only now) is followed by one
+    more at what those rows ask for. Refused on a rerun: confirmed.
     Returns the problems and whether a rerun cleared them."""
     if not problems or any(p.startswith("!") or not p.startswith("∂") for p in problems):
         return problems, False
-    try:
-        again = rerun()
-    except gradest.GradestError as err:
-        again = [f"refused: {err}"]
-    if not again:
-        return [], True
-    return [*problems, f"rerun (seed + {RERUN_SEED}, {RERUN_FACTOR}× the samples):", *again], False
+    found = list(problems)
+    for attempt in (1, 2):
+        if attempt == 2 and COCHRAN * skewness(rows) ** 2 <= n:
+            break  # the rerun's own rows ask for no more than it had
+        m = rerun_samples(n, rows, numbers)
+        try:
+            again, rows = rerun(m, attempt)
+        except gradest.GradestError as err:
+            again = [f"refused: {err}"]
+        if not again:
+            return [], True
+        found += [f"rerun {attempt} (seed + {attempt} × {RERUN_SEED}, {m} samples, the skewness of the "
+                  f"rows before it {skewness(rows):.3g}):", *again]
+        if again[0].startswith("refused"):
+            break
+        n = m
+    return found, False
+
+
+def test_the_rerun_draws_what_the_skewness_of_the_rows_asks_for():
+    gen = torch.Generator().manual_seed(0)
+    # Exponential draws: skewness 2, so Cochran's rule asks for 100 draws; a sample skewness is ≤ √n
+    rows = {"a": torch.empty(200_000, 1, dtype=torch.float64).exponential_(generator=gen),
+            "b": torch.zeros(200_000, 3, dtype=torch.float64)}  # no spread: skewness 0
+    assert abs(skewness(rows) - 2.0) < 0.1
+    assert rerun_samples(10, rows) == 100 and rerun_samples(50, rows) == 200  # at least 4× n
+    spike = torch.zeros(400, 2, dtype=torch.float64)
+    spike[0, 1] = 1.0  # one rare large term among 400: skewness (n − 2)/√(n − 1) = 19.9
+    assert abs(skewness({"a": spike}) - 398 / 399**0.5) < 1e-9
+    assert rerun_samples(400, {"a": spike}) == math.ceil(COCHRAN * skewness({"a": spike}) ** 2)
+    assert rerun_samples(400, {"a": spike}, numbers=4000) == 2000  # the cap: 4000 numbers / 2 coordinates
+    assert rerun_samples(400, {"a": spike}, numbers=100) == 1600  # never fewer than 4× n
+
+
+def test_a_violation_stands_unless_a_rerun_clears_it():
+    problem = ["∂/∂a[0] (1 of 1 bad): …"]
+    calls = []
+
+    def rerun(outcomes):
+        def run(m, attempt):
+            calls.append((m, attempt))
+            return outcomes[attempt - 1]
+        return run
+
+    flat = {"a": torch.arange(100, dtype=torch.float64).reshape(100, 1)}  # skewness 0: 4× n, no second rerun
+    assert confirmed(problem, 100, flat, rerun([([], flat)])) == ([], True) and calls == [(400, 1)]
+    calls.clear()
+    found, cleared = confirmed(problem, 100, flat, rerun([(problem, flat)]))
+    assert not cleared and calls == [(400, 1)] and found[0] == problem[0] and found[-1] == problem[0]
+    # a rerun that sees the rare term the first run missed asks for more draws: a second rerun
+    calls.clear()
+    spike = torch.zeros(400, 1, dtype=torch.float64)
+    spike[0] = 1.0
+    assert confirmed(problem, 100, flat, rerun([(problem, {"a": spike}), ([], {"a": spike})])) == ([], True)
+    assert calls == [(400, 1), (math.ceil(COCHRAN * skewness({"a": spike}) ** 2), 2)]
+    # a collapse (stderr 0, marked "!") or a refusal on the rerun is never cleared
+    calls.clear()
+    assert confirmed(["!∂/∂a[0] …"], 100, flat, rerun([([], flat)])) == (["!∂/∂a[0] …"], False) and not calls
+
+    def refusing(m, attempt):
+        raise gradest.GradestError("no")
+
+    assert not confirmed(problem, 100, flat, refusing)[1]
 
 
 UNCONFIRMED = "checked (a violation a rerun did not reproduce)"
@@ -719,8 +815,13 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
             return violations(case, result.mean(), result.stderr(), degrees_of_freedom(n, result.groups),
                               result.grads, result.values, ref)
 
-        problems, cleared = confirmed(judge(result, n), lambda: judge(*_per_sample_run(
-            case, spec, RERUN_FACTOR * case.num_samples, case.seed + RERUN_SEED)))
+        def rerun(m: int, attempt: int) -> tuple[list[str], Rows]:
+            if case.equal and batches.couples_samples(_estimator(spec)):
+                m = max(1, m // batches.BATCHES)  # (_per_sample_run runs that many batches of them)
+            again, m = _per_sample_run(case, spec, m, case.seed + attempt * RERUN_SEED)
+            return judge(again, m), again.grads
+
+        problems, cleared = confirmed(judge(result, n), n, result.grads, rerun)
         if cleared:
             _record("per_sample", UNCONFIRMED)
             return []
@@ -837,20 +938,44 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
     if not problems and not biased:
         ref = truth(case)
 
-        def judge(node_grads: gradest.NodeGradients, n: int) -> list[str]:
-            total = node_grads.total
-            return violations(case, {k: v.mean(0) for k, v in total.items()},
-                              {k: mean_stderr(v) for k, v in total.items()}, n - 1, total,
-                              node_grads.values, ref)
+        def judge(m: int, seed: int) -> tuple[list[str], Rows]:
+            rows, values, groups, m = _graph_rows(case, spec, use_then, m, seed)
+            return violations(case, {k: v.mean(0) for k, v in rows.items()},
+                              {k: mean_stderr(v, groups) for k, v in rows.items()},
+                              degrees_of_freedom(m, groups), rows, values, ref), rows
 
-        m = RERUN_FACTOR * n
-        problems, cleared = confirmed(judge(node_grads, n), lambda: judge(
-            _graph_run(case, spec, use_then, m, case.seed + RERUN_SEED)[1], m))
+        if batches.couples_samples(_estimator(spec)):
+            found, rows = judge(n, case.seed)
+        else:  # the graph above, its particles i.i.d.
+            found = violations(case, {k: v.mean(0) for k, v in total.items()},
+                               {k: mean_stderr(v) for k, v in total.items()}, n - 1, total,
+                               node_grads.values, ref)
+            rows = total
+        problems, cleared = confirmed(found, n, rows, lambda m, attempt: judge(
+            m, case.seed + attempt * RERUN_SEED), GRAPH_RERUN_NUMBERS)
         if cleared:
             _record("graph", UNCONFIRMED)
             return []
     _record("graph", "failed" if problems else "shapes only (biased)" if biased else "checked")
     return problems
+
+
+def _graph_rows(case: Case, spec: str, use_then: bool, n: int, seed: int
+                ) -> tuple[Rows, torch.Tensor, torch.Tensor | None, int]:
+    """per_node's total rows of n particles, with the groups to take the mean's stderr over: a node
+    whose estimator couples its particles (a leave-one-out baseline) runs as independent graphs, as
+    :func:`gradest.batches.per_sample` runs independent calls (B == N: graphs of N particles each),
+    since the spread of coupled rows misses the coupling's share of the variance (Categorical(½, ½)
+    with f = x²: every score-loo row equal, stderr 0, the mean off by 1/N)."""
+    est = _estimator(spec)
+    if not batches.couples_samples(est):
+        node_grads = _graph_run(case, spec, use_then, n, seed)[1]
+        return node_grads.total, node_grads.values, None, n
+    sizes = [n] * batches.BATCHES if case.equal and n == case.num_samples else batches.batch_sizes(est, n)
+    parts = [_graph_run(case, spec, use_then, size, seed + i)[1] for i, size in enumerate(sizes)]
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    rows = {k: torch.cat([p.total[k] for p in parts]) for k in parts[0].total}
+    return rows, torch.cat([p.values for p in parts]), groups, sum(sizes)
 
 
 @settings(max_examples=_examples(1.0))

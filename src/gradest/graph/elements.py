@@ -23,8 +23,11 @@ switch to training mode): one batched backward pass of the cost, both products a
 
 What autograd cannot see, this cannot: a dependence through a comparison, an integer index or a
 ``detach`` carries no derivative. A per-element cost with no derivative path at all to such a node is
-refused (its contract cannot be checked); one whose mixing goes only through such operations is the
-limit of the check.
+refused (its contract cannot be checked), and so is one downstream of a node whose draws are integers
+(Categorical): no zero leaf can be added to them. Both refusals name the ways out: the total per
+particle ``[N]``, ``then=fn`` (a function the graph can re-run on changed draws, probed as
+:mod:`gradest.contract` probes a single node's cost), or OneHotCategorical (floating draws). A cost
+whose mixing goes only through such operations on floating draws is the limit of the check.
 """
 
 from __future__ import annotations
@@ -86,6 +89,18 @@ def _check_node(cost: str, value: torch.Tensor, node: str, leaf: torch.Tensor, m
             f"log-density of that element alone, which would bias {node!r}'s gradient; give the total "
             f"per particle, shape [{n}] (e.g. cost.sum(-1)), or make the cost act on each element alone"
         )
+
+
+def unverifiable_integers(cost: str, node: str, shape: list[int]) -> str:
+    """The refusal of a per-element cost downstream of a score-type node with integer draws."""
+    return (
+        f"cost {cost!r} is used per element (shape {shape}), but node {node!r} draws integers, which carry "
+        f"no derivative, so whether each cost element depends on its own element's draw alone cannot be "
+        f"checked (a cost that mixes the elements would bias {node!r}'s gradient); give the total per "
+        f"particle, shape [{shape[0]}] (e.g. cost.sum(-1)), or pass the per-element cost as "
+        f"g.sample({node!r}, dist, estimator, then=fn) (fn is re-run on changed draws and probed), or "
+        f"draw one-hot vectors (OneHotCategorical)"
+    )
 
 
 def _unverifiable(cost: str, node: str) -> str:

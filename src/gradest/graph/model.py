@@ -70,6 +70,8 @@ class Graph:
         self._provenance: Provenance | None = None
         #: the zero leaves δ added to score-type draws with batch elements (gradest.graph.elements)
         self._element_leaves: dict[str, torch.Tensor] = {}
+        #: score-type nodes with batch elements whose integer draws no derivative can watch
+        self._unwatched: set[str] = set()
         #: score-type nodes of continuous families: their draws' zero leaf, read by the resolution check
         self._resolution_leaves: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
@@ -177,6 +179,8 @@ class Graph:
                 value, leaf = elements.watched(value, len(dist.batch_shape) - int(batched))
                 if leaf is not None:
                     self._element_leaves[name] = leaf
+                elif len(dist.batch_shape) > int(batched):  # integer draws carry no derivative
+                    self._unwatched.add(name)
             if torch.is_grad_enabled() and value.is_floating_point() and not health.is_discrete(dist):
                 # a cost whose rounding hides these draws is refused (contract.resolution_given): its
                 # slope in them is read through a zero leaf added to them
@@ -466,18 +470,21 @@ class Graph:
 
     def _check_elements(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> None:
         """A per-element cost must take element c from element c's draws alone (gradest.graph.elements)."""
-        if value.dim() < 2 or not self._element_leaves:
+        if value.dim() < 2 or not (self._element_leaves or self._unwatched):
             return
         cells = value.shape[1:]
         nodes = []
         for node in dice.score_nodes(self, ancestors):
             leaf = self._element_leaves.get(node.name)
-            if leaf is None:
+            if leaf is None and node.name not in self._unwatched:
                 continue
             batch = node.log_prob.shape[1:]
             m = min(len(batch), len(cells))
-            if batch[:m] == cells[:m]:  # otherwise the surrogate refuses the shapes (dice.align)
-                nodes.append((node.name, leaf, m))
+            if m == 0 or batch[:m] != cells[:m]:  # (the surrogate refuses unaligned shapes: dice.align)
+                continue
+            if leaf is None:
+                raise GradestError(elements.unverifiable_integers(name, node.name, list(value.shape)))
+            nodes.append((node.name, leaf, m))
         elements.check(name, value, nodes)
 
 
