@@ -14,6 +14,7 @@ from torch.distributions import Bernoulli, Beta, Categorical, Gamma, Normal, Poi
 import gradest
 from gradest import contract
 from gradest.errors import SampleHealthError
+from gradest.stats import z_bound
 
 D = torch.float64
 
@@ -278,6 +279,22 @@ def test_an_estimate_carried_by_one_draw_is_refused():
                                                        {"loc": t(0.3), "scale": t(2.0)}, 4000, gen())
     exact = gradest.exact_grad(gradest.named_cost("exp", 0.5), Normal, {"loc": t(0.3), "scale": t(2.0)})
     assert_within(res, {k: float(v) for k, v in exact.grads.items()})
+
+
+def test_a_discrete_family_whose_sampler_groups_all_give_the_same_mean_is_refused():
+    # DisARM under randomized QMC on Bernoulli(0.63): each randomization counts the points below p, and all
+    # ten counted the same: 1.0159 ± 0 where the truth is 1 (one element of 240)
+    p = torch.full((240,), 0.630859375, dtype=torch.float64)
+    with pytest.raises(SampleHealthError, match=r"every one of the 10 independent groups .* same estimate"):
+        gradest.get_estimator("disarm+qmc").per_sample(lambda x: x**2, Bernoulli, {"probs": p}, 240, gen(0))
+    # i.i.d. draws of the same estimator: a standard error, and the truth within it
+    iid = gradest.get_estimator("disarm").per_sample(lambda x: x**2, Bernoulli, {"probs": p}, 2400, gen(0))
+    assert bool(((iid.mean()["probs"] - 1.0).abs() <= z_bound(1e-6, 240) * iid.stderr()["probs"]).all())
+    # groups of a continuous family that agree are an exact estimate, not refused: antithetic pairs of a
+    # linear f (∂/∂σ E x = 0, every pair ε − ε)
+    anti = gradest.get_estimator("pathwise+antithetic").per_sample(
+        lambda x: x, Normal, {"loc": t(0.3), "scale": t(1.0)}, 1000, gen(0))
+    assert float(anti.stderr()["scale"]) == 0.0 and float(anti.mean()["scale"]) == 0.0
 
 
 def test_a_discrete_family_of_unbounded_support_is_not_counted_by_outcome():

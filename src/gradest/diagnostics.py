@@ -150,6 +150,8 @@ def summarize(
     Raises:
         GradestError: an estimate that is not a PerSampleGradients; an exact gradient whose names
             are not the estimate's, or whose values are not tensors of the parameters' shapes.
+        SampleHealthError: an estimate whose standard error says nothing
+            (:meth:`PerSampleGradients.stderr`).
     """
     from gradest.exact import ExactGradient
 
@@ -173,6 +175,7 @@ def summarize(
                                f"give exactly {', '.join(map(repr, estimate.grads))}")
         for name, g in estimate.grads.items():
             _check_reference(truth[name], g, f"exact[{name!r}]")
+    estimate.stderr()  # sample health's refusals of the standard error (one draw carries it, groups frozen)
     params = {
         name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None),
                           errors.get(name))

@@ -56,7 +56,7 @@ import torch
 from torch.distributions import Distribution
 
 from gradest import contract, health, rng
-from gradest.errors import GradestError, NonFiniteError
+from gradest.errors import GradestError, NonFiniteError, SampleHealthError
 
 # The contract's parts live in rooms of their own; the template uses them, and they are re-exported
 # here, where estimators written against the template look for them.
@@ -281,6 +281,12 @@ class Estimator:
                     "in a pow, a where() with an inf branch); make f's derivative finite, or use a "
                     "score-function estimator, which never differentiates f"
                 )
+        groups = self.groups(num_samples, values.device)
+        if groups is not None and is_discrete(single):
+            for name, g in zip(replicas, grads, strict=True):
+                reason = health.frozen(g, groups, name)
+                if reason is not None:
+                    raise SampleHealthError(f"{self.name}: {reason}")
         if values.device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(values.device)
         return PerSampleGradients(
@@ -289,7 +295,7 @@ class Estimator:
             values=values.detach(),
             seconds=time.perf_counter() - start,
             estimator=self.name,
-            groups=self.groups(num_samples, values.device),
+            groups=groups,
         )
 
     def surrogate(

@@ -22,7 +22,8 @@ import torch
 import torch.distributions as D
 from torch.distributions.utils import clamp_probs
 
-#: family -> (dist, x, w) -> [(family tensor φ, w · ∂ log p(x)/∂φ)], w broadcast against x's batch
+#: family -> (dist, x, w) -> [(family tensor φ, w · ∂ log p(x)/∂φ)], w broadcast against x's batch; a
+#: rule writes in place over the tensors it makes (each has x's shape), never over x, w or φ
 ScoreRule = Callable[[D.Distribution, torch.Tensor, torch.Tensor], list[tuple[torch.Tensor, torch.Tensor]]]
 SCORES: dict[type[D.Distribution], ScoreRule] = {}
 
@@ -42,19 +43,20 @@ def _stored(dist: D.Distribution, name: str) -> bool:
 @_rule(D.Normal)
 def _normal(dist, x, w):
     loc, scale = dist.loc.detach(), dist.scale.detach()
-    z = (x - loc) / scale
+    z = (x - loc).div_(scale)  # (x − μ has x's shape: divided in place)
     u = w / scale
     g_loc = u * z
-    # w z/σ and w (z² − 1)/σ = g_loc z − w/σ, in as few passes over the samples as the algebra allows
-    return [(dist.loc, g_loc), (dist.scale, g_loc * z - u)]
+    # w z/σ and w (z² − 1)/σ = g_loc z − w/σ, in as few passes over the samples and as few new
+    # tensors as the algebra allows: the latter is written over z, which nothing else holds
+    return [(dist.loc, g_loc), (dist.scale, z.mul_(g_loc).sub_(u))]
 
 
 @_rule(D.Bernoulli)
 def _bernoulli(dist, x, w):
     if _stored(dist, "logits"):
-        return [(dist.logits, w * (x - torch.sigmoid(dist.logits.detach())))]
+        return [(dist.logits, (x - torch.sigmoid(dist.logits.detach())).mul_(w))]
     p = clamp_probs(dist.probs.detach())
-    return [(dist.probs, w * (x - p) / (p * (1.0 - p)))]
+    return [(dist.probs, (x - p).div_(p * (1.0 - p)).mul_(w))]
 
 
 @_rule(D.Categorical)
@@ -63,29 +65,29 @@ def _categorical(dist, x, w):
     one_hot = torch.nn.functional.one_hot(x.long(), k)
     w = w.unsqueeze(-1)
     if _stored(dist, "logits"):
-        return [(dist.logits, w * one_hot.to(dist.logits.dtype))]
+        return [(dist.logits, one_hot.to(dist.logits.dtype).mul_(w))]
     p = clamp_probs(dist.probs.detach())
-    return [(dist.probs, w * one_hot.to(p.dtype) / p)]
+    return [(dist.probs, one_hot.to(p.dtype).mul_(w).div_(p))]
 
 
 @_rule(D.Exponential)
 def _exponential(dist, x, w):
     rate = dist.rate.detach()
-    return [(dist.rate, w * (1.0 / rate - x))]
+    return [(dist.rate, (1.0 / rate - x).mul_(w))]
 
 
 @_rule(D.Poisson)
 def _poisson(dist, x, w):
     rate = dist.rate.detach()
-    return [(dist.rate, w * (x / rate - 1.0))]
+    return [(dist.rate, (x / rate).sub_(1.0).mul_(w))]
 
 
 @_rule(D.Gamma)
 def _gamma(dist, x, w):
     alpha, beta = dist.concentration.detach(), dist.rate.detach()
     return [
-        (dist.concentration, w * (beta.log() + x.log() - torch.digamma(alpha))),
-        (dist.rate, w * (alpha / beta - x)),
+        (dist.concentration, x.log().add_(beta.log() - torch.digamma(alpha)).mul_(w)),
+        (dist.rate, (alpha / beta - x).mul_(w)),
     ]
 
 

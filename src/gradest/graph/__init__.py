@@ -69,7 +69,11 @@ into the first k reparameterized nodes' samples (tensor hooks), node i's term is
 ``"direct"`` is D_K. :meth:`Graph.per_node` returns these single-particle gradients
 ``[N, *param.shape]`` per group; :func:`attribute` their single-sample variances (trace of the
 covariance) with standard errors; :func:`report` a plot and an HTML section. They answer "which node
-makes my gradient noisy".
+makes my gradient noisy". The rows of a node whose estimator couples the particles (``score-loo``:
+each particle's baseline is the others' mean) are not independent: their spread is still the
+single-particle variance, but the standard error of their mean needs independent graphs, as
+:mod:`gradest.batches` runs independent calls (where the coupling's share dominates — Categorical(½, ½)
+with f = x² — every row is equal and their spread is 0).
 
 :func:`enumerate_graph` is the oracle: the exact L(θ) of a graph of Bernoulli, Categorical and
 OneHotCategorical nodes as a differentiable sum over every joint value (gradients of every order).

@@ -43,7 +43,6 @@ from gradest.diagnostics import (
     degrees_of_freedom,
     effective_variance,
     log_interval,
-    mean_stderr,
     pooled,
     to_json_value,
     z_bound,
@@ -177,6 +176,7 @@ def _batch(est: Estimator, f, dist_builder, params, num_samples: int, seed: int,
                 return None
             size = _batch_size(est, num_samples)
             per = batches.per_sample(est, f, dist_builder, params, size, make_generator(seed))
+            stderr = per.stderr()  # (sample health: an estimate one draw carries, frozen groups)
             seconds = per.seconds
             if len(batches.batch_sizes(est, size)) > 1:
                 # the statistics need independent calls; the time is that of the one call a user makes
@@ -185,7 +185,7 @@ def _batch(est: Estimator, f, dist_builder, params, num_samples: int, seed: int,
         return str(err)
     return _Batch(
         mean={k: g.mean(0) for k, g in per.grads.items()},
-        stderr={k: mean_stderr(g, per.groups) for k, g in per.grads.items()},
+        stderr=stderr,
         variance=sum(float(effective_variance(g, per.groups).sum()) for g in per.grads.values()),
         seconds_per_sample=seconds / per.num_samples,
         dof=degrees_of_freedom(per.num_samples, per.groups),
