@@ -208,3 +208,32 @@ def test_analytic_score_equals_autograd_of_log_prob(family, label, builder, para
     for name, a, b in zip(replicas, via_rules, via_log_prob, strict=True):
         assert torch.allclose(a, b, rtol=1e-10, atol=1e-12), (label, name, (a - b).abs().max())
         assert b.abs().max() > 0.1  # a rule that returned zeros would fail above
+
+
+NORMAL_CASES = SCORE_CASES[D.Normal]
+
+
+@pytest.mark.parametrize("label,builder,params", NORMAL_CASES, ids=[c[0] for c in NORMAL_CASES])
+def test_the_normal_score_from_the_drawn_noise_equals_autograd_of_log_prob(label, builder, params):
+    # the score estimator reads (x − μ)/σ as the ε that made x (rng.normal_draw): the same scores
+    n = 64
+    rank = max(v.dim() for v in params.values())
+    replicas = {k: v.reshape(*[1] * (rank - v.dim()), *v.shape).expand(n, *[1] * (rank - v.dim()), *v.shape)
+                .clone().requires_grad_(True) for k, v in params.items()}
+    dist = builder(**replicas)
+    x, eps = rng.normal_draw(dist, (), make_generator(1))
+    assert torch.equal(x, rng.sample(dist, (), make_generator(1), reparameterized=False))  # the same draw
+    from_noise = analytic_score(dist, x.detach(), noise=eps)
+    logp = dist.log_prob(x.detach())
+    for phi, s in from_noise:
+        (auto,) = torch.autograd.grad(logp.sum(), phi, retain_graph=True)
+        assert torch.allclose(s, auto, rtol=1e-10, atol=1e-12), (label, (s - auto).abs().max())
+
+
+def test_the_score_estimator_draws_what_the_others_draw():
+    # draw_standardized's Normal path gives the sampler's draws bit for bit: score and pathwise see one x
+    params = {"loc": torch.tensor([0.3, -1.0], dtype=torch.float64),
+              "scale": torch.tensor([1.7, 0.2], dtype=torch.float64)}
+    values = [get_estimator(name).per_sample(lambda x: x.sin().sum(-1), D.Normal, params, 100,
+                                             make_generator(5)).values for name in ("score", "pathwise")]
+    assert torch.equal(*values)

@@ -36,9 +36,11 @@ coordinate and i.i.d. samples, the Student-t quantile where the stderr comes fro
 ε is the dtype's machine epsilon: the last term is rounding, in units of the cost and of parameters
 of order 1 (torch's sigmoid gives ∂p/∂ℓ = 0 at ℓ = 40 where the truth is 4·10⁻¹⁸), so a zero
 standard error passes only if the estimate equals the truth to rounding. A violation with a nonzero
-stderr is rerun once on a fresh seed with 4× the samples and counts only if it is there again (the t
-statistic of skewed single-sample gradients passes 5 about 100 times more often than a normal one's
-and does not repeat; a bias, a collapse or a missed rare contribution does). Estimators biased by
+stderr is rerun on a fresh seed, with 4× the samples or as many as Cochran's rule (n ≥ 25 G1²) asks
+for the skewness G1 of the single-sample rows, and counts only if it is there again (score-function
+terms of a Geometric's or a Student-t's draws with f = x² have G1 of 30–60, so a mean of 400 is far
+from normal and a rare large term absent from one coordinate leaves a z of 7–12 there; a bias, a
+collapse or a contribution the estimator cannot see repeats at any N). Estimators biased by
 design (``capabilities.biased``) are checked for shapes and finiteness only. Any other exception, a
 NaN, or a confident wrong value fails.
 

@@ -269,9 +269,22 @@ def _shape(dist: D.Distribution, sample_shape: torch.Size) -> torch.Size:
     return sample_shape + dist.batch_shape + dist.event_shape
 
 
+def normal_draw(dist: D.Normal, sample_shape: Shape, generator: torch.Generator
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+    """x = μ + σ ε ``[*sample_shape, *batch_shape]`` (the Normal sampler's draw) and the ε that made it:
+    (x − μ)/σ without the rounding of x."""
+    eps = normal(_shape(dist, check_shape(sample_shape)), generator, dist.loc)
+    return dist.loc + dist.scale * eps, eps
+
+
 @register_sampler(D.Normal)
 def _normal(dist, sample_shape, generator):
-    return dist.loc + dist.scale * normal(_shape(dist, sample_shape), generator, dist.loc)
+    return normal_draw(dist, sample_shape, generator)[0]
+
+
+def normal_is_built_in() -> bool:
+    """Whether Normal draws come from :func:`normal_draw` (no sampler registered over it)."""
+    return SAMPLERS.get(D.Normal) is _normal
 
 
 @register_sampler(D.MultivariateNormal)

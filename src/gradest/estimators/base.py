@@ -53,7 +53,7 @@ import time
 from collections.abc import Mapping
 
 import torch
-from torch.distributions import Distribution
+from torch.distributions import Distribution, Normal
 
 from gradest import contract, health, rng
 from gradest.errors import GradestError, NonFiniteError, SampleHealthError
@@ -149,6 +149,19 @@ class Estimator:
             x = x if reparameterized else x.detach()
         self.healthy(node, x)
         return x
+
+    def draw_standardized(self, node: Node, generator: torch.Generator
+                          ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``draw(node, generator, reparameterized=False)``, and for a Normal family drawn by gradest's own
+        sampler from the generator the ε ``[N, *B]`` of x = μ + σε (else None): a score rule then reads
+        (x − μ)/σ as ε, a pass over the draws fewer and without the rounding of x − μ."""
+        family = unwrap(node.dist)
+        if self.sampler is not None or type(family) is not Normal or not rng.normal_is_built_in():
+            return self.draw(node, generator, reparameterized=False), None
+        with torch.no_grad():
+            x, eps = rng.normal_draw(family, node.sample_shape, generator)
+        self.healthy(node, x)
+        return x, eps
 
     #: why it has no graph-node form (``capabilities.node == "none"``), read by the graph's refusal
     node_refusal: str = "has no node form"

@@ -40,16 +40,17 @@ from gradest.estimators.baselines import Baseline, NoBaseline
 from gradest.estimators.scores import analytic_score
 
 
-def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor
+def score_terms(node: Node, x: torch.Tensor, weight: torch.Tensor, noise: torch.Tensor | None = None
                 ) -> tuple[torch.Tensor | float, list[tuple[torch.Tensor, torch.Tensor]]]:
     """Σ_b weight_b ∇θ log p(x_b) per sample, weight ``[N, *C]`` a constant: (carrier, explicit pairs).
 
-    In closed form for the families of :mod:`gradest.estimators.scores` (explicit pairs), else by
-    autograd of ``log_prob`` (the carrier Σ_n Σ_b weight_n,b log p(x_n,b)).
+    In closed form for the families of :mod:`gradest.estimators.scores` (explicit pairs; a Normal's
+    from the ε of its draw where ``noise`` gives it), else by autograd of ``log_prob`` (the carrier
+    Σ_n Σ_b weight_n,b log p(x_n,b)).
     """
     family = unwrap(node.dist)
     rank = x.dim() - len(family.event_shape)  # [N, *batch] of the family
-    scores = analytic_score(family, x, weight.reshape(*weight.shape, *([1] * (rank - weight.dim()))))
+    scores = analytic_score(family, x, weight.reshape(*weight.shape, *([1] * (rank - weight.dim()))), noise)
     if scores is not None:
         return 0.0, scores
     logp = per_element(node.dist.log_prob(x), weight)
@@ -71,8 +72,8 @@ class ScoreFunction(Estimator):
 
     def terms(self, cost: BoundCost, node: Node, generator: torch.Generator
                ) -> tuple[torch.Tensor, torch.Tensor]:
-        # detached draw: no path from θ through x
-        x = self.draw(node, generator, reparameterized=False)
+        # detached draw: no path from θ through x (and a Normal's ε, which its score reads)
+        x, noise = self.draw_standardized(node, generator)
         fx = cost(x)  # a graph only where f depends on θ or on tensors of its own (a decoder)
         signal = fx.detach()
         with torch.no_grad():  # the learning signal is a constant of the math
@@ -80,7 +81,7 @@ class ScoreFunction(Estimator):
                 weight = signal
             else:
                 weight = signal - self.baseline(signal, self.groups(node.num_samples, signal.device))
-        score_carrier, explicit = score_terms(node, x, weight)
+        score_carrier, explicit = score_terms(node, x, weight, noise)
         return Terms(carrier(fx) + score_carrier, explicit, total(signal))
 
     def __repr__(self) -> str:
