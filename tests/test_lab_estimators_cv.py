@@ -124,3 +124,35 @@ def test_surrogate_through_a_builder_with_its_own_graph(estimator):
     get_estimator(estimator).surrogate(f, builder, leaves, 500, make_generator(4)).backward()
     for k, g in per.mean().items():
         torch.testing.assert_close(leaves[k].grad, g, rtol=1e-10, atol=1e-14)
+
+
+@pytest.mark.parametrize("coupled", [False, True], ids=["separable-diagonal-hessian", "cross-terms"])
+def test_the_delta_control_is_the_taylor_expansion_whatever_the_hessian(coupled):
+    # a diagonal Hessian takes the O(D) quadratic form, a dense one the O(D²) one: both are h exactly
+    from torch.distributions import Independent
+
+    from gradest.estimators.base import BoundCost
+    from gradest.estimators.control_variates import DeltaMethod
+
+    d = 5
+    mu = torch.linspace(-1.0, 1.0, d, dtype=torch.float64)
+    scale = torch.linspace(0.5, 1.5, d, dtype=torch.float64)
+
+    def f(x):
+        out = (torch.sin(x) + x**2).sum(-1)
+        return out + (x[..., 0] * x[..., 1] if coupled else 0.0)
+
+    n = 4
+    dist = Independent(Normal(mu.expand(n, d), scale.expand(n, d)), 1)
+    cost = BoundCost(f, (), {}, n, torch.Size([]))
+    h, expectation = DeltaMethod(2).fit(cost, dist, mu)
+    x = torch.randn(7, d, generator=make_generator(0).manual_seed(3), dtype=torch.float64)
+    cross = torch.tensor([mu[1], mu[0], 0, 0, 0], dtype=torch.float64)
+    grad = torch.cos(mu) + 2 * mu + (cross if coupled else 0.0)
+    hess = torch.diag(-torch.sin(mu) + 2)
+    if coupled:
+        hess[0, 1] = hess[1, 0] = 1.0
+    delta = x - mu
+    want = f(mu) + delta @ grad + 0.5 * ((delta @ hess) * delta).sum(1)
+    assert torch.allclose(h(x), want, rtol=1e-12, atol=1e-12)
+    assert torch.allclose(expectation(dist), f(mu) + 0.5 * (scale**2 * hess.diagonal()).sum(), rtol=1e-12)
