@@ -693,18 +693,29 @@ def skewness(rows: Rows) -> float:
     return worst
 
 
-def rerun_samples(n: int, rows: Rows, numbers: int = RERUN_NUMBERS) -> int:
+def rerun_samples(n: int, rows: Rows, numbers: int = RERUN_NUMBERS, points: int = 1) -> int:
     """The samples of a rerun after a violation at ``n``: RERUN_FACTOR × n, or more where the rows'
     skewness says the normal approximation needs more (Cochran's rule on the most skewed coordinate;
     from n draws a sample skewness is at most √n, so it can ask for at most 25 n), up to ``numbers``
-    single-sample numbers per parameter."""
+    single-sample numbers per parameter, counted ``points`` times where the estimator evaluates f at
+    that many points per sample."""
     coordinates = max(1, max(g[0].numel() for g in rows.values()))
     least = RERUN_FACTOR * n
-    return min(max(least, math.ceil(COCHRAN * skewness(rows) ** 2)), max(least, numbers // coordinates))
+    return min(max(least, math.ceil(COCHRAN * skewness(rows) ** 2)),
+               max(least, numbers // (coordinates * points)))
+
+
+def points_per_sample(spec: str, case: Case) -> int:
+    """How many points f is evaluated at per sample: 2 per coordinate of x for a measure-valued
+    derivative (alone or under a control variate), else 1 (the others' few extra points are noise)."""
+    est = _estimator(spec)
+    if isinstance(getattr(est, "inner", est), gradest.MeasureValued):
+        return 2 * _elements(case)
+    return 1
 
 
 def confirmed(problems: list[str], n: int, rows: Rows, rerun: Callable[[int, int], tuple[list[str], Rows]],
-              numbers: int = RERUN_NUMBERS) -> tuple[list[str], bool]:
+              numbers: int = RERUN_NUMBERS, points: int = 1) -> tuple[list[str], bool]:
     """The problems, unless they are violations with a nonzero stderr that a rerun (a fresh seed, 4× the
     samples, or as many as Cochran's rule asks for the rows' skewness) does not reproduce.
 
@@ -723,7 +734,7 @@ def confirmed(problems: list[str], n: int, rows: Rows, rerun: Callable[[int, int
     for attempt in (1, 2):
         if attempt == 2 and COCHRAN * skewness(rows) ** 2 <= n:
             break  # the rerun's own rows ask for no more than it had
-        m = rerun_samples(n, rows, numbers)
+        m = rerun_samples(n, rows, numbers, points)
         try:
             again, rows = rerun(m, attempt)
         except gradest.GradestError as err:
@@ -745,6 +756,9 @@ def test_the_rerun_draws_what_the_skewness_of_the_rows_asks_for():
             "b": torch.zeros(200_000, 3, dtype=torch.float64)}  # no spread: skewness 0
     assert abs(skewness(rows) - 2.0) < 0.1
     assert rerun_samples(10, rows) == 100 and rerun_samples(50, rows) == 200  # at least 4× n
+    # the cap counts f's points per sample (a measure-valued derivative's 2 per coordinate): 600 // (3 · 10)
+    assert rerun_samples(10, rows, numbers=600, points=10) == 40 and rerun_samples(10, rows, numbers=6000,
+                                                                                  points=10) == 100
     spike = torch.zeros(400, 2, dtype=torch.float64)
     spike[0, 1] = 1.0  # one rare large term among 400: skewness (n − 2)/√(n − 1) = 19.9
     assert abs(skewness({"a": spike}) - 398 / 399**0.5) < 1e-9
@@ -823,7 +837,8 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
             again, m = _per_sample_run(case, spec, m, case.seed + attempt * RERUN_SEED)
             return judge(again, m), again.grads
 
-        problems, cleared = confirmed(judge(result, n), n, result.grads, rerun)
+        problems, cleared = confirmed(judge(result, n), n, result.grads, rerun,
+                                      points=points_per_sample(spec, case))
         if cleared:
             _record("per_sample", UNCONFIRMED)
             return []
