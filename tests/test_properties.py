@@ -112,9 +112,9 @@ def _count_report():
     lines = ["", "property suite: cases per view"]
     for view, counts in COUNTS.items():
         refused = sum(v for k, v in counts.items() if k.startswith("refused"))
-        lines.append(f"  {view}: drawn {counts['drawn']}, checked {counts['checked']}, "
-                     f"shapes only (biased) {counts['shapes only (biased)']}, refused {refused}, "
-                     f"failed {counts['failed']}")
+        lines.append(f"  {view}: drawn {counts['drawn']}, checked {counts['checked']} (and "
+                     f"{counts[UNCONFIRMED]} whose violation a rerun cleared), shapes only (biased) "
+                     f"{counts['shapes only (biased)']}, refused {refused}, failed {counts['failed']}")
         for key, value in counts.most_common():
             if key.startswith("refused"):
                 lines.append(f"      {value:4d}  {key.removeprefix('refused: ')}")

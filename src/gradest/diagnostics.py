@@ -4,6 +4,13 @@ r"""Diagnostics of an estimator: its per-sample record summarized against an exa
 bias z-score of :func:`param_stats`. The statistics themselves, with their formulas (grouped
 standard errors for dependent samples included), live one floor down in :mod:`gradest.stats`; they
 are imported here, so ``gradest.diagnostics.mean_stderr`` and the rest keep working.
+
+A standard error is read as a normal interval: the mean of N single-sample estimates is near normal
+once N ≳ 25 G1², G1 the skewness of one estimate (Cochran's rule). Score-function terms of
+heavy-tailed draws are very skewed (f = x² under Geometric(0.875): G1 ≈ −31, so N ≳ 24 000), and
+below that N a rare large term that no draw showed leaves the mean and its standard error both too
+small — which no statistic of the draws can reveal. Draw more samples, or lower the skew (a baseline,
+a control variate, a pathwise estimator).
 """
 
 from __future__ import annotations
