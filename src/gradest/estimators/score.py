@@ -81,6 +81,8 @@ class ScoreFunction(Estimator):
                 weight = signal
             else:
                 weight = signal - self.baseline(signal, self.groups(node.num_samples, signal.device))
+        if noise is not None:  # a Normal's scores read ε alone: the draws' memory is free for them
+            x = noise
         score_carrier, explicit = score_terms(node, x, weight, noise)
         return Terms(carrier(fx) + score_carrier, explicit, total(signal))
 
