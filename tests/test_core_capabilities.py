@@ -237,3 +237,23 @@ def test_the_score_estimator_draws_what_the_others_draw():
     values = [get_estimator(name).per_sample(lambda x: x.sin().sum(-1), D.Normal, params, 100,
                                              make_generator(5)).values for name in ("score", "pathwise")]
     assert torch.equal(*values)
+
+
+def test_a_sampler_registered_over_a_wrapper_is_used_by_the_score_function_too():
+    # draw_standardized reads ε only where gradest's own samplers draw the whole chain (Independent → Normal)
+    calls = []
+    built_in = rng.SAMPLERS[D.Independent]
+
+    def mine(dist, sample_shape, generator):
+        calls.append(1)
+        return built_in(dist, sample_shape, generator)
+
+    params = {"loc": torch.zeros(3, dtype=torch.float64), "scale": torch.ones(3, dtype=torch.float64)}
+    try:
+        rng.register_sampler(D.Independent)(mine)
+        for name in ("score", "pathwise"):
+            get_estimator(name).per_sample(lambda x: x.sum(-1), lambda loc, scale: D.Independent(
+                D.Normal(loc, scale), 1), params, 10, make_generator(0))
+    finally:
+        rng.SAMPLERS[D.Independent] = built_in
+    assert len(calls) == 2

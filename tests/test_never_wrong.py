@@ -281,19 +281,25 @@ def test_an_estimate_carried_by_one_draw_is_refused():
     assert_within(res, {k: float(v) for k, v in exact.grads.items()})
 
 
-def test_a_discrete_family_whose_sampler_groups_all_give_the_same_mean_is_refused():
+def test_a_discrete_familys_sampler_groups_that_all_agree_give_the_estimates_own_spread():
     # DisARM under randomized QMC on Bernoulli(0.63): each randomization counts the points below p, and all
-    # ten counted the same: 1.0159 ± 0 where the truth is 1 (one element of 240)
+    # ten counted the same: once 1.0159 ± 0 where the truth is 1 (one element of 240)
     p = torch.full((240,), 0.630859375, dtype=torch.float64)
-    with pytest.raises(SampleHealthError, match=r"every one of the 10 independent groups .* same estimate"):
-        gradest.get_estimator("disarm+qmc").per_sample(lambda x: x**2, Bernoulli, {"probs": p}, 240, gen(0))
-    # i.i.d. draws of the same estimator: a standard error, and the truth within it
-    iid = gradest.get_estimator("disarm").per_sample(lambda x: x**2, Bernoulli, {"probs": p}, 2400, gen(0))
-    assert bool(((iid.mean()["probs"] - 1.0).abs() <= z_bound(1e-6, 240) * iid.stderr()["probs"]).all())
-    # groups of a continuous family that agree are an exact estimate, not refused: antithetic pairs of a
-    # linear f (∂/∂σ E x = 0, every pair ε − ε)
+    res = gradest.get_estimator("disarm+qmc").per_sample(lambda x: x**2, Bernoulli, {"probs": p}, 240, gen(0))
+    assert res.groups is None  # the spread of the estimates themselves
+    se = res.stderr()["probs"]
+    assert bool((se > 0).all())
+    assert bool(((res.mean()["probs"] - 1.0).abs() <= z_bound(1e-6, 240) * se).all())
+    # the same frozen groups where the count is exact (24 points a randomization, M·p = 6): accepted, exact
+    q = torch.full((4,), 0.25, dtype=torch.float64)
+    exact = gradest.get_estimator("mvd+qmc").per_sample(lambda x: x.sum(-1) ** 2, Bernoulli, {"probs": q},
+                                                         240, gen(0))
+    assert torch.allclose(exact.mean()["probs"], torch.full((4,), 2.5, dtype=torch.float64), rtol=1e-12)
+    # groups of a continuous family that agree are an exact estimate: antithetic pairs of a linear f
+    # (∂/∂σ E x = 0, every pair ε − ε) keep their groups and their exact 0 ± 0
     anti = gradest.get_estimator("pathwise+antithetic").per_sample(
         lambda x: x, Normal, {"loc": t(0.3), "scale": t(1.0)}, 1000, gen(0))
+    assert anti.groups is not None
     assert float(anti.stderr()["scale"]) == 0.0 and float(anti.mean()["scale"]) == 0.0
 
 

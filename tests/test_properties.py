@@ -735,14 +735,15 @@ def confirmed(problems: list[str], n: int, rows: Rows, rerun: Callable[[int, int
         if attempt == 2 and COCHRAN * skewness(rows) ** 2 <= n:
             break  # the rerun's own rows ask for no more than it had
         m = rerun_samples(n, rows, numbers, points)
+        label = (f"rerun {attempt} (seed + {attempt} × {RERUN_SEED}, {m} samples, the skewness of the rows "
+                 f"before it {skewness(rows):.3g}):")
         try:
             again, rows = rerun(m, attempt)
         except gradest.GradestError as err:
             again = [f"refused: {err}"]
         if not again:
             return [], True
-        found += [f"rerun {attempt} (seed + {attempt} × {RERUN_SEED}, {m} samples, the skewness of the "
-                  f"rows before it {skewness(rows):.3g}):", *again]
+        found += [label, *again]
         if again[0].startswith("refused"):
             break
         n = m
@@ -803,7 +804,8 @@ UNCONFIRMED = "checked (a violation a rerun did not reproduce)"
 
 def _per_sample_run(case: Case, spec: str, n: int, seed: int) -> tuple[gradest.PerSampleGradients, int]:
     """per_sample through independent batches where the estimator couples its samples (an honest
-    stderr); for B == N, batches of exactly N samples each, so that every call has B == N."""
+    stderr); for B == N, batches of exactly n samples each, so that every call of the first run (n = N)
+    has B == N (a rerun's batches are of its own, larger n)."""
     est = _estimator(spec)
     n = _samples(est, n)
     generator = gradest.make_generator(seed)
@@ -974,7 +976,9 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
                                {k: mean_stderr(v) for k, v in total.items()}, n - 1, total,
                                node_grads.values, ref)
             rows = total
-        problems, cleared = confirmed(found, n, rows, lambda m, attempt: judge(
+        # (the particles the judgement read: 16 graphs of N each where they couple and B == N)
+        used = next(iter(rows.values())).shape[0]
+        problems, cleared = confirmed(found, used, rows, lambda m, attempt: judge(
             m, case.seed + attempt * RERUN_SEED), GRAPH_RERUN_NUMBERS)
         if cleared:
             _record("graph", UNCONFIRMED)

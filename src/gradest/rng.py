@@ -282,9 +282,14 @@ def _normal(dist, sample_shape, generator):
     return normal_draw(dist, sample_shape, generator)[0]
 
 
-def normal_is_built_in() -> bool:
-    """Whether Normal draws come from :func:`normal_draw` (no sampler registered over it)."""
-    return SAMPLERS.get(D.Normal) is _normal
+def draws_normal_itself(dist: D.Distribution) -> bool:
+    """Whether ``dist`` is a Normal (under Independent wrappers) that :func:`sample` draws with
+    :func:`normal_draw`: no sampler registered over the built-in ones of either."""
+    while type(dist) is D.Independent:
+        if SAMPLERS.get(D.Independent) is not _independent:
+            return False
+        dist = dist.base_dist
+    return type(dist) is D.Normal and SAMPLERS.get(D.Normal) is _normal
 
 
 @register_sampler(D.MultivariateNormal)

@@ -53,10 +53,10 @@ import time
 from collections.abc import Mapping
 
 import torch
-from torch.distributions import Distribution, Normal
+from torch.distributions import Distribution
 
 from gradest import contract, health, rng
-from gradest.errors import GradestError, NonFiniteError, SampleHealthError
+from gradest.errors import GradestError, NonFiniteError
 
 # The contract's parts live in rooms of their own; the template uses them, and they are re-exported
 # here, where estimators written against the template look for them.
@@ -156,7 +156,8 @@ class Estimator:
         sampler from the generator the ε ``[N, *B]`` of x = μ + σε (else None): a score rule then reads
         (x − μ)/σ as ε, a pass over the draws fewer and without the rounding of x − μ."""
         family = unwrap(node.dist)
-        if self.sampler is not None or type(family) is not Normal or not rng.normal_is_built_in():
+        if self.sampler is not None or type(self).draw is not Estimator.draw \
+                or not rng.draws_normal_itself(node.dist):
             return self.draw(node, generator, reparameterized=False), None
         with torch.no_grad():
             x, eps = rng.normal_draw(family, node.sample_shape, generator)
@@ -295,11 +296,8 @@ class Estimator:
                     "score-function estimator, which never differentiates f"
                 )
         groups = self.groups(num_samples, values.device)
-        if groups is not None and is_discrete(single):
-            for name, g in zip(replicas, grads, strict=True):
-                reason = health.frozen(g, groups, name)
-                if reason is not None:
-                    raise SampleHealthError(f"{self.name}: {reason}")
+        if groups is not None and is_discrete(single) and any(health.frozen(g, groups) for g in grads):
+            groups = None  # every group counted alike: the estimates' own spread (gradest.health.frozen)
         if values.device.type == "cuda":  # kernels run asynchronously: time them to completion
             torch.cuda.synchronize(values.device)
         return PerSampleGradients(
