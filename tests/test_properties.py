@@ -804,14 +804,33 @@ UNCONFIRMED = "checked (a violation a rerun did not reproduce)"
 
 def _per_sample_run(case: Case, spec: str, n: int, seed: int) -> tuple[gradest.PerSampleGradients, int]:
     """per_sample through independent batches where the estimator couples its samples (an honest
-    stderr); for B == N, batches of exactly n samples each, so that every call of the first run (n = N)
-    has B == N (a rerun's batches are of its own, larger n)."""
+    stderr); for B == N, independent calls of exactly N samples each (16 at least where they couple),
+    one after the other from one generator, so that every call, a rerun's too, has B == N."""
     est = _estimator(spec)
     n = _samples(est, n)
     generator = gradest.make_generator(seed)
-    if case.equal and batches.couples_samples(est):
-        n = n * batches.BATCHES
-    return batches.per_sample(est, case.f(), case.builder(), case.params, n, generator), n
+    if not case.equal:
+        return batches.per_sample(est, case.f(), case.builder(), case.params, n, generator), n
+    size = _samples(est, case.num_samples)
+    coupled = batches.couples_samples(est)
+    calls = max(math.ceil(n / size), batches.BATCHES if coupled else 1)
+    parts = [est.per_sample(case.f(), case.builder(), case.params, size, generator) for _ in range(calls)]
+    if len(parts) == 1:
+        return parts[0], size
+    if coupled:  # each call is one independent group
+        groups = torch.arange(calls).repeat_interleave(size)
+    elif all(p.groups is not None for p in parts):  # a sampler's groups, relabelled call by call
+        offsets = [0]
+        for p in parts[:-1]:
+            offsets.append(offsets[-1] + int(p.groups.max()) + 1)
+        groups = torch.cat([p.groups.cpu() + o for p, o in zip(parts, offsets, strict=True)])
+    else:
+        groups = None
+    record = gradest.PerSampleGradients(
+        grads={k: torch.cat([p.grads[k] for p in parts]) for k in parts[0].grads},
+        values=torch.cat([p.values for p in parts]), seconds=sum(p.seconds for p in parts),
+        estimator=parts[0].estimator, groups=groups)
+    return record, calls * size
 
 
 def check_per_sample(case: Case, spec: str) -> list[str]:
@@ -834,8 +853,6 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
                               result.grads, result.values, ref)
 
         def rerun(m: int, attempt: int) -> tuple[list[str], Rows]:
-            if case.equal and batches.couples_samples(_estimator(spec)):
-                m = max(1, m // batches.BATCHES)  # (_per_sample_run runs that many batches of them)
             again, m = _per_sample_run(case, spec, m, case.seed + attempt * RERUN_SEED)
             return judge(again, m), again.grads
 
@@ -1010,12 +1027,17 @@ def _graph_rows(case: Case, spec: str, use_then: bool, n: int, seed: int
     since the spread of coupled rows misses the coupling's share of the variance (Categorical(½, ½)
     with f = x²: every score-loo row equal, stderr 0, the mean off by 1/N)."""
     est = _estimator(spec)
-    if not batches.couples_samples(est):
-        node_grads = _graph_run(case, spec, use_then, n, seed)[1]
-        return node_grads.total, node_grads.values, None, n
-    sizes = [n] * batches.BATCHES if case.equal and n == case.num_samples else batches.batch_sizes(est, n)
+    coupled = batches.couples_samples(est)
+    if case.equal:  # graphs of N particles each, so that every one has B == N (a rerun's too)
+        size = case.num_samples
+        sizes = [size] * max(math.ceil(n / size), batches.BATCHES if coupled else 1)
+    else:
+        sizes = batches.batch_sizes(est, n) if coupled else [n]
+    if len(sizes) == 1:
+        node_grads = _graph_run(case, spec, use_then, sizes[0], seed)[1]
+        return node_grads.total, node_grads.values, None, sizes[0]
     parts = [_graph_run(case, spec, use_then, size, seed + i)[1] for i, size in enumerate(sizes)]
-    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes))
+    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)) if coupled else None
     rows = {k: torch.cat([p.total[k] for p in parts]) for k in parts[0].total}
     return rows, torch.cat([p.values for p in parts]), groups, sum(sizes)
 
