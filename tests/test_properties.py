@@ -98,9 +98,15 @@ def _reason(err: Exception, spec: str = "") -> str:
     return " ".join(text.split()[:8])
 
 
-def _record(view: str, outcome: str) -> None:
+#: view -> the violations a rerun cleared, described (printed with the counts)
+CLEARED: dict[str, list[str]] = collections.defaultdict(list)
+
+
+def _record(view: str, outcome: str, cleared: str = "") -> None:
     COUNTS[view]["drawn"] += 1
     COUNTS[view][outcome] += 1
+    if cleared:
+        CLEARED[view].append(cleared)
     event(f"{view}: {outcome}")
 
 
@@ -118,6 +124,7 @@ def _count_report():
         for key, value in counts.most_common():
             if key.startswith("refused"):
                 lines.append(f"      {value:4d}  {key.removeprefix('refused: ')}")
+        lines += [f"      cleared by a rerun: {text[:300]}" for text in CLEARED[view]]
     print("\n".join(lines))
 
 
@@ -856,10 +863,10 @@ def check_per_sample(case: Case, spec: str) -> list[str]:
             again, m = _per_sample_run(case, spec, m, case.seed + attempt * RERUN_SEED)
             return judge(again, m), again.grads
 
-        problems, cleared = confirmed(judge(result, n), n, result.grads, rerun,
-                                      points=points_per_sample(spec, case))
+        found = judge(result, n)
+        problems, cleared = confirmed(found, n, result.grads, rerun, points=points_per_sample(spec, case))
         if cleared:
-            _record("per_sample", UNCONFIRMED)
+            _record("per_sample", UNCONFIRMED, f"{spec} on {case.description}: {found[0]}")
             return []
     _record("per_sample", "failed" if problems else "shapes only (biased)" if biased else "checked")
     return problems
@@ -998,7 +1005,8 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
         problems, cleared = confirmed(found, used, rows, lambda m, attempt: judge(
             m, case.seed + attempt * RERUN_SEED), GRAPH_RERUN_NUMBERS)
         if cleared:
-            _record("graph", UNCONFIRMED)
+            view = "then=" if use_then else "g.cost"
+            _record("graph", UNCONFIRMED, f"{spec} ({view}) on {case.description}: {found[0]}")
             return []
     _record("graph", "failed" if problems else "shapes only (biased)" if biased else "checked")
     return problems
