@@ -281,6 +281,65 @@ def test_an_estimate_carried_by_one_draw_is_refused():
     assert_within(res, {k: float(v) for k, v in exact.grads.items()})
 
 
+def test_a_graph_estimate_carried_by_one_particle_is_refused_where_its_stderr_is_asked_for():
+    # the same narrow feature as a graph node: a user who took mean ± std/√N of per_node's rows read
+    # −2.4e-9 ± 2.4e-9 where the truth was −1.15e-5 (score-loo, Poisson(14.67), exp(−x²/2), float32)
+    loc, scale = torch.zeros(240, dtype=D, requires_grad=True), torch.full((240,), 1e3, dtype=D,
+                                                                            requires_grad=True)
+    def f(x):  # per element [N, 240]
+        return torch.exp(-0.5 * x**2)
+
+    with gradest.graph(gen(), num_samples=240) as g:
+        g.cost("c", f(g.sample("z", Normal(loc, scale), "score")))
+    node_grads = g.per_node({"loc": loc, "scale": scale})
+    with pytest.raises(SampleHealthError, match=r"rests on 1\.?\d* of the 240 particles"):
+        node_grads.stderr()
+    # per_sample refuses the same draws alike
+    with pytest.raises(SampleHealthError, match=r"rests on 1\.?\d* of the 240 draws"):
+        gradest.get_estimator("score").per_sample(f, Normal, {"loc": loc.detach(), "scale": scale.detach()},
+                                                  240, gen()).stderr()
+    # where the particles see the peak: accepted, right within 5 standard errors
+    loc, scale = t(0.3).requires_grad_(True), t(2.0).requires_grad_(True)
+    with gradest.graph(gen(1), num_samples=4000) as g:
+        g.cost("c", f(g.sample("z", Normal(loc, scale), "pathwise")))
+    exact = gradest.exact_grad(f, Normal, {"loc": t(0.3), "scale": t(2.0)})
+    assert_within(g.per_node({"loc": loc, "scale": scale}), {k: float(v) for k, v in exact.grads.items()})
+
+
+def test_a_graph_node_that_couples_its_particles_takes_its_stderr_over_independent_graphs():
+    # score-loo on Categorical(logits 0, 0) with f = x²: each particle's baseline is the others' mean, and
+    # every row is ≈ 0.25 (the spread of one graph's rows, ~1e-3 / √N, misses the baseline's share)
+    logits = torch.zeros(2, dtype=D, requires_grad=True)
+
+    def run(seed, n=64):
+        with gradest.graph(gen(seed), num_samples=n) as g:
+            g.cost("c", g.sample("z", Categorical(logits=logits), "score-loo").to(D) ** 2)
+        return g.per_node({"logits": logits})
+
+    one = run(0)
+    assert one.coupled == ("z",)
+    with pytest.raises(gradest.GradestError, match=r"couples the particles.*gradest\.graph\.combine"):
+        one.stderr()
+    with pytest.raises(gradest.GradestError, match="couples the particles"):
+        gradest.graph.combine([one]).stderr()  # one graph is not a spread of graphs' means
+    joined = gradest.graph.combine([run(seed) for seed in range(16)])
+    assert joined.num_samples == 16 * 64 and joined.groups.unique().numel() == 16
+    se = joined.stderr()["logits"]
+    assert bool((se > 0).all())
+    # ∂/∂logits of p₁ = σ(ℓ₁ − ℓ₀): (−¼, ¼); a t with 15 degrees of freedom beyond 6 has probability 2e-5
+    assert bool(((joined.mean()["logits"] - t([-0.25, 0.25])).abs() <= 6 * se).all())
+    # particles that do not couple: the rows are the sample, joined or not
+    with gradest.graph(gen(0), num_samples=64) as g:
+        g.cost("c", g.sample("z", Categorical(logits=logits), "score").to(D) ** 2)
+    free = g.per_node({"logits": logits})
+    assert free.coupled == () and free.groups is None
+    assert gradest.graph.combine([free, free]).groups is None
+    with pytest.raises(gradest.GradestError, match="one model"):
+        gradest.graph.combine([one, free])
+    with pytest.raises(gradest.GradestError, match="list of NodeGradients"):
+        gradest.graph.combine([])
+
+
 def test_a_discrete_familys_sampler_groups_that_all_agree_give_the_estimates_own_spread():
     # DisARM under randomized QMC on Bernoulli(0.63): each randomization counts the points below p, and all
     # ten counted the same: once 1.0159 ± 0 where the truth is 1 (one element of 240)

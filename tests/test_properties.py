@@ -72,7 +72,7 @@ import gradest
 from conftest import FIXED_POOL
 from gradest import batches
 from gradest.costs import COST_FORMS
-from gradest.diagnostics import degrees_of_freedom, mean_stderr
+from gradest.diagnostics import degrees_of_freedom
 
 Z = 5.0
 #: rounding allowance, in machine epsilons of the dtype the estimator ran in
@@ -983,23 +983,23 @@ def check_graph(case: Case, spec: str, use_then: bool) -> list[str]:
     if not problems and not biased:
         ref = truth(case)
 
-        def judge(m: int, seed: int) -> tuple[list[str], Rows]:
-            rows, values, groups, m = _graph_rows(case, spec, use_then, m, seed)
-            return violations(case, {k: v.mean(0) for k, v in rows.items()},
-                              {k: mean_stderr(v, groups) for k, v in rows.items()},
-                              degrees_of_freedom(m, groups), rows, values, ref), rows
+        def judged(record: gradest.NodeGradients) -> tuple[list[str], Rows]:
+            """The record's own standard error (refused where one particle carries the estimate)."""
+            dof = degrees_of_freedom(record.num_samples, record.groups)
+            return violations(case, record.mean(), record.stderr(), dof, record.total, record.values,
+                              ref), record.total
 
-        if batches.couples_samples(_estimator(spec)):
-            try:
+        def judge(m: int, seed: int) -> tuple[list[str], Rows]:
+            return judged(_graph_rows(case, spec, use_then, m, seed))
+
+        try:
+            if batches.couples_samples(_estimator(spec)):  # independent graphs (gradest.graph.combine)
                 found, rows = judge(n, case.seed)
-            except gradest.GradestError as err:  # (graphs of fewer particles: refused draws are likelier)
-                _record("graph", f"refused: {_reason(err, spec)}")
-                return []
-        else:  # the graph above, its particles i.i.d.
-            found = violations(case, {k: v.mean(0) for k, v in total.items()},
-                               {k: mean_stderr(v) for k, v in total.items()}, n - 1, total,
-                               node_grads.values, ref)
-            rows = total
+            else:  # the graph above, its particles i.i.d.
+                found, rows = judged(node_grads)
+        except gradest.GradestError as err:  # (graphs of fewer particles: refused draws are likelier)
+            _record("graph", f"refused: {_reason(err, spec)}")
+            return []
         # (the particles the judgement read: 16 graphs of N each where they couple and B == N)
         used = next(iter(rows.values())).shape[0]
         problems, cleared = confirmed(found, used, rows, lambda m, attempt: judge(
@@ -1027,13 +1027,12 @@ def _score_sizes(case: Case, spec: str, n: int) -> dict[str, torch.Tensor]:
     return {k: v.to(torch.float64).abs().mean(0) for k, v in g.per_node(leaves).total.items()}
 
 
-def _graph_rows(case: Case, spec: str, use_then: bool, n: int, seed: int
-                ) -> tuple[Rows, torch.Tensor, torch.Tensor | None, int]:
-    """per_node's total rows of n particles, with the groups to take the mean's stderr over: a node
-    whose estimator couples its particles (a leave-one-out baseline) runs as independent graphs, as
-    :func:`gradest.batches.per_sample` runs independent calls (B == N: graphs of N particles each),
-    since the spread of coupled rows misses the coupling's share of the variance (Categorical(½, ½)
-    with f = x²: every score-loo row equal, stderr 0, the mean off by 1/N)."""
+def _graph_rows(case: Case, spec: str, use_then: bool, n: int, seed: int) -> gradest.NodeGradients:
+    """per_node's record of n particles: one graph, or independent graphs joined by
+    :func:`gradest.graph.combine` where the node's estimator couples its particles (a leave-one-out
+    baseline), as :func:`gradest.batches.per_sample` runs independent calls (B == N: graphs of N
+    particles each), since the spread of coupled rows misses the coupling's share of the variance
+    (Categorical(½, ½) with f = x²: every score-loo row equal, stderr 0, the mean off by 1/N)."""
     est = _estimator(spec)
     coupled = batches.couples_samples(est)
     if case.equal:  # graphs of N particles each, so that every one has B == N (a rerun's too)
@@ -1042,12 +1041,9 @@ def _graph_rows(case: Case, spec: str, use_then: bool, n: int, seed: int
     else:
         sizes = batches.batch_sizes(est, n) if coupled else [n]
     if len(sizes) == 1:
-        node_grads = _graph_run(case, spec, use_then, sizes[0], seed)[1]
-        return node_grads.total, node_grads.values, None, sizes[0]
-    parts = [_graph_run(case, spec, use_then, size, seed + i)[1] for i, size in enumerate(sizes)]
-    groups = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes)) if coupled else None
-    rows = {k: torch.cat([p.total[k] for p in parts]) for k in parts[0].total}
-    return rows, torch.cat([p.values for p in parts]), groups, sum(sizes)
+        return _graph_run(case, spec, use_then, sizes[0], seed)[1]
+    return gradest.graph.combine([_graph_run(case, spec, use_then, size, seed + i)[1]
+                                  for i, size in enumerate(sizes)])
 
 
 @settings(max_examples=_examples(1.0))

@@ -89,7 +89,7 @@ from gradest.graph.dice import align, leave_one_out, magic_box
 from gradest.graph.enumeration import MAX_SUPPORT, enumerate_graph
 from gradest.graph.jacobian import jacobian_rows
 from gradest.graph.model import Graph, graph
-from gradest.graph.records import Attribution, CostNode, NodeGradients, StochasticNode
+from gradest.graph.records import Attribution, CostNode, NodeGradients, StochasticNode, combine
 from gradest.graph.report import attribution_section, report
 from gradest.graph.roles import node_estimator
 
@@ -103,6 +103,7 @@ __all__ = [
     "align",
     "attribute",
     "attribution_section",
+    "combine",
     "enumerate_graph",
     "graph",
     "group_statistics",
@@ -114,5 +115,7 @@ __all__ = [
 ]
 
 # ``gradest.graph`` is this package's ``graph`` function once gradest has imported it, so the report is
-# reachable under that spelling too: gradest.graph.report(g, "attribution.html", params)
+# reachable under that spelling too: gradest.graph.report(g, "attribution.html", params), and so is
+# gradest.graph.combine(records)
 graph.report = report  # type: ignore[attr-defined]
+graph.combine = combine  # type: ignore[attr-defined]

@@ -118,7 +118,8 @@ def per_node(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tenso
     out = split(g, params, mode, reduce=False)
     names = list(next(iter(out.values())))
     total = {k: sum(out[g][k] for g in out) for k in names}
-    return NodeGradients(out, total, values(g))
+    coupled = tuple(k for k, node in g.nodes.items() if node.couples)
+    return NodeGradients(out, total, values(g), coupled)
 
 
 def node_means(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]

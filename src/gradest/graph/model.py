@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch.distributions import Bernoulli, Distribution, OneHotCategorical
 
 from gradest import contract, health, rng
+from gradest.batches import couples_samples
 from gradest.errors import GradestError, NonFiniteError
 from gradest.estimators.base import BoundCost, Estimator, Node, _graph_reaches, unwrap
 from gradest.estimators.baselines import Constant, LeaveOneOut
@@ -194,7 +195,7 @@ class Graph:
             node = StochasticNode(name, label, value, log_prob, ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
                                   isinstance(baseline, LeaveOneOut), dist=dist,
-                                  health=est.capabilities.health)
+                                  health=est.capabilities.health, couples=couples_samples(est))
         else:
             value = self._reparameterized(name, dist, est, batched)
             node = StochasticNode(name, label, value, None, ancestors, "reparameterized")
@@ -384,7 +385,8 @@ class Graph:
         # this node is refused (the per-node Jacobian's double backward is a first-order quantity)
         own, direct = _FirstOrderOnly.apply(own, name), _FirstOrderOnly.apply(direct, name)
         live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
-        self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True)
+        self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True,
+                                          couples=couples_samples(est))
         self.costs[name] = CostNode(name, live, upstream, own, direct)
         return self._terminal_value(name, values)
 
