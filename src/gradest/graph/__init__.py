@@ -73,7 +73,10 @@ makes my gradient noisy". The rows of a node whose estimator couples the particl
 each particle's baseline is the others' mean) are not independent: their spread is still the
 single-particle variance, but the standard error of their mean needs independent graphs, as
 :mod:`gradest.batches` runs independent calls (where the coupling's share dominates — Categorical(½, ½)
-with f = x² — every row is equal and their spread is 0).
+with f = x² — every row is equal and their spread is 0). :meth:`NodeGradients.stderr` says so: it
+refuses the rows of one graph with such a node and takes the spread of the graphs' means of
+:func:`combine` (the same model built K times on one generator); like
+:meth:`gradest.PerSampleGradients.stderr` it refuses an estimate that one particle carries.
 
 :func:`enumerate_graph` is the oracle: the exact L(θ) of a graph of Bernoulli, Categorical and
 OneHotCategorical nodes as a differentiable sum over every joint value (gradients of every order).
