@@ -660,6 +660,62 @@ def test_a_batch_norm_cost_in_training_mode_is_refused_in_a_graph_and_right_in_e
     assert bool(((estimate.mean(0) - truth).abs() <= 5 * se + 1e-12).all()), (estimate.mean(0), truth, se)
 
 
+@pytest.mark.parametrize("estimator", ["score", "score-loo", "score-const=0.5"])
+@pytest.mark.parametrize("form", ["mean", "batch-norm", "neighbour", "node"])
+def test_a_graph_that_mixes_its_particles_is_refused(form, estimator):
+    # each particle is one independent run of the model: a total cost [N] that mixes the particles was
+    # accepted, x · mean_n x under N(0.3, 1) with score at N = 200 000: 0.2989 ± 0.001 where the truth is
+    # 0.6; so was a node whose parameters were computed from a mean over the particles
+    torch.manual_seed(0)  # the layer's weights only
+    norm = torch.nn.BatchNorm1d(3).double().train()
+    loc = t([0.3, -0.2, 0.5]).requires_grad_(True)
+    with pytest.raises(gradest.GradestError, match=r"mixes the particles of node 'x'"):
+        with gradest.graph(gen(0), num_samples=64) as g:
+            x = g.sample("x", Normal(loc, 1.0), estimator)
+            if form == "mean":
+                g.cost("c", (x * x.mean(0)).sum(-1))
+            elif form == "batch-norm":
+                g.cost("c", norm(x).square().sum(-1))
+            elif form == "neighbour":
+                g.cost("c", (x * x.roll(1, 0)).sum(-1))
+            else:
+                z = g.sample("z", Normal(x.mean(0).expand(64, 3), 1.0), "pathwise")
+                g.cost("c", z.sum(-1))
+    # a Bernoulli node's (floating) draws are watched too, whatever their batch shape
+    p = t(0.3).requires_grad_(True)
+    with pytest.raises(gradest.GradestError, match=r"mixes the particles of node 'b'"):
+        with gradest.graph(gen(0), num_samples=64) as g:
+            b = g.sample("b", Bernoulli(probs=p), estimator)
+            g.cost("c", (b - b.mean()) ** 2)
+
+
+def test_a_per_particle_network_cost_in_float32_is_not_taken_for_mixing_and_is_right():
+    # the first version of the particle check compared two products to 256 ε of each entry, and a float32
+    # decoder's cancelling sums failed it; the check now asks for exact zeros outside the probed half
+    torch.manual_seed(0)
+    dec = torch.nn.Sequential(torch.nn.Linear(16, 128), torch.nn.Tanh(), torch.nn.Linear(128, 50))
+    loc = torch.zeros(16, requires_grad=True)
+    target = (torch.rand(50, generator=torch.Generator().manual_seed(1)) > 0.5).float()
+
+    def cost(z):
+        return -Bernoulli(logits=dec(z)).log_prob(target).sum(-1)
+
+    for estimator in ("score", "score-loo", "pathwise"):
+        with gradest.graph(gen(0), num_samples=256) as g:
+            g.cost("c", cost(g.sample("z", torch.distributions.Independent(Normal(loc, torch.ones(16)), 1),
+                                      estimator)))
+    # batch-norm in eval mode is per particle: accepted, and right (linear in x: ∂/∂loc E = w/√(v + ε))
+    norm = torch.nn.BatchNorm1d(3).double().eval()
+    with torch.no_grad():
+        norm.weight.copy_(t([1.0, -2.0, 0.5]))
+        norm.running_var.copy_(t([4.0, 1.0, 0.25]))
+    loc = t([0.3, -0.2, 0.5]).requires_grad_(True)
+    with gradest.graph(gen(1), num_samples=4000) as g:
+        g.cost("c", norm(g.sample("x", Normal(loc, 1.0), "score")).sum(-1))
+    truth = norm.weight.detach() / (norm.running_var + norm.eps).sqrt()
+    assert_within(g.per_node({"loc": loc}), {"loc": truth})
+
+
 def test_a_per_element_graph_cost_without_derivatives_in_the_draws_is_refused_and_its_total_accepted():
     table = t([1.0, 2.0])
     with pytest.raises(gradest.GradestError, match="carries no derivative in the draws of node 'z'"):

@@ -1,5 +1,5 @@
-r"""A per-element cost's contract, verified: cost element c of particle n depends on the draws of
-its own element only.
+r"""The costs' contract, verified: cost element c of particle n depends on the draws of its own
+particle (and, for a per-element cost, its own element) only.
 
 A cost ``[N, *C]`` given to ``g.cost`` as a value is used per element: the DiCE surrogate weights
 cost element c by the log-density of the score nodes' element c alone (the plate independence that
@@ -9,17 +9,19 @@ mode mixes them, and every score-type node upstream is then biased. A value cann
 on a changed draw (the contract probe of :mod:`gradest.contract`), so the graph reads the
 dependence from autograd instead:
 
-each floating draw z of a score-type node with batch elements is returned as z + δ, δ a zero leaf
-(same numbers). For the cost V and a node's δ, two vector–Jacobian products with v₁ (random) and
-v₂ = s ⊙ v₁, s constant on each allowed group (particle n and the node's element b), satisfy
-
-    ∂⟨v₂, V⟩/∂δ = s ⊙ ∂⟨v₁, V⟩/∂δ
-
-exactly when V's Jacobian in δ is block diagonal over the groups; any dependence across elements or
-particles breaks it (for almost every s). The random vectors come from a private generator (the
-user's randomness is not touched). The check runs on every ``g.cost`` of a per-element value with
-such a node upstream (no verdict is cached: the same line can compute another cost, a network can
-switch to training mode): one batched backward pass of the cost, both products at once.
+each floating draw z of a score-type node is returned as z + δ, δ a zero leaf (same numbers). For
+the cost V and a node's δ, two vector–Jacobian products, with a random v restricted to a random half
+of the allowed groups (particle n and the node's element b) and to the other half: where V's
+Jacobian in δ is block diagonal over the groups, the groups outside each half get exactly zero (a
+row-wise computation multiplies zero cotangents through; no rounding can make them otherwise), and
+any dependence across the two halves shows there. A dependence on every other group (a mean over
+the batch, a batch-norm) is always seen; one on a single other group half the time. The random
+vectors come from a private generator (the user's randomness is not touched). The check runs on every
+``g.cost`` with such a node upstream and on every node's parameters built from upstream samples (no
+verdict is cached: the same line can compute another cost, a network can switch to training mode):
+one batched backward pass, both products at once. Particles are checked for every cost (each
+particle is one independent run of the model, and a score term weights particle n's costs by its
+own log-density), elements for a per-element cost.
 
 What autograd cannot see, this cannot: a dependence through a comparison, an integer index or a
 ``detach`` carries no derivative. A per-element cost with no derivative path at all to such a node is
@@ -27,7 +29,9 @@ refused (its contract cannot be checked), and so is one downstream of a node who
 (Categorical): no zero leaf can be added to them. Both refusals name the ways out: the total per
 particle ``[N]``, ``then=fn`` (a function the graph can re-run on changed draws, probed as
 :mod:`gradest.contract` probes a single node's cost), or OneHotCategorical (floating draws). A cost
-whose mixing goes only through such operations on floating draws is the limit of the check.
+whose mixing goes only through such operations on floating draws is the limit of the check, and so
+is a total cost ``[N]`` with no derivative path to the draws (a score node's cost need not be
+differentiable, so it is not refused; its particles go unchecked).
 """
 
 from __future__ import annotations
@@ -36,17 +40,8 @@ import torch
 
 from gradest.errors import GradestError
 
-#: rounding allowance of the comparison, in machine epsilons of each entry's size
-_ROUNDING = 256.0
-
-
-def watched(value: torch.Tensor, elements: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """``(value + δ, δ)`` for a floating draw with batch elements (``elements`` > 0 batch dims past the
-    particle axis), else ``(value, None)``."""
-    if elements == 0 or not value.is_floating_point():
-        return value, None
-    leaf = torch.zeros_like(value, requires_grad=True)
-    return value + leaf, leaf
+#: a dependence across groups smaller than this many machine epsilons of the largest within is rounding
+LEAK = 64.0
 
 
 def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, int]]) -> None:
@@ -59,36 +54,75 @@ def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, i
     if value.dim() < 2 or not nodes:
         return
     for name, leaf, m in nodes:
-        _check_node(cost, value, name, leaf, m)
+        mixes = _mixes(value, leaf, m)
+        if mixes is None:
+            raise GradestError(_unverifiable(cost, name))
+        if mixes:
+            n = value.shape[0]
+            raise GradestError(
+                f"cost {cost!r} mixes the elements of node {name!r}: its element c moves with the draws of "
+                f"other elements or particles (a centring over the batch, a batch-norm layer in training "
+                f"mode; shape {list(value.shape)}), and the graph weights each cost element by the "
+                f"log-density of that element alone, which would bias {name!r}'s gradient; give the total "
+                f"per particle, shape [{n}] (e.g. cost.sum(-1)), or make the cost act on each element alone"
+            )
 
 
-def _check_node(cost: str, value: torch.Tensor, node: str, leaf: torch.Tensor, m: int) -> None:
-    n = value.shape[0]
-    groups = value.shape[: 1 + m]
-    gen = torch.Generator(device=value.device).manual_seed(0x9E3779B9)
-    v1 = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
-    s = 1.0 + torch.rand(groups, generator=gen, dtype=value.dtype, device=value.device)
-    trailing = value.dim() - len(groups)
-    v2 = v1 * s.reshape(*groups, *([1] * trailing))
+def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor]]) -> None:
+    """Refuse ``value [N, …]`` (a cost, a node's parameters) if its particle n moves with the draws of
+    another particle of a node in ``nodes`` ((name, δ leaf) of score-type nodes upstream).
+
+    Each particle is one independent run of the model, and a score-type node's term weights particle
+    n's costs by particle n's log-density alone: a mean, a sum or a batch-norm over the particle axis
+    would make every such node's gradient the gradient of something else (x · mean_n x under N(0.3, 1):
+    0.30 where the truth is 0.6). A value with no derivative path to the draws cannot be checked and is
+    let through (the limit named in the module docstring)."""
+    if value.dim() == 0 or value.shape[0] < 2 or not value.requires_grad:
+        return
+    for name, leaf in nodes:
+        if _mixes(value, leaf, 0):
+            raise GradestError(
+                f"{what} mixes the particles of node {name!r}: its value for particle n moves with the draws "
+                f"of other particles (a mean, sum or batch-norm over the particle axis, dim 0), but each "
+                f"particle is one independent run of the model and {name!r}'s score term weights particle "
+                f"n's costs by particle n's log-density alone, so its gradient would be wrong; compute each "
+                f"particle from its own draws (reduce over the other dims, e.g. dim=-1), or average over "
+                f"particles only in the loss (g.surrogate() is already their mean)"
+            )
+
+
+def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int) -> bool | None:
+    """Whether ``value``'s Jacobian in ``leaf`` is not block diagonal over the groups (particle, first m
+    batch dims) (None: no derivative path at all).
+
+    Two vector–Jacobian products with a random v restricted to a random half A of the groups and to the
+    other half: for a block-diagonal Jacobian the groups outside the half get exactly zero (a row-wise
+    computation multiplies their zero cotangents through), whatever the rounding of the rest; any entry
+    there beyond LEAK machine epsilons of the largest inside is a dependence across groups."""
     if not value.requires_grad:
-        raise GradestError(_unverifiable(cost, node))
+        return None
+    groups = value.shape[: 1 + m]
+    count = groups.numel()
+    if count < 2:
+        return False
+    gen = torch.Generator(device=value.device).manual_seed(0x9E3779B9)
+    v = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
+    half = torch.zeros(count, dtype=torch.bool, device=value.device)
+    half[torch.randperm(count, generator=gen, device=value.device)[: count // 2]] = True
+    half = half.reshape(groups)
+    inside = half.reshape(*groups, *([1] * (value.dim() - len(groups))))
     with torch.enable_grad():
-        both = torch.autograd.grad(value, leaf, torch.stack([v1, v2]), retain_graph=True, allow_unused=True,
-                                   is_grads_batched=True)[0]
+        both = torch.autograd.grad(value, leaf, torch.stack([v * inside, v * ~inside]), retain_graph=True,
+                                   allow_unused=True, is_grads_batched=True)[0]
     if both is None:
-        raise GradestError(_unverifiable(cost, node))
-    u1, u2 = both
-    expected = u1 * s.reshape(*groups, *([1] * (leaf.dim() - len(groups))))
+        return None
+    mask = half.reshape(*groups, *([1] * (leaf.dim() - len(groups)))).expand(leaf.shape)
+    own = torch.cat([both[0][mask], both[1][~mask]])
+    leak = torch.cat([both[0][~mask], both[1][mask]])
+    own, leak = own[torch.isfinite(own)], leak[torch.isfinite(leak)]  # (0 · inf in a row of its own)
+    size = float(own.abs().amax()) if own.numel() else 0.0
     eps = torch.finfo(value.dtype).eps
-    scale = _ROUNDING * eps * (u2.abs() + expected.abs() + eps * float(u1.abs().amax()))
-    if bool(((u2 - expected).abs() > scale).any()):
-        raise GradestError(
-            f"cost {cost!r} mixes the elements of node {node!r}: its element c moves with the draws of "
-            f"other elements or particles (a centring over the batch, a batch-norm layer in training "
-            f"mode; shape {list(value.shape)}), and the graph weights each cost element by the "
-            f"log-density of that element alone, which would bias {node!r}'s gradient; give the total "
-            f"per particle, shape [{n}] (e.g. cost.sum(-1)), or make the cost act on each element alone"
-        )
+    return bool(leak.numel()) and bool((leak.abs() > LEAK * eps * size).any())
 
 
 def unverifiable_integers(cost: str, node: str, shape: list[int]) -> str:

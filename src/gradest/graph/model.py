@@ -73,6 +73,8 @@ class Graph:
         self._element_leaves: dict[str, torch.Tensor] = {}
         #: score-type nodes with batch elements whose integer draws no derivative can watch
         self._unwatched: set[str] = set()
+        #: the zero leaf δ added to every floating draw of a score-type node (the particle check)
+        self._leaves: dict[str, torch.Tensor] = {}
         #: score-type nodes of continuous families: their draws' zero leaf, read by the resolution check
         self._resolution_leaves: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
@@ -169,28 +171,17 @@ class Graph:
         # what fn uses): every earlier node is upstream of it
         then_upstream = ancestors | frozenset(self.nodes)
         batched = self._batched(f"node {name!r}", dist, parents, ancestors, batched)
+        if batched and torch.is_grad_enabled():  # its parameters for particle n from particle n's draws alone
+            for key, tensor in node_tensors(dist).items():
+                if tensor.is_floating_point():
+                    self._check_particles(f"node {name!r}'s {key}", tensor, ancestors)
         if kind == "callable":
             return self._callable(name, dist, est, batched, ancestors, then, then_upstream)
         if kind == "score":
             value = self._draw(name, dist, batched, False, est)
             log_prob = dist.log_prob(value)
-            if est.capabilities.separable and self.element_signals and torch.is_grad_enabled():
-                # a per-element cost weights each element by its own log-density: its contract is read
-                # through δ (gradest.graph.elements)
-                value, leaf = elements.watched(value, len(dist.batch_shape) - int(batched))
-                if leaf is not None:
-                    self._element_leaves[name] = leaf
-                elif len(dist.batch_shape) > int(batched):  # integer draws carry no derivative
-                    self._unwatched.add(name)
-            if torch.is_grad_enabled() and value.is_floating_point() and not health.is_discrete(dist):
-                # a cost whose rounding hides these draws is refused (contract.resolution_given): its
-                # slope in them is read through a zero leaf added to them
-                draws = value
-                leaf = self._element_leaves.get(name)
-                if leaf is None:
-                    leaf = torch.zeros_like(value, requires_grad=True)
-                    value = value + leaf
-                self._resolution_leaves[name] = (draws.detach(), leaf, est.name)
+            if torch.is_grad_enabled():
+                value = self._watch(name, dist, value, batched, est)
             baseline = est.baseline
             node = StochasticNode(name, label, value, log_prob, ancestors, "score",
                                   float(baseline.value) if isinstance(baseline, Constant) else None,
@@ -208,6 +199,38 @@ class Graph:
         out = self._probed_then(name, then, value, est)
         self.costs[name] = CostNode(name, out, then_upstream | {name})
         return self._terminal_value(name, dice.per_particle(self, out.detach()))
+
+    def _watch(self, name: str, dist: Distribution, value: torch.Tensor, batched: bool,
+               est: Estimator) -> torch.Tensor:
+        """A score-type node's draws plus one zero leaf δ (same numbers) through which the graph reads
+        how the costs depend on them (gradest.graph.elements): each particle's costs on its own draws
+        alone (every floating draw), each element's on its own element (a per-element cost weights each
+        element by its own log-density), and whether the costs resolve the draws (continuous families:
+        contract.resolution_given)."""
+        extra = len(dist.batch_shape) - int(batched)
+        per_element = est.capabilities.separable and self.element_signals and extra > 0
+        if not value.is_floating_point():
+            if per_element:  # integer draws carry no derivative
+                self._unwatched.add(name)
+            return value
+        leaf = torch.zeros_like(value, requires_grad=True)
+        self._leaves[name] = leaf
+        if per_element:
+            self._element_leaves[name] = leaf
+        if not health.is_discrete(dist):
+            self._resolution_leaves[name] = (value.detach(), leaf, est.name)
+        return value + leaf
+
+    def _check_particles(self, what: str, value: torch.Tensor, ancestors: frozenset[str],
+                         checked: frozenset[str] = frozenset()) -> None:
+        """Each particle is one independent run of the model: refuse ``value [N, …]`` (a cost, a node's
+        parameters) whose particle n moves with another particle's draws of a score-type node upstream
+        (gradest.graph.elements.check_particles); ``checked``: nodes whose element check covered it."""
+        if self.num_samples < 2:
+            return
+        nodes = [(k, self._leaves[k]) for k in (n.name for n in dice.score_nodes(self, ancestors))
+                 if k in self._leaves and k not in checked]
+        elements.check_particles(what, value, nodes)
 
     def _origin(self, what: str, value: object, parents: Sequence[str] | None,
                 ancestors: frozenset[str]) -> frozenset[str] | None:
@@ -447,7 +470,8 @@ class Graph:
                 "particle axis, whatever its shape: a term of the parameters alone is not a cost of the "
                 "graph; add it to the loss outside it (g.surrogate() + term), or compute the cost from "
                 "the samples g.sample returned")
-        self._check_elements(name, value, ancestors)
+        checked = self._check_elements(name, value, ancestors)
+        self._check_particles(f"cost {name!r}", value, ancestors, checked)
         self._check_resolution(name, value, ancestors)
         self.costs[name] = CostNode(name, value, ancestors)
         return value
@@ -470,10 +494,11 @@ class Graph:
             if reason is not None:
                 raise GradestError(f"cost {name!r}: {reason}")
 
-    def _check_elements(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> None:
-        """A per-element cost must take element c from element c's draws alone (gradest.graph.elements)."""
+    def _check_elements(self, name: str, value: torch.Tensor, ancestors: frozenset[str]) -> frozenset[str]:
+        """A per-element cost must take element c from element c's draws alone (gradest.graph.elements);
+        returns the nodes so checked (their particles too)."""
         if value.dim() < 2 or not (self._element_leaves or self._unwatched):
-            return
+            return frozenset()
         cells = value.shape[1:]
         nodes = []
         for node in dice.score_nodes(self, ancestors):
@@ -488,6 +513,7 @@ class Graph:
                 raise GradestError(elements.unverifiable_integers(name, node.name, list(value.shape)))
             nodes.append((node.name, leaf, m))
         elements.check(name, value, nodes)
+        return frozenset(k for k, _, _ in nodes)
 
 
     def _per_particle(self, t: torch.Tensor) -> torch.Tensor:
