@@ -15,11 +15,12 @@ of the allowed groups (particle n and the node's element b) and to the other hal
 Jacobian in δ is block diagonal over the groups, the groups outside each half get exactly zero (a
 row-wise computation multiplies zero cotangents through; no rounding can make them otherwise), and
 any dependence across the two halves shows there. A dependence on every other group (a mean over
-the batch, a batch-norm) is always seen; one on a single other group half the time. The random
+the batch, a batch-norm) is always seen; one on a single other group half the time (a quarter for
+the particles, checked with the first product alone: it runs on every cost). The random
 vectors come from a private generator (the user's randomness is not touched). The check runs on every
 ``g.cost`` with such a node upstream and on every node's parameters built from upstream samples (no
 verdict is cached: the same line can compute another cost, a network can switch to training mode):
-one batched backward pass, both products at once. Particles are checked for every cost (each
+one backward pass (both products at once for elements). Particles are checked for every cost (each
 particle is one independent run of the model, and a score term weights particle n's costs by its
 own log-density), elements for a per-element cost.
 
@@ -80,7 +81,7 @@ def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch
     if value.dim() == 0 or value.shape[0] < 2 or not value.requires_grad:
         return
     for name, leaf in nodes:
-        if _mixes(value, leaf, 0):
+        if _mixes(value, leaf, 0, both_ways=False):  # (one product: this check runs on every cost)
             raise GradestError(
                 f"{what} mixes the particles of node {name!r}: its value for particle n moves with the draws "
                 f"of other particles (a mean, sum or batch-norm over the particle axis, dim 0), but each "
@@ -91,14 +92,16 @@ def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch
             )
 
 
-def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int) -> bool | None:
+def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int, both_ways: bool = True) -> bool | None:
     """Whether ``value``'s Jacobian in ``leaf`` is not block diagonal over the groups (particle, first m
     batch dims) (None: no derivative path at all).
 
     Two vector–Jacobian products with a random v restricted to a random half A of the groups and to the
     other half: for a block-diagonal Jacobian the groups outside the half get exactly zero (a row-wise
     computation multiplies their zero cotangents through), whatever the rounding of the rest; any entry
-    there beyond LEAK machine epsilons of the largest inside is a dependence across groups."""
+    there beyond LEAK machine epsilons of the largest inside is a dependence across groups. Without
+    ``both_ways`` only the first product (half the cost): a dependence of a group in the half on one
+    outside; a dependence on every other group is still always seen."""
     if not value.requires_grad:
         return None
     groups = value.shape[: 1 + m]
@@ -111,14 +114,20 @@ def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int) -> bool | None:
     half[torch.randperm(count, generator=gen, device=value.device)[: count // 2]] = True
     half = half.reshape(groups)
     inside = half.reshape(*groups, *([1] * (value.dim() - len(groups))))
-    with torch.enable_grad():
-        both = torch.autograd.grad(value, leaf, torch.stack([v * inside, v * ~inside]), retain_graph=True,
-                                   allow_unused=True, is_grads_batched=True)[0]
-    if both is None:
-        return None
     mask = half.reshape(*groups, *([1] * (leaf.dim() - len(groups)))).expand(leaf.shape)
-    own = torch.cat([both[0][mask], both[1][~mask]])
-    leak = torch.cat([both[0][~mask], both[1][mask]])
+    with torch.enable_grad():
+        if both_ways:
+            both = torch.autograd.grad(value, leaf, torch.stack([v * inside, v * ~inside]), retain_graph=True,
+                                       allow_unused=True, is_grads_batched=True)[0]
+            if both is None:
+                return None
+            own = torch.cat([both[0][mask], both[1][~mask]])
+            leak = torch.cat([both[0][~mask], both[1][mask]])
+        else:
+            u = torch.autograd.grad(value, leaf, v * inside, retain_graph=True, allow_unused=True)[0]
+            if u is None:
+                return None
+            own, leak = u[mask], u[~mask]
     own, leak = own[torch.isfinite(own)], leak[torch.isfinite(leak)]  # (0 · inf in a row of its own)
     size = float(own.abs().amax()) if own.numel() else 0.0
     eps = torch.finfo(value.dtype).eps
