@@ -189,7 +189,8 @@ class Graph:
                                   health=est.capabilities.health, couples=couples_samples(est))
         else:
             value = self._reparameterized(name, dist, est, batched)
-            node = StochasticNode(name, label, value, None, ancestors, "reparameterized")
+            node = StochasticNode(name, label, value, None, ancestors, "reparameterized",
+                                  couples=couples_samples(est))
             if value.requires_grad:  # the per-node split blocks the gradient into this sample
                 value.register_hook(self._gate(name))
         self.nodes[name] = node

@@ -84,48 +84,73 @@ class NodeGradients(NamedTuple):
         return {k: g.mean(0) for k, g in self.total.items()}
 
     def stderr(self) -> dict[str, torch.Tensor]:
-        """Standard error of each mean: the rows' spread over √N where the particles are i.i.d., the
-        spread of the graphs' means (:func:`combine`) where a node couples them.
+        """Standard error of each mean: the rows' spread over √N where the particles are i.i.d. (N − 1
+        degrees of freedom), the spread of the K graphs' means (:func:`combine`) where a node couples
+        them (K − 1 degrees of freedom: read it with Student's t; K ≥ 16 gives it to about 20 %).
 
         Raises SampleHealthError where fewer than two particles carry a coordinate's estimate
         (:func:`gradest.health.carried`: its standard error is one particle's value over N and cannot
-        show what the particles missed), and GradestError for the rows of one graph with a coupling
-        node (their spread misses the coupling's share of the variance: with f = x² under
-        Categorical(½, ½) every score-loo row is equal) or for fewer than two graphs."""
+        show what the particles missed), and GradestError where a node couples the particles and the
+        rows are those of one graph (their spread misses the coupling's share of the variance: with
+        f = x² under Categorical(½, ½) every score-loo row is equal), of graphs whose sizes differ by
+        more than a factor 2 (the spread of their means then misweighs them), or of graphs whose means
+        all agree while their rows vary (the same draws twice, or a tie that no spread can see)."""
         for k, g in self.total.items():
             reason = health.carried(g, k)
             if reason is not None:
-                raise SampleHealthError(f"graph: {reason.replace('draws', 'particles')}")
+                reason = reason.replace("draws", "particles").replace("that draw's", "that particle's")
+                reason = reason.replace("draw many more samples", "build the graph with many more particles")
+                reason = reason.replace("gradest.exact_grad", "gradest.enumerate_graph, for discrete nodes")
+                raise SampleHealthError(f"graph: {reason}")
         if self.coupled:
-            count = 1 if self.groups is None else int(torch.unique(self.groups).numel())
-            if count < 2:
-                names = ", ".join(repr(n) for n in self.coupled)
-                raise GradestError(
-                    f"node {names} couples the particles (its estimator makes each particle's term depend "
-                    "on the others', as score-loo's baseline, the others' mean, does), so the spread of one "
-                    "graph's rows misses the coupling's share of the variance; build the graph K times on "
-                    "one generator (K ≥ 16) and take gradest.graph.combine([g.per_node(params) "
-                    "for g in graphs]).stderr(), the spread of the graphs' means")
+            self._check_graphs()
         return {k: mean_stderr(g, self.groups) for k, g in self.total.items()}
+
+    def _check_graphs(self) -> None:
+        """The refusals of :meth:`stderr` for rows coupled by a node (see there)."""
+        names = ", ".join(repr(n) for n in self.coupled)
+        why = (f"node {names} couples the particles (its estimator makes each particle's term depend on "
+               "the others', as score-loo's baseline, the others' mean, does)")
+        fix = ("build the graph K times on one generator (K ≥ 16, each on fresh draws, the same num_samples) "
+               "and take gradest.graph.combine([g.per_node(params) for g in graphs]).stderr(), the spread "
+               "of the graphs' means")
+        if self.groups is None:
+            raise GradestError(f"{why}, so the spread of one graph's rows misses the coupling's share of the "
+                               f"variance; {fix}")
+        sizes = torch.bincount(self.groups.long())
+        sizes = sizes[sizes > 0]
+        if sizes.numel() < 2:
+            raise GradestError(f"{why}: its standard error is the spread of independent graphs' means, and "
+                               f"these rows come from one graph; {fix}")
+        if int(sizes.max()) > 2 * int(sizes.min()):
+            raise GradestError(f"{why}: its standard error is the spread of the graphs' means, which assumes "
+                               f"graphs alike, but their sizes run from {int(sizes.min())} to "
+                               f"{int(sizes.max())} particles; {fix}")
+        if health.frozen(torch.cat([g.reshape(g.shape[0], -1) for g in self.total.values()], 1),
+                         self.groups.long()):
+            raise GradestError(f"{why}: its standard error is the spread of the graphs' means, and the "
+                               f"{sizes.numel()} graphs' means all agree while their rows vary (the same "
+                               f"draws in each, or a tie the spread cannot see): it would read 0; {fix}")
 
 
 def combine(records: Sequence[NodeGradients]) -> NodeGradients:
     """The rows of independent graphs (the same model built again on fresh draws) as one record: its
     mean is the particles' mean; its :meth:`~NodeGradients.stderr` the spread of the graphs' means
-    where a node couples the particles (the rows are then labelled by graph), else the rows' spread."""
+    where a node couples the particles (the rows are then labelled by graph), else the rows' spread.
+
+    Raises GradestError for records of different models, and for records that all have the same rows
+    (one graph given K times, or graphs built on generators seeded alike: not independent)."""
     records = list(records)
     if not records or not all(isinstance(r, NodeGradients) for r in records):
         raise GradestError("combine takes a list of NodeGradients (Graph.per_node(params) of independent "
                            "graphs of one model)")
     first = records[0]
-    for r in records[1:]:
-        same = r.grads.keys() == first.grads.keys() and r.coupled == first.coupled and all(
-            r.grads[k].keys() == v.keys() and all(r.grads[k][p].shape[1:] == t.shape[1:]
-                                                  for p, t in v.items())
-            for k, v in first.grads.items())
-        if not same:
-            raise GradestError("combine needs the per_node records of one model (the same nodes, estimators "
-                               "and parameters in each graph)")
+    for i, r in enumerate(records[1:], 1):
+        differs = _differs(first, r)
+        if differs:
+            raise GradestError(f"combine needs the per_node records of one model, but record {i} differs "
+                               f"from record 0 in {differs}")
+    _refuse_repeats(records)
     grads = {k: {p: torch.cat([r.grads[k][p] for r in records]) for p in v} for k, v in first.grads.items()}
     total = {p: torch.cat([r.total[p] for r in records]) for p in first.total}
     values = torch.cat([r.values for r in records])
@@ -137,6 +162,36 @@ def combine(records: Sequence[NodeGradients]) -> NodeGradients:
         labels.append(own + offset)
         offset += int(own.max()) + 1 if own.numel() else 0
     return NodeGradients(grads, total, values, first.coupled, torch.cat(labels))
+
+
+def _differs(a: NodeGradients, b: NodeGradients) -> str | None:
+    """What record ``b`` has other than ``a`` (groups, coupling nodes, parameters, shapes), or None."""
+    if a.grads.keys() != b.grads.keys():
+        return f"its groups ({', '.join(b.grads)} against {', '.join(a.grads)})"
+    if a.coupled != b.coupled:
+        return f"the nodes that couple the particles ({b.coupled} against {a.coupled})"
+    for k, v in a.grads.items():
+        if b.grads[k].keys() != v.keys():
+            return f"the parameters of group {k!r}"
+        for p, t in v.items():
+            if b.grads[k][p].shape[1:] != t.shape[1:]:
+                return f"the shape of ∂/∂{p} ({list(b.grads[k][p].shape[1:])} against {list(t.shape[1:])})"
+    return None
+
+
+def _refuse_repeats(records: list[NodeGradients]) -> None:
+    """Refuse records that all have the same rows where the rows vary: the same draws every time (one
+    graph given K times, or K graphs on generators seeded alike). (Two of them alike by chance is
+    possible for a few discrete particles, so only all alike is refused.)"""
+    first = records[0]
+    rows = torch.cat([g.reshape(g.shape[0], -1) for g in first.total.values()], 1)
+    if len(records) < 2 or rows.shape[0] < 2 or bool((rows == rows[:1]).all()):
+        return  # rows that do not vary are the same whatever the draws
+    if all(all(torch.equal(r.total[p], first.total[p]) for p in first.total) for r in records[1:]):
+        raise GradestError(
+            f"the {len(records)} records have the same rows: the same graph given {len(records)} times, or "
+            "graphs built on generators seeded alike, which are not independent; build every graph on fresh "
+            "draws (one generator for all of them)")
 
 
 class Attribution(NamedTuple):
