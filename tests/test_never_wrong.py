@@ -736,6 +736,26 @@ def test_a_graph_that_mixes_its_particles_is_refused(form, estimator):
             g.cost("c", (b - b.mean()) ** 2)
 
 
+def test_per_node_refuses_rows_that_pathwise_draws_couple_and_the_surrogate_stays_the_codes_gradient():
+    # through pathwise draws a mean over the particles leaves the surrogate the gradient of what the code
+    # computes (E x · mean_n x = μ² + 1/N), but per_node's rows are no longer single-particle gradients
+    loc = t(0.3).requires_grad_(True)
+    for form in ("cost", "node"):
+        with gradest.graph(gen(0), num_samples=64) as g:
+            x = g.sample("x", Normal(loc, 1.0), "pathwise")
+            if form == "cost":
+                g.cost("c", x * x.mean(0))
+            else:
+                g.cost("c", g.sample("z", Normal(x.mean(0).expand(64), 1.0), "score"))
+        torch.autograd.grad(g.surrogate(), loc, retain_graph=True)  # accepted: it is the code's gradient
+        with pytest.raises(gradest.GradestError, match=r"mixes the particles of node 'x'.*per_node's rows"):
+            g.per_node({"loc": loc})
+    with gradest.graph(gen(0), num_samples=64) as g:  # per particle: accepted
+        x = g.sample("x", Normal(loc, 1.0), "pathwise")
+        g.cost("c", g.sample("z", Normal(x, 1.0), "score") ** 2 + x)
+    assert g.per_node({"loc": loc}).total["loc"].shape == (64,)
+
+
 def test_a_per_particle_network_cost_in_float32_is_not_taken_for_mixing_and_is_right():
     # the first version of the particle check compared two products to 256 ε of each entry, and a float32
     # decoder's cancelling sums failed it; the check now asks for exact zeros outside the probed half

@@ -21,7 +21,8 @@ from upstream samples already has batch ``[N, *B]`` and is drawn once per partic
 the nodes whose batch shape starts with C, as for the single-node estimators). Particle n's costs,
 and the parameters of a node built from upstream samples, may depend only on particle n's draws.
 Both are verified through autograd (:mod:`gradest.graph.elements`): mixing is refused, and so is a
-per-element cost downstream of a node whose draws are integers. All noise comes from the caller's generator (:func:`gradest.rng.sample`).
+per-element cost downstream of a node whose draws are integers. All noise comes from the caller's
+generator (:func:`gradest.rng.sample`).
 
 Every registered estimator name (or an Estimator value) is accepted as a node's estimator where its
 method can be a node; its ``capabilities.node`` says how it runs (data on the estimator, so an

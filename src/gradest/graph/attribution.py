@@ -111,6 +111,7 @@ def per_node(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tenso
     coordinates than rows, else reverse). The graph is retained, so ``surrogate().backward()``
     still works afterwards.
     """
+    g._check_paths()  # rows that are single-particle gradients: no particle mixing through pathwise draws
     for node in g.nodes.values():  # a diagnostic: a score node's draws held to per_sample's standard
         if node.dist is not None and node.value is not None:
             health.check(node.dist, node.value, node.health, training=False,

@@ -69,7 +69,8 @@ def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, i
             )
 
 
-def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor]]) -> None:
+def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor]],
+                    why: str | None = None) -> None:
     """Refuse ``value [N, …]`` (a cost, a node's parameters) if its particle n moves with the draws of
     another particle of a node in ``nodes`` ((name, δ leaf) of score-type nodes upstream).
 
@@ -82,13 +83,14 @@ def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch
         return
     for name, leaf in nodes:
         if _mixes(value, leaf, 0, both_ways=False):  # (one product: this check runs on every cost)
+            because = why or (f"{name!r}'s score term weights particle n's costs by particle n's "
+                              "log-density alone, so its gradient would be wrong")
             raise GradestError(
                 f"{what} mixes the particles of node {name!r}: its value for particle n moves with the draws "
                 f"of other particles (a mean, sum or batch-norm over the particle axis, dim 0), but each "
-                f"particle is one independent run of the model and {name!r}'s score term weights particle "
-                f"n's costs by particle n's log-density alone, so its gradient would be wrong; compute each "
-                f"particle from its own draws (reduce over the other dims, e.g. dim=-1), or average over "
-                f"particles only in the loss (g.surrogate() is already their mean)"
+                f"particle is one independent run of the model and {because}; compute each particle from "
+                f"its own draws (reduce over the other dims, e.g. dim=-1), or average over particles only "
+                f"in the loss (g.surrogate() is already their mean)"
             )
 
 

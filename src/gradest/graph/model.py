@@ -233,6 +233,28 @@ class Graph:
                  if k in self._leaves and k not in checked]
         elements.check_particles(what, value, nodes)
 
+    def _check_paths(self) -> None:
+        """Refuse a cost, or a score node's log-density, whose particle n moves with another particle's
+        draws of a reparameterized node upstream (gradest.graph.elements.check_particles, read through
+        the draw itself). Its gradient is that of what the code computes, but its rows are not
+        single-particle gradients, so :meth:`per_node` (which runs this) would split and report
+        coupled rows as independent ones. Score-type draws are checked as each cost is added."""
+        if self.num_samples < 2:
+            return
+        why = ("per_node's rows would not be single-particle gradients (their spread, and any standard "
+               "error from it, would be wrong)")
+        paths = {k: v.value for k, v in self.nodes.items()
+                 if v.kind == "reparameterized" and v.value is not None and v.value.requires_grad}
+        if not paths:
+            return
+        for c in self.costs.values():
+            nodes = [(k, paths[k]) for k in paths if k in c.ancestors]
+            elements.check_particles(f"cost {c.name!r}", c.value, nodes, why)
+        for k, node in self.nodes.items():
+            if node.log_prob is not None:
+                nodes = [(a, paths[a]) for a in paths if a in node.ancestors]
+                elements.check_particles(f"node {k!r}'s log-density", node.log_prob, nodes, why)
+
     def _origin(self, what: str, value: object, parents: Sequence[str] | None,
                 ancestors: frozenset[str]) -> frozenset[str] | None:
         """The nodes ``value`` was computed from (None outside a with-block, where nothing is
