@@ -10,19 +10,22 @@ on a changed draw (the contract probe of :mod:`gradest.contract`), so the graph 
 dependence from autograd instead:
 
 each floating draw z of a score-type node is returned as z + δ, δ a zero leaf (same numbers). For
-the cost V and a node's δ, two vector–Jacobian products, with a random v restricted to a random half
-of the allowed groups (particle n and the node's element b) and to the other half: where V's
-Jacobian in δ is block diagonal over the groups, the groups outside each half get exactly zero (a
-row-wise computation multiplies zero cotangents through; no rounding can make them otherwise), and
-any dependence across the two halves shows there. A dependence on every other group (a mean over
-the batch, a batch-norm) is always seen; one on a single other group half the time (a quarter for
-the particles, checked with the first product alone: it runs on every cost). The random
-vectors come from a private generator (the user's randomness is not touched). The check runs on every
-``g.cost`` with such a node upstream and on every node's parameters built from upstream samples (no
-verdict is cached: the same line can compute another cost, a network can switch to training mode):
-one backward pass (both products at once for elements). Particles are checked for every cost (each
-particle is one independent run of the model, and a score term weights particle n's costs by its
-own log-density), elements for a per-element cost.
+the cost V and a node's δ, a vector–Jacobian product with a random vector restricted to a random half
+of the allowed groups (particle n, and for a per-element cost the node's element b): where V's
+Jacobian in δ is block diagonal over the groups, the groups outside the half get exactly zero (a
+row-wise computation multiplies zero cotangents through; 0 · w is 0 in every dtype, whatever the
+rounding elsewhere), so any nonzero there is a dependence across groups. For elements, and for
+fewer than BOTH_WAYS_BELOW particles, a second product on the other half (one batched pass) sees
+either direction; for many particles the check of a total cost takes one product. A dependence on
+every other group (a mean, a sum, a batch-norm, attention across them) is always seen; one on a
+single other group with probability ½ (¼ with one product) on each check. The half is drawn anew
+on every check, from a private generator seeded by the state of the graph's generator (the user's
+randomness is neither consumed nor replaced; the same seed gives the same verdicts), so a model run
+for many steps is checked on many halves. The check runs on every ``g.cost`` with such a node
+upstream and on every node built from upstream samples (its log-density, draw or ``then=`` cost);
+no verdict is cached (the same line can compute another cost, a network can switch to training
+mode). Particles are checked for every cost (each particle is one independent run of the model, and
+a score term weights particle n's costs by its own log-density), elements for a per-element cost.
 
 What autograd cannot see, this cannot: a dependence through a comparison, an integer index or a
 ``detach`` carries no derivative. A per-element cost with no derivative path at all to such a node is
@@ -41,11 +44,11 @@ import torch
 
 from gradest.errors import GradestError
 
-#: a dependence across groups smaller than this many machine epsilons of the largest within is rounding
-LEAK = 64.0
+#: below this many particles the particle check takes both products (cheap there): either direction seen
+BOTH_WAYS_BELOW = 64
 
 
-def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, int]]) -> None:
+def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, int]], seed: int) -> None:
     """Refuse cost ``value [N, *C]`` if it mixes the elements (or particles) of a node.
 
     nodes: (name, δ leaf ``[N, *B, *E]``, m) for each watched score-type node upstream, where the
@@ -55,7 +58,7 @@ def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, i
     if value.dim() < 2 or not nodes:
         return
     for name, leaf, m in nodes:
-        mixes = _mixes(value, leaf, m)
+        mixes = _mixes(value, leaf, m, seed)
         if mixes is None:
             raise GradestError(_unverifiable(cost, name))
         if mixes:
@@ -69,7 +72,7 @@ def check(cost: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor, i
             )
 
 
-def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor]],
+def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch.Tensor]], seed: int,
                     why: str | None = None) -> None:
     """Refuse ``value [N, …]`` (a cost, a node's parameters) if its particle n moves with the draws of
     another particle of a node in ``nodes`` ((name, δ leaf) of score-type nodes upstream).
@@ -82,7 +85,8 @@ def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch
     if value.dim() == 0 or value.shape[0] < 2 or not value.requires_grad:
         return
     for name, leaf in nodes:
-        if _mixes(value, leaf, 0, both_ways=False):  # (one product: this check runs on every cost)
+        # one product where the particles are many (it runs on every cost, every step: a fresh half each)
+        if _mixes(value, leaf, 0, seed, both_ways=value.shape[0] < BOTH_WAYS_BELOW):
             because = why or (f"{name!r}'s score term weights particle n's costs by particle n's "
                               "log-density alone, so its gradient would be wrong")
             raise GradestError(
@@ -94,23 +98,24 @@ def check_particles(what: str, value: torch.Tensor, nodes: list[tuple[str, torch
             )
 
 
-def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int, both_ways: bool = True) -> bool | None:
+def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int, seed: int, both_ways: bool = True) -> bool | None:
     """Whether ``value``'s Jacobian in ``leaf`` is not block diagonal over the groups (particle, first m
     batch dims) (None: no derivative path at all).
 
-    Two vector–Jacobian products with a random v restricted to a random half A of the groups and to the
-    other half: for a block-diagonal Jacobian the groups outside the half get exactly zero (a row-wise
-    computation multiplies their zero cotangents through), whatever the rounding of the rest; any entry
-    there beyond LEAK machine epsilons of the largest inside is a dependence across groups. Without
-    ``both_ways`` only the first product (half the cost): a dependence of a group in the half on one
-    outside; a dependence on every other group is still always seen."""
+    A vector–Jacobian product with a random v restricted to a random half A of the groups (drawn from
+    ``seed`` on a private generator): for a block-diagonal Jacobian the groups outside A get exactly
+    zero (a row-wise computation multiplies their zero cotangents through, and no rounding makes
+    0 · w anything but 0), so any nonzero finite entry there is a dependence across groups; entries that
+    are not finite (0 · inf in a row of its own) are skipped. With ``both_ways`` a second product on
+    the other half (one batched pass) sees a dependence in either direction; without it, one of a
+    group in A on one outside it."""
     if not value.requires_grad:
         return None
     groups = value.shape[: 1 + m]
     count = groups.numel()
     if count < 2:
         return False
-    gen = torch.Generator(device=value.device).manual_seed(0x9E3779B9)
+    gen = torch.Generator(device=value.device).manual_seed(seed)
     v = torch.randn(value.shape, generator=gen, dtype=value.dtype, device=value.device)
     half = torch.zeros(count, dtype=torch.bool, device=value.device)
     half[torch.randperm(count, generator=gen, device=value.device)[: count // 2]] = True
@@ -123,17 +128,13 @@ def _mixes(value: torch.Tensor, leaf: torch.Tensor, m: int, both_ways: bool = Tr
                                        allow_unused=True, is_grads_batched=True)[0]
             if both is None:
                 return None
-            own = torch.cat([both[0][mask], both[1][~mask]])
             leak = torch.cat([both[0][~mask], both[1][mask]])
         else:
             u = torch.autograd.grad(value, leaf, v * inside, retain_graph=True, allow_unused=True)[0]
             if u is None:
                 return None
-            own, leak = u[mask], u[~mask]
-    own, leak = own[torch.isfinite(own)], leak[torch.isfinite(leak)]  # (0 · inf in a row of its own)
-    size = float(own.abs().amax()) if own.numel() else 0.0
-    eps = torch.finfo(value.dtype).eps
-    return bool(leak.numel()) and bool((leak.abs() > LEAK * eps * size).any())
+            leak = u[~mask]
+    return bool(((leak != 0) & torch.isfinite(leak)).any())
 
 
 def unverifiable_integers(cost: str, node: str, shape: list[int]) -> str:

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+import zlib
 from collections.abc import Callable, Mapping, Sequence
 
 import torch
@@ -75,6 +76,8 @@ class Graph:
         self._unwatched: set[str] = set()
         #: the zero leaf δ added to every floating draw of a score-type node (the particle check)
         self._leaves: dict[str, torch.Tensor] = {}
+        #: contract checks run so far (each draws its probed half from a seed of its own)
+        self._checks = 0
         #: score-type nodes of continuous families: their draws' zero leaf, read by the resolution check
         self._resolution_leaves: dict[str, tuple[torch.Tensor, torch.Tensor, str]] = {}
 
@@ -171,16 +174,14 @@ class Graph:
         # what fn uses): every earlier node is upstream of it
         then_upstream = ancestors | frozenset(self.nodes)
         batched = self._batched(f"node {name!r}", dist, parents, ancestors, batched)
-        if batched and torch.is_grad_enabled():  # its parameters for particle n from particle n's draws alone
-            for key, tensor in node_tensors(dist).items():
-                if tensor.is_floating_point():
-                    self._check_particles(f"node {name!r}'s {key}", tensor, ancestors)
         if kind == "callable":
             return self._callable(name, dist, est, batched, ancestors, then, then_upstream)
         if kind == "score":
             value = self._draw(name, dist, batched, False, est)
             log_prob = dist.log_prob(value)
             if torch.is_grad_enabled():
+                if batched:  # built from upstream samples: particle n's density from particle n's alone
+                    self._check_particles(f"node {name!r}'s log-density", log_prob, ancestors)
                 value = self._watch(name, dist, value, batched, est)
             baseline = est.baseline
             node = StochasticNode(name, label, value, log_prob, ancestors, "score",
@@ -189,6 +190,8 @@ class Graph:
                                   health=est.capabilities.health, couples=couples_samples(est))
         else:
             value = self._reparameterized(name, dist, est, batched)
+            if batched and torch.is_grad_enabled() and value.is_floating_point():
+                self._check_particles(f"node {name!r}'s draw", value, ancestors)
             node = StochasticNode(name, label, value, None, ancestors, "reparameterized",
                                   couples=couples_samples(est))
             if value.requires_grad:  # the per-node split blocks the gradient into this sample
@@ -231,7 +234,15 @@ class Graph:
             return
         nodes = [(k, self._leaves[k]) for k in (n.name for n in dice.score_nodes(self, ancestors))
                  if k in self._leaves and k not in checked]
-        elements.check_particles(what, value, nodes)
+        if nodes and value.requires_grad:
+            elements.check_particles(what, value, nodes, self._check_seed())
+
+    def _check_seed(self) -> int:
+        """A fresh seed for each contract check (gradest.graph.elements): from the state of the graph's
+        generator (read, not consumed) and a count of the checks, so the probed halves change from check
+        to check and step to step while the same seed gives the same verdicts."""
+        self._checks += 1
+        return zlib.crc32(self.generator.get_state().cpu().numpy().tobytes(), self._checks)
 
     def _check_paths(self) -> None:
         """Refuse a cost, or a score node's log-density, whose particle n moves with another particle's
@@ -249,11 +260,14 @@ class Graph:
             return
         for c in self.costs.values():
             nodes = [(k, paths[k]) for k in paths if k in c.ancestors]
-            elements.check_particles(f"cost {c.name!r}", c.value, nodes, why)
+            if nodes:
+                elements.check_particles(f"cost {c.name!r}", c.value, nodes, self._check_seed(), why)
         for k, node in self.nodes.items():
             if node.log_prob is not None:
                 nodes = [(a, paths[a]) for a in paths if a in node.ancestors]
-                elements.check_particles(f"node {k!r}'s log-density", node.log_prob, nodes, why)
+                if nodes:
+                    elements.check_particles(f"node {k!r}'s log-density", node.log_prob, nodes,
+                                             self._check_seed(), why)
 
     def _origin(self, what: str, value: object, parents: Sequence[str] | None,
                 ancestors: frozenset[str]) -> frozenset[str] | None:
@@ -390,6 +404,7 @@ class Graph:
         n = self.num_samples
         if isinstance(est, Enumerate):
             value, own, direct = self._enumerated(name, dist, est, batched, then)
+            self._check_particles(f"node {name!r}'s then= cost", value, upstream)
             self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable")
             self.costs[name] = CostNode(name, value, upstream, own, direct)
             return self._terminal_value(name, value.detach())
@@ -431,6 +446,7 @@ class Graph:
         # this node is refused (the per-node Jacobian's double backward is a first-order quantity)
         own, direct = _FirstOrderOnly.apply(own, name), _FirstOrderOnly.apply(direct, name)
         live = values + (own - own.detach()) + (direct - direct.detach())  # value: the estimate
+        self._check_particles(f"node {name!r}'s then= cost", live, upstream)
         self.nodes[name] = StochasticNode(name, est.name, None, None, ancestors, "callable", first_order=True,
                                           couples=couples_samples(est))
         self.costs[name] = CostNode(name, live, upstream, own, direct)
@@ -535,7 +551,7 @@ class Graph:
             if leaf is None:
                 raise GradestError(elements.unverifiable_integers(name, node.name, list(value.shape)))
             nodes.append((node.name, leaf, m))
-        elements.check(name, value, nodes)
+        elements.check(name, value, nodes, self._check_seed())
         return frozenset(k for k, _, _ in nodes)
 
 
