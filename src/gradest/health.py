@@ -395,12 +395,9 @@ def carried(grads: torch.Tensor, name: str, independent: bool = True) -> str | N
 def _lone(flat: torch.Tensor, name: str) -> str | None:
     """:func:`carried`'s check of the spread of i.i.d. estimates ``flat [N, D]`` (see there)."""
     n = flat.shape[0]
-    mean, high, low = flat.mean(0), flat.amax(0), flat.amin(0)  # (reductions only: no [N, D] temporary)
-    largest = torch.maximum(high - mean, mean - low).square()
-    spread = n * torch.var(flat, 0, correction=0)
-    # (estimates equal but for rounding are an exact estimate, not a lone draw)
-    varies = (high - low) > FROZEN_ULPS * torch.finfo(flat.dtype).eps * torch.maximum(high.abs(), low.abs())
-    lone = varies & (largest > LONE_SHARE * spread)
+    deviation = (flat - flat.mean(0)).square()
+    largest, spread = deviation.amax(0), deviation.sum(0)
+    lone = (largest > 0) & (largest > LONE_SHARE * spread)
     if bool(lone.any()):
         j = int(lone.nonzero()[0, 0])
         share = float(largest[j] / spread[j])
