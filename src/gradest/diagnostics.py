@@ -10,8 +10,7 @@ once N ≳ 25 G1², G1 the skewness of one estimate (Cochran's rule). Score-func
 heavy-tailed draws are very skewed (f = x² under Geometric(0.875): G1 ≈ −31, so N ≳ 24 000), and
 below that N a rare large term that no draw showed leaves the mean and its standard error both too
 small — which no statistic of the draws can reveal. Draw more samples, or lower the skew (a baseline,
-a control variate, a pathwise estimator). Where a rare term did show but once, and that one draw holds
-most of the spread, the standard error is refused (:func:`gradest.health.carried`).
+a control variate, a pathwise estimator).
 """
 
 from __future__ import annotations
