@@ -281,26 +281,6 @@ def test_an_estimate_carried_by_one_draw_is_refused():
     assert_within(res, {k: float(v) for k, v in exact.grads.items()})
 
 
-def test_a_standard_error_that_one_draw_holds_is_refused():
-    # the score function on Poisson(0.03) beside Poisson(1000)s, f = Σ x², N = 240: an outcome expected 7.25
-    # times in an element was drawn once, and that draw alone made the rows' spread: −1.4e8 ± 2.2e7 where
-    # the truth is 1.06 (z = −6.25); the count's own spread is √7.25, not the √1 one draw shows
-    rate = t([1000.0, 1000.0, 0.0301973834223] * 80)
-    res = gradest.get_estimator("score").per_sample(lambda x: (x**2).sum(-1), Poisson, {"rate": rate}, 240,
-                                                    gen(0))
-    with pytest.raises(SampleHealthError, match=r"standard error of ∂/∂rate\[\d+\] rests on one of the 240"):
-        res.stderr()
-    # a sampler's groups are judged by their own spread: the rule reads i.i.d. rows only
-    rows = torch.ones(64, 1, dtype=D)
-    rows[0] = 40.0  # the estimate rests on many draws, its spread on one
-    assert "rests on one of the 64 draws" in gradest.health.carried(rows, "p", independent=True)
-    assert gradest.health.carried(rows, "p", independent=False) is None
-    # where several draws show the outcome, accepted, and right: d/dλ E x² = 1 + 2λ
-    res = gradest.get_estimator("score").per_sample(lambda x: (x**2).sum(-1), Poisson, {"rate": t([0.5] * 4)},
-                                                    4000, gen(1))
-    assert_within(res, {"rate": t([2.0] * 4)})
-
-
 def test_a_graph_estimate_carried_by_one_particle_is_refused_where_its_stderr_is_asked_for():
     # the same narrow feature as a graph node: a user who took mean ± std/√N of per_node's rows read
     # −2.4e-9 ± 2.4e-9 where the truth was −1.15e-5 (score-loo, Poisson(14.67), exp(−x²/2), float32)

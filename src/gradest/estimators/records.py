@@ -58,7 +58,7 @@ class PerSampleGradients(NamedTuple):
         (:func:`gradest.health.carried`): its standard error is then one draw's value over N and
         cannot show what the draws missed."""
         for k, g in self.grads.items():
-            reason = health.carried(g, k, independent=self.groups is None)
+            reason = health.carried(g, k)
             if reason is not None:
                 raise SampleHealthError(f"{self.estimator}: {reason}")
         return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}

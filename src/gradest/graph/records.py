@@ -96,7 +96,7 @@ class NodeGradients(NamedTuple):
         more than a factor 2 (the spread of their means then misweighs them), or of graphs whose means
         all agree while their rows vary (the same draws twice, or a tie that no spread can see)."""
         for k, g in self.total.items():
-            reason = health.carried(g, k, independent=self.groups is None)
+            reason = health.carried(g, k)
             if reason is not None:
                 reason = reason.replace("draws", "particles").replace("that draw's", "that particle's")
                 reason = reason.replace("draw many more samples", "build the graph with many more particles")
