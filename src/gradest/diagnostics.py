@@ -183,9 +183,10 @@ def summarize(
         for name, g in estimate.grads.items():
             _check_reference(truth[name], g, f"exact[{name!r}]")
     estimate.stderr()  # sample health's refusals of the standard error (one draw carries it, groups frozen)
+    resolution = estimate.resolution or {}
     params = {
         name: param_stats(g, None if truth is None else truth[name], getattr(estimate, "groups", None),
-                          errors.get(name))
+                          errors.get(name), resolution.get(name))
         for name, g in estimate.grads.items()
     }
     return EstimatorSummary(

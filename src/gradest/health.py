@@ -352,16 +352,33 @@ def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor, rele
 #: fewer draws than this carrying a coordinate's estimate (and at least MIN_CARRIED_DRAWS in all): refused
 CARRIERS = 2.0
 MIN_CARRIED_DRAWS = 32
+#: one i.i.d. draw holding more than this share of the estimates' squared spread: refused
+LONE_SHARE = 0.75
+#: deviations within this many machine epsilons of the estimates' size are rounding, not a draw's
+LONE_ULPS = 64.0
 
 
-def carried(grads: torch.Tensor, name: str) -> str | None:
+def carried(grads: torch.Tensor, name: str, independent: bool = True,
+            resolution: torch.Tensor | None = None) -> str | None:
     """Why single-sample estimates ``grads [N, ...]`` of a parameter do not make a sample, or None.
 
     ``n_eff = (Σ_n abs(ĝ_n))² / Σ_n ĝ_n²`` counts the draws that carry a coordinate's estimate (N for
     equal magnitudes, 1 where a single draw holds it all). Below CARRIERS the mean and its standard error
     are one draw's value over N, so the standard error says nothing of what the other draws missed:
     f's variation lies where the draws rarely fall (exp(−x²/2) under N(0, 10⁶) at N = 240: ∂/∂σ
-    −5.9e-12 ± 5.9e-12 where the truth is −1e-6)."""
+    −5.9e-12 ± 5.9e-12 where the truth is −1e-6).
+
+    Where the N estimates are i.i.d. (``independent``; a sampler's groups are judged by their own
+    spread), the same for their spread: where one draw's squared deviation d_n² (d = ĝ − ḡ) is more than
+    LONE_SHARE of Σ_n d_n², the standard error is that draw's deviation over N, blind to how often such
+    a draw comes: an outcome expected 7.25 times in N = 240 draws but drawn once (score function, Poisson
+    rate 0.03 beside rates of 1000, f = Σ x²): −1.4e8 ± 2.2e7 where the truth is 1.06 — the count's own
+    spread is √7.25, not the √1 that one draw shows. One outcome among N otherwise alike holds
+    1 − 1/N of the spread; a heavy tail's largest draw holds ¾ of it now and then at small N, where
+    its standard error is as blind. A deviation within rounding is not a draw's: within LONE_ULPS
+    machine epsilons of mean_n abs(ĝ_n), or within the ``resolution [...]`` of a record whose estimates
+    are differences of larger terms (:attr:`gradest.PerSampleGradients.resolution`: score-delta with an
+    exact control has rows 2 ± 1e-12, rounding that one draw may hold most of)."""
     n = grads.shape[0]
     if n < MIN_CARRIED_DRAWS or not grads.is_floating_point():
         return None
@@ -369,7 +386,7 @@ def carried(grads: torch.Tensor, name: str) -> str | None:
     total, square = flat.abs().sum(0), flat.square().sum(0)
     few = (square > 0) & (total * total < CARRIERS * square)
     if not bool(few.any()):
-        return None
+        return _lone(flat, name, resolution) if independent else None
     j = int(few.nonzero()[0, 0])
     n_eff = float(total[j] ** 2 / square[j])
     where = f"[{j}]" if flat.shape[1] > 1 else ""
@@ -378,6 +395,28 @@ def carried(grads: torch.Tensor, name: str) -> str | None:
         "negligible beside it), so its standard error is that draw's value over N and cannot show what "
         "the draws missed: f varies where they rarely fall (a narrow feature under a wide distribution, "
         "a rare event); draw many more samples, or use the exact gradient (gradest.exact_grad)"
+    )
+
+
+def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None) -> str | None:
+    """:func:`carried`'s check of the spread of i.i.d. estimates ``flat [N, D]`` (see there)."""
+    n = flat.shape[0]
+    deviation = (flat - flat.mean(0)).square()
+    largest, spread = deviation.amax(0), deviation.sum(0)
+    floor = LONE_ULPS * torch.finfo(flat.dtype).eps * flat.abs().mean(0)
+    if resolution is not None:
+        floor = floor + resolution.detach().reshape(-1).to(flat.dtype)
+    lone = (largest > floor.square()) & (largest > LONE_SHARE * spread)
+    if not bool(lone.any()):
+        return None
+    j = int(lone.nonzero()[0, 0])
+    share = float(largest[j] / spread[j])
+    where = f"[{j}]" if flat.shape[1] > 1 else ""
+    return (
+        f"the standard error of ∂/∂{name}{where} rests on one of the {n} draws (it holds {share:.0%} "
+        "of their squared spread), so it cannot show how often such a draw comes: a rare outcome "
+        "drawn once, or a heavy tail; draw many more samples (for several such draws), or use the "
+        "exact gradient (gradest.exact_grad)"
     )
 
 

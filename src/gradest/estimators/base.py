@@ -295,6 +295,7 @@ class Estimator:
                     "in a pow, a where() with an inf branch); make f's derivative finite, or use a "
                     "score-function estimator, which never differentiates f"
                 )
+        resolution = _resolution(terms, replicas)
         groups = self.groups(num_samples, values.device)
         if groups is not None and is_discrete(single) and any(health.frozen(g, groups) for g in grads):
             groups = None  # every group counted alike: the estimates' own spread (gradest.health.frozen)
@@ -307,6 +308,7 @@ class Estimator:
             seconds=time.perf_counter() - start,
             estimator=self.name,
             groups=groups,
+            resolution=resolution,
         )
 
     def surrogate(
@@ -351,3 +353,24 @@ class Estimator:
         return f"{type(self).__name__}(name={self.name!r})"
 
 
+
+
+def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+    """:attr:`PerSampleGradients.resolution` from the hook's per-row rounding bounds
+    (:attr:`Terms.resolution`): the mean of the rows' bounds, per parameter."""
+    if not terms.resolution:
+        return None
+    if len(terms.resolution) != len(terms.explicit):
+        raise GradestError(f"Terms.resolution has {len(terms.resolution)} entries for {len(terms.explicit)} "
+                           "explicit pairs; give one per pair (None where the pair has no bound)")
+    out: dict[str, torch.Tensor] = {}
+    for (phi, _), bound in zip(terms.explicit, terms.resolution, strict=True):
+        if bound is None:
+            continue
+        name = next((k for k, v in replicas.items() if v is phi), None)
+        if name is None:
+            raise GradestError("Terms.resolution bounds the rows of a pair whose φ is not one of the node's "
+                               "parameters; give it for pairs (param, ĝ) only, or None")
+        row = bound.detach().reshape(replicas[name].shape).mean(0)
+        out[name] = out[name] + row if name in out else row
+    return out or None

@@ -52,6 +52,10 @@ from gradest.estimators.base import (
     unwrap,
 )
 
+#: the rounding of ĝ_f − c ĝ_h, in machine epsilons of the terms' size: the few operations of a score,
+#: a cost and the combination, each adding up to ε of its operands (:attr:`Terms.resolution`)
+RESOLUTION_ULPS = 16
+
 #: a fitted control: h (x [N, ...] -> [N]) and E_p[h] per sample ``[N]``, differentiable in θ
 Fitted = tuple[Callable[[torch.Tensor], torch.Tensor], Callable[[Distribution], torch.Tensor]]
 
@@ -276,16 +280,20 @@ class ControlVariate(Estimator):
             g_h = terms_h.gradients(leaves, retain_graph=True)
             g_e = _grads(expectation(dist).sum(), leaves)
         groups = self.groups(n, terms_f.values.device)
-        explicit = []
+        explicit, resolution = [], []
         for param, gf, gh, ge in zip(node.params.values(), g_f, g_h, g_e, strict=True):
             a = gf.reshape(n, -1)
             control = (gh - ge).reshape(n, -1)  # zero mean: E[ĝ_h] = ∇θ E[h]
             coeff = leave_group_out_coefficients(a, control, groups)
             # ĝ^cv through the caller's parameter (a constant of the math)
             explicit.append((param, (a - coeff * control).reshape(gf.shape).detach()))
+            # where h ≈ f, ĝ^cv is what rounding leaves of ĝ_f − c ĝ_h, terms of size |s|·|f| (the
+            # score's 1/σ): bound it by the terms' size, not the difference's
+            size = a.abs() + coeff.abs() * (gh.reshape(n, -1).abs() + ge.reshape(n, -1).abs())
+            resolution.append((RESOLUTION_ULPS * torch.finfo(a.dtype).eps * size).reshape(gf.shape).detach())
         # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
         # terms_f's carrier depends on the caller's parameters only through f's arguments
-        return Terms(terms_f.carrier, explicit, terms_f.values)
+        return Terms(terms_f.carrier, explicit, terms_f.values, resolution)
 
     def __repr__(self) -> str:
         return f"ControlVariate(inner={self.inner!r}, control={self.control!r}, name={self.name!r})"

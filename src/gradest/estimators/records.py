@@ -34,6 +34,10 @@ class PerSampleGradients(NamedTuple):
     groups: ``[N]`` integer labels, or None when the N estimates are i.i.d. Samples with different
         labels are independent (antithetic pairs, quasi-Monte Carlo randomizations); samples that
         share a label are not, so the standard error of the mean comes from the group means.
+    resolution: name -> ``[*param.shape]``, what float rounding leaves unresolved of each mean where
+        the estimates are differences of much larger terms (control variates: a bound, the mean of the
+        rows' bounds), or None (name absent) where rounding is negligible beside the rows' spread.
+        :meth:`stderr` adds it in quadrature.
     """
 
     grads: dict[str, torch.Tensor]
@@ -41,6 +45,7 @@ class PerSampleGradients(NamedTuple):
     seconds: float
     estimator: str
     groups: torch.Tensor | None = None
+    resolution: dict[str, torch.Tensor] | None = None
 
     @property
     def num_samples(self) -> int:
@@ -52,16 +57,21 @@ class PerSampleGradients(NamedTuple):
         return {k: g.mean(0) for k, g in self.grads.items()}
 
     def stderr(self) -> dict[str, torch.Tensor]:
-        """Standard error of each mean, over independent groups when the samples are not i.i.d.
+        """Standard error of each mean, over independent groups when the samples are not i.i.d., with
+        the :attr:`resolution` added in quadrature where the record has one.
 
-        Raises SampleHealthError where fewer than two draws carry a coordinate's estimate
-        (:func:`gradest.health.carried`): its standard error is then one draw's value over N and
-        cannot show what the draws missed."""
+        Raises SampleHealthError where fewer than two draws carry a coordinate's estimate, or (i.i.d.
+        estimates) one draw holds its spread (:func:`gradest.health.carried`): the standard error is
+        then one draw's value over N and cannot show what the draws missed."""
+        resolution = self.resolution or {}
         for k, g in self.grads.items():
-            reason = health.carried(g, k)
+            reason = health.carried(g, k, independent=self.groups is None, resolution=resolution.get(k))
             if reason is not None:
                 raise SampleHealthError(f"{self.estimator}: {reason}")
-        return {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
+        out = {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
+        for k, r in resolution.items():
+            out[k] = torch.hypot(out[k], r.to(out[k].dtype))
+        return out
 
 
 @dataclass(frozen=True)
@@ -131,11 +141,17 @@ class Terms(NamedTuple):
     explicit: (φ, ĝ_φ) pairs: φ a family tensor (``[N, *S]`` replicated, ``[*S]`` shared), ĝ_φ
         ``[N, *S]`` detached single-sample gradients with respect to it.
     values: ``[N]`` total costs Σ_b f_b(x_n), detached.
+    resolution: None, or one entry per pair of ``explicit``: None, or ``[N, *S]`` bounds of the
+        rounding in each ĝ_φ,n where ĝ_φ is a difference of much larger terms (a control variate's
+        ĝ_f − c ĝ_h: where h ≈ f to rounding, what is left is s·(f − h)'s rounding, amplified by
+        the score, and no spread of the rows shows its correlated part). φ must then be one of the
+        node's parameters (:attr:`PerSampleGradients.resolution` carries it to the standard error).
     """
 
     carrier: torch.Tensor | float
     explicit: list[tuple[torch.Tensor, torch.Tensor]]
     values: torch.Tensor
+    resolution: list[torch.Tensor | None] | None = None
 
     def gradients(self, targets: list[torch.Tensor], retain_graph: bool = False) -> list[torch.Tensor]:
         """Per-sample gradients with respect to replicated ``targets``, in one backward pass."""
