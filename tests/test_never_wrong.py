@@ -972,7 +972,8 @@ def test_a_control_variate_below_its_own_resolution_says_so_in_its_stderr(mu, sc
     # score-delta's rows are ∇E[h] + ĝ_f − c ĝ_h; where h = f they are what rounding leaves of terms of size
     # |s|·|f| (the score's 1/σ), a bias correlated with the draws that their spread does not show
     params = {"loc": t([mu]), "scale": t([scale])}
-    res = gradest.get_estimator("score-delta").per_sample(lambda x: cost(x).sum(-1), Normal, params, 8000, gen(0))
+    res = gradest.get_estimator("score-delta").per_sample(lambda x: cost(x).sum(-1), Normal, params, 8000,
+                                                          gen(0))
     want = dict(zip(("loc", "scale"), (t([v]) for v in truth(mu, scale)), strict=True))
     assert res.resolution is not None and set(res.resolution) == {"loc", "scale"}
     se = res.stderr()

@@ -90,10 +90,11 @@ class NodeGradients(NamedTuple):
 
         Raises SampleHealthError where fewer than two particles carry a coordinate's estimate, or (one
         graph's i.i.d. rows) one particle holds its spread (:func:`gradest.health.carried`: its
-        standard error is one particle's value over N and cannot show what the particles missed), and GradestError where a node couples the particles and the
-        rows are those of one graph (their spread misses the coupling's share of the variance: with
-        f = x² under Categorical(½, ½) every score-loo row is equal), of graphs whose sizes differ by
-        more than a factor 2 (the spread of their means then misweighs them), or of graphs whose means
+        standard error is one particle's value over N and cannot show what the particles missed), and
+        GradestError where a node couples the particles and the rows are those of one graph (their
+        spread misses the coupling's share of the variance: with f = x² under Categorical(½, ½) every
+        score-loo row is equal), of graphs whose sizes differ by more than a factor 2 (the spread of
+        their means then misweighs them), or of graphs whose means
         all agree while their rows vary (the same draws twice, or a tie that no spread can see)."""
         for k, g in self.total.items():
             reason = health.carried(g, k, independent=self.groups is None)
