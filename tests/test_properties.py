@@ -836,7 +836,9 @@ def _per_sample_run(case: Case, spec: str, n: int, seed: int) -> tuple[gradest.P
     record = gradest.PerSampleGradients(
         grads={k: torch.cat([p.grads[k] for p in parts]) for k in parts[0].grads},
         values=torch.cat([p.values for p in parts]), seconds=sum(p.seconds for p in parts),
-        estimator=parts[0].estimator, groups=groups)
+        estimator=parts[0].estimator, groups=groups,
+        resolution={k: sum(p.resolution[k] for p in parts) / len(parts) for k in parts[0].resolution}
+        if parts[0].resolution else None)  # (calls of one size: the mean of the parts' bounds)
     return record, calls * size
 
 
