@@ -939,6 +939,14 @@ def test_a_standard_error_that_one_draw_holds_is_refused():
     rows[0] = 40.0  # the estimate rests on many draws, its spread on one
     assert "rests on one of the 64 draws" in gradest.health.carried(rows, "p", independent=True)
     assert gradest.health.carried(rows, "p", independent=False) is None
+    rows[1] = 40.0  # a rare outcome drawn twice, and three times
+    assert "rests on 2 of the 64 draws" in gradest.health.carried(rows, "p")
+    rows[2] = 40.0
+    assert "rests on 3 of the 64 draws" in gradest.health.carried(rows, "p")
+    rows[3] = 40.0  # four: their spread is a count's, as the standard error assumes
+    assert gradest.health.carried(rows, "p") is None
+    rows = 1 + torch.linspace(0, 1, 64, dtype=D)[:, None] ** 8  # a tail whose next draws follow close behind
+    assert gradest.health.carried(rows, "p") is None
     # a lone deviation within rounding is not a draw's: of the rows' own size, or of a record's resolution
     rows = torch.full((64, 1), 2.0, dtype=D)
     rows[0] += 1e-14

@@ -352,8 +352,12 @@ def _undrawn(family: Distribution, x: torch.Tensor, expected: torch.Tensor, rele
 #: fewer draws than this carrying a coordinate's estimate (and at least MIN_CARRIED_DRAWS in all): refused
 CARRIERS = 2.0
 MIN_CARRIED_DRAWS = 32
-#: one i.i.d. draw holding more than this share of the estimates' squared spread: refused
+#: at most this many i.i.d. draws, set apart from the rest, holding more than LONE_SHARE of the
+#: estimates' squared spread: refused (a rare outcome drawn that many times)
+LONE_DRAWS = 3
 LONE_SHARE = 0.75
+#: "set apart": each of those draws this many times farther from the median than any other draw
+LONE_GAP = 32.0
 #: deviations within this many machine epsilons of the estimates' size are rounding, not a draw's
 LONE_ULPS = 64.0
 
@@ -369,16 +373,19 @@ def carried(grads: torch.Tensor, name: str, independent: bool = True,
     −5.9e-12 ± 5.9e-12 where the truth is −1e-6).
 
     Where the N estimates are i.i.d. (``independent``; a sampler's groups are judged by their own
-    spread), the same for their spread: where one draw's squared deviation d_n² (d = ĝ − ḡ) is more than
-    LONE_SHARE of Σ_n d_n², the standard error is that draw's deviation over N, blind to how often such
-    a draw comes: an outcome expected 7.25 times in N = 240 draws but drawn once (score function, Poisson
-    rate 0.03 beside rates of 1000, f = Σ x²): −1.4e8 ± 2.2e7 where the truth is 1.06 — the count's own
-    spread is √7.25, not the √1 that one draw shows. One outcome among N otherwise alike holds
-    1 − 1/N of the spread; a heavy tail's largest draw holds ¾ of it now and then at small N, where
-    its standard error is as blind. A deviation within rounding is not a draw's: within LONE_ULPS
-    machine epsilons of mean_n abs(ĝ_n), or within the ``resolution [...]`` of a record whose estimates
-    are differences of larger terms (:attr:`gradest.PerSampleGradients.resolution`: score-delta with an
-    exact control has rows 2 ± 1e-12, rounding that one draw may hold most of)."""
+    spread), the same for their spread: where k ≤ LONE_DRAWS draws hold more than LONE_SHARE of the
+    squared spread Σ_n (ĝ_n − ḡ)² and stand apart from the rest (each LONE_GAP times farther from the
+    median than any other draw), the standard error is those draws' deviation over N, blind to how often
+    such draws come: a rare outcome drawn k times where it is expected many more. Score function,
+    Poisson rate 0.03 beside rates of 1000, f = Σ x², N = 240: an outcome expected 7.25 times was drawn
+    once, −1.4e8 ± 2.2e7 where the truth is 1.06 — the count's own spread is √7.25, not the √1 that one
+    draw shows. The gap is what tells such an atom from a tail: a continuous tail's largest draws hold
+    most of the spread now and then (a third of the calls at N = 32 for the score function with f = x²
+    under a Normal), but the next draws follow close behind them, and where they are drawn the standard
+    error sees them. A deviation within rounding is not a draw's: within LONE_ULPS machine epsilons of
+    mean_n abs(ĝ_n), or within the ``resolution [...]`` of a record whose estimates are differences of
+    larger terms (:attr:`gradest.PerSampleGradients.resolution`: score-delta with an exact control has
+    rows 2 ± 1e-12, rounding that one draw may hold most of)."""
     n = grads.shape[0]
     if n < MIN_CARRIED_DRAWS or not grads.is_floating_point():
         return None
@@ -401,23 +408,31 @@ def carried(grads: torch.Tensor, name: str, independent: bool = True,
 def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None) -> str | None:
     """:func:`carried`'s check of the spread of i.i.d. estimates ``flat [N, D]`` (see there)."""
     n = flat.shape[0]
-    deviation = (flat - flat.mean(0)).square()
-    largest, spread = deviation.amax(0), deviation.sum(0)
+    square = (flat - flat.mean(0)).square()
+    spread = square.sum(0)
+    # distances from the median, largest first: the few set apart, then the nearest of the rest
+    far, rows = (flat - flat.median(0).values).abs().topk(LONE_DRAWS + 1, dim=0)
     floor = LONE_ULPS * torch.finfo(flat.dtype).eps * flat.abs().mean(0)
     if resolution is not None:
-        floor = floor + resolution.detach().reshape(-1).to(flat.dtype)
-    lone = (largest > floor.square()) & (largest > LONE_SHARE * spread)
-    if not bool(lone.any()):
-        return None
-    j = int(lone.nonzero()[0, 0])
-    share = float(largest[j] / spread[j])
-    where = f"[{j}]" if flat.shape[1] > 1 else ""
-    return (
-        f"the standard error of ∂/∂{name}{where} rests on one of the {n} draws (it holds {share:.0%} "
-        "of their squared spread), so it cannot show how often such a draw comes: a rare outcome "
-        "drawn once, or a heavy tail; draw many more samples (for several such draws), or use the "
-        "exact gradient (gradest.exact_grad)"
-    )
+        floor = floor + resolution.detach().reshape(-1).to(flat)
+    for k in range(1, LONE_DRAWS + 1):
+        apart = (far[k - 1] > floor) & (far[k - 1] >= LONE_GAP * far[k])
+        held = square.gather(0, rows[:k]).sum(0)
+        lone = apart & (held > LONE_SHARE * spread)
+        if bool(lone.any()):
+            j = int(lone.nonzero()[0, 0])
+            share = float(held[j] / spread[j])
+            where = f"[{j}]" if flat.shape[1] > 1 else ""
+            some = "one" if k == 1 else str(k)
+            return (
+                f"the standard error of ∂/∂{name}{where} rests on {some} of the {n} draws (set apart from "
+                f"the rest, {'it holds' if k == 1 else 'they hold'} {share:.0%} of their squared spread), "
+                "so it cannot show how often such draws come: a rare outcome drawn "
+                f"{'once' if k == 1 else f'{k} times'} where it may be expected many more; draw "
+                f"N ≳ {25 * n / k:.3g} samples (some 25 such draws), or use the exact gradient "
+                "(gradest.exact_grad)"
+            )
+    return None
 
 
 #: group means within this many machine epsilons of the estimates' size count as one value

@@ -296,13 +296,14 @@ class ControlVariate(Estimator):
             coeff = leave_group_out_coefficients(a, control, groups)
             # ĝ^cv through the caller's parameter (a constant of the math)
             explicit.append((param, (a - coeff * control).reshape(gf.shape).detach()))
-            # where h ≈ f, ĝ^cv is what rounding leaves of ĝ_f − c ĝ_h, terms of size |s|·|f| (the
-            # score's 1/σ): bound it by the terms' size, not the difference's
-            size = a.abs() + coeff.abs() * (gh.reshape(n, -1).abs() + ge.reshape(n, -1).abs())
-            resolution.append((RESOLUTION_ULPS * torch.finfo(a.dtype).eps * size).reshape(gf.shape).detach())
+            if node.diagnostic:  # (read by the standard error: per_sample)
+                # where h ≈ f, ĝ^cv is what rounding leaves of ĝ_f − c ĝ_h, terms of size |s|·|f| (the
+                # score's 1/σ): bound it by the terms' size, not the difference's
+                size = a.abs() + coeff.abs() * (gh.reshape(n, -1).abs() + ge.reshape(n, -1).abs())
+                resolution.append((RESOLUTION_ULPS * torch.finfo(a.dtype).eps * size).reshape(gf.shape))
         # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
         # terms_f's carrier depends on the caller's parameters only through f's arguments
-        return Terms(terms_f.carrier, explicit, terms_f.values, resolution)
+        return Terms(terms_f.carrier, explicit, terms_f.values, resolution or None)
 
     def __repr__(self) -> str:
         return f"ControlVariate(inner={self.inner!r}, control={self.control!r}, name={self.name!r})"

@@ -64,14 +64,34 @@ class PerSampleGradients(NamedTuple):
         estimates) one draw holds its spread (:func:`gradest.health.carried`): the standard error is
         then one draw's value over N and cannot show what the draws missed."""
         resolution = self.resolution or {}
+        unknown = [str(k) for k in resolution if k not in self.grads]
+        if unknown:
+            raise GradestError(f"resolution names {', '.join(map(repr, unknown))}, which the record has no "
+                               f"gradients for; give it for {', '.join(map(repr, self.grads))} only")
+        for k, r in resolution.items():
+            shape = self.grads[k].shape[1:]
+            if not _fits(r, shape):
+                raise GradestError(f"resolution[{k!r}] must be a float tensor ≥ 0 of the parameter's shape "
+                                   f"{list(shape)}, got {r!r}")
         for k, g in self.grads.items():
             reason = health.carried(g, k, independent=self.groups is None, resolution=resolution.get(k))
             if reason is not None:
                 raise SampleHealthError(f"{self.estimator}: {reason}")
         out = {k: mean_stderr(g, self.groups) for k, g in self.grads.items()}
         for k, r in resolution.items():
-            out[k] = torch.hypot(out[k], r.to(out[k].dtype))
+            out[k] = torch.hypot(out[k], r.to(out[k]))
         return out
+
+
+def _fits(r: object, shape: torch.Size) -> bool:
+    """Whether ``r`` is a finite float tensor ≥ 0 that broadcasts to ``shape`` (a resolution)."""
+    if not isinstance(r, torch.Tensor) or not r.is_floating_point() or r.is_meta:
+        return False
+    try:
+        fits = torch.broadcast_shapes(r.shape, shape) == shape
+    except RuntimeError:
+        return False
+    return fits and bool((torch.isfinite(r) & (r >= 0)).all())
 
 
 @dataclass(frozen=True)
