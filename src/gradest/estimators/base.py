@@ -295,7 +295,7 @@ class Estimator:
                     "in a pow, a where() with an inf branch); make f's derivative finite, or use a "
                     "score-function estimator, which never differentiates f"
                 )
-        resolution = _resolution(terms, replicas)
+        resolution = _resolution(terms, replicas, params)
         groups = self.groups(num_samples, values.device)
         if groups is not None and is_discrete(single) and any(health.frozen(g, groups) for g in grads):
             groups = None  # every group counted alike: the estimates' own spread (gradest.health.frozen)
@@ -355,9 +355,11 @@ class Estimator:
 
 
 
-def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
+def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor],
+                params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
     """:attr:`PerSampleGradients.resolution` from the hook's per-row rounding bounds
-    (:attr:`Terms.resolution`): the mean of the rows' bounds, per parameter."""
+    (:attr:`Terms.resolution`): the mean of the rows' bounds, per parameter (of its shape: a shared
+    parameter's replica carries the batch's broadcast dimensions)."""
     if not terms.resolution:
         return None
     if len(terms.resolution) != len(terms.explicit):
@@ -371,6 +373,7 @@ def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor]) -> dict[str,
         if name is None:
             raise GradestError("Terms.resolution bounds the rows of a pair whose φ is not one of the node's "
                                "parameters; give it for pairs (param, ĝ) only, or None")
-        row = bound.detach().reshape(replicas[name].shape).mean(0)
+        n = replicas[name].shape[0]
+        row = bound.detach().reshape(n, -1).mean(0).reshape(params[name].shape)
         out[name] = out[name] + row if name in out else row
     return out or None
