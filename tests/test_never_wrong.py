@@ -947,6 +947,9 @@ def test_a_standard_error_that_one_draw_holds_is_refused():
     assert gradest.health.carried(rows, "p") is None
     rows = 1 + torch.linspace(0, 1, 64, dtype=D)[:, None] ** 8  # a tail whose next draws follow close behind
     assert gradest.health.carried(rows, "p") is None
+    rows = torch.full((64, 3), 1e9, dtype=D)  # an atom beside a mean that dwarfs the spread (Σ ĝ² − N ḡ² ≈ 0)
+    rows[5, 2] += 1e3
+    assert "∂/∂p[2] rests on one of the 64 draws" in gradest.health.carried(rows, "p")
     # a lone deviation within rounding is not a draw's: of the rows' own size, or of a record's resolution
     rows = torch.full((64, 1), 2.0, dtype=D)
     rows[0] += 1e-14

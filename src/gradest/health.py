@@ -393,7 +393,11 @@ def carried(grads: torch.Tensor, name: str, independent: bool = True,
     total, square = flat.abs().sum(0), flat.square().sum(0)
     few = (square > 0) & (total * total < CARRIERS * square)
     if not bool(few.any()):
-        return _lone(flat, name, resolution) if independent else None
+        if not independent:
+            return None
+        if resolution is not None:
+            resolution = resolution.detach().to(flat).broadcast_to(grads.shape[1:]).reshape(-1)
+        return _lone(flat, name, resolution, square)
     j = int(few.nonzero()[0, 0])
     n_eff = float(total[j] ** 2 / square[j])
     where = f"[{j}]" if flat.shape[1] > 1 else ""
@@ -405,24 +409,38 @@ def carried(grads: torch.Tensor, name: str, independent: bool = True,
     )
 
 
-def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None) -> str | None:
-    """:func:`carried`'s check of the spread of i.i.d. estimates ``flat [N, D]`` (see there)."""
-    n = flat.shape[0]
-    square = (flat - flat.mean(0)).square()
+def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None,
+          squares: torch.Tensor) -> str | None:
+    """:func:`carried`'s check of the spread of i.i.d. estimates ``flat [N, D]`` (see there);
+    ``resolution [D]`` or None, ``squares [D]`` = Σ_n ĝ_n²."""
+    n, coordinates = flat.shape
+    # a screen first, from reductions that allocate nothing: k ≤ LONE_DRAWS draws hold more than
+    # LONE_SHARE of the spread only where the largest deviation holds more than LONE_SHARE / LONE_DRAWS
+    # of it (halved here: Σ ĝ² − N ḡ² is the spread to a few ε of Σ ĝ², a few per cent of it at most
+    # where it is not cancelled away; where it is, every coordinate goes on)
+    mean = flat.mean(0)
+    largest = torch.maximum(flat.amax(0) - mean, mean - flat.amin(0)).square()  # (aminmax is slower)
+    spread = squares - n * mean.square()
+    unsure = spread <= 64 * torch.finfo(flat.dtype).eps * squares
+    screened = ((largest > (LONE_SHARE / LONE_DRAWS / 2) * spread) | unsure).nonzero().reshape(-1)
+    if screened.numel() == 0:
+        return None
+    flat = flat[:, screened]
+    square = (flat - mean[screened]).square()
     spread = square.sum(0)
     # distances from the median, largest first: the few set apart, then the nearest of the rest
     far, rows = (flat - flat.median(0).values).abs().topk(LONE_DRAWS + 1, dim=0)
     floor = LONE_ULPS * torch.finfo(flat.dtype).eps * flat.abs().mean(0)
-    if resolution is not None:
-        floor = floor + resolution.detach().reshape(-1).to(flat)
+    if resolution is not None:  # ([D], the coordinates' own)
+        floor = floor + resolution[screened]
     for k in range(1, LONE_DRAWS + 1):
         apart = (far[k - 1] > floor) & (far[k - 1] >= LONE_GAP * far[k])
         held = square.gather(0, rows[:k]).sum(0)
         lone = apart & (held > LONE_SHARE * spread)
         if bool(lone.any()):
-            j = int(lone.nonzero()[0, 0])
-            share = float(held[j] / spread[j])
-            where = f"[{j}]" if flat.shape[1] > 1 else ""
+            i = int(lone.nonzero()[0, 0])
+            share, j = float(held[i] / spread[i]), int(screened[i])
+            where = f"[{j}]" if coordinates > 1 else ""
             some = "one" if k == 1 else str(k)
             return (
                 f"the standard error of ∂/∂{name}{where} rests on {some} of the {n} draws (set apart from "

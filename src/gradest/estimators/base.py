@@ -357,9 +357,9 @@ class Estimator:
 
 def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor],
                 params: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor] | None:
-    """:attr:`PerSampleGradients.resolution` from the hook's per-row rounding bounds
-    (:attr:`Terms.resolution`): the mean of the rows' bounds, per parameter (of its shape: a shared
-    parameter's replica carries the batch's broadcast dimensions)."""
+    """:attr:`PerSampleGradients.resolution` from the hook's bounds of the rounding in each mean
+    (:attr:`Terms.resolution`), per parameter, of its shape (a shared parameter's replica carries the
+    batch's broadcast dimensions)."""
     if not terms.resolution:
         return None
     if len(terms.resolution) != len(terms.explicit):
@@ -371,9 +371,11 @@ def _resolution(terms: Terms, replicas: Mapping[str, torch.Tensor],
             continue
         name = next((k for k, v in replicas.items() if v is phi), None)
         if name is None:
-            raise GradestError("Terms.resolution bounds the rows of a pair whose φ is not one of the node's "
+            raise GradestError("Terms.resolution bounds the mean of a pair whose φ is not one of the node's "
                                "parameters; give it for pairs (param, ĝ) only, or None")
-        n = replicas[name].shape[0]
-        row = bound.detach().reshape(n, -1).mean(0).reshape(params[name].shape)
+        if bound.numel() != params[name].numel():
+            raise GradestError(f"Terms.resolution for {name!r} has {bound.numel()} numbers; give one per "
+                               f"coordinate of the parameter ({params[name].numel()})")
+        row = bound.detach().reshape(params[name].shape)
         out[name] = out[name] + row if name in out else row
     return out or None

@@ -298,9 +298,11 @@ class ControlVariate(Estimator):
             explicit.append((param, (a - coeff * control).reshape(gf.shape).detach()))
             if node.diagnostic:  # (read by the standard error: per_sample)
                 # where h ≈ f, ĝ^cv is what rounding leaves of ĝ_f − c ĝ_h, terms of size |s|·|f| (the
-                # score's 1/σ): bound it by the terms' size, not the difference's
-                size = a.abs() + coeff.abs() * (gh.reshape(n, -1).abs() + ge.reshape(n, -1).abs())
-                resolution.append((RESOLUTION_ULPS * torch.finfo(a.dtype).eps * size).reshape(gf.shape))
+                # score's 1/σ): bound its mean by the terms' mean size, not the difference's (c varies
+                # by the leave-one-out share alone: its largest bounds it)
+                size = a.abs().mean(0) + coeff.abs().amax(0) * (gh.reshape(n, -1).abs().mean(0)
+                                                                 + ge.reshape(n, -1).abs().amax(0))
+                resolution.append(RESOLUTION_ULPS * torch.finfo(a.dtype).eps * size)
         # the direct term ∂f/∂θ (and f's own tensors) through f's graph, outside the combination:
         # terms_f's carrier depends on the caller's parameters only through f's arguments
         return Terms(terms_f.carrier, explicit, terms_f.values, resolution or None)

@@ -35,8 +35,8 @@ class PerSampleGradients(NamedTuple):
         labels are independent (antithetic pairs, quasi-Monte Carlo randomizations); samples that
         share a label are not, so the standard error of the mean comes from the group means.
     resolution: name -> ``[*param.shape]``, what float rounding leaves unresolved of each mean where
-        the estimates are differences of much larger terms (control variates: a bound, the mean of the
-        rows' bounds), or None (name absent) where rounding is negligible beside the rows' spread.
+        the estimates are differences of much larger terms (control variates: a bound), or None (name
+        absent) where rounding is negligible beside the rows' spread.
         :meth:`stderr` adds it in quadrature.
     """
 
