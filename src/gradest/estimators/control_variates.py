@@ -26,10 +26,10 @@ Rounding: ĝ^cv is a difference of terms of size abs(ĝ_f) ≈ abs(s·f), with s
 1/σ). Where h ≈ f (the delta method on a quadratic f, exact in exact arithmetic) what is left is the
 rounding of those terms, correlated with the draws, so the rows' spread does not show it: with
 f = (x − 0.3)² + 5 under N(2, 10⁻³) and 8000 draws the mean sat 15 to 20 of the rows' standard errors
-from the truth. Each row's rounding is bounded by ``RESOLUTION_ULPS`` ε of its terms' size
+from the truth. The mean's rounding is bounded by ``RESOLUTION_ULPS`` ε of the terms' mean size
 (:attr:`Terms.resolution`; measured: below 0.25 ε over costs x², x³, x⁴, eˣ, sin, log, cos 2x and
-quadratics with offsets at scales 10⁻³ to 10⁻⁹), and :meth:`PerSampleGradients.stderr` adds the mean
-of those bounds.
+quadratics with offsets at scales 10⁻³ to 10⁻⁹), and :meth:`PerSampleGradients.stderr` adds that
+bound.
 
 A cost that declares θ keeps its direct term ∂f/∂θ (added outside the combination; the control
 expands f at fixed θ).

@@ -61,8 +61,9 @@ class PerSampleGradients(NamedTuple):
         the :attr:`resolution` added in quadrature where the record has one.
 
         Raises SampleHealthError where fewer than two draws carry a coordinate's estimate, or (i.i.d.
-        estimates) one draw holds its spread (:func:`gradest.health.carried`): the standard error is
-        then one draw's value over N and cannot show what the draws missed."""
+        estimates) one to three draws set apart from the rest hold its spread
+        (:func:`gradest.health.carried`): the standard error is then those draws' values over N and
+        cannot show what the draws missed or how often such draws come."""
         resolution = self.resolution or {}
         unknown = [str(k) for k in resolution if k not in self.grads]
         if unknown:
@@ -161,11 +162,12 @@ class Terms(NamedTuple):
     explicit: (φ, ĝ_φ) pairs: φ a family tensor (``[N, *S]`` replicated, ``[*S]`` shared), ĝ_φ
         ``[N, *S]`` detached single-sample gradients with respect to it.
     values: ``[N]`` total costs Σ_b f_b(x_n), detached.
-    resolution: None, or one entry per pair of ``explicit``: None, or ``[N, *S]`` bounds of the
-        rounding in each ĝ_φ,n where ĝ_φ is a difference of much larger terms (a control variate's
-        ĝ_f − c ĝ_h: where h ≈ f to rounding, what is left is s·(f − h)'s rounding, amplified by
-        the score, and no spread of the rows shows its correlated part). φ must then be one of the
-        node's parameters (:attr:`PerSampleGradients.resolution` carries it to the standard error).
+    resolution: None, or one entry per pair of ``explicit``: None, or a bound of the rounding in the
+        mean of ĝ_φ over the rows, one number per coordinate of the parameter φ is, where ĝ_φ is a
+        difference of much larger terms (a control variate's ĝ_f − c ĝ_h: where h ≈ f to rounding,
+        what is left is s·(f − h)'s rounding, amplified by the score, and no spread of the rows shows
+        its correlated part). φ must then be one of the node's parameters
+        (:attr:`PerSampleGradients.resolution` carries it to the standard error).
     """
 
     carrier: torch.Tensor | float

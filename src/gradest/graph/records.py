@@ -89,8 +89,9 @@ class NodeGradients(NamedTuple):
         them (K − 1 degrees of freedom: read it with Student's t; K ≥ 16 gives it to about 20 %).
 
         Raises SampleHealthError where fewer than two particles carry a coordinate's estimate, or (one
-        graph's i.i.d. rows) one particle holds its spread (:func:`gradest.health.carried`: its
-        standard error is one particle's value over N and cannot show what the particles missed), and
+        graph's i.i.d. rows) one to three particles set apart from the rest hold its spread
+        (:func:`gradest.health.carried`: its standard error is those particles' values over N and
+        cannot show what the particles missed), and
         GradestError where a node couples the particles and the rows are those of one graph (their
         spread misses the coupling's share of the variance: with f = x² under Categorical(½, ½) every
         score-loo row is equal), of graphs whose sizes differ by more than a factor 2 (the spread of
@@ -100,7 +101,8 @@ class NodeGradients(NamedTuple):
             reason = health.carried(g, k, independent=self.groups is None)
             if reason is not None:
                 reason = reason.replace("draws", "particles").replace("that draw's", "that particle's")
-                reason = reason.replace("such a draw comes", "such a particle comes")
+                reason = reason.replace("draw N ≳", "build the graph with N ≳").replace(
+                    " samples (some 25", " particles (some 25")
                 reason = reason.replace("draw many more samples", "build the graph with many more particles")
                 reason = reason.replace("gradest.exact_grad", "gradest.enumerate_graph, for discrete nodes")
                 raise SampleHealthError(f"graph: {reason}")
