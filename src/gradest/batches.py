@@ -103,9 +103,10 @@ def per_sample(
     device = parts[0].values.device
     groups = torch.repeat_interleave(torch.arange(len(sizes), device=device),
                                      torch.tensor(sizes, device=device))
-    # the mean of every row's rounding bound: each part's mean, weighted by its size
-    resolution = {k: sum(p.resolution[k] * (size / num_samples) for p, size in zip(parts, sizes, strict=True))
-                  for k in parts[0].resolution} if parts[0].resolution else None
+    # the bound of the mean's rounding: each part's, weighted by its size (a part without one: 0)
+    names = {k for p in parts for k in (p.resolution or {})}
+    resolution = {k: sum((p.resolution or {}).get(k, 0.0) * (size / num_samples)
+                         for p, size in zip(parts, sizes, strict=True)) for k in names} or None
     return PerSampleGradients(
         grads={k: torch.cat([p.grads[k] for p in parts]) for k in parts[0].grads},
         values=torch.cat([p.values for p in parts]),

@@ -416,12 +416,12 @@ def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None,
     n, coordinates = flat.shape
     # a screen first, from reductions that allocate nothing: k ≤ LONE_DRAWS draws hold more than
     # LONE_SHARE of the spread only where the largest deviation holds more than LONE_SHARE / LONE_DRAWS
-    # of it (halved here: Σ ĝ² − N ḡ² is the spread to a few ε of Σ ĝ², a few per cent of it at most
-    # where it is not cancelled away; where it is, every coordinate goes on)
+    # of it (halved here: Σ ĝ² − N ḡ² is the spread to (N + 2) ε of Σ ĝ² at worst, and where that
+    # bound is not below half the spread every coordinate goes on)
     mean = flat.mean(0)
     largest = torch.maximum(flat.amax(0) - mean, mean - flat.amin(0)).square()  # (aminmax is slower)
     spread = squares - n * mean.square()
-    unsure = spread <= 64 * torch.finfo(flat.dtype).eps * squares
+    unsure = spread <= 2 * (n + 2) * torch.finfo(flat.dtype).eps * squares
     screened = ((largest > (LONE_SHARE / LONE_DRAWS / 2) * spread) | unsure).nonzero().reshape(-1)
     if screened.numel() == 0:
         return None
@@ -431,8 +431,8 @@ def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None,
     # distances from the median, largest first: the few set apart, then the nearest of the rest
     far, rows = (flat - flat.median(0).values).abs().topk(LONE_DRAWS + 1, dim=0)
     floor = LONE_ULPS * torch.finfo(flat.dtype).eps * flat.abs().mean(0)
-    if resolution is not None:  # ([D], the coordinates' own)
-        floor = floor + resolution[screened]
+    if resolution is not None:  # ([D], the mean's bound: N times it bounds any one row's)
+        floor = floor + n * resolution[screened]
     for k in range(1, LONE_DRAWS + 1):
         apart = (far[k - 1] > floor) & (far[k - 1] >= LONE_GAP * far[k])
         held = square.gather(0, rows[:k]).sum(0)

@@ -163,7 +163,7 @@ class Terms(NamedTuple):
         ``[N, *S]`` detached single-sample gradients with respect to it.
     values: ``[N]`` total costs Σ_b f_b(x_n), detached.
     resolution: None, or one entry per pair of ``explicit``: None, or a bound of the rounding in the
-        mean of ĝ_φ over the rows, one number per coordinate of the parameter φ is, where ĝ_φ is a
+        mean of ĝ_φ over the rows, one number per coordinate of the parameter φ, where ĝ_φ is a
         difference of much larger terms (a control variate's ĝ_f − c ĝ_h: where h ≈ f to rounding,
         what is left is s·(f − h)'s rounding, amplified by the score, and no spread of the rows shows
         its correlated part). φ must then be one of the node's parameters
