@@ -416,13 +416,15 @@ def _lone(flat: torch.Tensor, name: str, resolution: torch.Tensor | None,
     n, coordinates = flat.shape
     # a screen first, from reductions that allocate nothing: k ≤ LONE_DRAWS draws hold more than
     # LONE_SHARE of the spread only where the largest deviation holds more than LONE_SHARE / LONE_DRAWS
-    # of it (halved here: Σ ĝ² − N ḡ² is the spread to (N + 2) ε of Σ ĝ² at worst, and where that
-    # bound is not below half the spread every coordinate goes on)
+    # of it (halved here: Σ ĝ² − N ḡ² is the spread to (N + 2) ε of Σ ĝ² at worst; where that bound
+    # is not below half the spread, the spread is taken again as Σ (ĝ − ḡ)², for those coordinates)
     mean = flat.mean(0)
     largest = torch.maximum(flat.amax(0) - mean, mean - flat.amin(0)).square()  # (aminmax is slower)
     spread = squares - n * mean.square()
-    unsure = spread <= 2 * (n + 2) * torch.finfo(flat.dtype).eps * squares
-    screened = ((largest > (LONE_SHARE / LONE_DRAWS / 2) * spread) | unsure).nonzero().reshape(-1)
+    unsure = (spread <= 2 * (n + 2) * torch.finfo(flat.dtype).eps * squares).nonzero().reshape(-1)
+    if unsure.numel():
+        spread[unsure] = (flat[:, unsure] - mean[unsure]).square().sum(0)
+    screened = (largest > (LONE_SHARE / LONE_DRAWS / 2) * spread).nonzero().reshape(-1)
     if screened.numel() == 0:
         return None
     flat = flat[:, screened]
