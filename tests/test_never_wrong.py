@@ -1006,3 +1006,20 @@ def test_a_control_variate_away_from_rounding_keeps_its_standard_error():
     for k, g in res.grads.items():
         plain = gradest.stats.mean_stderr(g)
         assert float((se[k] - plain).abs()) <= 1e-10 * float(plain)
+
+
+def test_graph_rows_that_overflow_in_the_dtype_are_refused():
+    # found by the long profile: a score node on Normal(0, [1e-17, 1000]) in float32, f = Σ x², N = 2000: the
+    # log-density's derivative overflows (1/σ³), so per_node's rows were NaN/inf on 786 of 2000 particles
+    loc = torch.zeros(2, dtype=torch.float32, requires_grad=True)
+    scale = torch.tensor([1e-17, 1000.0], dtype=torch.float32, requires_grad=True)
+    with gradest.graph(gen(0), num_samples=2000) as g:
+        g.cost("c", (g.sample("x", Normal(loc, scale), "score") ** 2).sum(-1))
+    with pytest.raises(gradest.errors.NonFiniteError, match=r"node .x. are NaN or inf on \d+ of 2000"):
+        g.per_node({"loc": loc, "scale": scale})
+    # in float64 the same graph is finite
+    loc, scale = loc.detach().double().requires_grad_(True), scale.detach().double().requires_grad_(True)
+    with gradest.graph(gen(0), num_samples=2000) as g:
+        g.cost("c", (g.sample("x", Normal(loc, scale), "score") ** 2).sum(-1))
+    rows = g.per_node({"loc": loc, "scale": scale})
+    assert all(bool(torch.isfinite(v).all()) for v in rows.total.values())

@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 import torch
 
 from gradest import health
-from gradest.errors import GradestError
+from gradest.errors import GradestError, NonFiniteError
 from gradest.graph.dice import align, baselines, per_particle, values
 from gradest.graph.jacobian import jacobian_rows
 from gradest.graph.records import Attribution, NodeGradients
@@ -119,8 +119,27 @@ def per_node(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tenso
     out = split(g, params, mode, reduce=False)
     names = list(next(iter(out.values())))
     total = {k: sum(out[g][k] for g in out) for k in names}
+    _refuse_non_finite(out, total)
     coupled = tuple(k for k, node in g.nodes.items() if node.couples)
     return NodeGradients(out, total, values(g), coupled)
+
+
+def _refuse_non_finite(out: dict[str, dict[str, torch.Tensor]], total: dict[str, torch.Tensor]) -> None:
+    """Refuse rows that are NaN or inf (the costs are finite: the graph checked them)."""
+    for name, rows in total.items():
+        if bool(torch.isfinite(rows.sum())) or bool(torch.isfinite(rows).all()):
+            continue
+        n = rows.shape[0]
+        bad = int((~torch.isfinite(rows)).reshape(n, -1).any(1).sum())
+        group = next((k for k, d in out.items() if not bool(torch.isfinite(d[name]).all())), None)
+        where = "" if group is None else \
+            " in θ's direct use" if group == "direct" else f" through node {group!r}"
+        raise NonFiniteError(
+            f"the single-particle gradients of {name!r}{where} are NaN or inf on {bad} of {n} particles "
+            f"although every cost is finite: a derivative overflows in {rows.dtype} (a log-density's "
+            "derivative at a scale near the dtype's limits: 1/σ³ at σ = 1e-17 in float32) or is undefined "
+            "(sqrt or log at 0 in a cost); work in float64, keep the parameters well inside the dtype's "
+            "range, or make the cost's derivative finite")
 
 
 def node_means(g: Graph, params: Mapping[str, torch.Tensor] | Sequence[torch.Tensor]
